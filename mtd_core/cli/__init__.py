@@ -1,0 +1,46 @@
+"""The ``mtd`` command. Each sub-command lives in its own module exposing ``register(subparsers)``,
+which adds its parser and sets ``func`` (taking the parsed namespace, returning an exit code)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Sub-command modules, in the order `mtd --help` lists them.
+COMMANDS = ("demo", "train", "sample", "eval", "config", "plugins")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every available sub-command."""
+    parser = argparse.ArgumentParser(prog="mtd", description="Multi-modal, multi-task diffusion (MT-Diffusion).")
+    parser.add_argument("--version", action="version", version=f"mtd {importlib.import_module('mtd_core').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"mtd_core.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"mtd_core.cli.{name}":
+                continue  # not written yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mtd`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

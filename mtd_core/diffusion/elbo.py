@@ -1,0 +1,171 @@
+"""The multi-modal variational bound, term by term, for any number of modalities (docs/math.md, section 5).
+
+    -log p(X) <= L = L_T + sum_{t=2}^T L_{t-1} + L_0 + sum_i L_dec^(i)
+
+    L_T      = KL(q(z_T | z_0, X) || N(0, I))                                    (prior; includes lambda_T)
+    L_{t-1}  = KL(q(z_{t-1} | z_t, z_0, X) || p_theta(z_{t-1} | z_t))            (denoising, t >= 2)
+    L_0      = -log p_theta(x_base | z_1)  (discretised Gaussian for 8-bit images, mean mu_theta(z_1, 1))
+    L_dec^(i) = -log p_theta(x_i | z_1)    (each aggregated modality's decoding term, from its head at t = 1)
+
+With one modality, or every w = 0, every term equals DDPM's (Ho et al. 2020, eq. 5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import attrs
+import torch
+
+from mtd_core.diffusion.forward import ForwardProcess
+from mtd_core.modality import BasePrediction, LatentSpec, Modality
+
+
+def gaussian_kl(mean1: torch.Tensor, var1: torch.Tensor, mean2: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(N(mean1, var1) || N(mean2, var2)) in nats."""
+    return 0.5 * (torch.log(var2) - torch.log(var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
+
+
+def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def discretised_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """Elementwise -log of the mass N(mean, exp(log_var)) gives the bin of x (DDPM, eq. 13).
+
+    ``x`` lies on the grid of ``bins`` values spanning [-1, 1]; the edge bins extend to -inf and +inf.
+    """
+    half = 1.0 / (bins - 1)
+    inv_std = torch.exp(-0.5 * log_var)
+    centred = x - mean
+    cdf_plus = _std_normal_cdf(inv_std * (centred + half))
+    cdf_minus = _std_normal_cdf(inv_std * (centred - half))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_minus).clamp(min=1e-12))
+    log_probs = torch.where(
+        x < -0.999, log_cdf_plus,
+        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log((cdf_plus - cdf_minus).clamp(min=1e-12))),
+    )
+    return -log_probs
+
+
+@attrs.frozen
+class DenoiserOutput:
+    """One forward pass of a multi-task denoiser at (z_t, t).
+
+    Attributes:
+        eps: eps_theta(z_t, t), shaped like z_t.
+        preds: aggregated modality name -> its head's prediction xhat_i(z_t, t) (a modality-specific object).
+    """
+
+    eps: torch.Tensor
+    preds: dict[str, Any]
+
+
+class Denoiser(Protocol):
+    """What the ELBO and the losses need from a model; the MultiTaskModel implements it."""
+
+    def __call__(self, z_t: torch.Tensor, t: torch.Tensor) -> DenoiserOutput: ...
+
+    def predicted_encodings(self, preds: Mapping[str, Any]) -> dict[str, torch.Tensor]: ...
+
+
+@attrs.frozen
+class ELBOTerms:
+    """The bound's terms per example (each shape (B,), nats), their total, and bits per dimension.
+
+    ``dims`` is the number of latent dimensions D used for bits/dim: total / (D ln 2).
+    """
+
+    prior: torch.Tensor
+    denoise: torch.Tensor
+    recon: torch.Tensor
+    decode: dict[str, torch.Tensor]
+    dims: int
+
+    @property
+    def total(self) -> torch.Tensor:
+        """L in nats per example."""
+        return self.prior + self.denoise + self.recon + sum(self.decode.values(), torch.zeros_like(self.prior))
+
+    @property
+    def bpd(self) -> torch.Tensor:
+        """L in bits per latent dimension, per example."""
+        return self.total / (self.dims * math.log(2.0))
+
+
+def _sum_dims(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).sum(1)
+
+
+def prior_kl(fp: ForwardProcess, z0: torch.Tensor, enc: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """L_T = KL(q(z_T | z_0, X) || N(0, I)) per example: the mean includes sum_i lambda_T^(i) E_i(x_i)."""
+    mean, var = fp.marginal(z0, enc, fp.T)
+    return _sum_dims(gaussian_kl(mean, var, torch.zeros_like(mean), torch.ones_like(var)))
+
+
+def step_kl(fp: ForwardProcess, t: torch.Tensor, z_t: torch.Tensor, z0: torch.Tensor, enc: Mapping[str, torch.Tensor],
+            eps_theta: torch.Tensor, enc_hat: Mapping[str, torch.Tensor], var_kind: str = "beta") -> torch.Tensor:
+    """L_{t-1} = KL(q(z_{t-1} | z_t, z_0, X) || N(mu_theta, sigma_t^2 I)) per example, for t >= 2."""
+    mean_q, var_q = fp.posterior(z_t, z0, enc, t)
+    mean_p = fp.reverse_mean(z_t, eps_theta, enc_hat, t)
+    var_p = fp.reverse_variance(t, z_t, var_kind)
+    return _sum_dims(gaussian_kl(mean_q, var_q, mean_p, var_p))
+
+
+def base_prediction(fp: ForwardProcess, z_1: torch.Tensor, eps_theta: torch.Tensor,
+                    enc_hat: Mapping[str, torch.Tensor]) -> BasePrediction:
+    """p_theta(z_0 | z_1) = N(mu_theta(z_1, 1), beta_1 I), the decoder of L_0."""
+    mean = fp.reverse_mean(z_1, eps_theta, enc_hat, 1)
+    return BasePrediction(mean=mean, log_var=torch.log(fp.reverse_variance(1, z_1, "beta")))
+
+
+class MultiModalELBO:
+    """Evaluates every term of the bound for a batch, with a given denoiser.
+
+    Args:
+        fp: the forward process (noise schedule and the aggregated modalities' weights).
+        modalities: name -> Modality for every modality of the task set (base included).
+        latent: the shared latent space Z.
+        encode: maps a batch (name -> data) to (z_0, {aggregated name -> E_i(x_i)}).
+        var_kind: sigma_t^2 of the reverse process, "beta" or "beta_tilde".
+    """
+
+    def __init__(self, fp: ForwardProcess, modalities: Mapping[str, Modality], latent: LatentSpec,
+                 encode: Callable[[Mapping[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+                 var_kind: str = "beta") -> None:
+        self.fp, self.modalities, self.latent, self.encode, self.var_kind = fp, dict(modalities), latent, encode, var_kind
+        bases = [n for n, m in self.modalities.items() if m.role.value == "base"]
+        self.base = bases[0] if bases else None
+
+    @torch.no_grad()
+    def __call__(self, denoiser: Denoiser, batch: Mapping[str, torch.Tensor], *,
+                 timesteps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> ELBOTerms:
+        """The terms for ``batch``. ``timesteps`` (default: all of 2..T) picks the steps whose L_{t-1} is
+        evaluated; a subset gives an unbiased Monte Carlo estimate of their sum (scaled by (T-1)/len)."""
+        fp = self.fp
+        z0, enc = self.encode(batch)
+        B = z0.shape[0]
+        ts = torch.arange(2, fp.T + 1) if timesteps is None else torch.as_tensor(timesteps).long()
+        denoise = z0.new_zeros(B)
+        for t in ts.tolist():
+            tt = torch.full((B,), t, dtype=torch.long, device=z0.device)
+            eps = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+            z_t = fp.q_sample(z0, enc, tt, eps)
+            out = denoiser(z_t, tt)
+            denoise = denoise + step_kl(fp, tt, z_t, z0, enc, out.eps, denoiser.predicted_encodings(out.preds), self.var_kind)
+        if ts.numel():
+            denoise = denoise * ((fp.T - 1) / ts.numel())
+        one = torch.ones(B, dtype=torch.long, device=z0.device)
+        eps = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+        z_1 = fp.q_sample(z0, enc, one, eps)
+        out = denoiser(z_1, one)
+        recon = z0.new_zeros(B)
+        if self.base is not None:
+            pred = base_prediction(fp, z_1, out.eps, denoiser.predicted_encodings(out.preds))
+            recon = self.modalities[self.base].loss(pred, batch[self.base])
+        decode = {n: self.modalities[n].loss(out.preds[n], batch[n]) for n in fp.names}
+        return ELBOTerms(prior=prior_kl(fp, z0, enc), denoise=denoise, recon=recon, decode=decode,
+                         dims=self.latent.numel)

@@ -1,0 +1,91 @@
+"""The Monte Carlo multi-task training loss (docs/math.md, section 6).
+
+One t ~ U{1..T} and one eps ~ N(0, I) per example, z_t from the closed-form marginal, one forward pass:
+
+    simple:  ||eps - eps_theta(z_t, t)||^2 / D            + sum_i c_i (-log p_theta(x_i | z_t)) / D_i
+    vlb:     T * L_{t-1} / D (t >= 2) or T * L_0 / D (t = 1) + sum_i c_i (-log p_theta(x_i | z_t)) / D_i
+
+D is the latent dimension, D_i the number of elements of one example of modality i and c_i its loss weight, so
+every term is in nats per dimension. The decoding terms are read at the sampled t (the paper's multi-task loss),
+which trains every head across noise levels; the ELBO itself reads them at t = 1 (elbo.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import attrs
+import torch
+
+from mtd_core.diffusion.elbo import Denoiser, base_prediction, step_kl
+from mtd_core.diffusion.forward import ForwardProcess
+from mtd_core.errors import ConfigError
+from mtd_core.modality import Modality, Role
+
+LOSS_KINDS = ("simple", "vlb")
+
+
+@attrs.frozen
+class LossOutput:
+    """The scalar loss to minimise and its parts (detached batch means, for logging)."""
+
+    loss: torch.Tensor
+    terms: dict[str, float]
+
+
+def training_loss(
+    fp: ForwardProcess,
+    denoiser: Denoiser,
+    modalities: Mapping[str, Modality],
+    batch: Mapping[str, torch.Tensor],
+    encode: Callable[[Mapping[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    *,
+    kind: str = "simple",
+    t: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> LossOutput:
+    """The multi-task loss of one batch.
+
+    Args:
+        fp: the forward process (full, not respaced).
+        denoiser: the model; returns eps_theta and every head's prediction.
+        modalities: name -> Modality for every modality in the task set.
+        batch: name -> data for every modality.
+        encode: maps the batch to (z_0, {aggregated name -> E_i(x_i)}), with gradients to the encoders.
+        kind: "simple" or "vlb".
+        t, eps: fix the timesteps (B,) and noise instead of drawing them (for tests).
+        generator: the RNG for t and eps.
+    """
+    if kind not in LOSS_KINDS:
+        raise ConfigError(f"loss kind must be one of {LOSS_KINDS}, got {kind!r}")
+    z0, enc = encode(batch)
+    B, D = z0.shape[0], z0[0].numel()
+    if t is None:
+        t = torch.randint(1, fp.T + 1, (B,), generator=generator, device=generator.device if generator else "cpu").to(z0.device)
+    if eps is None:
+        eps = torch.randn(z0.shape, generator=generator, dtype=z0.dtype,
+                          device=generator.device if generator else "cpu").to(z0.device)
+    z_t = fp.q_sample(z0, enc, t, eps)
+    out = denoiser(z_t, t)
+    terms: dict[str, torch.Tensor] = {}
+    if kind == "simple":
+        terms["eps"] = (out.eps.float() - eps.float()).pow(2).flatten(1).mean(1)
+    else:
+        enc_hat = denoiser.predicted_encodings(out.preds)
+        kl = step_kl(fp, t.clamp(min=2), z_t, z0, enc, out.eps.to(z0.dtype), enc_hat) / D
+        base = next((n for n, m in modalities.items() if m.role is Role.BASE), None)
+        if base is not None:
+            nll0 = modalities[base].loss(base_prediction(fp, z_t, out.eps.to(z0.dtype), enc_hat), batch[base]) / D
+        else:
+            nll0 = torch.zeros_like(kl)
+        terms["vlb"] = fp.T * torch.where(t == 1, nll0, kl)
+    total = sum(terms.values(), torch.zeros(B, device=z0.device))
+    for name in fp.names:
+        m = modalities[name]
+        nll = m.loss(out.preds[name], batch[name]) / max(1, math.prod(m.data_spec().shape))
+        terms[name] = nll
+        total = total + m.loss_weight * nll
+    loss = total.mean()
+    return LossOutput(loss=loss, terms={k: float(v.detach().mean()) for k, v in terms.items()})

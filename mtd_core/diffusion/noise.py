@@ -1,0 +1,171 @@
+"""Noise schedules beta_t, alpha_t = 1 - beta_t and abar_t = prod_{s<=t} alpha_s (docs/math.md, section 1).
+
+Every array is float64 and indexed by the paper's t directly: index 0 is t = 0 (beta_0 = 0,
+alpha_0 = abar_0 = 1) and index T is the last step, so ``abar[t]`` reads as abar_t.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from mtd_core.errors import ScheduleError
+
+KINDS = ("linear", "cosine", "custom")
+
+
+def _linear_betas(T: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    # DDPM's linear schedule, rescaled so that T != 1000 keeps the same total noise (iDDPM, eq. 8 footnote).
+    scale = 1000.0 / T
+    return torch.linspace(scale * beta_start, scale * beta_end, T, dtype=torch.float64)
+
+
+def _cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    # iDDPM's cosine schedule: abar(t) = cos^2(((t/T + s) / (1 + s)) * pi / 2), betas clipped at max_beta.
+    t = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    abar = f / f[0]
+    return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+
+@attrs.frozen(eq=False)
+class NoiseSchedule:
+    """The variance schedule of the forward process.
+
+    Args:
+        betas: beta_1..beta_T as a 1-D float64 tensor, each in (0, 1).
+        kind: how the betas were made ("linear", "cosine" or "custom"); kept for round-tripping.
+        params: the constructor arguments of ``kind`` (for round-tripping).
+
+    Build one with :meth:`linear`, :meth:`cosine`, :meth:`custom` or :meth:`from_config`.
+    """
+
+    betas: torch.Tensor
+    kind: str = "custom"
+    params: dict[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        b = self.betas
+        if not isinstance(b, torch.Tensor) or b.ndim != 1 or b.numel() < 1:
+            raise ScheduleError(f"noise schedule: betas must be a non-empty 1-D tensor, got {b!r:.80}")
+        if not torch.isfinite(b).all() or (b <= 0).any() or (b >= 1).any():
+            bad = int(torch.nonzero(~(torch.isfinite(b) & (b > 0) & (b < 1)))[0]) + 1
+            raise ScheduleError(
+                f"noise schedule: every beta_t must lie in (0, 1); beta_{bad} = {float(b[bad - 1])!r}"
+            )
+        object.__setattr__(self, "betas", b.to(torch.float64))
+
+    # -- constructors -------------------------------------------------------------------------
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
+        """DDPM's linear schedule (Ho et al. 2020), beta from ``beta_start`` to ``beta_end`` at T = 1000."""
+        _check_T(T)
+        return cls(_linear_betas(T, beta_start, beta_end), "linear",
+                   {"T": T, "beta_start": beta_start, "beta_end": beta_end})
+
+    @classmethod
+    def cosine(cls, T: int = 1000, s: float = 0.008) -> NoiseSchedule:
+        """The cosine schedule of Nichol & Dhariwal (2021), eq. 17."""
+        _check_T(T)
+        return cls(_cosine_betas(T, s), "cosine", {"T": T, "s": s})
+
+    @classmethod
+    def custom(cls, betas: Sequence[float] | torch.Tensor) -> NoiseSchedule:
+        """Any beta_1..beta_T supplied by the user."""
+        b = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        return cls(b, "custom", {"betas": b.tolist()})
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> NoiseSchedule:
+        """Inverse of :meth:`to_config`."""
+        config = dict(config)
+        kind = config.pop("kind", "linear")
+        if kind not in KINDS:
+            raise ScheduleError(f"noise schedule: unknown kind {kind!r}; expected one of {KINDS}")
+        try:
+            return getattr(cls, kind)(**config)
+        except TypeError as e:
+            raise ScheduleError(f"noise schedule {kind!r}: bad arguments {config!r}: {e}") from None
+
+    def to_config(self) -> dict[str, Any]:
+        """A plain dict that :meth:`from_config` turns back into an equal schedule."""
+        return {"kind": self.kind, **self.params}
+
+    # -- derived quantities, indexed by t = 0..T -----------------------------------------------
+    @property
+    def T(self) -> int:
+        """The number of diffusion steps."""
+        return int(self.betas.numel())
+
+    @property
+    def beta(self) -> torch.Tensor:
+        """beta_t for t = 0..T (beta_0 = 0)."""
+        return torch.cat([self.betas.new_zeros(1), self.betas])
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """alpha_t = 1 - beta_t for t = 0..T."""
+        return 1 - self.beta
+
+    @property
+    def abar(self) -> torch.Tensor:
+        """abar_t = prod_{s<=t} alpha_s for t = 0..T (abar_0 = 1)."""
+        return torch.cumprod(self.alpha, 0)
+
+    @property
+    def beta_tilde(self) -> torch.Tensor:
+        """The posterior variance beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t), t = 0..T (0 at t <= 1)."""
+        abar = self.abar
+        out = torch.zeros_like(abar)
+        out[1:] = self.beta[1:] * (1 - abar[:-1]) / (1 - abar[1:])
+        return out
+
+    def respace(self, timesteps: Sequence[int] | torch.Tensor) -> NoiseSchedule:
+        """The schedule of the jumps between ``timesteps`` (strictly increasing, in 1..T).
+
+        With t'_k the k-th kept step, alpha'_k = abar_{t'_k} / abar_{t'_{k-1}}, so that the respaced
+        process has the same marginals abar at the kept steps (DDIM / iDDPM respacing).
+        """
+        ts = _check_timesteps(timesteps, self.T)
+        abar = self.abar[torch.cat([ts.new_zeros(1), ts])]
+        return NoiseSchedule.custom(1 - abar[1:] / abar[:-1])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NoiseSchedule) and torch.equal(self.betas, other.betas)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.betas.tolist()))
+
+
+def _check_T(T: int) -> None:
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ScheduleError(f"noise schedule: T must be a positive int, got {T!r}")
+
+
+def _check_timesteps(timesteps: Sequence[int] | torch.Tensor, T: int) -> torch.Tensor:
+    ts = torch.as_tensor(timesteps, dtype=torch.long).flatten()
+    if ts.numel() == 0 or ts[0] < 1 or ts[-1] > T or (ts[1:] <= ts[:-1]).any():
+        raise ScheduleError(
+            f"respacing: timesteps must be strictly increasing integers in 1..{T}, got {ts.tolist()[:20]}"
+        )
+    return ts
+
+
+def respaced_timesteps(T: int, steps: int, kind: str = "uniform") -> torch.Tensor:
+    """``steps`` timesteps in 1..T, always including T: evenly spaced ("uniform") or quadratic ("quad")."""
+    if not 1 <= steps <= T:
+        raise ScheduleError(f"respacing: steps must be in 1..{T}, got {steps}")
+    if kind == "uniform":
+        ts = torch.linspace(T, 1, steps, dtype=torch.float64).round().long().flip(0)
+    elif kind == "quad":
+        ts = (torch.linspace(math.sqrt(T), 1, steps, dtype=torch.float64) ** 2).round().long().flip(0)
+    else:
+        raise ScheduleError(f"respacing: kind must be 'uniform' or 'quad', got {kind!r}")
+    ts = torch.unique(ts)
+    if ts.numel() != steps:  # rounding merged a few steps: fall back to integer spacing
+        ts = torch.unique(torch.linspace(1, T, steps).round().long())
+    return ts

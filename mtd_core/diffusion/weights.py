@@ -1,0 +1,216 @@
+"""Aggregation weight schedules w_t^(i) and their cumulative coefficients lambda_t^(i) (docs/math.md, section 2).
+
+The paper leaves w_t open. What matters for sampling is lambda_T: z_T = sqrt(abar_T) z_0 + sum_i lambda_T^(i)
+E_i(x_i) + sqrt(1 - abar_T) eps must be close to N(0, I), so every schedule is checked at construction of the
+forward process and a lambda_T above its tolerance raises :class:`~mtd_core.errors.ScheduleError`.
+
+A schedule is defined either by w_t (:class:`ConstantWeight`, :class:`CustomWeight`, :class:`ZeroWeight`) or by a
+target lambda_t profile (:class:`WindowedLambda`, :class:`CustomLambda`); the two are related exactly by
+
+    lambda_0 = 0,  lambda_t = sqrt(alpha_t) (lambda_{t-1} + w_t)   <=>   w_t = lambda_t / sqrt(alpha_t) - lambda_{t-1}.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from mtd_core.diffusion.noise import NoiseSchedule
+from mtd_core.errors import ScheduleError
+
+DEFAULT_LAMBDA_T_TOL = 1e-2
+
+
+def lambda_from_w(w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """lambda_t = sqrt(alpha_t) (lambda_{t-1} + w_t), lambda_0 = 0; ``w`` and ``alpha`` indexed t = 0..T."""
+    lam = torch.zeros_like(w)
+    sa = alpha.sqrt()
+    for t in range(1, w.numel()):
+        lam[t] = sa[t] * (lam[t - 1] + w[t])
+    return lam
+
+
+def w_from_lambda(lam: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """w_t = lambda_t / sqrt(alpha_t) - lambda_{t-1} (exact inverse of :func:`lambda_from_w`); w_0 = 0."""
+    w = torch.zeros_like(lam)
+    w[1:] = lam[1:] / alpha[1:].sqrt() - lam[:-1]
+    return w
+
+
+@attrs.frozen
+class ResolvedWeights:
+    """w_t and lambda_t of one modality on one noise schedule, float64, indexed t = 0..T."""
+
+    w: torch.Tensor
+    lam: torch.Tensor
+
+
+@attrs.frozen
+class WeightSchedule(abc.ABC):
+    """How strongly one modality is injected into z_t at each step.
+
+    Subclasses define :meth:`_w_or_lambda`; :meth:`resolve` turns it into (w, lambda) on a noise schedule and
+    validates lambda_T. ``lambda_T_tol`` is the largest |lambda_T| accepted (encodings have unit RMS, so it is
+    the largest mean shift of z_T away from N(0, I) per unit of signal).
+    """
+
+    kind: ClassVar[str]
+    defines: ClassVar[str]  # "w" or "lambda"
+    lambda_T_tol: float = attrs.field(default=DEFAULT_LAMBDA_T_TOL, kw_only=True)
+
+    @abc.abstractmethod
+    def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
+        """w_t or lambda_t (per :attr:`defines`) for t = 0..T, float64; index 0 is ignored."""
+
+    def resolve(self, noise: NoiseSchedule, modality: str = "<unnamed>") -> ResolvedWeights:
+        """w and lambda on ``noise``; raises ScheduleError naming ``modality`` if lambda_T is too large."""
+        v = self._w_or_lambda(noise).to(torch.float64)
+        if v.shape != (noise.T + 1,):
+            raise ScheduleError(
+                f"modality {modality!r}: weight schedule {self.kind!r} has {v.numel() - 1} steps, "
+                f"the noise schedule has T = {noise.T}"
+            )
+        if not torch.isfinite(v).all():
+            raise ScheduleError(f"modality {modality!r}: weight schedule {self.kind!r} has non-finite values")
+        v = v.clone()
+        v[0] = 0.0
+        if self.defines == "w":
+            w, lam = v, lambda_from_w(v, noise.alpha)
+        else:
+            lam, w = v, w_from_lambda(v, noise.alpha)
+        lam_T = float(lam[-1])
+        if abs(lam_T) > self.lambda_T_tol:
+            raise ScheduleError(
+                f"modality {modality!r}: weight schedule {self.to_config()} gives lambda_T = {lam_T:.4g} "
+                f"(tolerance {self.lambda_T_tol:g}).\n"
+                "z_T would not be close to N(0, I), so sampling from N(0, I) would be wrong. Use a schedule "
+                "whose lambda_t returns to 0 at T, e.g. WindowedLambda(peak=..., end=0.9)."
+            )
+        return ResolvedWeights(w=w, lam=lam)
+
+    def to_config(self) -> dict[str, Any]:
+        """A plain dict that :func:`weight_schedule_from_config` turns back into an equal schedule."""
+        return {"kind": self.kind, **attrs.asdict(self)}
+
+
+@attrs.frozen
+class ZeroWeight(WeightSchedule):
+    """w_t = 0: the modality is not injected (reduces MT-Diffusion to DDPM for the base)."""
+
+    kind: ClassVar[str] = "zero"
+    defines: ClassVar[str] = "w"
+
+    def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
+        return torch.zeros(noise.T + 1, dtype=torch.float64)
+
+
+@attrs.frozen
+class ConstantWeight(WeightSchedule):
+    """w_t = ``value`` at every step. Any nonzero value fails validation on common schedules (lambda_T >> 0);
+    it exists to reproduce that failure and for custom short schedules."""
+
+    kind: ClassVar[str] = "constant"
+    defines: ClassVar[str] = "w"
+    value: float = 1.0
+
+    def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
+        return torch.full((noise.T + 1,), float(self.value), dtype=torch.float64)
+
+
+@attrs.frozen
+class WindowedLambda(WeightSchedule):
+    """A raised-cosine lambda_t profile: 0 outside [start, end], rising to ``peak`` at ``center``.
+
+    Args:
+        peak: lambda at the centre (the injected signal's amplitude relative to unit-RMS encodings).
+        start: where the window opens, as a fraction of T (lambda_t = 0 for t/T <= start).
+        center: where lambda_t peaks, as a fraction of T, strictly between start and end.
+        end: where the window closes (lambda_t = 0 for t/T >= end); end <= 1 makes lambda_T = 0 exactly.
+    """
+
+    kind: ClassVar[str] = "windowed"
+    defines: ClassVar[str] = "lambda"
+    peak: float = 1.0
+    start: float = 0.0
+    center: float = 0.4
+    end: float = 0.9
+
+    def __attrs_post_init__(self) -> None:
+        if not 0.0 <= self.start < self.center < self.end <= 1.0:
+            raise ScheduleError(
+                f"windowed weight schedule: need 0 <= start < center < end <= 1, got "
+                f"start={self.start}, center={self.center}, end={self.end}"
+            )
+        if not math.isfinite(self.peak):
+            raise ScheduleError(f"windowed weight schedule: peak must be finite, got {self.peak}")
+
+    def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
+        u = torch.arange(noise.T + 1, dtype=torch.float64) / noise.T
+        rise = torch.sin(0.5 * math.pi * (u - self.start) / (self.center - self.start)) ** 2
+        fall = torch.cos(0.5 * math.pi * (u - self.center) / (self.end - self.center)) ** 2
+        lam = torch.where(u <= self.center, rise, fall)
+        lam = torch.where((u <= self.start) | (u >= self.end), torch.zeros_like(u), lam)
+        return self.peak * lam
+
+
+@attrs.frozen
+class CustomWeight(WeightSchedule):
+    """w_1..w_T given explicitly (a list or 1-D tensor of length T)."""
+
+    kind: ClassVar[str] = "custom_w"
+    defines: ClassVar[str] = "w"
+    values: tuple[float, ...] = attrs.field(converter=lambda v: tuple(float(x) for x in torch.as_tensor(v).flatten()))
+
+    def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
+        return torch.tensor((0.0, *self.values), dtype=torch.float64)
+
+
+@attrs.frozen
+class CustomLambda(WeightSchedule):
+    """lambda_1..lambda_T given explicitly (a list or 1-D tensor of length T); w follows exactly."""
+
+    kind: ClassVar[str] = "custom_lambda"
+    defines: ClassVar[str] = "lambda"
+    values: tuple[float, ...] = attrs.field(converter=lambda v: tuple(float(x) for x in torch.as_tensor(v).flatten()))
+
+    def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
+        return torch.tensor((0.0, *self.values), dtype=torch.float64)
+
+
+SCHEDULES: dict[str, type[WeightSchedule]] = {
+    c.kind: c for c in (ZeroWeight, ConstantWeight, WindowedLambda, CustomWeight, CustomLambda)
+}
+
+
+def weight_schedule_from_config(config: dict[str, Any] | WeightSchedule, modality: str = "<unnamed>") -> WeightSchedule:
+    """Build a schedule from ``{"kind": ..., **params}`` (or pass a schedule through)."""
+    if isinstance(config, WeightSchedule):
+        return config
+    if not isinstance(config, dict) or "kind" not in config:
+        raise ScheduleError(f"modality {modality!r}: a weight schedule config needs a 'kind' key, got {config!r}")
+    params = dict(config)
+    kind = params.pop("kind")
+    if kind not in SCHEDULES:
+        raise ScheduleError(f"modality {modality!r}: unknown weight schedule {kind!r}; expected one of {sorted(SCHEDULES)}")
+    try:
+        return SCHEDULES[kind](**params)
+    except TypeError as e:
+        raise ScheduleError(f"modality {modality!r}: weight schedule {kind!r}: {e}") from None
+
+
+__all__ = [
+    "ConstantWeight",
+    "CustomLambda",
+    "CustomWeight",
+    "ResolvedWeights",
+    "WeightSchedule",
+    "WindowedLambda",
+    "ZeroWeight",
+    "lambda_from_w",
+    "w_from_lambda",
+    "weight_schedule_from_config",
+]

@@ -1,0 +1,294 @@
+"""The Modality contract: what every modality plugin implements (docs/plugins.md).
+
+A :class:`Modality` is a configured modality inside a task set: its instance ``name`` (the key of its data in
+every batch), its :class:`Role`, its options (an attrs ``Config`` class of the subclass), its aggregation weight
+schedule w_t and its loss weight. It is a factory and a set of pure functions; the trainable parts (encoder E_i and
+decoder head) are ``nn.Module`` objects it builds and the model owns.
+
+    role BASE        its encoding is z_0 (an image: the identity on [-1, 1]); at most one per task set.
+    role AGGREGATED  injected into z_t through E_i with weights w_t^(i); predicted back by its head.
+
+This module imports only torch and attrs and builds nothing at import time.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import attrs
+import torch
+from torch import nn
+
+from mtd_core.diffusion.weights import WeightSchedule, ZeroWeight, weight_schedule_from_config
+from mtd_core.errors import ConfigError, ModalityDataError, closest
+
+
+class Role(str, enum.Enum):
+    """Where a modality enters the forward process."""
+
+    BASE = "base"
+    AGGREGATED = "aggregated"
+
+
+class HeadInput(str, enum.Enum):
+    """Which backbone features a decoder head reads."""
+
+    POOLED = "pooled"  # a (B, pooled_dim) vector from the bottleneck
+    MAP = "map"  # the (B, map_channels, H, W) last full-resolution feature map
+    NONE = "none"  # no head (the base modality: the backbone's eps prediction is its decoder)
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8,
+           "bool": torch.bool}
+
+
+@attrs.frozen
+class DataSpec:
+    """What one example of a modality looks like (without the batch dimension).
+
+    Args:
+        shape: per-example shape; ``()`` for a scalar such as a class index.
+        dtype: torch dtype name: "float32", "int64", ...
+        low: smallest allowed value (inclusive), or None for unbounded.
+        high: largest allowed value (inclusive), or None for unbounded.
+    """
+
+    shape: tuple[int, ...] = attrs.field(converter=tuple)
+    dtype: str = "float32"
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The dtype as a ``torch.dtype``."""
+        return _DTYPES[self.dtype]
+
+
+@attrs.frozen
+class LatentSpec:
+    """The shared diffusion space Z: every encoding and z_t is (B, C, H, W) with ``shape = (C, H, W)``."""
+
+    shape: tuple[int, int, int] = attrs.field(converter=tuple)
+
+    @property
+    def numel(self) -> int:
+        """Dimensions per example (for bits per dimension)."""
+        c, h, w = self.shape
+        return c * h * w
+
+
+@attrs.frozen
+class FeatureSpec:
+    """The features a backbone exposes to heads.
+
+    Args:
+        pooled_dim: width of the pooled bottleneck vector (HeadInput.POOLED).
+        map_channels: channels of the last full-resolution feature map (HeadInput.MAP), spatially like Z.
+    """
+
+    pooled_dim: int
+    map_channels: int
+
+
+def rms_normalize(e: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """e / RMS(e) per example: unit mean square over every non-batch dimension, so only w_t sets the strength."""
+    return e * torch.rsqrt(e.pow(2).flatten(1).mean(1).clamp_min(eps)).reshape(-1, *([1] * (e.ndim - 1)))
+
+
+@attrs.frozen
+class NoOptions:
+    """The Config of a modality without options."""
+
+
+class Modality(abc.ABC):
+    """A configured modality. Subclass it, set the class attributes, implement the abstract methods.
+
+    Class attributes:
+        kind: the registered type name ("image", "label", ...), unique across installed plugins.
+        roles: the roles the modality supports.
+        head_input: the features its head reads (HeadInput.NONE only for a base-only modality).
+        Config: an attrs class of its options; every field documented, every value JSON-representable.
+
+    Args:
+        name: the instance name, the key of its data in batches (default: ``kind``).
+        role: ``Role.BASE`` or ``Role.AGGREGATED`` (default: the first of ``roles``).
+        weights: the aggregation schedule w_t (a WeightSchedule or its config dict). Ignored for the base,
+            required to be valid on the task set's noise schedule otherwise (default: ``default_weights()``).
+        loss_weight: this modality's weight in the multi-task training loss.
+        **options: fields of ``Config``; an unknown one is a ConfigError naming the nearest valid field.
+    """
+
+    kind: ClassVar[str]
+    roles: ClassVar[tuple[Role, ...]] = (Role.AGGREGATED,)
+    head_input: ClassVar[HeadInput] = HeadInput.POOLED
+    Config: ClassVar[type] = NoOptions
+
+    def __init__(self, name: str | None = None, role: Role | str | None = None,
+                 weights: WeightSchedule | Mapping[str, Any] | None = None, loss_weight: float = 1.0,
+                 **options: Any) -> None:
+        self.name = name or self.kind
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ConfigError(f"modality {self.name!r}: a name must be a Python identifier")
+        try:
+            self.role = Role(role) if role is not None else self.roles[0]
+        except ValueError:
+            raise ConfigError(f"modality {self.name!r}: role must be 'base' or 'aggregated', got {role!r}") from None
+        if self.role not in self.roles:
+            raise ConfigError(
+                f"modality {self.name!r} (kind {self.kind!r}) cannot take the role {self.role.value!r}; "
+                f"it supports {[r.value for r in self.roles]}"
+            )
+        fields = {f.name for f in attrs.fields(self.Config)}
+        for key in options:
+            if key not in fields:
+                raise ConfigError(
+                    f"modality {self.name!r} (kind {self.kind!r}): unknown option {key!r}{closest(key, fields)}; "
+                    f"valid options: {sorted(fields)}"
+                )
+        try:
+            self.config = self.Config(**options)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"modality {self.name!r} (kind {self.kind!r}): invalid options {options}: {e}") from None
+        if self.role is Role.BASE:
+            self.weights: WeightSchedule = ZeroWeight()
+        else:
+            self.weights = (weight_schedule_from_config(dict(weights) if isinstance(weights, Mapping) else weights, self.name)
+                            if weights is not None else self.default_weights())
+        self.loss_weight = float(loss_weight)
+
+    # -- configuration ----------------------------------------------------------------------------
+    def default_weights(self) -> WeightSchedule:
+        """The aggregation schedule used when none is given."""
+        from mtd_core.diffusion.weights import WindowedLambda
+
+        return WindowedLambda()
+
+    def to_config(self) -> dict[str, Any]:
+        """A plain, JSON/TOML-representable dict; ``registry.build(config)`` rebuilds an equal modality."""
+        out: dict[str, Any] = {"kind": self.kind, "name": self.name, "role": self.role.value}
+        if self.role is Role.AGGREGATED:
+            out["weights"] = self.weights.to_config()
+        out["loss_weight"] = self.loss_weight
+        out.update(attrs.asdict(self.config))
+        return out
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Modality:
+        """Inverse of :meth:`to_config` for this class (the ``kind`` key, if present, must match)."""
+        config = dict(config)
+        kind = config.pop("kind", cls.kind)
+        if kind != cls.kind:
+            raise ConfigError(f"modality config of kind {kind!r} given to {cls.__name__} (kind {cls.kind!r})")
+        return cls(**config)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.to_config() == self.to_config()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.name))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_config()})"
+
+    # -- data -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def data_spec(self) -> DataSpec:
+        """Shape, dtype and value range of one example of this modality's data."""
+
+    def validate(self, x: Any, *, where: str = "") -> None:
+        """Raise ModalityDataError unless ``x`` is a batch matching :meth:`data_spec`.
+
+        Checks, in order: a tensor; the per-example shape; the dtype; no NaN or infinity; the value range.
+        The message names the modality, ``where`` (a file or index, if given), what was expected and received.
+        """
+        spec = self.data_spec()
+        at = f" ({where})" if where else ""
+        who = f"modality {self.name!r}{at}"
+        if not isinstance(x, torch.Tensor):
+            raise ModalityDataError(f"{who}: expected a torch.Tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != spec.shape or x.ndim != len(spec.shape) + 1:
+            raise ModalityDataError(
+                f"{who}: expected a batch of shape (B, {', '.join(map(str, spec.shape))}), got {tuple(x.shape)}"
+            )
+        if x.dtype != spec.torch_dtype:
+            raise ModalityDataError(f"{who}: expected dtype {spec.dtype}, got {str(x.dtype).replace('torch.', '')}")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            idx = int(torch.nonzero(~torch.isfinite(x.flatten(1)).all(1))[0])
+            raise ModalityDataError(f"{who}: example {idx} contains NaN or infinity")
+        if x.numel() and (spec.low is not None or spec.high is not None):
+            lo, hi = x.min().item(), x.max().item()
+            if (spec.low is not None and lo < spec.low) or (spec.high is not None and hi > spec.high):
+                raise ModalityDataError(
+                    f"{who}: values must lie in [{spec.low}, {spec.high}], got values in [{lo:.4g}, {hi:.4g}]"
+                )
+
+    def latent_shape(self) -> tuple[int, int, int] | None:
+        """The latent shape this modality defines when it is the base (its z_0 shape), else None."""
+        return None
+
+    def derive(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+               ) -> torch.Tensor | None:
+        """Produce this modality's data from the other modalities of ``batch`` (a masked copy of the base image,
+        a caption from a label, ...), or None when the data must come with the dataset."""
+        return None
+
+    def fit(self, batches: Any) -> None:
+        """Learn data-dependent state before the model is built (e.g. a tokenizer); default: nothing."""
+
+    def assets(self) -> dict[str, bytes]:
+        """Non-tensor state saved beside the weights (e.g. a tokenizer model); restored by :meth:`load_assets`."""
+        return {}
+
+    def load_assets(self, assets: Mapping[str, bytes]) -> None:
+        """Restore what :meth:`assets` returned."""
+
+    # -- networks ---------------------------------------------------------------------------------
+    def build_encoder(self, latent: LatentSpec) -> nn.Module:
+        """E_i: a module mapping a batch of data to (B, *latent.shape). Default: the identity."""
+        return nn.Identity()
+
+    def encode(self, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """E_i(x): the encoder's output, RMS-normalised per example when aggregated and ``normalize`` is set.
+
+        Normalisation is on by default (a ``normalize`` option of Config turns it off) so that the weight
+        schedule alone sets the injection strength and a learned encoder cannot shrink it to zero.
+        """
+        e = encoder(x)
+        if self.role is Role.AGGREGATED and getattr(self.config, "normalize", True):
+            e = rms_normalize(e)
+        return e
+
+    def build_head(self, latent: LatentSpec, features: FeatureSpec) -> nn.Module | None:
+        """The decoder head reading :attr:`head_input` features; None for a base modality."""
+        return None
+
+    @abc.abstractmethod
+    def loss(self, pred: Any, x: torch.Tensor) -> torch.Tensor:
+        """-log p_theta(x | z_t) per example, shape (B,), in nats, from the head's prediction ``pred``.
+
+        For the base modality ``pred`` is a :class:`BasePrediction` (the mean and log-variance of z_0 at t = 1).
+        """
+
+    def predicted_encoding(self, encoder: nn.Module, pred: Any) -> torch.Tensor:
+        """E_i(xhat_i): the encoding of the head's prediction, used in the reverse mean mu_theta.
+
+        Default: the encoding of :meth:`sample` with ``greedy=True``. Override where an expectation is
+        better (a label: the probability-weighted embedding).
+        """
+        return self.encode(encoder, self.sample(pred, greedy=True))
+
+    @abc.abstractmethod
+    def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Turn a head prediction into data matching :meth:`data_spec` (``greedy``: the mode, else a draw)."""
+
+
+@attrs.frozen
+class BasePrediction:
+    """What the base modality's reconstruction term reads: z_0 ~ N(mean, exp(log_var)) at t = 1."""
+
+    mean: torch.Tensor
+    log_var: torch.Tensor

@@ -1,0 +1,68 @@
+"""The hook specifications of mtd: the contract between the framework and every plugin.
+
+A plugin is a module (or any object) with functions decorated by :data:`hookimpl`, found through the
+entry-point group ``mtd`` (``[project.entry-points.mtd]`` in its pyproject.toml) or registered explicitly
+with :meth:`mtd_core.plugins.Registry.register`. Only the hooks a plugin implements are called.
+
+Every hook is called once per plugin when the registry loads (lazily, on first use), with no arguments, and
+every plugin's result is collected (no hook is ``firstresult``). A hook that raises, or returns something
+invalid, is reported with the plugin's name and distribution and skipped; the other plugins still load.
+
+This module imports nothing heavier than pluggy, so listing or validating plugins builds no torch model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from mtd_core.modality import Modality
+
+PROJECT = "mtd"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def mtd_register_modalities() -> Sequence[type[Modality]]:
+    """Return the Modality subclasses this plugin provides.
+
+    Each must be a concrete subclass of :class:`mtd_core.modality.Modality` with a unique ``kind``
+    (the name users write in task sets). Two plugins returning the same ``kind`` is an error that names
+    both distributions; neither is registered under that name.
+    """
+
+
+@hookspec
+def mtd_register_datasets() -> Mapping[str, Callable[..., Any]]:
+    """Return dataset factories by name.
+
+    A factory takes keyword options (from the ``[dataset]`` table of a config, minus ``name``) and
+    returns a :class:`mtd_core.data.DatasetSplits`: train and test ``torch.utils.data.Dataset`` objects
+    whose items are dicts keyed by modality name. A factory must never download anything; when its files
+    are missing it raises an error saying how to get them.
+    """
+
+
+@hookspec
+def mtd_register_backbones() -> Mapping[str, Callable[..., Any]]:
+    """Return backbone factories by name.
+
+    A factory is called as ``factory(latent: LatentSpec, **options)`` and returns an ``nn.Module`` with a
+    ``feature_spec: FeatureSpec`` attribute whose ``forward(z_t, t)`` returns a
+    :class:`mtd_core.backbones.BackboneOutput` (eps, pooled features, full-resolution feature map).
+    ``t`` is the original integer timestep in 1..T, shape (B,).
+    """
+
+
+@hookspec
+def mtd_register_metrics() -> Mapping[str, Callable[..., Any]]:
+    """Return metric factories by name.
+
+    A metric is called with the evaluation context (model, task set, data, generated samples) and returns a
+    dict of named float results; see ``docs/plugins.md`` for the exact signature. A metric applies to the
+    task sets it declares through its ``applies_to(taskset) -> bool`` attribute (default: all).
+    """
