@@ -26,8 +26,10 @@ from mtd_core.diffusion import (
 from mtd_core.errors import (
     CheckpointError,
     ConfigError,
+    MetricError,
     ModalityDataError,
     MTDError,
+    NonFiniteLossError,
     PluginError,
     ScheduleError,
 )
@@ -36,7 +38,27 @@ from mtd_core.modality import BasePrediction, DataSpec, FeatureSpec, HeadInput, 
 __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first attribute access so `import mtd_core` stays fast.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "TaskSet": "mtd_core.taskset",
+    "MultiTaskModel": "mtd_core.model",
+    "generate": "mtd_core.sampling",
+    "GenerationOutput": "mtd_core.sampling",
+    "GuidanceConfig": "mtd_core.sampling",
+    "UNet": "mtd_core.backbones",
+    "BackboneOutput": "mtd_core.backbones",
+    "Registry": "mtd_core.plugins",
+    "get_registry": "mtd_core.plugins",
+    "hookimpl": "mtd_core.plugins",
+    "EvalContext": "mtd_core.metrics",
+    "Trainer": "mtd_core.training",
+    "TrainConfig": "mtd_core.training",
+    "RunConfig": "mtd_core.training",
+    "build_run": "mtd_core.training",
+    "load_run": "mtd_core.training",
+    "read_config": "mtd_core.training",
+    "DatasetSplits": "mtd_core.data",
+    "load_dataset": "mtd_core.data",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -60,9 +82,11 @@ __all__ = [
     "LatentSpec",
     "LossOutput",
     "MTDError",
+    "MetricError",
     "Modality",
     "ModalityDataError",
     "MultiModalELBO",
+    "NonFiniteLossError",
     "NoiseSchedule",
     "PluginError",
     "Role",

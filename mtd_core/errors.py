@@ -23,6 +23,14 @@ class PluginError(MTDError):
     """A plugin failed to load, registered something invalid, or clashes with another plugin."""
 
 
+class MetricError(MTDError, ValueError):
+    """A metric cannot be computed from what it was given (too few samples, mismatched shapes, NaN, ...)."""
+
+
+class NonFiniteLossError(MTDError):
+    """The loss or a gradient became NaN or infinite; training stopped without saving the bad step."""
+
+
 class CheckpointError(MTDError):
     """A checkpoint is missing, truncated, corrupt or does not match the model."""
 

@@ -99,6 +99,11 @@ def rms_normalize(e: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return e * torch.rsqrt(e.pow(2).flatten(1).mean(1).clamp_min(eps)).reshape(-1, *([1] * (e.ndim - 1)))
 
 
+def _plain(inst: Any, field: Any, value: Any) -> Any:
+    """attrs value serializer: tuples become lists, so configs hold JSON/TOML types only."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 @attrs.frozen
 class NoOptions:
     """The Config of a modality without options."""
@@ -173,7 +178,7 @@ class Modality(abc.ABC):
         if self.role is Role.AGGREGATED:
             out["weights"] = self.weights.to_config()
         out["loss_weight"] = self.loss_weight
-        out.update(attrs.asdict(self.config))
+        out.update(attrs.asdict(self.config, value_serializer=_plain))
         return out
 
     @classmethod
@@ -217,7 +222,7 @@ class Modality(abc.ABC):
         if x.dtype != spec.torch_dtype:
             raise ModalityDataError(f"{who}: expected dtype {spec.dtype}, got {str(x.dtype).replace('torch.', '')}")
         if x.is_floating_point() and not torch.isfinite(x).all():
-            idx = int(torch.nonzero(~torch.isfinite(x.flatten(1)).all(1))[0])
+            idx = int(torch.nonzero(~torch.isfinite(x.reshape(len(x), -1)).all(1))[0])
             raise ModalityDataError(f"{who}: example {idx} contains NaN or infinity")
         if x.numel() and (spec.low is not None or spec.high is not None):
             lo, hi = x.min().item(), x.max().item()
@@ -225,6 +230,22 @@ class Modality(abc.ABC):
                 raise ModalityDataError(
                     f"{who}: values must lie in [{spec.low}, {spec.high}], got values in [{lo:.4g}, {hi:.4g}]"
                 )
+
+    def example_batch(self, n: int, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """A random batch of ``n`` valid examples keyed by :attr:`name`, for validation and conformance tests.
+
+        Default: uniform values over :meth:`data_spec`'s range ([-1, 1] where unbounded). Override when valid
+        data has more structure (captions, one-hot vectors, ...).
+        """
+        spec = self.data_spec()
+        lo = spec.low if spec.low is not None else -1.0
+        hi = spec.high if spec.high is not None else 1.0
+        shape = (n, *spec.shape)
+        if spec.torch_dtype.is_floating_point:
+            x = lo + (hi - lo) * torch.rand(shape, generator=generator, dtype=torch.float64)
+        else:
+            x = torch.randint(int(lo), int(hi) + 1, shape, generator=generator)
+        return {self.name: x.to(spec.torch_dtype)}
 
     def latent_shape(self) -> tuple[int, int, int] | None:
         """The latent shape this modality defines when it is the base (its z_0 shape), else None."""

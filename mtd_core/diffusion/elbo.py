@@ -20,6 +20,7 @@ import attrs
 import torch
 
 from mtd_core.diffusion.forward import ForwardProcess
+from mtd_core.errors import ScheduleError
 from mtd_core.modality import BasePrediction, LatentSpec, Modality
 
 
@@ -37,7 +38,7 @@ def discretised_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch
 
     ``x`` lies on the grid of ``bins`` values spanning [-1, 1]; the edge bins extend to -inf and +inf.
     """
-    half = 1.0 / (bins - 1)
+    half = 1.0 / (bins - 1)  # half a bin width; the edge tests below sit half a bin inside [-1, 1] for any bins
     inv_std = torch.exp(-0.5 * log_var)
     centred = x - mean
     cdf_plus = _std_normal_cdf(inv_std * (centred + half))
@@ -45,8 +46,8 @@ def discretised_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch
     log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
     log_one_minus_cdf_min = torch.log((1.0 - cdf_minus).clamp(min=1e-12))
     log_probs = torch.where(
-        x < -0.999, log_cdf_plus,
-        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log((cdf_plus - cdf_minus).clamp(min=1e-12))),
+        x < -1.0 + half, log_cdf_plus,
+        torch.where(x > 1.0 - half, log_one_minus_cdf_min, torch.log((cdf_plus - cdf_minus).clamp(min=1e-12))),
     )
     return -log_probs
 
@@ -100,6 +101,12 @@ def _sum_dims(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).sum(1)
 
 
+def _noise_like(z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """eps ~ N(0, I) shaped like z, drawn on the generator's device (a CPU generator works for a GPU batch)."""
+    device = generator.device if generator is not None else z.device
+    return torch.randn(z.shape, generator=generator, device=device, dtype=z.dtype).to(z.device)
+
+
 def prior_kl(fp: ForwardProcess, z0: torch.Tensor, enc: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """L_T = KL(q(z_T | z_0, X) || N(0, I)) per example: the mean includes sum_i lambda_T^(i) E_i(x_i)."""
     mean, var = fp.marginal(z0, enc, fp.T)
@@ -144,24 +151,32 @@ class MultiModalELBO:
     def __call__(self, denoiser: Denoiser, batch: Mapping[str, torch.Tensor], *,
                  timesteps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> ELBOTerms:
         """The terms for ``batch``. ``timesteps`` (default: all of 2..T) picks the steps whose L_{t-1} is
-        evaluated; a subset gives an unbiased Monte Carlo estimate of their sum (scaled by (T-1)/len)."""
+        evaluated; a subset gives an unbiased Monte Carlo estimate of their sum (scaled by (T-1)/len).
+
+        Steps are indices of ``fp``; the denoiser is fed the original t (``fp.timesteps``), so a respaced process
+        gives the bound of the respaced model. Noise is drawn in the order of ``timesteps``, then for t = 1."""
         fp = self.fp
         z0, enc = self.encode(batch)
         B = z0.shape[0]
-        ts = torch.arange(2, fp.T + 1) if timesteps is None else torch.as_tensor(timesteps).long()
+        ts = torch.arange(2, fp.T + 1) if timesteps is None else torch.as_tensor(timesteps).long().flatten()
+        if ts.numel() and (ts.min() < 2 or ts.max() > fp.T):
+            raise ScheduleError(
+                f"ELBO: timesteps of the denoising terms must lie in 2..{fp.T} (L_0 at t = 1 is always "
+                f"included), got values in [{int(ts.min())}, {int(ts.max())}]"
+            )
+        net_t = fp.timesteps.to(z0.device)  # the original t of each step: what the network is fed (respacing)
         denoise = z0.new_zeros(B)
         for t in ts.tolist():
             tt = torch.full((B,), t, dtype=torch.long, device=z0.device)
-            eps = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+            eps = _noise_like(z0, generator)
             z_t = fp.q_sample(z0, enc, tt, eps)
-            out = denoiser(z_t, tt)
+            out = denoiser(z_t, net_t[tt])
             denoise = denoise + step_kl(fp, tt, z_t, z0, enc, out.eps, denoiser.predicted_encodings(out.preds), self.var_kind)
         if ts.numel():
             denoise = denoise * ((fp.T - 1) / ts.numel())
         one = torch.ones(B, dtype=torch.long, device=z0.device)
-        eps = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-        z_1 = fp.q_sample(z0, enc, one, eps)
-        out = denoiser(z_1, one)
+        z_1 = fp.q_sample(z0, enc, one, _noise_like(z0, generator))
+        out = denoiser(z_1, net_t[one])
         recon = z0.new_zeros(B)
         if self.base is not None:
             pred = base_prediction(fp, z_1, out.eps, denoiser.predicted_encodings(out.preds))

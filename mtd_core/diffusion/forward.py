@@ -78,13 +78,18 @@ class ForwardProcess:
 
     # -- helpers ------------------------------------------------------------------------------------
     def _t(self, t: torch.Tensor | int, z: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(t, device=z.device).long()
+        t = torch.as_tensor(t, device=z.device)
+        if t.dtype == torch.bool or (t.is_floating_point() and not torch.equal(t, t.round())):
+            raise ScheduleError(f"t must hold integer timesteps, got {t.flatten().tolist()[:10]}")
+        t = t.long()
         if t.ndim == 0:
             t = t.expand(z.shape[0])
         if t.shape != (z.shape[0],):
-            raise ValueError(f"t must be a scalar or have shape ({z.shape[0]},), got {tuple(t.shape)}")
+            raise ScheduleError(
+                f"t must be a scalar or have shape ({z.shape[0]},) (the batch size), got {tuple(t.shape)}"
+            )
         if (t < 0).any() or (t > self.T).any():
-            raise ValueError(f"t must lie in 0..{self.T}, got values in [{int(t.min())}, {int(t.max())}]")
+            raise ScheduleError(f"t must lie in 0..{self.T}, got values in [{int(t.min())}, {int(t.max())}]")
         return t
 
     @staticmethod

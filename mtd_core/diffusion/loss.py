@@ -68,7 +68,7 @@ def training_loss(
         eps = torch.randn(z0.shape, generator=generator, dtype=z0.dtype,
                           device=generator.device if generator else "cpu").to(z0.device)
     z_t = fp.q_sample(z0, enc, t, eps)
-    out = denoiser(z_t, t)
+    out = denoiser(z_t, fp.timesteps.to(t.device)[t])  # the original t (differs from t only after respacing)
     terms: dict[str, torch.Tensor] = {}
     if kind == "simple":
         terms["eps"] = (out.eps.float() - eps.float()).pow(2).flatten(1).mean(1)

@@ -58,12 +58,26 @@ class NoiseSchedule:
                 f"noise schedule: every beta_t must lie in (0, 1); beta_{bad} = {float(b[bad - 1])!r}"
             )
         object.__setattr__(self, "betas", b.to(torch.float64))
+        if self.kind not in KINDS:
+            raise ScheduleError(f"noise schedule: unknown kind {self.kind!r}; expected one of {KINDS}")
+        if self.kind == "custom" and "betas" not in self.params:
+            # built directly from betas: keep them so that to_config() round-trips
+            object.__setattr__(self, "params", {**self.params, "betas": self.betas.tolist()})
 
     # -- constructors -------------------------------------------------------------------------
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
         """DDPM's linear schedule (Ho et al. 2020), beta from ``beta_start`` to ``beta_end`` at T = 1000."""
         _check_T(T)
+        top = 1000.0 / T * max(beta_start, beta_end)
+        if top >= 1.0:
+            raise ScheduleError(
+                f"noise schedule 'linear': betas are rescaled by 1000/T = {1000.0 / T:g} so that every T keeps "
+                f"DDPM's total noise;\nwith T = {T}, beta_start = {beta_start:g} and beta_end = {beta_end:g} the "
+                f"largest beta_t becomes {top:g}, but every beta_t must lie in (0, 1).\n"
+                f"Use T > {math.floor(1000.0 * max(beta_start, beta_end))}, a beta_end below {T / 1000.0:g}, "
+                "or NoiseSchedule.cosine / NoiseSchedule.custom."
+            )
         return cls(_linear_betas(T, beta_start, beta_end), "linear",
                    {"T": T, "beta_start": beta_start, "beta_end": beta_end})
 
@@ -131,8 +145,18 @@ class NoiseSchedule:
         process has the same marginals abar at the kept steps (DDIM / iDDPM respacing).
         """
         ts = _check_timesteps(timesteps, self.T)
-        abar = self.abar[torch.cat([ts.new_zeros(1), ts])]
-        return NoiseSchedule.custom(1 - abar[1:] / abar[:-1])
+        keep = torch.cat([ts.new_zeros(1), ts])
+        abar = self.abar[keep]
+        ratio = abar[1:] / abar[:-1]  # alpha'_k
+        tiny = ratio < torch.finfo(torch.float64).eps
+        if tiny.any():  # beta'_k = 1 - alpha'_k would round to 1 (or lose all its precision)
+            k = int(torch.nonzero(tiny)[0])
+            raise ScheduleError(
+                f"respacing: abar_t falls from {float(abar[k]):.3g} at t = {int(keep[k])} to {float(abar[k + 1]):.3g} "
+                f"at t = {int(keep[k + 1])};\nthe jump's alpha' = {float(ratio[k]):.3g} is below float64 resolution, "
+                "so its beta' would round to 1. Keep more timesteps in that range or use a less noisy schedule."
+            )
+        return NoiseSchedule.custom(1 - ratio)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, NoiseSchedule) and torch.equal(self.betas, other.betas)
@@ -147,7 +171,10 @@ def _check_T(T: int) -> None:
 
 
 def _check_timesteps(timesteps: Sequence[int] | torch.Tensor, T: int) -> torch.Tensor:
-    ts = torch.as_tensor(timesteps, dtype=torch.long).flatten()
+    raw = torch.as_tensor(timesteps).flatten()
+    if raw.dtype == torch.bool or (raw.is_floating_point() and not torch.equal(raw, raw.round())):
+        raise ScheduleError(f"respacing: timesteps must be integers, got {raw.tolist()[:20]}")
+    ts = raw.to(torch.long)
     if ts.numel() == 0 or ts[0] < 1 or ts[-1] > T or (ts[1:] <= ts[:-1]).any():
         raise ScheduleError(
             f"respacing: timesteps must be strictly increasing integers in 1..{T}, got {ts.tolist()[:20]}"

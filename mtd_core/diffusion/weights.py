@@ -94,7 +94,9 @@ class WeightSchedule(abc.ABC):
 
     def to_config(self) -> dict[str, Any]:
         """A plain dict that :func:`weight_schedule_from_config` turns back into an equal schedule."""
-        return {"kind": self.kind, **attrs.asdict(self)}
+        # lists, not tuples: the dict must equal itself after a JSON/TOML round trip
+        fields = attrs.asdict(self, value_serializer=lambda _inst, _field, v: list(v) if isinstance(v, tuple) else v)
+        return {"kind": self.kind, **fields}
 
 
 @attrs.frozen
@@ -198,7 +200,9 @@ def weight_schedule_from_config(config: dict[str, Any] | WeightSchedule, modalit
         raise ScheduleError(f"modality {modality!r}: unknown weight schedule {kind!r}; expected one of {sorted(SCHEDULES)}")
     try:
         return SCHEDULES[kind](**params)
-    except TypeError as e:
+    except ScheduleError as e:  # the schedule's own validation does not know which modality it belongs to
+        raise ScheduleError(f"modality {modality!r}: {e}") from None
+    except (TypeError, ValueError) as e:
         raise ScheduleError(f"modality {modality!r}: weight schedule {kind!r}: {e}") from None
 
 

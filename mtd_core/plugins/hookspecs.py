@@ -62,7 +62,7 @@ def mtd_register_backbones() -> Mapping[str, Callable[..., Any]]:
 def mtd_register_metrics() -> Mapping[str, Callable[..., Any]]:
     """Return metric factories by name.
 
-    A metric is called with the evaluation context (model, task set, data, generated samples) and returns a
-    dict of named float results; see ``docs/plugins.md`` for the exact signature. A metric applies to the
-    task sets it declares through its ``applies_to(taskset) -> bool`` attribute (default: all).
+    A metric is called with an :class:`mtd_core.metrics.EvalContext` (real and generated data by modality
+    name, the feature network, ...) and returns a mapping of named float results; see ``docs/metrics.md`` for
+    the exact signature. It applies to the task sets for which its ``applies_to(taskset) -> bool`` is true.
     """

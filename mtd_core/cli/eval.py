@@ -1,0 +1,133 @@
+"""``mtd eval RUN_DIR [--n N] [--timesteps K] [--json]``: held-out ELBO (bits/dim) and label-head accuracy.
+
+The ELBO is the multi-modal bound of mtd_core/diffusion/elbo.py on a seeded subsample of the test split. Its sum
+over the T - 1 denoising terms is estimated without bias from K random timesteps per batch (K = T evaluates all),
+so the printed value carries the example count, K and a standard error. The accuracy of every label modality's
+head is read off the real test images (``generate`` with the base given: the read-out mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+import torch
+
+from mtd_core.cli.train import handle_errors
+from mtd_core.errors import ConfigError
+
+
+def register(subparsers: Any) -> None:
+    """Add ``mtd eval``."""
+    p = subparsers.add_parser("eval", help="evaluate a trained run on its test split",
+                              description="Held-out ELBO in bits/dim (on a test subsample, count printed) and the "
+                                          "accuracy of every label head on the test split.")
+    p.add_argument("run", help="the run folder (or one checkpoint folder)")
+    p.add_argument("--n", type=int, default=256, help="test examples for the ELBO (default 256; 0 = all)")
+    p.add_argument("--timesteps", type=int, default=50,
+                   help="denoising terms evaluated per batch, drawn at random from 2..T (default 50; T = exact)")
+    p.add_argument("--accuracy-n", type=int, default=0, help="test examples for label accuracy (default 0 = all)")
+    p.add_argument("--batch-size", type=int, default=128, help="examples per forward pass (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsample, timesteps and noise (default 0)")
+    p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=main)
+
+
+def _subsample(size: int, n: int, seed: int) -> torch.Tensor:
+    if n <= 0 or n >= size:
+        return torch.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+def evaluate_elbo(model: Any, data: Any, n: int, timesteps: int, batch_size: int, seed: int) -> dict[str, Any]:
+    """The ELBO in bits/dim on ``n`` test examples (see the module docstring), with its terms in nats."""
+    from mtd_core.data.derive import derive_batch, model_inputs
+    from mtd_core.diffusion.elbo import MultiModalELBO
+
+    taskset = model.taskset
+    fp = taskset.forward_process()
+    K = min(max(1, timesteps), fp.T - 1) if fp.T > 1 else 0
+    elbo = MultiModalELBO(fp, taskset.modalities, taskset.latent, model.encode)
+    idx = _subsample(len(data.splits.test), n, seed)
+    g = torch.Generator().manual_seed(seed)
+    bpd, terms = [], {"prior": 0.0, "denoise": 0.0, "recon": 0.0}
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start:start + batch_size]
+        batch = model_inputs(taskset, derive_batch(taskset, data.batch(data.splits.test, chunk), g))
+        ts = (torch.randperm(fp.T - 1, generator=g)[:K] + 2).sort().values if K else torch.zeros(0, dtype=torch.long)
+        out = elbo(model, model.to_device(batch), timesteps=ts, generator=_device_gen(model, g))
+        bpd.append(out.bpd.double().cpu())
+        for k in ("prior", "denoise", "recon"):
+            terms[k] += float(getattr(out, k).double().sum())
+        for k, v in out.decode.items():
+            terms[f"decode_{k}"] = terms.get(f"decode_{k}", 0.0) + float(v.double().sum())
+    all_bpd = torch.cat(bpd)
+    count = len(all_bpd)
+    se = float(all_bpd.std(unbiased=True) / math.sqrt(count)) if count > 1 else float("nan")
+    return {"bits_per_dim": float(all_bpd.mean()), "std_error": se, "n_examples": count,
+            "timesteps_per_batch": K, "T": fp.T, "exact": K == fp.T - 1,
+            "terms_nats": {k: v / count for k, v in terms.items()}}
+
+
+def _device_gen(model: Any, g: torch.Generator) -> torch.Generator:
+    """A generator on the model's device, seeded from ``g`` (CUDA draws need a CUDA generator)."""
+    dev = model.device
+    if dev.type == "cpu":
+        return g
+    return torch.Generator(dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
+
+
+def evaluate_accuracy(model: Any, data: Any, n: int, batch_size: int, seed: int) -> dict[str, Any]:
+    """Accuracy of every label modality's head on real test images (read-out from the given base)."""
+    from mtd_core.data.derive import derive_batch, model_inputs
+    from mtd_core.sampling.generate import generate
+
+    taskset = model.taskset
+    base = taskset.base
+    labels = [m.name for m in taskset.aggregated
+              if m.data_spec().shape == () and not m.data_spec().torch_dtype.is_floating_point]
+    if base is None or not labels:
+        return {}
+    idx = _subsample(len(data.splits.test), n, seed)
+    g = torch.Generator().manual_seed(seed)
+    correct = {name: 0 for name in labels}
+    for start in range(0, len(idx), batch_size):
+        batch = model_inputs(taskset, derive_batch(taskset, data.batch(data.splits.test, idx[start:start + batch_size]), g))
+        out = generate(model, given={base.name: batch[base.name].to(model.device)}, generator=_device_gen(model, g),
+                       progress=False)
+        for name in labels:
+            correct[name] += int((out.samples[name].cpu() == batch[name]).sum())
+    return {name: {"accuracy": c / len(idx), "n_examples": len(idx)} for name, c in correct.items()}
+
+
+@handle_errors("eval")
+def main(args: argparse.Namespace) -> int:
+    """Run ``mtd eval``."""
+    from mtd_core.training.run import load_run, load_run_data
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
+    loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
+    data = load_run_data(loaded)
+    model = loaded.model
+    result = {"checkpoint": str(loaded.checkpoint.path), "step": loaded.step, "weights": loaded.weights,
+              "test_size": len(data.splits.test)}
+    with torch.no_grad():
+        result["elbo"] = evaluate_elbo(model, data, args.n, args.timesteps, args.batch_size, args.seed)
+    result["accuracy"] = evaluate_accuracy(model, data, args.accuracy_n, args.batch_size, args.seed)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    e = result["elbo"]
+    how = "all denoising terms" if e["exact"] else f"{e['timesteps_per_batch']} of {e['T'] - 1} denoising terms per batch"
+    print(f"mtd eval: {result['checkpoint']} ({result['weights']} weights, step {result['step']})")
+    print(f"  ELBO: {e['bits_per_dim']:.4f} bits/dim (+- {e['std_error']:.4f} s.e.) on {e['n_examples']} of "
+          f"{result['test_size']} test examples, {how}")
+    print("  terms (nats/example): " + ", ".join(f"{k} {v:.2f}" for k, v in e["terms_nats"].items()))
+    for name, a in result["accuracy"].items():
+        print(f"  {name} head accuracy: {a['accuracy']:.2%} on {a['n_examples']} test examples")
+    return 0

@@ -1,0 +1,166 @@
+"""``mtd plugins list`` and ``mtd plugins validate``: what is installed, and whether modality plugins work.
+
+    mtd plugins list [--json] [--verbose]     every registered modality, dataset, backbone and metric, with its
+                                              plugin, distribution, version and status, and every plugin problem
+    mtd plugins validate [KIND ...]           build, run forward and backward, and round-trip each modality
+                                              (default: all); exit 1 if any check fails or any plugin failed to load
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, TextIO
+
+from mtd_core.errors import MTDError
+from mtd_core.plugins.registry import BLOCK_ENV, PluginRecord, Registry, get_registry
+
+COLUMNS = ("name", "what", "roles", "plugin", "distribution", "version", "status", "error")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``plugins`` with its ``list`` and ``validate`` sub-commands."""
+    parser = subparsers.add_parser("plugins", help="list and validate installed plugins",
+                                   description="List and validate the installed mtd plugins.")
+    sub = parser.add_subparsers(dest="plugins_command", metavar="ACTION")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    p_list = sub.add_parser("list", help="list registered modalities, datasets, backbones and metrics",
+                            description="List everything the installed plugins register, and every plugin problem.")
+    p_list.add_argument("--json", action="store_true", help="print the records as a JSON list")
+    p_list.add_argument("-v", "--verbose", action="store_true", help="also print the traceback of each failure")
+    p_list.set_defaults(func=cmd_list)
+
+    p_val = sub.add_parser("validate", help="check that modality plugins build, train and round-trip",
+                           description="Run validate_modality on each named modality kind (default: all). "
+                                       "Exits 1 if any check fails or any plugin failed to load.")
+    p_val.add_argument("kinds", nargs="*", metavar="KIND", help="modality kinds to validate (default: all)")
+    p_val.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a modality option for the validation (VALUE parsed as JSON, else a string); "
+                            "repeatable; applies to every named kind")
+    p_val.add_argument("--json", action="store_true", help="print the validation reports as a JSON list")
+    p_val.set_defaults(func=cmd_validate)
+
+
+def _quiet_registry() -> Registry:
+    """The process-wide registry, loaded without logging warnings (these commands print every problem)."""
+    log = logging.getLogger("mtd.plugins")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        registry = get_registry()
+        registry.load()
+    finally:
+        log.setLevel(level)
+    return registry
+
+
+def format_table(records: list[PluginRecord]) -> str:
+    """The records as a plain-text table with the columns of :data:`COLUMNS` (errors shortened to one line)."""
+    rows = [[c.upper() for c in COLUMNS]]
+    for r in records:
+        error = (r.error or "").splitlines()[0] if r.error else ("blocked by " + BLOCK_ENV if r.status == "blocked" else "")
+        rows.append([r.name, r.what, ",".join(r.roles), r.plugin, r.distribution or "(explicit)", r.version or "",
+                     r.status, error])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
+    return "".join(("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1]).rstrip() + "\n"
+                   for row in rows)
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Print every record; the exit code is 0 even when some plugins failed (``validate`` is the check)."""
+    out = out or sys.stdout
+    registry = _quiet_registry()
+    records = registry.records
+    if args.json:
+        rows = [r.to_dict() for r in records]
+        if not args.verbose:
+            for row in rows:
+                row.pop("traceback")
+        json.dump(rows, out, indent=2)
+        out.write("\n")
+        return 0
+    out.write(format_table(records))
+    problems = [r for r in records if r.status == "failed"]
+    if problems:
+        out.write(f"\n{len(problems)} problem{'s' if len(problems) > 1 else ''}:\n")
+        for r in problems:
+            out.write(r.message() + "\n")
+            if args.verbose and r.traceback:
+                out.write("\n".join("    " + line for line in r.traceback.rstrip().splitlines()) + "\n")
+    for name in registry.blocked_unmatched:
+        out.write(f"note: {BLOCK_ENV} names {name!r}, but no installed plugin or distribution has that name\n")
+    return 0
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to a dict (VALUE as JSON when it parses, else the raw string)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise MTDError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _report_dict(kind: str, report: Any) -> dict[str, Any]:
+    """A JSON-representable form of a ValidationReport (kind, ok, problems, checks)."""
+    return {"kind": kind, "ok": bool(report.ok), "problems": list(report.problems),
+            "checks": list(getattr(report, "checks", []))}
+
+
+def cmd_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Validate the named modality kinds (default: all); 1 if anything failed, including plugin loading."""
+    from mtd_core.plugins.validate import validate_modality
+
+    out = out or sys.stdout
+    registry = _quiet_registry()
+    try:
+        options = _parse_options(args.option)
+    except MTDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failures = registry.failures
+    kinds = list(args.kinds) or registry.modality_kinds()
+    results: list[dict[str, Any]] = []
+    for kind in kinds:
+        try:
+            cls = registry.modality_class(kind)
+        except MTDError as e:
+            results.append({"kind": kind, "ok": False, "problems": [str(e)], "checks": []})
+            continue
+        try:
+            report = validate_modality(cls, dict(options) or None)
+            results.append(_report_dict(kind, report))
+        except Exception as e:  # validate_modality should never raise; report it if it does
+            results.append({"kind": kind, "ok": False, "checks": [],
+                            "problems": [f"validate_modality raised {type(e).__name__}: {e}"]})
+    ok = all(r["ok"] for r in results) and not failures
+    if args.json:
+        json.dump({"ok": ok, "modalities": results, "load_failures": [r.to_dict() for r in failures]}, out, indent=2)
+        out.write("\n")
+        return 0 if ok else 1
+    for r in results:
+        if r["ok"]:
+            out.write(f"{r['kind']}: ok ({len(r['checks'])} checks passed)\n")
+        else:
+            out.write(f"{r['kind']}: FAILED\n")
+            for problem in r["problems"]:
+                out.write("\n".join(("  - " if i == 0 else "    ") + line
+                                    for i, line in enumerate(str(problem).splitlines())) + "\n")
+    if not kinds:
+        out.write("no modality plugins are registered\n")
+    if failures:
+        out.write(f"\n{len(failures)} plugin problem{'s' if len(failures) > 1 else ''} while loading:\n")
+        for rec in failures:
+            out.write(rec.message() + "\n")
+    n_bad = sum(not r["ok"] for r in results)
+    out.write(f"\n{len(results) - n_bad} of {len(results)} modalities passed"
+              + (f"; {len(failures)} plugin load failures" if failures else "") + "\n")
+    return 0 if ok else 1

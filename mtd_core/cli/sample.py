@@ -1,0 +1,187 @@
+"""``mtd sample RUN_DIR --out DIR [--given name=value ...] [--n N] [--sampler ddim --steps S] [--seed S]``.
+
+Draws samples from a trained run (EMA weights of its latest checkpoint) and writes ``samples.png`` (a captioned
+grid) and ``samples.npz`` (every modality's raw samples; captions also as strings) into --out.
+
+``--given`` values, by modality:
+    label        a class index or class name; several comma-separated values give one grid row per value
+                 (``--given label=0,1,2`` with ``--n 8``: 8 samples of each)
+    text         a caption (quote it)
+    image-like   a PNG file (converted to the modality's channels, same size) or a .npy file of shape (C, H, W)
+                 or (B, C, H, W); giving the base image reads the other modalities off it (classification)
+    other        a .npy file holding one example or a batch
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtd_core.cli.train import handle_errors
+from mtd_core.errors import ConfigError, ModalityDataError, closest
+
+
+def register(subparsers: Any) -> None:
+    """Add ``mtd sample``."""
+    p = subparsers.add_parser("sample", help="draw samples from a trained run",
+                              description="Draw joint or conditional samples from a trained run and write a PNG "
+                                          "grid and the raw samples (.npz).")
+    p.add_argument("run", help="the run folder (or one checkpoint folder)")
+    p.add_argument("--out", required=True, help="folder for samples.png and samples.npz")
+    p.add_argument("--given", action="append", default=[], metavar="NAME=VALUE",
+                   help="condition on a modality (repeatable), e.g. --given label=3 or --given label=0,1,2")
+    p.add_argument("--n", type=int, default=16, help="samples (per given value when a list is given); default 16")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="reverse sampler (default ddim)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise level (default 0: deterministic)")
+    p.add_argument("--guidance", type=float, default=0.0, metavar="SCALE",
+                   help="also steer towards the given label with the model's own label head (classifier "
+                        "guidance at this scale; e.g. 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.set_defaults(func=main)
+
+
+def _load_image(path: Path, spec: Any, name: str) -> torch.Tensor:
+    from PIL import Image
+
+    c, h, w = spec.shape
+    try:
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("L" if c == 1 else "RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise ModalityDataError(f"--given {name}={path}: cannot read the image: {e}") from None
+    if a.shape[:2] != (h, w):
+        raise ModalityDataError(f"--given {name}={path}: the image is {a.shape[1]}x{a.shape[0]}, modality {name!r} "
+                                f"needs {w}x{h}")
+    x = torch.from_numpy(a.copy()).float().div(127.5).sub(1.0)
+    return (x[None] if c == 1 else x.permute(2, 0, 1))[None]
+
+
+def parse_given(model: Any, items: list[str], n: int, dataset_names: list[str] | None = None
+                ) -> tuple[dict[str, Any], int, list[str] | None]:
+    """The ``given`` dict for generate(), the total sample count, and row labels (one per given value).
+
+    Every given modality is repeated to the same batch; a comma-separated label list makes rows of ``n``. Labels
+    may be given by index or by name (the label modality's ``class_names``, else the dataset's).
+    """
+    from mtd_core.training.grids import class_names_for
+
+    modalities = model.taskset.modalities
+    display: dict[str, list[str]] = {}
+    raw: dict[str, list[Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--given {item!r}: expected NAME=VALUE, e.g. label=3")
+        name, value = item.split("=", 1)
+        if name not in modalities:
+            raise ConfigError(f"--given {item!r}: the run has no modality {name!r}{closest(name, list(modalities))}; "
+                              f"it has {list(modalities)}")
+        m = modalities[name]
+        spec = m.data_spec()
+        if hasattr(m, "display_names") and spec.shape == ():
+            display[name] = class_names_for(m, dataset_names) or list(m.display_names())
+            names = [s.lower() for s in display[name]]
+            vals = []
+            for v in value.split(","):
+                v = v.strip()
+                if v.lstrip("-").isdigit():
+                    vals.append(int(v))
+                elif v.lower() in names:
+                    vals.append(names.index(v.lower()))
+                else:
+                    raise ConfigError(f"--given {name}={v}: not a class index or name{closest(v.lower(), names)}; "
+                                      f"classes: {display[name]}")
+            raw[name] = [torch.tensor([v]) for v in vals]
+        elif hasattr(m, "tokenize"):
+            raw[name] = [[value]]
+        elif value.endswith(".npy"):
+            a = torch.from_numpy(np.load(value, allow_pickle=False))
+            a = a if a.ndim == len(spec.shape) + 1 else a[None]
+            raw[name] = [a.to(spec.torch_dtype)]
+        elif len(spec.shape) == 3 and spec.dtype.startswith("float"):
+            raw[name] = [_load_image(Path(value), spec, name)]
+        else:
+            raise ConfigError(f"--given {name}={value}: give modality {name!r} (kind {m.kind!r}) as a .npy file")
+    rows = max((len(v) for v in raw.values()), default=1)
+    given: dict[str, Any] = {}
+    for name, vals in raw.items():
+        if len(vals) not in (1, rows):
+            raise ConfigError(f"--given: lists must have the same length; {name!r} has {len(vals)}, another {rows}")
+        parts = []
+        for r in range(rows):
+            v = vals[r if len(vals) > 1 else 0]
+            if isinstance(v, list):
+                count = n
+                parts.append(v * count)
+            else:
+                reps = n if len(v) == 1 else 1
+                parts.append(v.repeat(reps, *([1] * (v.ndim - 1))))
+        given[name] = sum(parts, []) if isinstance(parts[0], list) else torch.cat(parts)
+    total = len(next(iter(given.values()))) if given else n
+    labels = None
+    if rows > 1:
+        label_mod = next(name for name, vals in raw.items() if len(vals) == rows)
+        labels = [display[label_mod][int(v)] if label_mod in display else str(r)
+                  for r, v in enumerate(raw[label_mod])]
+    return given, total, labels
+
+
+def to_npz_arrays(taskset: Any, samples: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Raw samples as numpy arrays (text modalities also decoded to strings under ``<name>_text``)."""
+    out: dict[str, np.ndarray] = {}
+    for name, v in samples.items():
+        m = taskset.modalities[name]
+        if isinstance(v, torch.Tensor):
+            out[name] = v.detach().cpu().numpy()
+            if hasattr(m, "detokenize") and not v.is_floating_point():
+                out[f"{name}_text"] = np.array(m.detokenize(v.cpu()), dtype=str)
+        else:
+            out[name] = np.array([str(x) for x in v], dtype=str)
+    return out
+
+
+@handle_errors("sample")
+def main(args: argparse.Namespace) -> int:
+    """Run ``mtd sample``."""
+    from mtd_core.sampling.generate import generate
+    from mtd_core.training.checkpoint import write_atomic
+    from mtd_core.training.grids import render_grid, sample_cells, save_png
+    from mtd_core.training.run import load_run
+
+    if args.n < 1:
+        raise ConfigError(f"--n must be positive, got {args.n}")
+    loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
+    model = loaded.model
+    given, total, row_labels = parse_given(model, args.given, args.n, loaded.dataset_info.get("class_names"))
+    guidance = None
+    if args.guidance:
+        from mtd_core.sampling.guidance import GuidanceConfig
+
+        target = next((k for k, m in model.taskset.modalities.items() if hasattr(m, "display_names") and k in given), None)
+        if target is None:
+            raise ConfigError("--guidance needs a given label (e.g. --given label=3); it steers towards that class")
+        guidance = GuidanceConfig(modality=target, target=given[target], scale=args.guidance)
+    g = torch.Generator(args.device).manual_seed(args.seed)
+    out = generate(model, n=total, given=given or None, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                   guidance=guidance, generator=g, progress=True)
+    samples = dict(out.samples)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = sample_cells(model.taskset, samples, loaded.dataset_info.get("class_names"))
+    ncols = args.n if row_labels else max(1, math.ceil(math.sqrt(total)))
+    grid = save_png(out_dir / "samples.png", render_grid(cells, ncols, row_labels=row_labels))
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **to_npz_arrays(model.taskset, samples))
+    write_atomic(out_dir / "samples.npz", buf.getvalue())
+    print(f"mtd sample: {total} samples ({out.mode}, {args.sampler} {args.steps} steps, {loaded.weights} weights of "
+          f"step {loaded.step})\n  grid: {grid}\n  raw:  {out_dir / 'samples.npz'}")
+    return 0

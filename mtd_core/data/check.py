@@ -1,0 +1,86 @@
+"""Checks of loaded data that name the file and the first bad example (before any training step runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from mtd_core.errors import ModalityDataError
+
+
+def _first(mask: torch.Tensor) -> int:
+    """Index of the first example for which ``mask`` (B, ...) is true anywhere."""
+    return int(torch.nonzero(mask.reshape(mask.shape[0], -1).any(1))[0])
+
+
+def check_images(x: torch.Tensor, source: str, field: str = "image") -> None:
+    """Raise unless ``x`` is a finite float32 (N, C, H, W) tensor with values in [-1, 1]."""
+    who = f"{source}: field {field!r}"
+    if x.ndim != 4:
+        raise ModalityDataError(f"{who}: expected images of shape (N, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ModalityDataError(f"{who}: expected float images, got dtype {x.dtype}")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        raise ModalityDataError(f"{who}: example {_first(bad)} contains NaN or infinity")
+    out = (x < -1.0) | (x > 1.0)
+    if out.any():
+        i = _first(out)
+        raise ModalityDataError(
+            f"{who}: example {i} has values in [{float(x[i].min()):.4g}, {float(x[i].max()):.4g}]; "
+            "images must lie in [-1, 1] (uint8 arrays are scaled from [0, 255] automatically)"
+        )
+
+
+def check_labels(y: torch.Tensor, source: str, field: str = "label", num_classes: int | None = None) -> None:
+    """Raise unless ``y`` is a 1-D integer tensor with values in [0, num_classes - 1] (or >= 0)."""
+    who = f"{source}: field {field!r}"
+    if y.ndim != 1:
+        raise ModalityDataError(f"{who}: expected one class index per example (shape (N,)), got shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise ModalityDataError(f"{who}: expected integer class indices, got dtype {y.dtype}")
+    neg = y < 0
+    if neg.any():
+        i = int(torch.nonzero(neg)[0])
+        raise ModalityDataError(f"{who}: example {i} has label {int(y[i])}; labels must be >= 0")
+    if num_classes is not None and (y >= num_classes).any():
+        i = int(torch.nonzero(y >= num_classes)[0])
+        raise ModalityDataError(
+            f"{who}: example {i} has label {int(y[i])}, out of range for {num_classes} classes (expected 0..{num_classes - 1})"
+        )
+
+
+def check_against_taskset(taskset: Any, fields: Mapping[str, Any], source: str) -> None:
+    """Check every field named like a task-set modality against that modality's DataSpec.
+
+    Unlike ``Modality.validate`` on a batch, the message names ``source`` and the index of the first bad example
+    in the whole dataset. Fields the task set does not use and non-tensor fields (raw captions) are skipped.
+    """
+    for name, m in taskset.modalities.items():
+        x = fields.get(name)
+        if not isinstance(x, torch.Tensor):
+            continue
+        spec = m.data_spec()
+        who = f"{source}: modality {name!r} (kind {m.kind!r})"
+        if tuple(x.shape[1:]) != tuple(spec.shape):
+            raise ModalityDataError(
+                f"{who}: expected examples of shape {tuple(spec.shape)}, the dataset has {tuple(x.shape[1:])}.\n"
+                "Change the modality's options (channels, size, ...) to match the data, or the data to match them."
+            )
+        if x.dtype != spec.torch_dtype:
+            raise ModalityDataError(f"{who}: expected dtype {spec.dtype}, the dataset has {str(x.dtype).replace('torch.', '')}")
+        if x.is_floating_point():
+            bad = ~torch.isfinite(x)
+            if bad.any():
+                raise ModalityDataError(f"{who}: example {_first(bad)} contains NaN or infinity")
+        low = torch.zeros_like(x, dtype=torch.bool) if spec.low is None else x < spec.low
+        high = torch.zeros_like(x, dtype=torch.bool) if spec.high is None else x > spec.high
+        out = low | high
+        if out.any():
+            i = _first(out)
+            value = x[i].flatten()[out[i].flatten()][0]
+            raise ModalityDataError(
+                f"{who}: example {i} has value {float(value):.6g}, outside the allowed range [{spec.low}, {spec.high}]"
+            )

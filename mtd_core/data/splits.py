@@ -1,0 +1,102 @@
+"""In-memory datasets of named fields and the train/test pair every dataset factory returns.
+
+Items are dicts keyed by field name ("image": float32 (C, H, W) in [-1, 1], "label": int64 scalar, ...). After
+the ``keys`` mapping of a dataset config (mtd_core/data/build.py) the field names are the task set's modality
+names, so a batch can go straight to the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch.utils.data import Dataset
+
+from mtd_core.errors import ModalityDataError
+
+Field = torch.Tensor | list[str]
+
+
+class ArrayDataset(Dataset):
+    """A dataset of equally long fields held in memory: tensors (first dimension = example) or lists of str.
+
+    Args:
+        fields: field name -> a tensor whose first dimension indexes examples, or a list of strings (captions).
+        source: where the data came from (a file, folder or built-in name), quoted in every error message.
+    """
+
+    def __init__(self, fields: Mapping[str, Field], source: str) -> None:
+        if not fields:
+            raise ModalityDataError(f"{source}: a dataset needs at least one field")
+        lengths = {k: len(v) for k, v in fields.items()}
+        if len(set(lengths.values())) != 1:
+            raise ModalityDataError(
+                f"{source}: every field must have one entry per example, got lengths {lengths}"
+            )
+        self.fields: dict[str, Field] = dict(fields)
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(next(iter(self.fields.values())))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {k: v[index] for k, v in self.fields.items()}
+
+    def get_batch(self, indices: torch.Tensor) -> dict[str, Any]:
+        """The examples at ``indices`` already stacked: field -> (B, ...) tensor or list of str."""
+        idx = indices.long()
+        out: dict[str, Any] = {}
+        for k, v in self.fields.items():
+            out[k] = v[idx] if isinstance(v, torch.Tensor) else [v[i] for i in idx.tolist()]
+        return out
+
+    def subset(self, indices: torch.Tensor | Sequence[int]) -> ArrayDataset:
+        """A new dataset holding only ``indices`` (in that order)."""
+        return ArrayDataset(self.get_batch(torch.as_tensor(indices, dtype=torch.long)), self.source)
+
+    def renamed(self, keys: Mapping[str, str]) -> ArrayDataset:
+        """The same data with fields renamed by ``keys`` (dataset field -> batch key); others keep their name."""
+        missing = [k for k in keys if k not in self.fields]
+        if missing:
+            raise ModalityDataError(
+                f"{self.source}: the dataset option 'keys' names fields {missing} that the dataset does not have; "
+                f"its fields are {sorted(self.fields)}"
+            )
+        out = {keys.get(k, k): v for k, v in self.fields.items()}
+        if len(out) != len(self.fields):
+            raise ModalityDataError(f"{self.source}: the 'keys' mapping {dict(keys)} maps two fields to one name")
+        return ArrayDataset(out, self.source)
+
+
+@attrs.frozen
+class DatasetSplits:
+    """What a dataset factory returns.
+
+    Args:
+        train: the training examples (items are dicts keyed by field name).
+        test: held-out examples of the same fields (evaluation, accuracy, the ELBO in bits/dim).
+        info: JSON-representable facts about the data: "name", "source", and where known "num_classes",
+            "class_names", "image_shape". Used for captions in sample grids and for reports.
+    """
+
+    train: Dataset
+    test: Dataset
+    info: dict[str, Any] = attrs.field(factory=dict)
+
+
+def split_indices(n: int, test_fraction: float, seed: int, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic (train, test) partition of range(n): a seeded permutation, the first part is the test set."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ModalityDataError(f"{source}: test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    n_test = max(1, round(n * test_fraction))
+    if n_test >= n:
+        raise ModalityDataError(f"{source}: {n} examples are too few to hold out {test_fraction:.0%} for testing")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def images_to_unit_range(x: torch.Tensor, maximum: float) -> torch.Tensor:
+    """Integer-valued pixels in [0, maximum] -> float32 in [-1, 1] (x / maximum * 2 - 1)."""
+    return (x.to(torch.float32) / float(maximum)) * 2.0 - 1.0

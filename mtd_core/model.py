@@ -1,0 +1,246 @@
+"""MultiTaskModel: one shared backbone, one encoder E_i per modality and one decoder head per aggregated modality.
+
+    encode(batch)   -> z_0 (the base's encoding, zeros without a base) and {i: E_i(x_i)} for aggregated i
+    forward(z_t, t) -> DenoiserOutput(eps_theta(z_t, t), {i: head_i(features)})
+    loss(batch)     -> the multi-task training loss (mtd_core/diffusion/loss.py)
+
+The model implements the :class:`mtd_core.diffusion.elbo.Denoiser` protocol, so the ELBO and the samplers take it
+directly. It never moves itself to a device: callers do (``model.to(device)``), and batches are moved to the
+device of the model's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtd_core.diffusion.elbo import DenoiserOutput
+from mtd_core.diffusion.forward import ForwardProcess
+from mtd_core.diffusion.loss import LossOutput, training_loss
+from mtd_core.errors import ConfigError, ModalityDataError, closest
+from mtd_core.modality import HeadInput, Modality, Role
+from mtd_core.taskset import TaskSet
+
+CONFIG_KEYS = ("taskset", "backbone", "backbone_options")
+
+
+class MultiTaskModel(nn.Module):
+    """The MT-Diffusion network: shared backbone + per-modality encoders and heads.
+
+    Args:
+        taskset: the modalities, noise schedule and latent space. Modalities that need fitting (e.g. a text
+            tokenizer) must be fitted or have their assets loaded before the model is built.
+        backbone: a registered backbone name (built as ``factory(taskset.latent, **backbone_options)``) or a
+            ready ``nn.Module`` with ``feature_spec`` whose ``forward(z_t, t)`` returns a BackboneOutput.
+        backbone_options: options of the named backbone (e.g. the U-Net's ``channels``); must be None or
+            empty when ``backbone`` is a module.
+        registry: the plugin registry used to look the backbone up (default: ``get_registry()``).
+
+    Attributes:
+        taskset: the task set.
+        backbone: the shared denoising network.
+        encoders: ``nn.ModuleDict`` name -> E_i for every modality (the base's is usually the identity).
+        heads: ``nn.ModuleDict`` name -> decoder head for every aggregated modality.
+    """
+
+    def __init__(self, taskset: TaskSet, backbone: str | nn.Module = "unet",
+                 backbone_options: Mapping[str, Any] | None = None, registry: Any = None) -> None:
+        super().__init__()
+        if not isinstance(taskset, TaskSet):
+            raise ConfigError(f"MultiTaskModel: taskset must be a TaskSet, got {type(taskset).__name__}")
+        self.taskset = taskset
+        self.backbone_options = dict(backbone_options or {})
+        if isinstance(backbone, str):
+            if registry is None:
+                from mtd_core.plugins.registry import get_registry
+
+                registry = get_registry()
+            self.backbone_name: str | None = backbone
+            self.backbone = registry.backbone(backbone)(taskset.latent, **self.backbone_options)
+        elif isinstance(backbone, nn.Module):
+            if self.backbone_options:
+                raise ConfigError("MultiTaskModel: backbone_options apply to a backbone name, not a ready module")
+            self.backbone_name = None
+            self.backbone = backbone
+        else:
+            raise ConfigError(f"MultiTaskModel: backbone must be a name or an nn.Module, got {type(backbone).__name__}")
+        features = getattr(self.backbone, "feature_spec", None)
+        if features is None:
+            raise ConfigError(f"MultiTaskModel: backbone {backbone!r:.60} has no 'feature_spec' attribute")
+        self.feature_spec = features
+
+        latent = taskset.latent
+        self.encoders = nn.ModuleDict({name: m.build_encoder(latent) for name, m in taskset.modalities.items()})
+        self.heads = nn.ModuleDict()
+        for m in taskset.aggregated:
+            if m.head_input is HeadInput.NONE:
+                raise ConfigError(f"modality {m.name!r} (kind {m.kind!r}) is aggregated but reads no features "
+                                  "(head_input 'none')")
+            head = m.build_head(latent, features)
+            if head is None:
+                raise ConfigError(f"modality {m.name!r} (kind {m.kind!r}) is aggregated but build_head returned None")
+            self.heads[m.name] = head
+
+    # -- views ------------------------------------------------------------------------------------
+    @property
+    def forward_process(self) -> ForwardProcess:
+        """The task set's (full, not respaced) forward process."""
+        return self.taskset.forward_process()
+
+    @property
+    def modalities(self) -> dict[str, Modality]:
+        """Every modality by name, in task-set order."""
+        return self.taskset.modalities
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters (CPU for a model without parameters)."""
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    # -- the denoiser ---------------------------------------------------------------------------------
+    def to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """``batch`` with every tensor moved to the model's device (other values, e.g. raw captions, kept)."""
+        dev = self.device
+        return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def encode(self, batch: Mapping[str, Any], *, validate: bool = True
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """z_0 and {aggregated name -> E_i(x_i)} for ``batch`` (name -> data for every modality).
+
+        Each modality's data is checked with ``Modality.validate`` first (``validate=False`` skips it); the error
+        names the modality. Without a base, z_0 is zeros of the latent shape.
+        """
+        missing = [n for n in self.taskset.modalities if n not in batch]
+        if missing:
+            raise ModalityDataError(
+                f"batch is missing modalities {missing}; it has keys {sorted(batch)} and the task set needs "
+                f"{list(self.taskset.modalities)}"
+            )
+        return self.encode_some(batch, list(self.taskset.modalities), validate=validate)
+
+    def encode_some(self, batch: Mapping[str, Any], names: list[str], *, validate: bool = True
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Like :meth:`encode` for the modalities ``names`` only (the observed ones, when generating).
+
+        Returns z_0 (zeros when the base is not among ``names``) and the encodings of the aggregated ``names``.
+        """
+        sizes = {n: len(batch[n]) for n in names}
+        if len(set(sizes.values())) > 1:
+            raise ModalityDataError(f"modalities of one batch must have the same batch size, got {sizes}")
+        dev = self.device
+        z0 = None
+        enc: dict[str, torch.Tensor] = {}
+        for name in names:
+            m = self.taskset[name]
+            x = batch[name]
+            if validate:
+                m.validate(x)
+            x = x.to(dev) if isinstance(x, torch.Tensor) else x
+            e = m.encode(self.encoders[name], x)
+            if tuple(e.shape[1:]) != self.taskset.latent.shape:
+                raise ModalityDataError(
+                    f"modality {name!r}: its encoder returned shape {tuple(e.shape)}, expected "
+                    f"(B, {', '.join(map(str, self.taskset.latent.shape))}) (the latent shape)"
+                )
+            if m.role is Role.BASE:
+                z0 = e
+            else:
+                enc[name] = e
+        if z0 is None:
+            B = next(iter(sizes.values()), 0)
+            z0 = torch.zeros(B, *self.taskset.latent.shape, device=dev)
+        return z0, enc
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
+        """eps_theta(z_t, t) and every aggregated modality's head prediction; ``t`` holds original timesteps (B,)."""
+        out = self.backbone(z_t, t)
+        preds = {}
+        for m in self.taskset.aggregated:
+            features = out.pooled if m.head_input is HeadInput.POOLED else out.fmap
+            preds[m.name] = self.heads[m.name](features)
+        return DenoiserOutput(eps=out.eps, preds=preds)
+
+    def predicted_encodings(self, preds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """E_i(xhat_i) for every head prediction, used in the reverse mean mu_theta."""
+        return {name: self.taskset[name].predicted_encoding(self.encoders[name], pred) for name, pred in preds.items()}
+
+    def loss(self, batch: Mapping[str, Any], kind: str = "simple", generator: torch.Generator | None = None,
+             *, t: torch.Tensor | None = None, eps: torch.Tensor | None = None) -> LossOutput:
+        """The multi-task training loss of ``batch`` ("simple" or "vlb"); see mtd_core/diffusion/loss.py.
+
+        Args:
+            batch: name -> data for every modality (moved to the model's device).
+            kind: "simple" (eps MSE + heads' NLL) or "vlb" (T * L_{t-1} + heads' NLL).
+            generator: the RNG for t ~ U{1..T} and eps (on its own device; moved to the model's).
+            t, eps: fixed timesteps (B,) and noise, for tests.
+        """
+        batch = self.to_device(batch)
+        return training_loss(self.forward_process, self, self.taskset.modalities, batch, self.encode,
+                             kind=kind, t=t, eps=eps, generator=generator)
+
+    # -- configuration --------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """{"taskset": ..., "backbone": name, "backbone_options": {...}}: JSON-representable; rebuilt by
+        :meth:`from_config` (weights are saved separately, see mtd_core/training/checkpoint.py)."""
+        if self.backbone_name is None:
+            raise ConfigError(
+                "MultiTaskModel.config(): the backbone was given as a module, which has no config; "
+                "register it as a backbone plugin and pass its name instead"
+            )
+        return {"taskset": self.taskset.to_config(), "backbone": self.backbone_name,
+                "backbone_options": _plain(self.backbone_options)}
+
+    def assets(self) -> dict[str, dict[str, bytes]]:
+        """Every modality's non-tensor state (e.g. a tokenizer), by modality name; empty ones left out."""
+        out = {name: dict(m.assets()) for name, m in self.taskset.modalities.items()}
+        return {k: v for k, v in out.items() if v}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], registry: Any = None,
+                    assets: Mapping[str, Mapping[str, bytes]] | None = None) -> MultiTaskModel:
+        """Rebuild a model (freshly initialised) from :meth:`config`'s dict.
+
+        Args:
+            config: {"taskset": {...}, "backbone": "unet", "backbone_options": {...}}.
+            registry: builds modalities and the backbone (default: ``get_registry()``).
+            assets: modality name -> its saved assets, loaded before the networks are built (needed e.g. by
+                a text modality, whose head size depends on its tokenizer).
+        """
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"model config: expected a dict, got {type(config).__name__}")
+        for key in config:
+            if key not in CONFIG_KEYS:
+                raise ConfigError(f"model config: unknown key {key!r}{closest(str(key), CONFIG_KEYS)}; "
+                                  f"valid keys: {list(CONFIG_KEYS)}")
+        if "taskset" not in config:
+            raise ConfigError("model config: missing key 'taskset'")
+        if registry is None:
+            from mtd_core.plugins.registry import get_registry
+
+            registry = get_registry()
+        taskset = TaskSet.from_config(config["taskset"], registry)
+        for name, a in (assets or {}).items():
+            if name not in taskset:
+                raise ConfigError(f"model assets: no modality {name!r} in the task set"
+                                  f"{closest(name, list(taskset.modalities))}")
+            taskset[name].load_assets(a)
+        backbone = config.get("backbone", "unet")
+        if not isinstance(backbone, str):
+            raise ConfigError(f"model config: 'backbone' must be a registered name, got {backbone!r}")
+        return cls(taskset, backbone, config.get("backbone_options") or {}, registry)
+
+
+def _plain(v: Any) -> Any:
+    """Tuples to lists, recursively, so that the config is plain JSON."""
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+__all__ = ["MultiTaskModel"]

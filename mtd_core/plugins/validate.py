@@ -1,0 +1,345 @@
+"""Validating modality plugins: the whole contract (validate_modality) and single Config fields (option validators).
+
+validate_modality builds a modality in every role it supports and exercises its contract on a tiny latent. It is
+what `mtd plugins validate` runs, and what a plugin author runs before publishing. Each check that fails becomes
+one precise problem string ("<kind> (role <role>): <check>: expected ..., got ..."); a plugin's exception is caught
+into a problem, never raised, so one broken plugin cannot stop the validation of the others.
+
+The option validators (``option(...)`` and the ready-made ones below) are attrs field validators for a modality's
+Config; the ValueError they raise becomes a ConfigError naming the modality, the option, and expected vs received.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import torch
+from torch import nn
+
+from mtd_core.modality import BasePrediction, FeatureSpec, HeadInput, LatentSpec, Modality, Role
+
+T = TypeVar("T")
+
+
+# -- Config field validators ---------------------------------------------------------------------------------
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def option(expected: str, test: Callable[[Any], bool]) -> Callable[[Any, attrs.Attribute, Any], None]:
+    """An attrs validator raising "option 'x' must be <expected>, got <value>" unless ``test(value)``."""
+
+    def validator(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not test(value):
+            raise ValueError(f"option {attribute.name!r} must be {expected}, got {value!r}")
+
+    return validator
+
+
+def one_of(*choices: Any) -> Callable[[Any, attrs.Attribute, Any], None]:
+    """An attrs validator accepting exactly one of ``choices``."""
+    return option(f"one of {list(choices)}", lambda v: v in choices)
+
+
+positive_int = option("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+non_negative_int = option("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+positive_float = option("a finite number > 0", lambda v: _number(v) and v > 0)
+unit_interval = option("a number in [0, 1]", lambda v: _number(v) and 0.0 <= v <= 1.0)
+pixel_value = option("a pixel value in [-1, 1]", lambda v: _number(v) and -1.0 <= v <= 1.0)
+is_bool = option("true or false", lambda v: isinstance(v, bool))
+modality_name = option("a modality name (an identifier)", lambda v: isinstance(v, str) and v.isidentifier())
+
+
+def optional_names(value: Any) -> tuple[str, ...] | None:
+    """An attrs converter for optional display names: None, or a list of non-empty str kept as a tuple (so the
+    frozen Config stays hashable; ``attrs.asdict`` gives a list back). Anything else is a ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v
+                                                                                  for v in value):
+        raise ValueError(f"option 'class_names' must be a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+# -- validate_modality ---------------------------------------------------------------------------------------
+DEFAULT_LATENT = LatentSpec((1, 8, 8))
+DEFAULT_FEATURES = FeatureSpec(pooled_dim=32, map_channels=16)
+
+
+@attrs.frozen
+class ValidationReport:
+    """The outcome of :func:`validate_modality`.
+
+    Attributes:
+        kind: the modality kind validated (the class name when it has no usable ``kind``).
+        ok: True when no check failed.
+        problems: one line per failed check, naming the kind, role, check, and expected vs received.
+        checks: the checks that passed, in order.
+    """
+
+    kind: str
+    ok: bool
+    problems: list[str]
+    checks: list[str]
+
+    def __str__(self) -> str:
+        head = f"modality {self.kind!r}: " + ("ok" if self.ok else f"{len(self.problems)} problem(s)")
+        head += f" ({len(self.checks)} checks passed)"
+        return "\n".join([head, *(f"  - {p}" for p in self.problems)])
+
+
+class _Failed(Exception):
+    """Raised inside a check to stop the checks that depend on it (already recorded as a problem)."""
+
+
+class _Checker:
+    """Records passed checks and problems for one (kind, role)."""
+
+    def __init__(self, who: str, problems: list[str], checks: list[str]) -> None:
+        self.who, self.problems, self.checks = who, problems, checks
+
+    def fail(self, check: str, message: str) -> _Failed:
+        self.problems.append(f"{self.who}: {check}: {message}")
+        return _Failed(check)
+
+    def run(self, check: str, fn: Callable[[], T]) -> T:
+        """``fn()``, or a problem "<check>: raised <Error>: <message>" (and _Failed) when it raises."""
+        try:
+            out = fn()
+        except _Failed:
+            raise
+        except Exception as e:  # a plugin's bug becomes a problem, never an exception
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise self.fail(check, f"raised {type(e).__name__}: {first}") from None
+        return out
+
+    def ok(self, check: str) -> None:
+        self.checks.append(f"{self.who}: {check}")
+
+    def expect(self, check: str, cond: bool, expected: str, got: Any) -> None:
+        """Record ``check`` as passed when ``cond``, else a problem "expected ..., got ..." and _Failed."""
+        if not cond:
+            raise self.fail(check, f"expected {expected}, got {got}")
+        self.ok(check)
+
+
+def _shape(x: Any) -> Any:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and bool(torch.isfinite(x.detach().float()).all())
+
+
+def _static_checks(cls: Any, c: _Checker) -> None:
+    """Class-level contract: a concrete Modality subclass with a kind, roles, head_input and an attrs Config."""
+    if not (inspect.isclass(cls) and issubclass(cls, Modality)):
+        raise c.fail("class", f"expected a subclass of mtd_core.modality.Modality, got {cls!r}")
+    if inspect.isabstract(cls):
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        raise c.fail("class", f"expected a concrete class, got abstract methods {missing} not implemented")
+    c.ok("class")
+    kind = getattr(cls, "kind", None)
+    c.expect("kind", isinstance(kind, str) and kind.isidentifier(), "a class attribute kind: an identifier str",
+             repr(kind))
+    roles = getattr(cls, "roles", None)
+    c.expect("roles", isinstance(roles, tuple) and len(roles) > 0 and all(isinstance(r, Role) for r in roles),
+             "a non-empty tuple of Role", repr(roles))
+    config = getattr(cls, "Config", None)
+    c.expect("Config", inspect.isclass(config) and attrs.has(config), "an attrs class of options", repr(config))
+    docs = (inspect.getdoc(config) or "") + (inspect.getdoc(cls) or "")
+    undocumented = [f.name for f in attrs.fields(config) if f.name not in docs]
+    c.expect("Config documented", not undocumented, "every Config field named in the Config or class docstring",
+             f"undocumented {undocumented}")
+
+
+def _role_checks(cls: type[Modality], role: Role, options: Mapping[str, Any], latent: LatentSpec,
+                 features: FeatureSpec, batch_size: int, seed: int, c: _Checker) -> None:
+    """Build the modality in ``role`` and exercise data, networks, loss, gradients, sampling and round-trips."""
+    B = batch_size
+    gen = torch.Generator().manual_seed(seed)
+    m = c.run("construct", lambda: cls(**{"role": role, **options}))
+    c.ok("construct")
+
+    # configuration round-trip through JSON
+    config = c.run("to_config", m.to_config)
+    text = c.run("to_config is JSON", lambda: json.dumps(config))
+    c.ok("to_config is JSON")
+    m2 = c.run("from_config", lambda: type(m).from_config(json.loads(text)))
+    same = {"to_config": m2.to_config() == config, "Config": getattr(m2, "config", None) == m.config,
+            "name": m2.name == m.name, "role": m2.role == m.role, "weights": m2.weights == m.weights,
+            "loss_weight": m2.loss_weight == m.loss_weight}
+    c.expect("config round-trip", all(same.values()), "from_config(to_config()) to rebuild an equal modality",
+             f"differences in {[k for k, v in same.items() if not v]}: {m.config} vs {getattr(m2, 'config', None)}")
+
+    # the latent space
+    if role is Role.BASE:
+        shape = c.run("latent_shape", m.latent_shape)
+        good = isinstance(shape, tuple) and len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape)
+        c.expect("latent_shape", good, "a (C, H, W) tuple of positive ints as the base", repr(shape))
+        latent = LatentSpec(shape)
+
+    # data
+    batch = c.run("example_batch", lambda: m.example_batch(B, gen))
+    c.run("fit", lambda: m.fit([batch]))
+    batch = c.run("example_batch", lambda: m.example_batch(B, gen))
+    c.expect("example_batch", isinstance(batch, Mapping) and m.name in batch,
+             f"a dict holding the key {m.name!r}",
+             sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__)
+    x = batch[m.name]
+    c.run("validate(example_batch)", lambda: m.validate(x))
+    n = len(x)
+    c.expect("example_batch size", n == B, f"{B} examples", n)
+    c.ok("validate(example_batch)")
+
+    # networks
+    encoder = c.run("build_encoder", lambda: m.build_encoder(latent))
+    c.expect("build_encoder", isinstance(encoder, nn.Module), "an nn.Module", type(encoder).__name__)
+    head_input = m.head_input
+    c.expect("head_input", isinstance(head_input, HeadInput), "a HeadInput", repr(head_input))
+    head = c.run("build_head", lambda: m.build_head(latent, features))
+    if head_input is HeadInput.NONE:
+        c.expect("build_head", head is None, "None (head_input is NONE)", type(head).__name__)
+    else:
+        c.expect("build_head", isinstance(head, nn.Module), f"an nn.Module (head_input is {head_input.value})",
+                 type(head).__name__)
+
+    z = c.run("encode", lambda: m.encode(encoder, x))
+    c.expect("encode shape", isinstance(z, torch.Tensor) and tuple(z.shape) == (B, *latent.shape),
+             f"shape {(B, *latent.shape)}", _shape(z))
+    c.expect("encode finite", _finite(z), "finite values", "NaN or infinity")
+
+    # prediction and loss
+    C, H, W = latent.shape
+    leaf: torch.Tensor | None = None
+    if head is None:
+        leaf = torch.randn((B, *latent.shape), generator=gen).requires_grad_(True)
+        pred: Any = BasePrediction(mean=leaf, log_var=torch.full_like(leaf, math.log(1e-4)))
+    elif head_input is HeadInput.POOLED:
+        pred = c.run("head forward", lambda: head(torch.randn(B, features.pooled_dim, generator=gen)))
+    else:
+        pred = c.run("head forward", lambda: head(torch.randn(B, features.map_channels, H, W, generator=gen)))
+    loss = c.run("loss", lambda: m.loss(pred, x))
+    c.expect("loss shape", isinstance(loss, torch.Tensor) and tuple(loss.shape) == (B,) and loss.is_floating_point(),
+             f"a float tensor of shape ({B},)", _shape(loss))
+    c.expect("loss finite", _finite(loss), "finite values", loss.detach().tolist())
+
+    enc_hat = c.run("predicted_encoding", lambda: m.predicted_encoding(encoder, pred))
+    c.expect("predicted_encoding shape",
+             isinstance(enc_hat, torch.Tensor) and tuple(enc_hat.shape) == (B, *latent.shape),
+             f"shape {(B, *latent.shape)}", _shape(enc_hat))
+    c.expect("predicted_encoding finite", _finite(enc_hat), "finite values", "NaN or infinity")
+
+    # gradients reach the trainable parts
+    def backward() -> None:
+        total = loss.sum()
+        for t in (z, enc_hat):
+            if t.requires_grad:
+                total = total + (t * torch.randn(t.shape, generator=gen)).sum()
+        if total.requires_grad:
+            total.backward()
+
+    c.run("backward", backward)
+    for part, module in (("encoder", encoder), ("head", head)):
+        params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+        if not params:
+            continue
+        grads = [p.grad for p in params if p.grad is not None]
+        c.expect(f"{part} gradient", bool(grads), f"a gradient on some {part} parameter", "no gradient at all")
+        c.expect(f"{part} gradient finite", all(_finite(g) for g in grads), "finite gradients", "NaN or infinity")
+    if leaf is not None:
+        c.expect("loss gradient", leaf.grad is not None and _finite(leaf.grad),
+                 "a finite gradient w.r.t. the BasePrediction mean", "none or non-finite")
+
+    # sampling
+    for greedy in (True, False):
+        check = f"sample(greedy={greedy})"
+        s = c.run(check, lambda: m.sample(pred, greedy=greedy, generator=gen))
+        c.run(f"validate({check})", lambda: m.validate(s))
+        c.ok(check)
+
+    # assets and a rebuilt modality compute the same encoding
+    assets = c.run("assets", m.assets)
+    c.expect("assets", isinstance(assets, dict) and all(isinstance(k, str) and isinstance(v, bytes)
+                                                         for k, v in assets.items()),
+             "a dict of str -> bytes", repr(type(assets)))
+    c.run("load_assets", lambda: m2.load_assets(dict(assets)))
+    again = c.run("assets round-trip", m2.assets)
+    c.expect("assets round-trip", again == assets, "load_assets(assets()) to restore the same assets",
+             f"keys {sorted(again)}")
+
+    def rebuilt_encoding() -> torch.Tensor:
+        enc2 = m2.build_encoder(latent)
+        enc2.load_state_dict(encoder.state_dict())
+        return m2.encode(enc2, x)
+
+    z2 = c.run("rebuilt encode", rebuilt_encoding)
+    c.expect("rebuilt encode", isinstance(z2, torch.Tensor) and z2.shape == z.shape and torch.equal(z2, z.detach()),
+             "the same encoding from the modality rebuilt from its config and assets", "a different encoding")
+
+
+def validate_modality(cls: type[Modality], options: Mapping[str, Any] | None = None, *,
+                      latent: LatentSpec = DEFAULT_LATENT, features: FeatureSpec = DEFAULT_FEATURES,
+                      batch_size: int = 4, seed: int = 0) -> ValidationReport:
+    """Exercise ``cls``'s contract in each role it supports and report every problem found.
+
+    Args:
+        cls: the Modality subclass to validate.
+        options: constructor keywords (Config fields, name, weights, ...); a ``role`` key restricts the check to
+            that role, else every role in ``cls.roles`` is checked.
+        latent: the latent space used for aggregated roles (the base derives its own from ``latent_shape()``).
+        features: the backbone features fed (as random tensors) to the head.
+        batch_size: examples per generated batch.
+        seed: seeds the example data, random features and module initialisation (the global RNG is restored).
+
+    Returns:
+        A ValidationReport; it never raises for a plugin's bug.
+    """
+    options = dict(options or {})
+    kind = getattr(cls, "kind", None)
+    label = kind if isinstance(kind, str) else getattr(cls, "__name__", repr(cls))
+    problems: list[str] = []
+    checks: list[str] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            _static_checks(cls, _Checker(label, problems, checks))
+        except _Failed:
+            return ValidationReport(kind=label, ok=False, problems=problems, checks=checks)
+        roles = list(cls.roles)
+        if "role" in options:
+            try:
+                roles = [Role(options.pop("role"))]
+            except ValueError as e:
+                problems.append(f"{label}: role option: {e}")
+                roles = []
+        for role in roles:
+            try:
+                _role_checks(cls, role, options, latent, features, batch_size, seed,
+                             _Checker(f"{label} (role {role.value})", problems, checks))
+            except _Failed:
+                continue
+            except Exception as e:  # a bug outside any named check: still a problem, never an exception
+                problems.append(f"{label} (role {role.value}): unexpected {type(e).__name__}: {e}")
+    return ValidationReport(kind=label, ok=not problems, problems=problems, checks=checks)
+
+
+__all__ = [
+    "ValidationReport",
+    "is_bool",
+    "modality_name",
+    "non_negative_int",
+    "one_of",
+    "option",
+    "optional_names",
+    "pixel_value",
+    "positive_float",
+    "positive_int",
+    "unit_interval",
+    "validate_modality",
+]

@@ -1,0 +1,95 @@
+"""Classifier guidance from the model's own heads (Dhariwal & Nichol 2021, section 4, the eps form).
+
+No separate classifier: a modality's head already gives log p_theta(y | z_t) = -Modality.loss(head(z_t), y) at
+every noise level (heads are trained across t). Guidance towards a target y shifts eps_theta by
+
+    eps_guided = eps_theta(z_t, t) - scale * sqrt(1 - abar_t) * grad_{z_t} log p_theta(y | z_t)
+
+which the DDIM and ancestral updates then use unchanged. For a label this is the gradient of the log-softmax of
+the label head's logits at the target class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from mtd_core.errors import ConfigError, closest
+from mtd_core.modality import Modality, Role
+
+
+@attrs.frozen
+class GuidanceConfig:
+    """Steer generation towards a target value of one aggregated modality.
+
+    Args:
+        modality: the name of the guiding modality (its head supplies log p(y | z_t)); usually a label.
+        target: the target data: one example (e.g. a class index, broadcast to the batch) or one per sample
+            (a list or tensor of length n).
+        scale: the guidance scale s (0 turns guidance off; larger follows the target more strictly).
+    """
+
+    modality: str
+    target: Any
+    scale: float = 1.0
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale) or self.scale < 0:
+            raise ConfigError(f"guidance on {self.modality!r}: scale must be a finite number >= 0, got {self.scale!r}")
+
+
+def resolve_target(m: Modality, target: Any, n: int, device: torch.device) -> torch.Tensor:
+    """The guidance target as a validated batch of ``n`` examples of ``m``'s data on ``device``."""
+    spec = m.data_spec()
+    x = target if isinstance(target, torch.Tensor) else torch.as_tensor(
+        list(target) if isinstance(target, Sequence) and not isinstance(target, str) else target)
+    if tuple(x.shape) == spec.shape:
+        x = x.expand(n, *spec.shape)
+    if x.dtype != spec.torch_dtype and x.is_floating_point() == spec.torch_dtype.is_floating_point:
+        x = x.to(spec.torch_dtype)  # same kind only (int32 -> int64, float64 -> float32); never int <-> float
+    m.validate(x, where="guidance target")
+    if x.shape[0] != n:
+        raise ConfigError(f"guidance on {m.name!r}: the target has {x.shape[0]} examples, the batch has {n}")
+    return x.to(device)
+
+
+def check_guidance(guidance: GuidanceConfig, modalities: dict[str, Modality]) -> Modality:
+    """The guiding modality, after checking that it exists and is aggregated (it must have a head)."""
+    if not isinstance(guidance, GuidanceConfig):
+        raise ConfigError(f"guidance must be a GuidanceConfig, got {type(guidance).__name__}")
+    if guidance.modality not in modalities:
+        raise ConfigError(
+            f"guidance: no modality {guidance.modality!r}{closest(guidance.modality, list(modalities))}; "
+            f"the task set has {list(modalities)}"
+        )
+    m = modalities[guidance.modality]
+    if m.role is not Role.AGGREGATED:
+        raise ConfigError(f"guidance: modality {m.name!r} is the base and has no head to guide with")
+    return m
+
+
+def guided_eps(model: Any, z_t: torch.Tensor, t: torch.Tensor, abar_t: float, m: Modality, target: torch.Tensor,
+               scale: float) -> tuple[torch.Tensor, dict[str, Any]]:
+    """eps_theta guided towards ``target`` (see the module docstring) and the heads' (detached) predictions.
+
+    Args:
+        model: the MultiTaskModel (called as ``model(z_t, t)``).
+        z_t: the current state.
+        t: the original timesteps (B,).
+        abar_t: abar at t (float64 precision).
+        m: the guiding modality.
+        target: its target data, one example per row of z_t.
+        scale: the guidance scale.
+    """
+    with torch.enable_grad():
+        z = z_t.detach().requires_grad_(True)
+        out = model(z, t)
+        log_p = -m.loss(out.preds[m.name], target)
+        (grad,) = torch.autograd.grad(log_p.sum(), z)
+    eps = out.eps.detach().to(z_t.dtype) - scale * math.sqrt(1.0 - abar_t) * grad.to(z_t.dtype)
+    preds = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.preds.items()}
+    return eps, preds

@@ -1,0 +1,314 @@
+"""TaskSet: the modalities of one MT-Diffusion model, its noise schedule and its latent space Z, validated as a whole.
+
+Config format (a plain dict; the ``[taskset]`` table of a run config, or a TOML file of its own):
+
+    modalities    a list of modality configs, each with a "kind" (built by the plugin registry)
+    diffusion     the noise schedule: {"kind": "linear" | "cosine" | "custom", ...its parameters}
+    latent_shape  [C, H, W]; required only when no modality is the base (otherwise inferred from it)
+
+See docs/models.md for an example.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mtd_core.diffusion.forward import ForwardProcess
+from mtd_core.diffusion.noise import KINDS as NOISE_KINDS
+from mtd_core.diffusion.noise import NoiseSchedule
+from mtd_core.errors import ConfigError, MTDError, PluginError, ScheduleError, closest
+from mtd_core.modality import LatentSpec, Modality, Role
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+CONFIG_KEYS = ("modalities", "diffusion", "latent_shape")
+
+
+def _latent_shape(value: Any, where: str) -> tuple[int, int, int]:
+    ok = (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3
+          and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+    if not ok:
+        raise ConfigError(f"{where}: expected three positive integers [C, H, W], got {value!r}")
+    return (int(value[0]), int(value[1]), int(value[2]))
+
+
+class TaskSet:
+    """The modalities of a model, its noise schedule and the shared latent shape, checked together.
+
+    Args:
+        modalities: the configured modalities, in order (the order of encoders, heads and configs).
+            Names must be unique and at most one modality may have the base role.
+        noise: the variance schedule beta_t (default: DDPM's linear schedule with T = 1000).
+        latent_shape: (C, H, W) of Z. Inferred from the base's ``latent_shape()`` when omitted; required when
+            there is no base; a ConfigError when it contradicts the base.
+
+    Raises:
+        ConfigError: duplicate names, two bases, a missing or conflicting latent shape, a non-Modality.
+        ScheduleError: an aggregated modality's weight schedule is invalid on ``noise`` (e.g. lambda_T too
+            large); the message names the modality.
+    """
+
+    def __init__(self, modalities: Sequence[Modality], noise: NoiseSchedule | None = None,
+                 latent_shape: tuple[int, int, int] | None = None) -> None:
+        mods = list(modalities)
+        if not mods:
+            raise ConfigError("taskset: needs at least one modality, got none")
+        for i, m in enumerate(mods):
+            if not isinstance(m, Modality):
+                raise ConfigError(f"taskset: modalities[{i}] must be a Modality instance, got {type(m).__name__}")
+        names = [m.name for m in mods]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"taskset: modality names must be unique; repeated: {dupes} (set a distinct 'name')")
+        bases = [m for m in mods if m.role is Role.BASE]
+        if len(bases) > 1:
+            raise ConfigError(
+                f"taskset: at most one modality may have the role 'base', got {[m.name for m in bases]}"
+            )
+        if noise is not None and not isinstance(noise, NoiseSchedule):
+            raise ConfigError(f"taskset: noise must be a NoiseSchedule, got {type(noise).__name__}")
+        self._noise = noise if noise is not None else NoiseSchedule.linear(1000)
+        self._modalities = {m.name: m for m in mods}
+        self._base = bases[0] if bases else None
+        self._given_latent = latent_shape is not None
+        self._latent = LatentSpec(self._resolve_latent(latent_shape))
+        # Built eagerly: a weight schedule that is invalid on this noise schedule fails here, naming its modality.
+        self._fp = ForwardProcess(self._noise, {m.name: m.weights for m in self.aggregated})
+
+    def _resolve_latent(self, given: tuple[int, int, int] | None) -> tuple[int, int, int]:
+        base = self._base
+        inferred = base.latent_shape() if base is not None else None
+        if base is not None and inferred is not None:
+            inferred = _latent_shape(inferred, f"taskset: base modality {base.name!r} latent_shape()")
+        if given is not None:
+            given = _latent_shape(given, "taskset: latent_shape")
+            if base is not None and inferred is not None and given != inferred:
+                raise ConfigError(
+                    f"taskset: latent_shape {list(given)} contradicts the base modality "
+                    f"{base.name!r}, which defines {list(inferred)}; drop latent_shape or make them agree"
+                )
+            return given
+        if inferred is None:
+            who = (f"the base modality {self._base.name!r} defines none" if self._base is not None
+                   else "no modality has the role 'base'")
+            raise ConfigError(f"taskset: latent_shape [C, H, W] is required because {who}")
+        return inferred
+
+    # -- views ------------------------------------------------------------------------------------
+    @property
+    def base(self) -> Modality | None:
+        """The base modality (its encoding is z_0), or None."""
+        return self._base
+
+    @property
+    def aggregated(self) -> tuple[Modality, ...]:
+        """The aggregated modalities, in task-set order."""
+        return tuple(m for m in self._modalities.values() if m.role is Role.AGGREGATED)
+
+    @property
+    def modalities(self) -> dict[str, Modality]:
+        """Every modality by name, in task-set order (a copy)."""
+        return dict(self._modalities)
+
+    @property
+    def noise(self) -> NoiseSchedule:
+        """The variance schedule beta_t."""
+        return self._noise
+
+    @property
+    def latent(self) -> LatentSpec:
+        """The shared latent space Z."""
+        return self._latent
+
+    def forward_process(self) -> ForwardProcess:
+        """The forward process (noise schedule + every aggregated modality's w_t, lambda_t); built once."""
+        return self._fp
+
+    def __getitem__(self, name: str) -> Modality:
+        try:
+            return self._modalities[name]
+        except KeyError:
+            raise KeyError(
+                f"taskset has no modality {name!r}{closest(name, list(self._modalities))}; "
+                f"it has {list(self._modalities)}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._modalities
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TaskSet) and other.to_config() == self.to_config()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_config(), sort_keys=True))
+
+    def __repr__(self) -> str:
+        mods = ", ".join(f"{m.name}:{m.kind}/{m.role.value}" for m in self._modalities.values())
+        return f"TaskSet([{mods}], latent={list(self._latent.shape)}, T={self._noise.T})"
+
+    # -- configuration ------------------------------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        """A plain JSON/TOML-representable dict; :meth:`from_config` rebuilds an equal task set."""
+        out: dict[str, Any] = {
+            "modalities": [m.to_config() for m in self._modalities.values()],
+            "diffusion": self._noise.to_config(),
+        }
+        if self._given_latent or self._base is None or self._base.latent_shape() is None:
+            out["latent_shape"] = list(self._latent.shape)
+        return out
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], registry: Any = None) -> TaskSet:
+        """Build a task set from :meth:`to_config`'s format.
+
+        Args:
+            config: {"modalities": [modality configs with "kind"], "diffusion": {...}, "latent_shape": [C, H, W]};
+                a ready Modality instance may stand in for a modality config.
+            registry: the plugin registry that builds modalities by kind (default: ``get_registry()``).
+
+        Raises:
+            ConfigError: an unknown or missing key (with the nearest valid key), a malformed modality list,
+                an unknown modality kind; every message names the offending key or list index.
+        """
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"taskset: expected a table/dict, got {type(config).__name__}")
+        for key in config:
+            if key not in CONFIG_KEYS:
+                raise ConfigError(
+                    f"taskset: unknown key {key!r}{closest(str(key), CONFIG_KEYS)}; valid keys: {list(CONFIG_KEYS)}"
+                )
+        if "modalities" not in config:
+            raise ConfigError("taskset: missing key 'modalities' (a list of modality configs, each with a 'kind')")
+        raw = config["modalities"]
+        if isinstance(raw, (str, Mapping)) or not isinstance(raw, Sequence):
+            raise ConfigError(f"taskset: 'modalities' must be a list of modality configs, got {type(raw).__name__}")
+        if registry is None:
+            from mtd_core.plugins.registry import get_registry
+
+            registry = get_registry()
+        mods = []
+        for i, mc in enumerate(raw):
+            if isinstance(mc, Modality):
+                mods.append(mc)
+                continue
+            if not isinstance(mc, Mapping):
+                raise ConfigError(f"taskset: modalities[{i}] must be a table/dict, got {type(mc).__name__}")
+            if "kind" not in mc:
+                raise ConfigError(f"taskset: modalities[{i}] has no 'kind' (e.g. kind = \"image\"); keys: {sorted(mc)}")
+            try:
+                mods.append(registry.build_modality(dict(mc)))
+            except (ConfigError, ScheduleError, PluginError) as e:
+                raise type(e)(f"taskset: modalities[{i}] (kind {mc['kind']!r}): {e}") from e
+        noise = _noise_from_config(config.get("diffusion"))
+        latent = config.get("latent_shape")
+        return cls(mods, noise, None if latent is None else _latent_shape(latent, "taskset: latent_shape"))
+
+    @classmethod
+    def from_toml(cls, path: str | Path, registry: Any = None) -> TaskSet:
+        """Read a task set from a TOML file: either the task set at the top level or in a ``[taskset]`` table."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"taskset: file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"taskset: {str(path)!r} is not valid TOML: {e}") from None
+        table = data.get("taskset", data)
+        try:
+            return cls.from_config(table, registry)
+        except MTDError as e:
+            raise type(e)(f"{path}: {e}") from e
+
+    def to_toml(self, path: str | Path | None = None) -> str:
+        """The config as TOML text (written to ``path`` if given). None-valued options are omitted, so they
+        take their default (None) when read back."""
+        text = dumps_toml(self.to_config())
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+
+def _noise_from_config(config: Any) -> NoiseSchedule:
+    """The noise schedule of a ``diffusion`` table, checking its keys against the schedule kind's parameters."""
+    if config is None:
+        return NoiseSchedule.linear(1000)
+    if isinstance(config, NoiseSchedule):
+        return config
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"taskset: 'diffusion' must be a table/dict, got {type(config).__name__}")
+    kind = config.get("kind", "linear")
+    if kind not in NOISE_KINDS:
+        raise ConfigError(f"taskset: diffusion.kind must be one of {list(NOISE_KINDS)}, "
+                          f"got {kind!r}{closest(str(kind), NOISE_KINDS)}")
+    params = list(inspect.signature(getattr(NoiseSchedule, kind)).parameters)
+    for key in config:
+        if key != "kind" and key not in params:
+            raise ConfigError(
+                f"taskset: unknown key diffusion.{key}{closest(str(key), params)} for a {kind!r} schedule; "
+                f"valid keys: {['kind', *params]}"
+            )
+    try:
+        return NoiseSchedule.from_config(dict(config))
+    except ScheduleError as e:
+        raise ConfigError(f"taskset: diffusion: {e}") from None
+
+
+# -- a tiny TOML writer (tomllib only reads) ------------------------------------------------------
+def _toml_value(v: Any, where: str) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x, where) for x in v if x is not None) + "]"
+    if isinstance(v, Mapping):
+        items = [f"{_toml_key(k)} = {_toml_value(x, where)}" for k, x in v.items() if x is not None]
+        return "{" + ", ".join(items) + "}"
+    raise ConfigError(f"cannot write {where} = {v!r} ({type(v).__name__}) as TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() and k.isascii() else json.dumps(k)
+
+
+def dumps_toml(config: Mapping[str, Any]) -> str:
+    """TOML text for a dict of scalars, lists, tables and lists of tables (None values are omitted)."""
+    lines: list[str] = []
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    arrays: list[tuple[str, list[Mapping[str, Any]]]] = []
+    for k, v in config.items():
+        if v is None:
+            continue
+        if isinstance(v, Mapping):
+            tables.append((k, v))
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, Mapping) for x in v):
+            arrays.append((k, list(v)))
+        else:
+            lines.append(f"{_toml_key(k)} = {_toml_value(v, k)}")
+    for k, items in arrays:
+        for item in items:
+            lines += ["", f"[[{_toml_key(k)}]]"]
+            lines += [f"{_toml_key(ik)} = {_toml_value(iv, f'{k}.{ik}')}" for ik, iv in item.items() if iv is not None]
+    for k, table in tables:
+        lines += ["", f"[{_toml_key(k)}]"]
+        lines += [f"{_toml_key(ik)} = {_toml_value(iv, f'{k}.{ik}')}" for ik, iv in table.items() if iv is not None]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+__all__ = ["TaskSet", "dumps_toml"]

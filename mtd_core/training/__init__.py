@@ -1,0 +1,51 @@
+"""Training: the Trainer, safe checkpoints, the EMA, data-parallel helpers, run configs and sample grids."""
+
+from mtd_core.training.checkpoint import (
+    Checkpoint,
+    capture_rng_state,
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    write_atomic,
+)
+from mtd_core.training.config import RunConfig, TrainConfig, apply_override, read_config, resolve_config
+from mtd_core.training.distributed import DistContext, init_distributed, shutdown_distributed
+from mtd_core.training.ema import EMA
+from mtd_core.training.grids import GridCell, render_grid, sample_cells, save_png
+from mtd_core.training.run import LoadedRun, Run, build_run, load_run, load_run_data
+from mtd_core.training.trainer import NonFiniteLossError, Trainer, TrainResult, lr_at
+
+__all__ = [
+    "EMA",
+    "Checkpoint",
+    "DistContext",
+    "GridCell",
+    "LoadedRun",
+    "NonFiniteLossError",
+    "Run",
+    "RunConfig",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "apply_override",
+    "build_run",
+    "capture_rng_state",
+    "find_checkpoint",
+    "init_distributed",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_run",
+    "load_run_data",
+    "lr_at",
+    "read_config",
+    "render_grid",
+    "resolve_config",
+    "restore_rng_state",
+    "sample_cells",
+    "save_checkpoint",
+    "save_png",
+    "shutdown_distributed",
+    "write_atomic",
+]

@@ -1,0 +1,354 @@
+"""Safe checkpoints: tensors in safetensors, everything else in JSON, written atomically, verified on load.
+
+A checkpoint is a folder ``step_00001234/`` under a run's ``checkpoints/`` folder:
+
+    model.safetensors       the model's state dict
+    ema.safetensors         the EMA weights (optional)
+    optimizer.safetensors   the optimizer's tensors ("state.<param index>.<name>"); the rest is in state.json
+    rng.safetensors         torch CPU and CUDA generator states
+    state.json              step, trainer state (data sampler position, EMA update count, ...), the optimizer's
+                            non-tensor state and param groups, python ``random`` and numpy RNG states
+    config.json             the resolved configuration (model config, run config)
+    assets/<modality>/<name> modality assets (e.g. a text tokenizer model)
+    manifest.json           every file above with its size and SHA-256; written last
+
+Nothing is pickled and nothing is unpickled: loading uses ``safetensors`` and ``json`` only. A checkpoint is
+written into a temporary folder beside its final place, every file is fsync'ed, and the folder is renamed into
+place with ``os.replace``; a crash at any point leaves either the complete new checkpoint or none (earlier
+checkpoints are untouched). Loading checks the manifest, so a truncated or altered file is a CheckpointError
+naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from mtd_core.errors import CheckpointError
+
+FORMAT = "mtd-checkpoint"
+VERSION = 1
+MANIFEST = "manifest.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@attrs.define
+class Checkpoint:
+    """Everything needed to rebuild a model and continue its training run.
+
+    Args:
+        step: the number of optimisation steps taken.
+        model: the model's state dict.
+        config: the resolved configuration (``{"model": model.config(), "run": ..., ...}``), JSON-representable.
+        ema: the EMA weights, or None.
+        optimizer: the optimizer's ``state_dict()``, or None.
+        rng: the RNG states from :func:`capture_rng_state`, or None.
+        trainer: JSON-representable trainer state (data sampler position, EMA update count, elapsed time, ...).
+        assets: modality name -> asset name -> bytes (e.g. a tokenizer).
+        path: where it was saved or loaded from (set by :func:`save_checkpoint` / :func:`load_checkpoint`).
+    """
+
+    step: int
+    model: dict[str, torch.Tensor]
+    config: dict[str, Any] = attrs.field(factory=dict)
+    ema: dict[str, torch.Tensor] | None = None
+    optimizer: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+    trainer: dict[str, Any] = attrs.field(factory=dict)
+    assets: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
+    path: Path | None = None
+
+
+# -- file helpers ----------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write and fsync one file (inside a temporary checkpoint folder)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Replace ``path`` atomically: write a temporary file in the same folder, fsync, ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        _write_file(tmp, data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True, allow_nan=True).encode("utf-8")
+
+
+def _tensors_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    # clone: safetensors refuses tensors that share storage; contiguous CPU copies are always accepted
+    return st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
+
+
+# -- optimizer and RNG state without pickle ----------------------------------------------------------
+def optimizer_to_parts(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer ``state_dict()`` into tensors (for safetensors) and a JSON-representable rest."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in state["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{pid}.{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"scalars": scalars, "param_groups": groups}
+
+
+def optimizer_from_parts(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`optimizer_to_parts`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, st in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(st)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global RNG states: torch CPU (and every CUDA device, if initialised), python ``random``, numpy."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    np_json = {**np_state, "state": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                      for k, v in np_state["state"].items()}}
+    return {"tensors": tensors, "python": [version, list(internal), gauss], "numpy": np_json}
+
+
+def restore_rng_state(rng: Mapping[str, Any]) -> None:
+    """Restore what :func:`capture_rng_state` returned (CUDA states only for devices that exist)."""
+    tensors = rng.get("tensors", {})
+    if "torch_cpu" in tensors:
+        torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("torch_cuda_")),
+                                       key=lambda k: int(k.rsplit("_", 1)[1]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    if rng.get("python") is not None:
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if rng.get("numpy") is not None:
+        s = dict(rng["numpy"])
+        s["state"] = {k: (np.asarray(v, dtype=np.uint32) if k == "key" else v) for k, v in s["state"].items()}
+        np.random.set_state(s)
+
+
+# -- listing -----------------------------------------------------------------------------------------
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a checkpoint folder name ``step_<n>``, else None."""
+    m = _STEP_DIR.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints (folders ``step_<n>`` with a manifest) under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None and (p / MANIFEST).is_file()]
+    return sorted(found, key=lambda p: checkpoint_step(p) or 0)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """Resolve ``path`` to one checkpoint folder: itself, the latest under it, or the latest under ``path/checkpoints``."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run directory or checkpoint")
+    for root in (path / "checkpoints", path):
+        found = list_checkpoints(root)
+        if found:
+            return found[-1]
+    if checkpoint_step(path) is not None:
+        raise CheckpointError(f"{path}: incomplete checkpoint (no {MANIFEST}; the write was interrupted)")
+    raise CheckpointError(f"{path}: holds no complete checkpoint (expected folders checkpoints/step_<n> with a "
+                          f"{MANIFEST})")
+
+
+# -- saving ----------------------------------------------------------------------------------------
+def save_checkpoint(root: str | Path, ckpt: Checkpoint, keep_last: int = 0) -> Path:
+    """Write ``ckpt`` atomically as ``root/step_<step>`` and keep only the newest ``keep_last`` (0: keep all).
+
+    A checkpoint of the same step that already exists is replaced. Returns the checkpoint's folder.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):  # left by a crash; never a valid checkpoint
+        shutil.rmtree(stale, ignore_errors=True)
+    final = root / f"step_{ckpt.step:08d}"
+    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        files: dict[str, bytes] = {"model.safetensors": _tensors_bytes(ckpt.model)}
+        if ckpt.ema is not None:
+            files["ema.safetensors"] = _tensors_bytes(ckpt.ema)
+        state: dict[str, Any] = {"format": FORMAT, "version": VERSION, "step": ckpt.step, "trainer": ckpt.trainer}
+        if ckpt.optimizer is not None:
+            opt_tensors, state["optimizer"] = optimizer_to_parts(ckpt.optimizer)
+            files["optimizer.safetensors"] = _tensors_bytes(opt_tensors)
+        if ckpt.rng is not None:
+            files["rng.safetensors"] = _tensors_bytes(ckpt.rng["tensors"])
+            state["rng"] = {"python": ckpt.rng.get("python"), "numpy": ckpt.rng.get("numpy")}
+        files["state.json"] = _json_bytes(state)
+        files["config.json"] = _json_bytes(ckpt.config)
+        for modality, items in ckpt.assets.items():
+            for name, data in items.items():
+                if not (_SAFE_NAME.match(modality) and _SAFE_NAME.match(name)):
+                    raise CheckpointError(f"asset {modality}/{name}: names may hold only letters, digits, '_', '.', '-'")
+                files[f"assets/{modality}/{name}"] = bytes(data)
+        manifest = {"format": FORMAT, "version": VERSION, "step": ckpt.step, "files": {}}
+        for rel, data in files.items():
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_file(target, data)
+            manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        for sub in {(tmp / rel).parent for rel in files}:
+            _fsync_dir(sub)
+        _write_file(tmp / MANIFEST, _json_bytes(manifest))
+        _fsync_dir(tmp)
+        if final.exists():  # same step saved twice (e.g. a signal right after a periodic save): replace it
+            old = root / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if keep_last > 0:
+        for old in list_checkpoints(root)[:-keep_last]:
+            doomed = root / f".tmp-del-{old.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(old, doomed)  # out of the listing first, so a crash mid-delete leaves no half checkpoint
+            shutil.rmtree(doomed, ignore_errors=True)
+    ckpt.path = final
+    return final
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def _read_verified(ckpt_dir: Path, rel: str, entry: Mapping[str, Any]) -> bytes:
+    path = ckpt_dir / rel
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (listed in {ckpt_dir / MANIFEST})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e}") from None
+    if len(data) != entry.get("bytes"):
+        raise CheckpointError(f"{path}: truncated or altered: {len(data)} bytes, the manifest says {entry.get('bytes')}")
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise CheckpointError(f"{path}: corrupt: its SHA-256 does not match the manifest")
+    return data
+
+
+def _json(ckpt_dir: Path, rel: str, data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{ckpt_dir / rel}: not valid JSON: {e}") from None
+
+
+def _tensors(ckpt_dir: Path, rel: str, data: bytes) -> dict[str, torch.Tensor]:
+    try:
+        return st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{ckpt_dir / rel}: not a valid safetensors file: {e}") from None
+
+
+def load_checkpoint(path: str | Path, parts: Iterable[str] = ("model", "ema", "optimizer", "rng", "assets")) -> Checkpoint:
+    """Read and verify a checkpoint (``path``: a checkpoint folder, a run folder, or a checkpoints folder).
+
+    Args:
+        path: where to look; a folder that is not itself a checkpoint resolves to its latest one.
+        parts: which of "model", "ema", "optimizer", "rng", "assets" to read (config and state are always read).
+
+    Raises:
+        CheckpointError: nothing found, an incomplete write, a missing, truncated or corrupt file, or a file that
+            is not what it should be. The message names the file.
+    """
+    ckpt_dir = find_checkpoint(path)
+    parts = set(parts)
+    mpath = ckpt_dir / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{mpath}: unreadable manifest: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{mpath}: not an mtd checkpoint manifest")
+    if manifest.get("version", 0) > VERSION:
+        raise CheckpointError(f"{mpath}: checkpoint format version {manifest['version']} is newer than this mtd "
+                              f"supports ({VERSION}); upgrade mtd")
+    files = manifest["files"]
+
+    def read(rel: str) -> bytes | None:
+        return _read_verified(ckpt_dir, rel, files[rel]) if rel in files else None
+
+    for required in ("model.safetensors", "state.json", "config.json"):
+        if required not in files:
+            raise CheckpointError(f"{mpath}: lists no {required}")
+    state = _json(ckpt_dir, "state.json", read("state.json"))  # type: ignore[arg-type]
+    config = _json(ckpt_dir, "config.json", read("config.json"))  # type: ignore[arg-type]
+    ckpt = Checkpoint(step=int(state["step"]), model={}, config=config, trainer=state.get("trainer", {}), path=ckpt_dir)
+    if "model" in parts:
+        ckpt.model = _tensors(ckpt_dir, "model.safetensors", read("model.safetensors"))  # type: ignore[arg-type]
+    if "ema" in parts and "ema.safetensors" in files:
+        ckpt.ema = _tensors(ckpt_dir, "ema.safetensors", read("ema.safetensors"))  # type: ignore[arg-type]
+    if "optimizer" in parts and "optimizer.safetensors" in files:
+        tensors = _tensors(ckpt_dir, "optimizer.safetensors", read("optimizer.safetensors"))  # type: ignore[arg-type]
+        ckpt.optimizer = optimizer_from_parts(tensors, state["optimizer"])
+    if "rng" in parts and "rng.safetensors" in files:
+        tensors = _tensors(ckpt_dir, "rng.safetensors", read("rng.safetensors"))  # type: ignore[arg-type]
+        ckpt.rng = {"tensors": tensors, **state.get("rng", {})}
+    if "assets" in parts:
+        for rel in files:
+            if rel.startswith("assets/"):
+                _, modality, name = rel.split("/", 2)
+                ckpt.assets.setdefault(modality, {})[name] = read(rel)  # type: ignore[assignment]
+    return ckpt

@@ -1,0 +1,358 @@
+"""Run configuration: the TOML file's four tables, ``--set`` overrides, and resolution to a complete config.
+
+    [dataset]    which data (mtd_core/data/build.py)
+    [taskset]    modalities + [taskset.diffusion] (mtd_core/taskset.py)
+    [backbone]   name = "unet" and the backbone's options
+    [trainer]    TrainConfig below
+
+Every unknown key is a ConfigError suggesting the nearest valid key. The resolved config (every default filled
+in) is what ``mtd config show`` prints and what every checkpoint stores.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from mtd_core.errors import ConfigError, MTDError, closest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+SECTIONS = ("dataset", "taskset", "backbone", "trainer")
+LR_SCHEDULES = ("constant", "cosine")
+LOSS_KINDS = ("simple", "vlb")
+SAMPLERS = ("ddim", "ddpm")
+
+
+def _positive(name: str) -> Any:
+    def check(_: Any, __: Any, value: Any) -> None:
+        if isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"trainer.{name} must be positive, got {value!r}")
+    return check
+
+
+def _non_negative(name: str) -> Any:
+    def check(_: Any, __: Any, value: Any) -> None:
+        if isinstance(value, bool) or value < 0:
+            raise ConfigError(f"trainer.{name} must be >= 0, got {value!r}")
+    return check
+
+
+def _one_of(name: str, options: Sequence[str]) -> Any:
+    def check(_: Any, __: Any, value: Any) -> None:
+        if value not in options:
+            raise ConfigError(f"trainer.{name} must be one of {list(options)}, got {value!r}{closest(str(value), options)}")
+    return check
+
+
+@attrs.frozen
+class TrainConfig:
+    """The ``[trainer]`` table: optimisation, logging, sampling and checkpointing of one run.
+
+    Args:
+        steps: total optimisation steps of the run.
+        batch_size: the global batch size (split evenly over data-parallel processes).
+        lr: the AdamW learning rate after warm-up.
+        weight_decay: AdamW's decoupled weight decay.
+        betas: AdamW's (beta1, beta2).
+        warmup_steps: linear learning-rate warm-up from 0 over this many steps.
+        lr_schedule: "constant" after warm-up, or "cosine" decay to ``final_lr_fraction * lr`` at ``steps``.
+        final_lr_fraction: the end point of the cosine schedule, as a fraction of ``lr``.
+        grad_clip: clip the global gradient norm to this value; 0 disables clipping.
+        ema_decay: decay of the exponential moving average of the weights; 0 disables the EMA.
+        ema_warmup: ramp the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) over the first updates.
+        loss: the training loss, "simple" (eps MSE + heads' NLL) or "vlb".
+        bf16: run forward passes under bfloat16 autocast (CPU and CUDA); weights and optimizer stay float32.
+        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+        seed: seeds weights, data order, timesteps, noise and derived modalities.
+        threads: torch CPU threads (0: torch's default).
+        log_every: write a metrics line (and update the progress bar text) every this many steps.
+        sample_every: write a sample grid every this many steps (0: only at the end of the run).
+        sample_n: samples per grid.
+        sample_sampler: "ddim" or "ddpm" for the grids.
+        sample_steps: sampler steps for the grids.
+        checkpoint_every: save a checkpoint every this many steps (0: only at the end and when stopped).
+        keep_last: keep the newest this many checkpoints (0: keep all).
+        progress: show a tqdm progress bar (rank 0 only).
+    """
+
+    steps: int = attrs.field(default=2000, validator=_positive("steps"))
+    batch_size: int = attrs.field(default=64, validator=_positive("batch_size"))
+    lr: float = attrs.field(default=2e-4, converter=float, validator=_positive("lr"))
+    weight_decay: float = attrs.field(default=0.0, converter=float, validator=_non_negative("weight_decay"))
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=lambda v: tuple(float(x) for x in v))
+    warmup_steps: int = attrs.field(default=100, validator=_non_negative("warmup_steps"))
+    lr_schedule: str = attrs.field(default="constant", validator=_one_of("lr_schedule", LR_SCHEDULES))
+    final_lr_fraction: float = attrs.field(default=0.1, converter=float, validator=_non_negative("final_lr_fraction"))
+    grad_clip: float = attrs.field(default=1.0, converter=float, validator=_non_negative("grad_clip"))
+    ema_decay: float = attrs.field(default=0.999, converter=float, validator=_non_negative("ema_decay"))
+    ema_warmup: bool = True
+    loss: str = attrs.field(default="simple", validator=_one_of("loss", LOSS_KINDS))
+    bf16: bool = False
+    device: str = "auto"
+    seed: int = 0
+    threads: int = attrs.field(default=0, validator=_non_negative("threads"))
+    log_every: int = attrs.field(default=50, validator=_positive("log_every"))
+    sample_every: int = attrs.field(default=0, validator=_non_negative("sample_every"))
+    sample_n: int = attrs.field(default=16, validator=_non_negative("sample_n"))
+    sample_sampler: str = attrs.field(default="ddim", validator=_one_of("sample_sampler", SAMPLERS))
+    sample_steps: int = attrs.field(default=50, validator=_positive("sample_steps"))
+    checkpoint_every: int = attrs.field(default=500, validator=_non_negative("checkpoint_every"))
+    keep_last: int = attrs.field(default=3, validator=_non_negative("keep_last"))
+    progress: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"trainer.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.ema_decay >= 1.0:
+            raise ConfigError(f"trainer.ema_decay must lie in [0, 1), got {self.ema_decay}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (lists for tuples); :meth:`from_dict` inverts it."""
+        d = attrs.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """From the ``[trainer]`` table; unknown keys are ConfigErrors naming the nearest valid key."""
+        fields = [f.name for f in attrs.fields(cls)]
+        for key in d:
+            if key not in fields:
+                raise ConfigError(f"trainer: unknown key {key!r}{closest(str(key), fields)}; valid keys: {fields}")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"trainer: {e}") from None
+
+    # which keys may differ between a checkpoint and a resumed run
+    RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "sample_n", "sample_sampler", "sample_steps",
+                         "checkpoint_every", "keep_last", "progress", "threads", "device")
+
+
+@attrs.frozen
+class RunConfig:
+    """A whole run: the four tables of a TOML config.
+
+    Args:
+        dataset: the ``[dataset]`` table (name, keys, transforms, factory options).
+        taskset: the ``[taskset]`` table (modalities, diffusion, latent_shape).
+        backbone: the ``[backbone]`` table ("name" and the backbone's options).
+        trainer: the ``[trainer]`` table.
+    """
+
+    dataset: dict[str, Any] = attrs.field(factory=lambda: {"name": "digits"})
+    taskset: dict[str, Any] = attrs.field(factory=dict)
+    backbone: dict[str, Any] = attrs.field(factory=lambda: {"name": "unet"})
+    trainer: TrainConfig = attrs.field(factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts; :meth:`from_dict` inverts it."""
+        return {"dataset": dict(self.dataset), "taskset": dict(self.taskset), "backbone": dict(self.backbone),
+                "trainer": self.trainer.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        """From a parsed TOML document; unknown tables are ConfigErrors with the nearest valid name."""
+        for key in d:
+            if key not in SECTIONS:
+                raise ConfigError(f"unknown table [{key}]{closest(str(key), SECTIONS)}; a run config has the "
+                                  f"tables {['[' + s + ']' for s in SECTIONS]}")
+            if not isinstance(d[key], Mapping):
+                raise ConfigError(f"[{key}] must be a table, got {type(d[key]).__name__}")
+        if "taskset" not in d:
+            raise ConfigError("the config has no [taskset] table (it lists the modalities to train)")
+        backbone = dict(d.get("backbone", {"name": "unet"}))
+        backbone.setdefault("name", "unet")
+        dataset = dict(d.get("dataset", {"name": "digits"}))
+        dataset.setdefault("name", "digits")
+        return cls(dataset=dataset, taskset=dict(d["taskset"]), backbone=backbone,
+                   trainer=TrainConfig.from_dict(d.get("trainer", {})))
+
+
+# -- reading TOML and applying --set --------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: parsed as a TOML value (numbers, booleans, strings in quotes, [lists], {tables});
+    anything that is not valid TOML is taken as a bare string (so ``dataset.name=npz`` works)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(config: dict[str, Any], assignment: str) -> None:
+    """Apply one ``key.path=value`` to nested dicts/lists in place (list items by index: taskset.modalities.1.x)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. trainer.steps=100")
+    path, text = assignment.split("=", 1)
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"--set {assignment!r}: empty key")
+    if keys[0] not in SECTIONS:
+        raise ConfigError(f"--set {assignment!r}: the key must start with a table name {list(SECTIONS)}"
+                          f"{closest(keys[0], SECTIONS)}")
+    node: Any = config
+    for i, k in enumerate(keys[:-1]):
+        where = ".".join(keys[: i + 1])
+        if isinstance(node, list):
+            node = node[_index(k, node, where, assignment)]
+        else:
+            node = node.setdefault(k, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {assignment!r}: {where} is a value, not a table")
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_index(last, node, path, assignment)] = parse_value(text)
+    else:
+        node[last] = parse_value(text)
+
+
+def _index(k: str, node: list, where: str, assignment: str) -> int:
+    if not k.isdigit() or int(k) >= len(node):
+        raise ConfigError(f"--set {assignment!r}: {where} needs a list index in 0..{len(node) - 1}, got {k!r}")
+    return int(k)
+
+
+def read_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a TOML run config, apply ``--set`` overrides, and check its structure (not yet resolved)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return RunConfig.from_dict(data)
+    except MTDError as e:
+        raise type(e)(f"{path}: {e}") from e
+
+
+def resolve_config(config: RunConfig, registry: Any = None) -> RunConfig:
+    """The config with every default filled in and every part validated (dataset and backbone options against
+    their factories, the task set and the backbone by building them once). Loads no data and trains nothing."""
+    from mtd_core.data.build import check_options, resolve_dataset_config
+    from mtd_core.taskset import TaskSet
+
+    if registry is None:
+        from mtd_core.plugins.registry import get_registry
+
+        registry = get_registry()
+    dataset = resolve_dataset_config(config.dataset, registry).to_dict()
+    ts = TaskSet.from_config(config.taskset, registry)
+    backbone = dict(config.backbone)
+    name = backbone.pop("name", "unet")
+    try:
+        factory = registry.backbone(name)
+    except Exception as e:
+        raise ConfigError(f"backbone.name: {e}") from None
+    check_options(f"backbone {name!r}", factory, backbone)
+    # Build it once (cheap; no data): validates every option, and an attrs `config` attribute gives the defaults.
+    built = factory(ts.latent, **backbone)
+    built_config = getattr(built, "config", None)
+    resolved = attrs.asdict(built_config) if attrs.has(type(built_config)) else {}
+    backbone = {"name": name, **_plain({**resolved, **backbone})}
+    taskset = ts.to_config()
+    return RunConfig(dataset=_plain(dataset), taskset=taskset, backbone=backbone, trainer=config.trainer)
+
+
+def _plain(v: Any) -> Any:
+    """Tuples to lists, recursively (JSON/TOML-friendly)."""
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two plain configs differ (for resume checks)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += config_diff(x, y, f"{prefix}{i}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+# -- TOML output (tomllib only reads) -----------------------------------------------------------------
+def _toml_scalar(v: Any) -> str:
+    import json as _json
+    import math as _math
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if _math.isnan(v):
+            return "nan"
+        if _math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return _json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_scalar(x) for x in v if x is not None) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_scalar(x)}" for k, x in v.items() if x is not None) + "}"
+    raise ConfigError(f"cannot write {v!r} ({type(v).__name__}) as TOML")
+
+
+def _toml_key(k: str) -> str:
+    import json as _json
+
+    return k if k and k.replace("_", "").replace("-", "").isalnum() and k.isascii() else _json.dumps(k)
+
+
+def _is_table_list(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, Mapping) for x in v)
+
+
+def _emit_table(lines: list[str], name: str, table: Mapping[str, Any], header: str) -> None:
+    lines += ["", header]
+    nested = []
+    for k, v in table.items():
+        if v is None:
+            lines.append(f"# {_toml_key(k)} = (none)")
+        elif isinstance(v, Mapping) and header.startswith("[") and not header.startswith("[["):
+            nested.append((k, v))
+        elif _is_table_list(v) and not header.startswith("[["):
+            nested.append((k, v))
+        else:
+            lines.append(f"{_toml_key(k)} = {_toml_scalar(v)}")
+    for k, v in nested:
+        sub = f"{name}.{_toml_key(k)}"
+        if isinstance(v, Mapping):
+            _emit_table(lines, sub, v, f"[{sub}]")
+        else:
+            for item in v:
+                _emit_table(lines, sub, item, f"[[{sub}]]")
+
+
+def dumps_config_toml(config: Mapping[str, Any]) -> str:
+    """A run config as TOML that :func:`read_config` reads back to the same values (None values are written as
+    comments, since TOML has no null; they mean the option's default)."""
+    lines: list[str] = []
+    for k, v in config.items():
+        if isinstance(v, Mapping):
+            _emit_table(lines, _toml_key(k), v, f"[{_toml_key(k)}]")
+        elif v is not None:
+            lines.append(f"{_toml_key(k)} = {_toml_scalar(v)}")
+    return "\n".join(lines).lstrip("\n") + "\n"

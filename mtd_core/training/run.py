@@ -1,0 +1,182 @@
+"""From a run config to the objects of a run (data, task set, model), and from a run folder back to a model.
+
+Used by ``mtd train``, ``mtd sample``, ``mtd eval`` and ``mtd demo``; equally usable from Python:
+
+    run = build_run(read_config("examples/configs/image_label.toml"))
+    Trainer(run.model, run.data, run.config.trainer, "runs/x", run_config=run.config.to_dict()).fit()
+    loaded = load_run("runs/x")            # the EMA weights of the latest checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from mtd_core.data.build import LoadedData, load_dataset
+from mtd_core.data.check import check_against_taskset
+from mtd_core.data.derive import derive_batch
+from mtd_core.data.splits import ArrayDataset
+from mtd_core.errors import CheckpointError, MTDError
+from mtd_core.training.checkpoint import Checkpoint, find_checkpoint, load_checkpoint
+from mtd_core.training.config import RunConfig, resolve_config
+
+FIT_EXAMPLES = 4096  # examples shown to Modality.fit (e.g. to train a tokenizer)
+FIT_BATCH = 256
+
+
+@attrs.frozen
+class Run:
+    """The parts of a run ready to train.
+
+    Attributes:
+        config: the resolved run config.
+        data: the loaded dataset (renamed fields, transforms).
+        model: the freshly initialised MultiTaskModel (seeded with ``trainer.seed``); ``model.taskset`` is the
+            task set, with data-dependent modalities (e.g. a text tokenizer) already fitted.
+    """
+
+    config: RunConfig
+    data: LoadedData
+    model: Any
+
+    @property
+    def taskset(self) -> Any:
+        """The model's task set."""
+        return self.model.taskset
+
+
+def fit_batches(data: LoadedData, limit: int = FIT_EXAMPLES, batch: int = FIT_BATCH) -> Iterator[dict[str, Any]]:
+    """Training batches (transformed, not derived) for ``Modality.fit``: the first ``limit`` examples."""
+    n = min(limit, len(data.splits.train))
+    for start in range(0, n, batch):
+        yield data.batch(data.splits.train, torch.arange(start, min(n, start + batch)))
+
+
+def build_run(config: RunConfig, registry: Any = None, *, check_data: bool = True,
+              assets: dict[str, dict[str, bytes]] | None = None) -> Run:
+    """Resolve ``config``, load its data, fit data-dependent modalities, and build the model.
+
+    Args:
+        config: the run config (from :func:`mtd_core.training.config.read_config`).
+        registry: the plugin registry (default: ``get_registry()``).
+        check_data: check every stored field against its modality's DataSpec, and derive a first batch, so bad
+            data fails before training with a message naming the file and example.
+        assets: modality name -> saved assets (from a checkpoint, when resuming): those modalities load them
+            instead of being fitted again, so a resumed model has exactly the checkpoint's tokenizer.
+    """
+    from mtd_core.model import MultiTaskModel
+    from mtd_core.taskset import TaskSet
+
+    if registry is None:
+        from mtd_core.plugins.registry import get_registry
+
+        registry = get_registry()
+    resolved = resolve_config(config, registry)
+    data = load_dataset(resolved.dataset, registry)
+    taskset = TaskSet.from_config(resolved.taskset, registry)
+    if check_data:
+        for split in (data.splits.train, data.splits.test):
+            if isinstance(split, ArrayDataset):
+                check_against_taskset(taskset, split.fields, split.source)
+    batches: list[dict[str, Any]] | None = None
+    for name, m in taskset.modalities.items():
+        if assets and name in assets:
+            m.load_assets(assets[name])
+            continue
+        if batches is None:
+            batches = list(fit_batches(data))
+        m.fit(batches)
+    if check_data:
+        first = data.batch(data.splits.train, torch.arange(min(2, len(data.splits.train))))
+        derive_batch(taskset, first, torch.Generator().manual_seed(0))
+    torch.manual_seed(resolved.trainer.seed)
+    backbone = dict(resolved.backbone)
+    model = MultiTaskModel(taskset, backbone.pop("name"), backbone, registry)
+    return Run(config=resolved, data=data, model=model)
+
+
+@attrs.frozen
+class LoadedRun:
+    """A trained model restored from a run folder.
+
+    Attributes:
+        model: the MultiTaskModel with the checkpoint's weights (EMA weights unless asked otherwise), in eval mode.
+        checkpoint: the checkpoint it came from (its ``config`` holds the model, run and dataset info).
+        run_config: the resolved run config, or None for a run trained without one (Python API).
+        weights: "ema" or "model".
+    """
+
+    model: Any
+    checkpoint: Checkpoint
+    run_config: RunConfig | None
+    weights: str
+
+    @property
+    def step(self) -> int:
+        """Training steps of the checkpoint."""
+        return self.checkpoint.step
+
+    @property
+    def dataset_info(self) -> dict[str, Any]:
+        """The training dataset's info (class names, sizes, ...)."""
+        return dict(self.checkpoint.config.get("dataset_info") or {})
+
+
+def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu", registry: Any = None) -> LoadedRun:
+    """Rebuild the model of a run folder (or of one checkpoint folder) with its trained weights.
+
+    Args:
+        path: a run folder (its latest checkpoint is used), its checkpoints folder, or one checkpoint folder.
+        ema: use the EMA weights when the checkpoint has them (what samples should be drawn with).
+        device: where to put the model.
+        registry: the plugin registry (default: ``get_registry()``).
+    """
+    from mtd_core.model import MultiTaskModel
+
+    ckpt_dir = find_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_dir, parts=("model", "ema", "assets"))
+    model_config = ckpt.config.get("model")
+    if not isinstance(model_config, dict):
+        raise CheckpointError(f"{ckpt_dir}/config.json: has no 'model' config; it was not written by mtd's trainer")
+    try:
+        model = MultiTaskModel.from_config(model_config, registry, assets=ckpt.assets)
+    except MTDError as e:
+        raise type(e)(f"{ckpt_dir}: cannot rebuild the model: {e}") from e
+    try:
+        model.load_state_dict(ckpt.model)
+        if ema and ckpt.ema is not None:
+            state = model.state_dict()
+            with torch.no_grad():
+                for k, v in ckpt.ema.items():
+                    state[k].copy_(v)
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{ckpt_dir}: the weights do not fit the model rebuilt from its config: {e}") from None
+    model.to(device).eval()
+    run = ckpt.config.get("run")
+    run_config = None
+    if isinstance(run, dict) and {"dataset", "taskset", "backbone", "trainer"} <= set(run):
+        run_config = RunConfig.from_dict(run)
+    return LoadedRun(model=model, checkpoint=ckpt, run_config=run_config,
+                     weights="ema" if ema and ckpt.ema is not None else "model")
+
+
+def load_run_data(loaded: LoadedRun, registry: Any = None) -> LoadedData:
+    """The dataset a run was trained on (from its stored run config)."""
+    if loaded.run_config is None:
+        raise CheckpointError(f"{loaded.checkpoint.path}: stores no run config (dataset), so its data cannot be "
+                              "reloaded; it was trained through the Python API without run_config")
+    if registry is None:
+        from mtd_core.plugins.registry import get_registry
+
+        registry = get_registry()
+    return load_dataset(loaded.run_config.dataset, registry)
+
+
+def dumps_json(obj: Any) -> str:
+    """Indented JSON for reports and ``--json`` outputs."""
+    return json.dumps(obj, indent=2, sort_keys=False, default=str)

@@ -1,0 +1,418 @@
+"""The training loop: AdamW with warm-up, gradient clipping, an EMA of the weights, optional bf16 autocast,
+seeded determinism, data-parallel processes, periodic sample grids, a JSON-lines metrics log, a progress bar,
+safe checkpoints, ``--resume``, clean stops on SIGINT/SIGTERM, and a clear stop on a non-finite loss.
+
+Determinism: every random draw of step n (its timesteps t, its noise eps, its derived modalities such as masks,
+and the global torch RNG used by dropout) comes from generators seeded by (seed, n, rank), and the data order
+from the sampler's (seed, epoch). So a run stopped at step n and resumed continues exactly as if it had never
+stopped (on CPU: bit-identical weights), and t and eps of every example are the same whatever the number of
+data-parallel processes.
+
+Run folder layout (``out_dir``): config.json (the resolved config), metrics.jsonl, samples/step_<n>.png,
+checkpoints/step_<n>/ (mtd_core/training/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from mtd_core.data.build import LoadedData
+from mtd_core.data.derive import derive_batch, model_inputs
+from mtd_core.data.sampler import ResumableSampler
+from mtd_core.data.splits import DatasetSplits
+from mtd_core.diffusion.loss import LossOutput
+from mtd_core.errors import CheckpointError, ConfigError, NonFiniteLossError
+from mtd_core.training.checkpoint import (
+    Checkpoint,
+    capture_rng_state,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    write_atomic,
+)
+from mtd_core.training.config import TrainConfig, config_diff
+from mtd_core.training.distributed import DistContext, device_for
+from mtd_core.training.ema import EMA
+from mtd_core.training.grids import render_grid, sample_cells, save_png
+
+
+BAR_EVERY = 10  # steps between progress-bar text updates
+
+
+@attrs.frozen
+class TrainResult:
+    """How a call to :meth:`Trainer.fit` ended.
+
+    Attributes:
+        step: the steps taken in total (over every resume).
+        status: "finished" (reached ``steps``), "paused" (reached ``until``) or "interrupted" (SIGINT/SIGTERM).
+        checkpoint: the checkpoint saved last, or None.
+        metrics: the last logged metrics (averaged over data-parallel processes).
+        elapsed_s: training time in seconds, over every resume.
+        examples_per_s: the training throughput of this call.
+        grid: the last sample grid written, or None.
+    """
+
+    step: int
+    status: str
+    checkpoint: Path | None
+    metrics: dict[str, float]
+    elapsed_s: float
+    examples_per_s: float
+    grid: Path | None = None
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix64), so nearby (seed, step, stream) triples give unrelated streams."""
+    x = 0x9E3779B97F4A7C15
+    for v in values:
+        x = (x ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 29
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (0-based): linear warm-up, then constant or cosine decay."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        span = max(1, config.steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        f = config.final_lr_fraction
+        return config.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return config.lr
+
+
+class _LossModule(nn.Module):
+    """The model's loss as a module forward, so DistributedDataParallel sees every parameter used by a step."""
+
+    def __init__(self, model: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, batch: Mapping[str, torch.Tensor], t: torch.Tensor, eps: torch.Tensor) -> LossOutput:
+        return self.model.loss(batch, self.kind, t=t, eps=eps)
+
+
+class Trainer:
+    """Trains a MultiTaskModel on a dataset.
+
+    Args:
+        model: the model (freshly built, or with weights to be restored by ``resume``); moved to the device.
+        data: the dataset (a LoadedData from mtd_core.data.load_dataset, or DatasetSplits without transforms).
+        config: the training options.
+        out_dir: the run folder (created). Must not hold checkpoints unless ``resume`` is set.
+        run_config: the resolved run config stored in config.json and every checkpoint (default: the model and
+            trainer configs only); ``mtd sample``/``mtd eval`` rebuild the run from it.
+        resume: continue from the latest checkpoint in ``out_dir`` (weights, EMA, optimizer, data order, RNG).
+        dist: this process's data-parallel context (default: a single process).
+        class_names: display names of label values in sample grids (default: the dataset info's).
+    """
+
+    def __init__(self, model: nn.Module, data: LoadedData | DatasetSplits, config: TrainConfig,
+                 out_dir: str | Path, *, run_config: Mapping[str, Any] | None = None, resume: bool = False,
+                 dist: DistContext | None = None, class_names: list[str] | None = None) -> None:
+        self.config = config
+        self.dist = dist or DistContext()
+        self.out_dir = Path(out_dir)
+        self.data = data if isinstance(data, LoadedData) else LoadedData(splits=data)
+        self.taskset = model.taskset  # type: ignore[attr-defined]
+        self.class_names = class_names or self.data.info.get("class_names")
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = device_for(self.dist, config.device)
+        self.model = model.to(self.device)
+        self.run_config = dict(run_config) if run_config is not None else {"trainer": config.to_dict()}
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
+                                           weight_decay=config.weight_decay)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup).to(self.device) if config.ema_decay > 0 else None
+        self.sampler = ResumableSampler(len(self.data.splits.train), config.batch_size, seed=config.seed,
+                                        rank=self.dist.rank, world_size=self.dist.world_size)
+        self.step = 0
+        self.elapsed_s = 0.0
+        self.examples_seen = 0
+        self.metrics: dict[str, float] = {}
+        self.last_checkpoint: Path | None = None
+        self.last_grid: Path | None = None
+        self._stop: str | None = None
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        if resume:
+            self._resume()
+        elif list_checkpoints(self.checkpoint_dir):
+            raise ConfigError(f"{self.out_dir} already holds checkpoints of a run; pass --resume (resume=True) to "
+                              "continue it, or choose another output folder")
+        self.loss_module: nn.Module = _LossModule(self.model, config.loss)
+        if self.dist.enabled:
+            self.loss_module = self._wrap_ddp()
+
+    # -- setup -----------------------------------------------------------------------------------------
+    def _checkpoint_config(self) -> dict[str, Any]:
+        return {"model": self.model.config(), "run": self.run_config,  # type: ignore[operator]
+                "dataset_info": self.data.info, "world_size": self.dist.world_size}
+
+    def _resume(self) -> None:
+        if not list_checkpoints(self.checkpoint_dir):
+            raise CheckpointError(f"nothing to resume: {self.out_dir} holds no complete checkpoint (looked in "
+                                  f"{self.checkpoint_dir}); start the run without --resume")
+        ckpt = load_checkpoint(self.checkpoint_dir)
+        saved_model = ckpt.config.get("model")
+        if saved_model != json.loads(json.dumps(self.model.config())):  # type: ignore[operator]
+            diff = config_diff(saved_model, json.loads(json.dumps(self.model.config())))  # type: ignore[operator]
+            raise CheckpointError(f"{ckpt.path}: the checkpoint's model differs from this run's at {diff[:8]}; "
+                                  "resume with the config the run was started with")
+        saved_trainer = (ckpt.config.get("run") or {}).get("trainer", {})
+        now = self.config.to_dict()
+        changed = [k for k in config_diff(saved_trainer, now) if k not in TrainConfig.RESUMABLE_CHANGES]
+        if changed:
+            raise CheckpointError(f"{ckpt.path}: trainer options {changed} differ from the checkpoint's; only "
+                                  f"{list(TrainConfig.RESUMABLE_CHANGES)} may change on --resume")
+        saved_data = (ckpt.config.get("run") or {}).get("dataset")
+        if saved_data is not None and self.run_config.get("dataset") is not None and saved_data != self.run_config["dataset"]:
+            raise CheckpointError(f"{ckpt.path}: the dataset config differs from the checkpoint's at "
+                                  f"{config_diff(saved_data, self.run_config['dataset'])[:8]}")
+        try:
+            self.model.load_state_dict(ckpt.model)
+        except RuntimeError as e:
+            raise CheckpointError(f"{ckpt.path}/model.safetensors does not fit the model: {e}") from None
+        if self.ema is not None:
+            if ckpt.ema is None:
+                raise CheckpointError(f"{ckpt.path}: has no EMA weights but trainer.ema_decay > 0")
+            self.ema.load_state_dict({k: v.to(self.device) for k, v in ckpt.ema.items()},
+                                     ckpt.trainer.get("ema_updates", 0))
+        if ckpt.optimizer is None:
+            raise CheckpointError(f"{ckpt.path}: has no optimizer state; it cannot be resumed (only sampled from)")
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer)
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{ckpt.path}: the optimizer state does not fit the model: {e}") from None
+        self.sampler.load_state_dict(ckpt.trainer["sampler"])
+        if ckpt.rng is not None:
+            restore_rng_state(ckpt.rng)
+        self.step = ckpt.step
+        self.elapsed_s = float(ckpt.trainer.get("elapsed_s", 0.0))
+        self.examples_seen = int(ckpt.trainer.get("examples_seen", 0))
+        self.metrics = dict(ckpt.trainer.get("metrics", {}))
+        self.last_checkpoint = ckpt.path
+        if self.step >= self.config.steps and self.dist.is_main:
+            print(f"mtd: the checkpoint is at step {self.step}, which already reaches trainer.steps = "
+                  f"{self.config.steps}; raise it (e.g. --set trainer.steps={2 * self.config.steps}) to train longer")
+
+    def _wrap_ddp(self) -> nn.Module:
+        """DistributedDataParallel around the loss; parameters no step uses (e.g. features no head reads) are
+        detected with a probe step so DDP is told to expect them."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        probe = self._local_batch(torch.arange(min(2, len(self.data.splits.train))), torch.Generator().manual_seed(0))
+        t = torch.ones(len(next(iter(probe.values()))), dtype=torch.long, device=self.device)
+        eps = torch.zeros(len(t), *self.taskset.latent.shape, device=self.device)
+        self.loss_module(probe, t, eps).loss.backward()
+        unused = any(p.grad is None for p in self.model.parameters() if p.requires_grad)
+        self.optimizer.zero_grad(set_to_none=True)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(self.loss_module, device_ids=ids, find_unused_parameters=unused)
+
+    # -- one step ----------------------------------------------------------------------------------------
+    def _local_batch(self, indices: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        batch = self.data.batch(self.data.splits.train, indices)
+        return model_inputs(self.taskset, derive_batch(self.taskset, batch, generator))
+
+    def _train_step(self) -> tuple[LossOutput, float]:
+        cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
+        seed, n = cfg.seed, self.step
+        torch.manual_seed(_mix(seed, n, 1000 + rank))  # dropout and anything else on the global RNG
+        noise_gen = torch.Generator().manual_seed(_mix(seed, n, 0))
+        derive_gen = torch.Generator().manual_seed(_mix(seed, n, 1 + rank))
+        global_idx = self.sampler.next_global()
+        b = cfg.batch_size // world
+        local = slice(rank * b, (rank + 1) * b)
+        batch = self._local_batch(global_idx[local], derive_gen)
+        # t and eps of the whole global batch, sliced: the same draws whatever the number of processes
+        T = self.taskset.forward_process().T
+        t = torch.randint(1, T + 1, (cfg.batch_size,), generator=noise_gen)[local].to(self.device)
+        eps = torch.randn(cfg.batch_size, *self.taskset.latent.shape, generator=noise_gen)[local].to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(cfg, n)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = self.loss_module(batch, t, eps)
+        # checked on every rank before backward, so no rank is left waiting in a gradient all-reduce
+        if self.dist.any(not bool(torch.isfinite(out.loss.detach()))):
+            self._diverged(out, float("nan"))
+        out.loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        if not math.isfinite(grad_norm):  # the same on every rank: gradients are already averaged
+            self.optimizer.zero_grad(set_to_none=True)
+            self._diverged(out, grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return out, grad_norm
+
+    def _diverged(self, out: LossOutput, grad_norm: float) -> None:
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in out.terms.items())
+        where = (f"the last good checkpoint is {self.last_checkpoint} (continue from it with --resume)"
+                 if self.last_checkpoint is not None else "no checkpoint was saved yet")
+        what = (f"the loss is {float(out.loss.detach()):.4g}" if not math.isfinite(float(out.loss.detach()))
+                else f"the gradient norm is {grad_norm}")
+        raise NonFiniteLossError(
+            f"training stopped at step {self.step + 1}: {what} (terms: {terms}).\n"
+            f"The update of that step was discarded and nothing was saved; {where}.\n"
+            "Usual causes: a learning rate too high (trainer.lr), no gradient clipping (trainer.grad_clip = 0), "
+            "bf16 overflow (trainer.bf16), or extreme data values."
+        )
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def fit(self, until: int | None = None) -> TrainResult:
+        """Train to ``config.steps`` (or to step ``until``), then save a checkpoint and a sample grid.
+
+        SIGINT and SIGTERM stop the run after the current step with a checkpoint (a second SIGINT aborts at
+        once). A non-finite loss raises :class:`NonFiniteLossError` without saving the bad step.
+        """
+        cfg = self.config
+        target = min(cfg.steps, until) if until is not None else cfg.steps
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.out_dir / "config.json", json.dumps(self.run_config, indent=1, sort_keys=True))
+        self.model.train()
+        restore = self._install_signal_handlers()
+        bar = self._progress_bar(target)
+        start, start_step = time.perf_counter(), self.step
+        window_t, window_n = start, 0
+        status = "finished" if target == cfg.steps else "paused"
+        try:
+            while self.step < target:
+                if self.dist.any(self._stop is not None):
+                    status = "interrupted"
+                    break
+                out, grad_norm = self._train_step()
+                self.step += 1
+                self.examples_seen += cfg.batch_size
+                window_n += cfg.batch_size
+                if bar is not None:
+                    bar.update(1)
+                    if self.step % BAR_EVERY == 0:  # this rank's loss; the logged one is averaged over ranks
+                        rate = window_n / max(time.perf_counter() - window_t, 1e-9)
+                        bar.set_postfix(loss=f"{float(out.loss.detach()):.4f}", ex_s=f"{rate:.0f}", refresh=False)
+                if self.step % cfg.log_every == 0 or self.step == target:
+                    now = time.perf_counter()
+                    rate = window_n / max(now - window_t, 1e-9)
+                    self._log(out, grad_norm, rate, self.elapsed_s + now - start, bar)
+                    window_t, window_n = now, 0
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step != target:
+                    self.sample_grid()
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step != target:
+                    self.save(self.elapsed_s + time.perf_counter() - start)
+        finally:
+            if bar is not None:
+                bar.close()
+            restore()
+        took = time.perf_counter() - start
+        self.elapsed_s += took
+        ckpt = self.save(self.elapsed_s)
+        if status == "interrupted" and self.dist.is_main:
+            print(f"mtd: stopped by {self._stop} at step {self.step}; checkpoint saved to {ckpt}.\n"
+                  f"Continue with the same command plus --resume.")
+        elif status == "finished" and cfg.sample_n:
+            self.sample_grid()
+        rate = (self.step - start_step) * cfg.batch_size / max(took, 1e-9)
+        return TrainResult(step=self.step, status=status, checkpoint=ckpt, metrics=dict(self.metrics),
+                           elapsed_s=self.elapsed_s, examples_per_s=rate, grid=self.last_grid)
+
+    def request_stop(self, reason: str = "request") -> None:
+        """Stop after the current step with a checkpoint (what SIGINT/SIGTERM do)."""
+        self._stop = reason
+
+    def _install_signal_handlers(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            if self._stop is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # second Ctrl-C: abort without waiting
+            self._stop = name
+            if self.dist.is_main:
+                print(f"\nmtd: {name} received; saving a checkpoint after this step (Ctrl-C again to abort)", flush=True)
+
+        for s in previous:
+            signal.signal(s, handler)
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        return restore
+
+    def _progress_bar(self, target: int) -> Any:
+        if not (self.config.progress and self.dist.is_main) or self.step >= target:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+    def _log(self, out: LossOutput, grad_norm: float, rate: float, elapsed: float, bar: Any) -> None:
+        values = {"loss": float(out.loss.detach()), **{f"loss_{k}": v for k, v in out.terms.items()},
+                  "grad_norm": grad_norm}
+        values = self.dist.mean(values)
+        self.metrics = {"step": self.step, **values, "lr": lr_at(self.config, self.step - 1),
+                        "examples_per_s": rate, "elapsed_s": elapsed}
+        if not self.dist.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(self.metrics) + "\n")
+        if bar is not None:
+            bar.set_postfix(loss=f"{values['loss']:.4f}", ex_s=f"{rate:.0f}")
+
+    # -- outputs -------------------------------------------------------------------------------------------
+    def save(self, elapsed_s: float | None = None) -> Path:
+        """Save a checkpoint of the current step (rank 0 writes; every rank waits). Returns its folder."""
+        if self.dist.is_main:
+            trainer_state = {"sampler": self.sampler.state_dict(), "ema_updates": self.ema.updates if self.ema else 0,
+                             "elapsed_s": self.elapsed_s if elapsed_s is None else elapsed_s,
+                             "examples_seen": self.examples_seen, "metrics": self.metrics}
+            ckpt = Checkpoint(step=self.step, model=self.model.state_dict(), config=self._checkpoint_config(),
+                              ema=self.ema.state_dict() if self.ema else None, optimizer=self.optimizer.state_dict(),
+                              rng=capture_rng_state(), trainer=trainer_state,
+                              assets=self.model.assets())  # type: ignore[operator]
+            self.last_checkpoint = save_checkpoint(self.checkpoint_dir, ckpt, keep_last=self.config.keep_last)
+        self.dist.barrier()
+        return self.checkpoint_dir / f"step_{self.step:08d}"
+
+    def sample_grid(self, n: int | None = None, path: str | Path | None = None) -> Path | None:
+        """Generate ``n`` joint samples with the EMA weights and write them as a captioned PNG grid (rank 0)."""
+        from mtd_core.sampling.generate import generate
+
+        n = n or self.config.sample_n
+        if not self.dist.is_main or not n:
+            self.dist.barrier()
+            return None
+        path = Path(path) if path is not None else self.out_dir / "samples" / f"step_{self.step:08d}.png"
+        g = torch.Generator(self.device).manual_seed(self.config.seed)
+        ctx = self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()
+        with ctx:
+            out = generate(self.model, n=n, sampler=self.config.sample_sampler, steps=self.config.sample_steps,
+                           generator=g, progress=False)
+        self.model.train()
+        cells = sample_cells(self.taskset, out.samples, self.class_names)
+        ncols = max(1, math.ceil(math.sqrt(n)))
+        save_png(path, render_grid(cells, ncols, title=f"step {self.step}"))
+        self.last_grid = path
+        self.dist.barrier()
+        return path

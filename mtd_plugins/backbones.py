@@ -1,0 +1,16 @@
+"""Registers the built-in backbones through the ``mtd`` entry-point group, exactly as a third party would."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mtd_core.plugins import hookimpl
+
+
+@hookimpl
+def mtd_register_backbones() -> Mapping[str, Callable[..., Any]]:
+    """{"unet": the ADM-style U-Net factory ``build_unet(latent, **options)``}."""
+    from mtd_core.backbones.unet import build_unet
+
+    return {"unet": build_unet}

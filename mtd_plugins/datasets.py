@@ -1,0 +1,21 @@
+"""The built-in datasets, registered through the same hook a third-party plugin uses.
+
+Factories take keyword options (the ``[dataset]`` table minus name/keys/transforms) and return
+:class:`mtd_core.data.DatasetSplits`. None downloads anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mtd_core.plugins import hookimpl
+
+
+@hookimpl
+def mtd_register_datasets() -> dict[str, Callable[..., Any]]:
+    """digits (scikit-learn, ships in its wheel), fashion_mnist (local IDX files), npz and png_folder (user data)."""
+    from mtd_core.data import load_digits, load_fashion_mnist, load_npz, load_png_folder
+
+    return {"digits": load_digits, "fashion_mnist": load_fashion_mnist, "npz": load_npz,
+            "png_folder": load_png_folder}

@@ -1,0 +1,132 @@
+"""The ``label`` modality: a class index in 0..K-1, aggregated into the latent through a learned embedding.
+
+Its head reads the pooled bottleneck features and predicts logits; its likelihood is categorical (cross-entropy).
+Its predicted encoding E(yhat) is the expectation of the encoding under the predicted class probabilities,
+sum_k softmax_k * E(k), which is what the reverse mean mu_theta uses while the label is still uncertain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtd_core.errors import ModalityDataError
+from mtd_core.modality import DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role, rms_normalize
+from mtd_core.plugins import hookimpl
+from mtd_core.plugins.validate import optional_names, positive_int
+
+
+class LabelEncoder(nn.Module):
+    """E(y): one learned vector per class (an nn.Embedding of width C*H*W), reshaped to the latent.
+
+    Args:
+        num_classes: the number of classes K.
+        latent: the latent space Z.
+    """
+
+    def __init__(self, num_classes: int, latent: LatentSpec) -> None:
+        super().__init__()
+        self.shape = tuple(latent.shape)
+        self.embed = nn.Embedding(num_classes, latent.numel)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """(B,) int64 class indices -> (B, C, H, W) (before RMS normalisation)."""
+        return self.embed(y).reshape(-1, *self.shape)
+
+    def table(self) -> torch.Tensor:
+        """Every class's raw encoding, (K, C, H, W)."""
+        return self.embed.weight.reshape(-1, *self.shape)
+
+
+@attrs.frozen
+class LabelConfig:
+    """Options of the label modality.
+
+    Attributes:
+        num_classes: the number of classes K; data are int64 in 0..K-1.
+        hidden: width of the head's hidden layer (an MLP on pooled features -> K logits).
+        class_names: optional display names, one per class (captions, sample grids); default "0".."K-1".
+    """
+
+    num_classes: int = attrs.field(default=10, validator=positive_int)
+    hidden: int = attrs.field(default=128, validator=positive_int)
+    class_names: tuple[str, ...] | None = attrs.field(default=None, converter=optional_names)
+
+    def __attrs_post_init__(self) -> None:
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} entries, expected num_classes = {self.num_classes}"
+            )
+
+
+class LabelModality(Modality):
+    """A class label, int64 of shape (B,) in 0..num_classes-1, aggregated through a learned class embedding.
+
+    Options: see :class:`LabelConfig`.
+    """
+
+    kind = "label"
+    roles = (Role.AGGREGATED,)
+    head_input = HeadInput.POOLED
+    Config = LabelConfig
+
+    def data_spec(self) -> DataSpec:
+        return DataSpec((), "int64", 0, self.config.num_classes - 1)
+
+    def display_names(self) -> list[str]:
+        """One display name per class: ``class_names`` if given, else "0".."K-1"."""
+        names = self.config.class_names
+        return list(names) if names is not None else [str(k) for k in range(self.config.num_classes)]
+
+    def build_encoder(self, latent: LatentSpec) -> nn.Module:
+        """A LabelEncoder: one learned latent-shaped vector per class."""
+        return LabelEncoder(self.config.num_classes, latent)
+
+    def build_head(self, latent: LatentSpec, features: FeatureSpec) -> nn.Module:
+        """An MLP from the pooled features to K logits."""
+        return nn.Sequential(nn.Linear(features.pooled_dim, self.config.hidden), nn.SiLU(),
+                             nn.Linear(self.config.hidden, self.config.num_classes))
+
+    def _logits(self, pred: Any) -> torch.Tensor:
+        k = self.config.num_classes
+        if not isinstance(pred, torch.Tensor) or pred.ndim != 2 or pred.shape[1] != k:
+            got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
+            raise ModalityDataError(f"modality {self.name!r} (label): expected logits of shape (B, {k}), got {got}")
+        return pred
+
+    def loss(self, pred: Any, x: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy -log softmax(logits)[x] per example, in nats."""
+        return F.cross_entropy(self._logits(pred).float(), x, reduction="none")
+
+    def predicted_encoding(self, encoder: nn.Module, pred: Any) -> torch.Tensor:
+        """E(yhat) = sum_k softmax(logits)_k * RMSnorm(E(k)): exactly the expected encoding under the head's
+        class probabilities (the encoding of class k when the prediction is certain)."""
+        if not isinstance(encoder, LabelEncoder):
+            raise ModalityDataError(
+                f"modality {self.name!r} (label): predicted_encoding needs the LabelEncoder built by build_encoder, "
+                f"got {type(encoder).__name__}"
+            )
+        logits = self._logits(pred)
+        table = encoder.table()
+        if getattr(self.config, "normalize", True):
+            table = rms_normalize(table)
+        probs = torch.softmax(logits.to(table.dtype), dim=1)
+        return torch.einsum("bk,k...->b...", probs, table)
+
+    def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The most probable class (greedy), else a draw from the categorical softmax(logits); int64 (B,)."""
+        logits = self._logits(pred).detach().float()
+        if greedy:
+            return logits.argmax(dim=1)
+        probs = torch.softmax(logits, dim=1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@hookimpl
+def mtd_register_modalities() -> list[type[Modality]]:
+    """The label modality."""
+    return [LabelModality]

@@ -1,0 +1,203 @@
+"""The ``representation`` modality: a d-dimensional feature vector of the base image, aggregated into the latent.
+
+The vector comes from a frozen feature extractor: one supplied by the user (any callable or nn.Module, passed as
+``extractor=`` to the constructor; it is code, so it is not part of the JSON config), the built-in seeded random
+conv net (``builtin_extractor = "random_conv"``, no download, deterministic), or precomputed with the dataset.
+A learned linear map encodes it into Z; an MLP head on pooled features regresses it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtd_core.diffusion.weights import WeightSchedule
+from mtd_core.errors import ModalityDataError
+from mtd_core.modality import DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role, rms_normalize
+from mtd_core.plugins import hookimpl
+from mtd_core.plugins.validate import (
+    is_bool,
+    modality_name,
+    non_negative_int,
+    one_of,
+    option,
+    positive_float,
+    positive_int,
+)
+from mtd_plugins.image import gaussian_nll
+
+Extractor = Callable[[torch.Tensor], torch.Tensor]
+
+
+class RandomConvExtractor(nn.Module):
+    """A frozen, seeded random conv net: (B, C, H, W) images -> (B, dim) vectors of unit RMS.
+
+    Channels are averaged first, so it reads images of any channel count and size. Its weights depend only on
+    (dim, seed), so every process builds the same extractor without downloading or saving anything.
+
+    Args:
+        dim: the output dimension d.
+        seed: seeds the random weights.
+    """
+
+    def __init__(self, dim: int, seed: int) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.proj = nn.Linear(32 * 4, dim)
+        for p in self.parameters():
+            fan_in = p[0].numel() if p.ndim > 1 else 1
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / fan_in) ** 0.5 if p.ndim > 1 else
+                        0.1 * torch.randn(p.shape, generator=gen))
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, dim) float32, RMS-normalised per example."""
+        h = x.float().mean(1, keepdim=True)
+        h = F.relu(self.conv2(F.relu(self.conv1(h))))
+        h = F.adaptive_avg_pool2d(h, 2).flatten(1)
+        return rms_normalize(self.proj(h))
+
+
+class RepresentationEncoder(nn.Module):
+    """E(r): a learned linear map from the d-vector to C*H*W, reshaped to the latent.
+
+    Args:
+        dim: the representation's dimension d.
+        latent: the latent space Z.
+    """
+
+    def __init__(self, dim: int, latent: LatentSpec) -> None:
+        super().__init__()
+        self.shape = tuple(latent.shape)
+        self.proj = nn.Linear(dim, latent.numel)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        """(B, d) -> (B, C, H, W) (before RMS normalisation)."""
+        return self.proj(r).reshape(-1, *self.shape)
+
+
+@attrs.frozen
+class RepresentationConfig:
+    """Options of the representation modality.
+
+    Attributes:
+        dim: the representation's dimension d.
+        hidden: width of the head's hidden layer (an MLP on pooled features -> d).
+        loss: "gaussian" (NLL with std sigma) or "cosine" ((1 - cos) / sigma^2, direction only).
+        sigma: the std of the Gaussian likelihood; the cosine loss's temperature.
+        source: the name of the image modality the extractor reads in derive().
+        builtin_extractor: None (a user extractor or precomputed vectors) or "random_conv" (a frozen, seeded random
+            conv net; lets a config run without user code).
+        seed: seeds the builtin extractor's weights.
+        normalize: RMS-normalise the encoding (so only w_t sets the injection strength).
+    """
+
+    dim: int = attrs.field(default=16, validator=positive_int)
+    hidden: int = attrs.field(default=128, validator=positive_int)
+    loss: str = attrs.field(default="gaussian", validator=one_of("gaussian", "cosine"))
+    sigma: float = attrs.field(default=0.1, validator=positive_float)
+    source: str = attrs.field(default="image", validator=modality_name)
+    builtin_extractor: str | None = attrs.field(
+        default=None, validator=option("None or 'random_conv'", lambda v: v in (None, "random_conv")))
+    seed: int = attrs.field(default=0, validator=non_negative_int)
+    normalize: bool = attrs.field(default=True, validator=is_bool)
+
+
+class RepresentationModality(Modality):
+    """A feature vector float32 (B, dim), unbounded, from a frozen extractor of the base image; aggregated only.
+
+    Args:
+        extractor: a callable mapping the source images (B, C, H, W) to (B, dim) vectors (an nn.Module is frozen
+            and used under no_grad); overrides ``builtin_extractor``. Not saved in the config: pass it again when
+            rebuilding from a config, or store the vectors with the data.
+        name, role, weights, loss_weight, **options: see :class:`~mtd_core.modality.Modality` and
+            :class:`RepresentationConfig`.
+    """
+
+    kind = "representation"
+    roles = (Role.AGGREGATED,)
+    head_input = HeadInput.POOLED
+    Config = RepresentationConfig
+
+    def __init__(self, name: str | None = None, role: Role | str | None = None,
+                 weights: WeightSchedule | Mapping[str, Any] | None = None, loss_weight: float = 1.0, *,
+                 extractor: Extractor | None = None, **options: Any) -> None:
+        super().__init__(name=name, role=role, weights=weights, loss_weight=loss_weight, **options)
+        if extractor is not None and not callable(extractor):
+            raise ModalityDataError(f"modality {self.name!r} (representation): extractor must be callable, "
+                                    f"got {type(extractor).__name__}")
+        if extractor is None and self.config.builtin_extractor == "random_conv":
+            extractor = RandomConvExtractor(self.config.dim, self.config.seed)
+        if isinstance(extractor, nn.Module):
+            extractor.eval().requires_grad_(False)
+        self.extractor: Extractor | None = extractor
+
+    def data_spec(self) -> DataSpec:
+        return DataSpec((self.config.dim,), "float32")
+
+    def derive(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """The extractor's vectors for batch[source] (no gradient), or None when there is no extractor."""
+        if self.extractor is None:
+            return None
+        src = self.config.source
+        if src not in batch:
+            raise ModalityDataError(
+                f"modality {self.name!r} (representation): derive() reads the source {src!r}, which the batch lacks "
+                f"(keys: {sorted(batch)}); set the option source to the image modality's name"
+            )
+        with torch.no_grad():
+            r = self.extractor(batch[src])
+        if not isinstance(r, torch.Tensor):
+            raise ModalityDataError(f"modality {self.name!r} (representation): the extractor returned "
+                                    f"{type(r).__name__}, expected a tensor of shape (B, {self.config.dim})")
+        if r.is_floating_point() and r.dtype != torch.float32:
+            r = r.float()
+        self.validate(r, where="extractor output")
+        return r
+
+    def build_encoder(self, latent: LatentSpec) -> nn.Module:
+        """A learned linear map from the d-vector into Z."""
+        return RepresentationEncoder(self.config.dim, latent)
+
+    def build_head(self, latent: LatentSpec, features: FeatureSpec) -> nn.Module:
+        """An MLP from the pooled features to the d-vector."""
+        return nn.Sequential(nn.Linear(features.pooled_dim, self.config.hidden), nn.SiLU(),
+                             nn.Linear(self.config.hidden, self.config.dim))
+
+    def _vector(self, pred: Any) -> torch.Tensor:
+        d = self.config.dim
+        if not isinstance(pred, torch.Tensor) or pred.ndim != 2 or pred.shape[1] != d:
+            got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
+            raise ModalityDataError(f"modality {self.name!r} (representation): expected a predicted vector of "
+                                    f"shape (B, {d}), got {got}")
+        return pred
+
+    def loss(self, pred: Any, x: torch.Tensor) -> torch.Tensor:
+        """Per example: the Gaussian NLL summed over the d dimensions, or (1 - cos(pred, x)) / sigma^2.
+
+        The cosine form is the Gaussian's quadratic term for unit vectors, |u - v|^2 / (2 sigma^2) = (1 - cos) /
+        sigma^2, without its constants: it ignores the vector's norm.
+        """
+        r = self._vector(pred)
+        if self.config.loss == "gaussian":
+            return gaussian_nll(x, r, self.config.sigma).sum(1)
+        return (1.0 - F.cosine_similarity(r, x, dim=1, eps=1e-8)) / self.config.sigma ** 2
+
+    def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The predicted vector (float32), greedy or not: the head regresses the vector directly."""
+        return self._vector(pred).detach().float()
+
+
+@hookimpl
+def mtd_register_modalities() -> list[type[Modality]]:
+    """The representation modality."""
+    return [RepresentationModality]

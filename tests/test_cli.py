@@ -1,0 +1,236 @@
+"""The mtd command: config show, unknown-key suggestions, train (--quick, --resume) + sample + eval, the example
+configs, and demo --quick."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtd_core.cli import main
+from mtd_core.training import load_checkpoint
+from mtd_core.training.config import dumps_config_toml, read_config, resolve_config
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("*.toml"))
+TINY: dict[str, Any] = {
+    "dataset": {"name": "digits"},
+    "taskset": {"modalities": [{"kind": "image", "role": "base", "channels": 1, "size": 8},
+                               {"kind": "label", "num_classes": 10, "hidden": 16}],
+                "diffusion": {"kind": "linear", "T": 40}},
+    "backbone": {"name": "unet", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "groups": 4},
+    "trainer": {"steps": 3, "batch_size": 8, "checkpoint_every": 0, "sample_n": 0, "progress": False,
+                "device": "cpu"},
+}
+
+
+@pytest.fixture()
+def tiny_toml(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(dumps_config_toml(TINY))
+    return path
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_examples_exist() -> None:
+    assert {p.stem for p in EXAMPLES} >= {"image_transition", "masked_image", "image_label", "image_representation",
+                                          "image_caption"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_config_show_prints_the_resolved_config_as_toml_that_reads_back(path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = _run(capsys, "config", "show", str(path))
+    assert rc == 0, err
+    shown = tomllib.loads(out)
+    resolved = resolve_config(read_config(path)).to_dict()
+    strip = lambda d: json.loads(json.dumps(d), object_hook=lambda o: {k: v for k, v in o.items() if v is not None})  # noqa: E731
+    assert shown == strip(resolved)
+    assert shown["trainer"]["grad_clip"] == 1.0  # a default filled in
+    rc, out, _ = _run(capsys, "config", "show", str(path), "--json", "--set", "trainer.steps=7")
+    assert rc == 0 and json.loads(out)["trainer"]["steps"] == 7
+
+
+def test_demo_config_is_the_image_label_example(capsys: pytest.CaptureFixture[str]) -> None:
+    from mtd_core.cli.demo import demo_config
+    from mtd_core.training import RunConfig
+
+    example = resolve_config(read_config(EXAMPLES[0].parent / "image_label.toml")).to_dict()
+    demo = resolve_config(RunConfig.from_dict(demo_config())).to_dict()
+    for d in (example, demo):
+        d["trainer"].pop("sample_n")
+    assert demo == example
+
+
+@pytest.mark.parametrize("toml,setting,pattern", [
+    ("[trainer]\nstpes = 3\n", None, r"trainer: unknown key 'stpes' \(did you mean 'steps'\?\)"),
+    ("[trainr]\nsteps = 3\n", None, r"unknown table \[trainr\] \(did you mean 'trainer'\?\)"),
+    ("[dataset]\nname = \"digits\"\ntest_fracton = 0.1\n", None, r"unknown option 'test_fracton' \(did you mean 'test_fraction'\?\)"),
+    ("", "backbone.chanels=8", r"unknown option 'chanels' \(did you mean 'channels'\?\)"),
+    ("", "taskset.modalities.1.num_clases=5", r"unknown option 'num_clases' \(did you mean 'num_classes'\?\)"),
+    ("", "taskset.diffusion.TT=5", r"unknown key diffusion.TT"),
+    ("", "trainr.steps=5", r"--set 'trainr.steps=5': the key must start with a table name .*did you mean 'trainer'"),
+    ("", "taskset.modalities.7.x=1", r"needs a list index in 0..1"),
+])
+def test_unknown_keys_fail_with_the_nearest_valid_key(tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str,
+                                                      setting: str | None, pattern: str) -> None:
+    import re
+
+    base = copy.deepcopy(TINY)
+    text = dumps_config_toml(base)
+    if toml:
+        extra = tomllib.loads(toml)
+        for table, values in extra.items():
+            base.setdefault(table, {}).update(values)
+        text = dumps_config_toml(base)
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    argv = ["config", "show", str(path)] + (["--set", setting] if setting else [])
+    rc, out, err = _run(capsys, *argv)
+    assert rc == 1 and out == ""
+    assert err.startswith("mtd config show: error:")
+    assert re.search(pattern, err), err
+
+
+def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    rc, out, err = _run(capsys, "train", str(tiny_toml), "--out", str(run), "--quick")
+    assert rc == 0, err
+    assert "finished at step 4" in out
+    assert load_checkpoint(run).step == 4
+    assert (run / "samples" / "step_00000004.png").is_file() and (run / "config.json").is_file()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+
+    rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s"), "--given", "label=0,3,nine", "--n",
+                        "2", "--steps", "3", "--seed", "1")
+    assert rc == 0, err
+    raw = np.load(tmp_path / "s" / "samples.npz")
+    assert raw["label"].tolist() == [0, 0, 3, 3, 9, 9]
+    assert raw["image"].shape == (6, 1, 8, 8) and np.abs(raw["image"]).max() <= 1
+    with Image.open(tmp_path / "s" / "samples.png") as im:
+        assert im.width > 2 * 8 * 4
+    rc, _, _ = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s2"), "--given", "label=0,3,nine", "--n",
+                    "2", "--steps", "3", "--seed", "1")
+    assert np.array_equal(np.load(tmp_path / "s2" / "samples.npz")["image"], raw["image"])  # seeded
+
+    rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "j"), "--n", "3", "--steps", "2")
+    assert rc == 0 and "3 samples (joint" in out
+    rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "g"), "--given", "label=3", "--n", "2",
+                        "--steps", "2", "--guidance", "2")
+    assert rc == 0, err
+    assert np.load(tmp_path / "g" / "samples.npz")["label"].tolist() == [3, 3]
+    rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "g"), "--guidance", "2")
+    assert rc == 1 and "--guidance needs a given label" in err
+    rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "x"), "--given", "labl=3")
+    assert rc == 1 and "no modality 'labl' (did you mean 'label'?)" in err
+    rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "x"), "--given", "label=eleven")
+    assert rc == 1 and "not a class index or name" in err
+
+    rc, out, err = _run(capsys, "eval", str(run), "--n", "20", "--timesteps", "4", "--accuracy-n", "30", "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    elbo = result["elbo"]
+    assert elbo["n_examples"] == 20 and elbo["timesteps_per_batch"] == 4 and elbo["T"] == 40
+    assert np.isfinite(elbo["bits_per_dim"]) and elbo["bits_per_dim"] > 0
+    assert result["accuracy"]["label"]["n_examples"] == 30 and 0 <= result["accuracy"]["label"]["accuracy"] <= 1
+    rc, out, _ = _run(capsys, "eval", str(run), "--n", "10", "--timesteps", "39", "--accuracy-n", "10")
+    assert rc == 0 and "on 10 of 359 test examples, all denoising terms" in out and "label head accuracy" in out
+
+
+def test_train_resume_continues_and_refuses_a_reused_folder(tiny_toml: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert _run(capsys, "train", str(tiny_toml), "--out", str(run))[0] == 0
+    rc, _, err = _run(capsys, "train", str(tiny_toml), "--out", str(run))
+    assert rc == 1 and "already holds checkpoints" in err and "--resume" in err
+    rc, out, err = _run(capsys, "train", str(tiny_toml), "--out", str(run), "--resume", "--set", "trainer.steps=5")
+    assert rc == 0, err
+    assert "step 3 -> 5" in out and load_checkpoint(run).step == 5
+    rc, _, err = _run(capsys, "train", str(tiny_toml), "--out", str(run), "--resume", "--set", "trainer.steps=6",
+                      "--set", "trainer.batch_size=4")
+    assert rc == 1 and "batch_size" in err
+
+
+def test_bad_data_fails_before_training_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    labels = np.arange(12) % 10
+    labels[7] = 12
+    np.savez(tmp_path / "d.npz", image=np.zeros((12, 8, 8), np.uint8), label=labels)
+    cfg = copy.deepcopy(TINY)
+    cfg["dataset"] = {"name": "npz", "path": str(tmp_path / "d.npz"), "test_fraction": 0.25}
+    (tmp_path / "c.toml").write_text(dumps_config_toml(cfg))
+    rc, _, err = _run(capsys, "train", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run"))
+    assert rc == 1
+    assert "d.npz: modality 'label'" in err and "has value 12" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_demo_quick_writes_its_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    rc, stdout, err = _run(capsys, "demo", "--quick", "--out", str(out), "--no-progress")
+    assert rc == 0, err
+    for name in ("joint.png", "conditional.png", "report.md", "report.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["trained"]["steps"] == 8 and report["trained"]["quick"] is True
+    assert 0 <= report["label_head_accuracy"]["value"] <= 1 and report["label_head_accuracy"]["n_test"] == 359
+    assert report["joint_coherence"]["n"] == 8 and report["conditional_fidelity"]["n"] == 20
+    assert report["conditional_fidelity"]["guidance_scale"] > 0 and 0 <= report["conditional_fidelity_unguided"]["value"] <= 1
+    assert report["independent_classifier_test_accuracy"] > 0.9
+    md = (out / "report.md").read_text()
+    assert "label head accuracy" in md and "joint.png" in md
+    assert load_checkpoint(out / "run").step == 8
+    assert str(out / "joint.png") in stdout and str(out / "report.md") in stdout
+    with Image.open(out / "conditional.png") as im:
+        assert im.height > 10 * 8 * 5  # one row per class
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem != "image_label"], ids=lambda p: p.stem)
+def test_every_example_config_trains_and_samples(path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each example runs as is on the digits (--quick: 4 steps, then a grid, a checkpoint and a sample)."""
+    run = tmp_path / "run"
+    rc, out, err = _run(capsys, "train", str(path), "--out", str(run), "--quick", "--set", "trainer.batch_size=16")
+    assert rc == 0, err
+    ckpt = load_checkpoint(run)
+    assert ckpt.step == 4 and (run / "samples" / "step_00000004.png").is_file()
+    if path.stem == "image_caption":
+        assert "tokenizer.model" in ckpt.assets["text"]  # the fitted tokenizer travels with the weights
+        rc, out, err = _run(capsys, "train", str(path), "--out", str(run), "--quick", "--set", "trainer.batch_size=16",
+                            "--resume", "--set", "trainer.steps=5")
+        assert rc == 0, err
+        resumed = load_checkpoint(run)
+        assert resumed.step == 5 and resumed.assets == ckpt.assets  # the tokenizer was reused, not refitted
+    rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s"), "--n", "2", "--steps", "2")
+    assert rc == 0, err
+    raw = np.load(tmp_path / "s" / "samples.npz")
+    names = [m["name"] for m in ckpt.config["model"]["taskset"]["modalities"]]
+    assert set(names) <= set(raw.files) and raw["image"].shape == (2, 1, 8, 8)
+
+
+def test_docs_cover_every_command_option() -> None:
+    import argparse
+
+    from mtd_core.cli import build_parser
+
+    docs = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("demo", "train", "sample", "eval", "config"):
+        assert f"## `mtd {command}" in docs
+        parsers = [sub.choices[command]]
+        if command == "config":
+            parsers = [next(a for a in parsers[0]._actions if isinstance(a, argparse._SubParsersAction)).choices["show"]]
+        for p in parsers:
+            for action in p._actions:
+                for opt in action.option_strings:
+                    if opt.startswith("--") and opt != "--help":
+                        assert opt in docs, f"mtd {command} {opt} is not documented in docs/cli.md"

@@ -1,0 +1,178 @@
+"""MultiTaskModel: encoders/heads from the modalities, encode, forward, loss, config round trip, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mtd_core.backbones import build_unet
+from mtd_core.diffusion.elbo import DenoiserOutput
+from mtd_core.diffusion.loss import training_loss
+from mtd_core.diffusion.noise import NoiseSchedule
+from mtd_core.errors import ConfigError, ModalityDataError
+from mtd_core.model import MultiTaskModel
+from mtd_core.modality import rms_normalize
+from mtd_core.taskset import TaskSet
+
+UNET = dict(channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4], groups=8, num_heads=2)
+CONFIG = {"modalities": [{"kind": "image", "role": "base", "size": 8}, {"kind": "label", "num_classes": 10, "hidden": 32}],
+          "diffusion": {"kind": "linear", "T": 100}}
+
+
+def make_model(config=CONFIG, **unet) -> MultiTaskModel:
+    torch.manual_seed(0)
+    return MultiTaskModel(TaskSet.from_config(config), "unet", {**UNET, **unet})
+
+
+def batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.rand(n, 1, 8, 8, generator=g) * 2 - 1, "label": torch.randint(0, 10, (n,), generator=g)}
+
+
+def test_builds_one_encoder_per_modality_and_one_head_per_aggregated_modality():
+    model = make_model()
+    assert list(model.encoders) == ["image", "label"] and list(model.heads) == ["label"]
+    assert model.feature_spec == model.backbone.feature_spec
+    assert model.device == torch.device("cpu")
+
+
+def test_encode_returns_the_base_as_z0_and_rms_normalised_encodings():
+    model = make_model()
+    b = batch()
+    z0, enc = model.encode(b)
+    assert torch.equal(z0, b["image"])  # identity encoder of the base
+    assert list(enc) == ["label"] and enc["label"].shape == (4, 1, 8, 8)
+    assert torch.allclose(enc["label"].pow(2).flatten(1).mean(1), torch.ones(4), atol=1e-5)
+    table = rms_normalize(model.encoders["label"].table())
+    assert torch.allclose(enc["label"], table[b["label"]])
+
+
+def test_forward_returns_eps_and_every_head_prediction():
+    model = make_model()
+    z, t = torch.randn(3, 1, 8, 8), torch.tensor([1, 50, 100])
+    out = model(z, t)
+    assert isinstance(out, DenoiserOutput)
+    assert out.eps.shape == z.shape and list(out.preds) == ["label"] and out.preds["label"].shape == (3, 10)
+
+
+def test_predicted_encodings_of_a_certain_prediction_equal_the_true_encoding():
+    model = make_model()
+    y = torch.tensor([3, 7])
+    logits = 1e4 * torch.nn.functional.one_hot(y, 10).float()
+    enc = model.predicted_encodings({"label": logits})["label"]
+    assert torch.equal(enc, model.encode_some({"label": y}, ["label"])[1]["label"])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"label": torch.tensor([1.0, 2.0, 3.0, 4.0])}, r"modality 'label'.*expected dtype int64, got float32"),
+    ({"label": torch.tensor([1, 2, 3, 10])}, r"modality 'label'.*values must lie in \[0, 9\]"),
+    ({"image": torch.zeros(4, 1, 7, 7)}, r"modality 'image'.*expected a batch of shape \(B, 1, 8, 8\), got \(4, 1, 7, 7\)"),
+    ({"label": torch.tensor([1, 2])}, r"same batch size, got \{'image': 4, 'label': 2\}"),
+])
+def test_encode_validates_each_modality_and_names_it(bad, message):
+    model = make_model()
+    with pytest.raises(ModalityDataError, match=message):
+        model.encode({**batch(), **bad})
+
+
+def test_a_missing_modality_is_named():
+    with pytest.raises(ModalityDataError, match=r"missing modalities \['label'\]"):
+        make_model().encode({"image": batch()["image"]})
+
+
+def test_loss_is_training_loss_and_trains_every_part():
+    model = make_model()
+    b = batch()
+    t, eps = torch.tensor([1, 10, 50, 100]), torch.randn(4, 1, 8, 8)
+    out = model.loss(b, t=t, eps=eps)
+    ref = training_loss(model.forward_process, model, model.taskset.modalities, b, model.encode, t=t, eps=eps)
+    assert torch.equal(out.loss, ref.loss) and set(out.terms) == {"eps", "label"}
+    out.loss.backward()
+    # the output conv starts at zero, so only parameters upstream of eps and the label path get gradients at step 0
+    assert model.backbone.out_conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.heads["label"].parameters())
+    assert model.encoders["label"].embed.weight.grad.abs().sum() > 0
+    assert torch.isfinite(model.loss(b, kind="vlb", generator=torch.Generator().manual_seed(0)).loss)
+
+
+def test_loss_is_seeded_by_its_generator():
+    model = make_model()
+    a = model.loss(batch(), generator=torch.Generator().manual_seed(5)).loss
+    b = model.loss(batch(), generator=torch.Generator().manual_seed(5)).loss
+    c = model.loss(batch(), generator=torch.Generator().manual_seed(6)).loss
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_a_few_steps_of_training_lower_the_loss():
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    b = batch(32)
+    fixed = dict(t=torch.randint(1, 101, (32,), generator=torch.Generator().manual_seed(1)),
+                 eps=torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(2)))
+    before = model.loss(b, **fixed).loss.item()
+    for _ in range(15):
+        opt.zero_grad()
+        model.loss(b, **fixed).loss.backward()
+        opt.step()
+    assert model.loss(b, **fixed).loss.item() < 0.8 * before
+
+
+def test_without_a_base_z0_is_zero():
+    config = {"modalities": [{"kind": "label", "num_classes": 4, "hidden": 8}], "latent_shape": [1, 8, 8],
+              "diffusion": {"kind": "cosine", "T": 20}}
+    model = make_model(config)
+    z0, enc = model.encode({"label": torch.tensor([0, 3])})
+    assert torch.equal(z0, torch.zeros(2, 1, 8, 8)) and enc["label"].shape == (2, 1, 8, 8)
+    assert torch.isfinite(model.loss({"label": torch.tensor([0, 3])}).loss)
+
+
+def test_config_round_trips_through_json_and_reproduces_the_network():
+    model = make_model()
+    config = json.loads(json.dumps(model.config()))
+    assert config["backbone"] == "unet" and config["backbone_options"]["channel_mult"] == [1, 2]
+    clone = MultiTaskModel.from_config(config)
+    clone.load_state_dict(model.state_dict())
+    z, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 90])
+    a, b = model(z, t), clone(z, t)
+    assert torch.equal(a.eps, b.eps) and torch.equal(a.preds["label"], b.preds["label"])
+    assert clone.config() == model.config()
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match=r"unknown key 'backbone_option' \(did you mean 'backbone_options'\?\)"):
+        MultiTaskModel.from_config({"taskset": CONFIG, "backbone_option": {}})
+    with pytest.raises(ConfigError, match="missing key 'taskset'"):
+        MultiTaskModel.from_config({"backbone": "unet"})
+    with pytest.raises(ConfigError, match=r"unknown backbone 'unte' \(did you mean 'unet'\?\)"):
+        MultiTaskModel(TaskSet.from_config(CONFIG), "unte")
+    with pytest.raises(ConfigError, match=r"unknown option 'chanels'"):
+        MultiTaskModel(TaskSet.from_config(CONFIG), "unet", {"chanels": 8})
+
+
+def test_a_ready_backbone_module_is_used_as_is_but_has_no_config():
+    ts = TaskSet.from_config(CONFIG)
+    net = build_unet(ts.latent, **UNET)
+    model = MultiTaskModel(ts, net)
+    assert model.backbone is net
+    with pytest.raises(ConfigError, match="given as a module, which has no config"):
+        model.config()
+    with pytest.raises(ConfigError, match="backbone_options apply to a backbone name"):
+        MultiTaskModel(ts, net, {"channels": 8})
+
+
+def test_bf16_autocast_loss_on_cpu():
+    model = make_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.loss(batch(), generator=torch.Generator().manual_seed(0))
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+def test_custom_noise_schedule_is_used():
+    config = {**CONFIG, "diffusion": {"kind": "cosine", "T": 30}}
+    model = make_model(config)
+    assert model.forward_process.noise == NoiseSchedule.cosine(30)
+    with pytest.raises(ValueError, match=r"t must lie in 0..30"):
+        model.loss(batch(), t=torch.tensor([1, 2, 3, 31]))

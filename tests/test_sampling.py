@@ -1,0 +1,300 @@
+"""Samplers and generate(): exactness with an oracle denoiser, the three generation modes, seeding, guidance, errors.
+
+The oracle knows z_0 and X: its eps is the true total noise of whatever z_t it is given (ForwardProcess.eps_from_z0)
+and its label head is certain of a chosen class. With it, a reverse step's mean must equal the true posterior's and
+DDIM with eta = 0 must land exactly on z_0.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mtd_core.diffusion.elbo import DenoiserOutput
+from mtd_core.diffusion.noise import respaced_timesteps
+from mtd_core.errors import ConfigError, ModalityDataError
+from mtd_core.model import MultiTaskModel
+from mtd_core.sampling import (
+    GuidanceConfig,
+    ModelDenoiser,
+    ddim_sigma,
+    ddim_step,
+    ddpm_step,
+    generate,
+    guided_eps,
+)
+from mtd_core.taskset import TaskSet
+
+T = 100
+CONFIG = {"modalities": [{"kind": "image", "role": "base", "size": 8}, {"kind": "label", "num_classes": 10, "hidden": 16}],
+          "diffusion": {"kind": "linear", "T": T}}
+UNET = dict(channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4], groups=4, num_heads=2)
+
+
+class Oracle(MultiTaskModel):
+    """A model that knows the truth: eps is the exact total noise of z_t given (z0, label), the head says head_y."""
+
+    def set_truth(self, z0: torch.Tensor, y: torch.Tensor, head_y: torch.Tensor | None = None) -> None:
+        self.z0, self.y = z0, y
+        self.enc = self.encode_some({"label": y}, ["label"])[1]
+        self.head_y = y if head_y is None else head_y
+        self.seen_t: list[torch.Tensor] = []
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
+        self.seen_t.append(t.clone())
+        eps = self.forward_process.eps_from_z0(z_t, self.z0, self.enc, t)
+        return DenoiserOutput(eps=eps, preds={"label": 1e4 * F.one_hot(self.head_y, 10).to(z_t.dtype)})
+
+
+def oracle(n: int = 4, seed: int = 0, wrong_head: bool = False) -> Oracle:
+    torch.manual_seed(seed)
+    model = Oracle(TaskSet.from_config(CONFIG), "unet", UNET)
+    g = torch.Generator().manual_seed(seed)
+    z0 = torch.rand(n, 1, 8, 8, generator=g) * 1.8 - 0.9
+    y = torch.randint(0, 10, (n,), generator=g)
+    model.set_truth(z0, y, (y + 1) % 10 if wrong_head else None)
+    return model
+
+
+def tiny_model(seed: int = 0) -> MultiTaskModel:
+    """A real, untrained model whose zero-initialised layers are randomised so that eps is not identically 0."""
+    torch.manual_seed(seed)
+    model = MultiTaskModel(TaskSet.from_config(CONFIG), "unet", UNET)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    return model
+
+
+def noised(model: Oracle, k: int, fp, seed: int = 1) -> torch.Tensor:
+    eps = torch.randn(model.z0.shape, generator=torch.Generator().manual_seed(seed))
+    return fp.q_sample(model.z0, model.enc, k, eps)
+
+
+# -- single steps with the oracle ---------------------------------------------------------------------------
+@settings(max_examples=20)
+@given(steps=st.integers(1, T), frac=st.floats(0.0, 1.0), conditional=st.booleans())
+def test_ancestral_mean_equals_the_true_posterior_mean(steps, frac, conditional):
+    model = oracle(wrong_head=conditional)  # in conditional mode the head is wrong: the true encoding must be used
+    fp = model.forward_process.respace(respaced_timesteps(T, steps))
+    k = 1 + round(frac * (fp.T - 1))
+    z_t = noised(model, k, fp)
+    pred = ModelDenoiser(model, fp, model.enc if conditional else {})(z_t, k)
+    mean = ddpm_step(fp, z_t, k, pred.eps, pred.enc).z_prev
+    post_mean, post_var = fp.posterior(z_t, model.z0, model.enc, k)
+    assert torch.allclose(mean, post_mean, atol=1e-4)
+    assert torch.allclose(fp.reverse_variance(k, z_t, "beta_tilde"), post_var)
+
+
+@settings(max_examples=20)
+@given(t=st.integers(1, T), conditional=st.booleans())
+def test_ddim_with_eta_0_recovers_z0_in_one_step_from_any_t(t, conditional):
+    model = oracle(wrong_head=conditional)
+    fp = model.forward_process.respace([t])  # one jump: t -> 0
+    z_t = noised(model, 1, fp)
+    pred = ModelDenoiser(model, fp, model.enc if conditional else {})(z_t, 1)
+    assert model.seen_t[-1].tolist() == [t] * 4  # the network sees the original timestep
+    res = ddim_step(fp, z_t, 1, pred.eps, pred.enc, eta=0.0)
+    assert torch.allclose(res.z_prev, model.z0, atol=2e-4) and torch.allclose(res.z0_hat, model.z0, atol=2e-4)
+
+
+def test_ddim_with_eta_1_is_the_posterior():
+    model = oracle()
+    fp = model.forward_process.respace(respaced_timesteps(T, 10))
+    for k in (2, 5, 10):
+        z_t = noised(model, k, fp)
+        pred = ModelDenoiser(model, fp, {})(z_t, k)
+        res = ddim_step(fp, z_t, k, pred.eps, pred.enc, noise=torch.zeros_like(z_t), eta=1.0)
+        post_mean, _ = fp.posterior(z_t, model.z0, model.enc, k)
+        assert torch.allclose(res.z_prev, post_mean, atol=1e-4)
+        assert ddim_sigma(fp, k, 1.0) ** 2 == pytest.approx(float(fp.beta_tilde[k]), rel=1e-9)
+
+
+def test_joint_mode_with_a_wrong_head_does_not_recover_z0():
+    # the converse of the conditional case: predicted encodings of a wrong label give a wrong z_0 estimate
+    model = oracle(wrong_head=True)
+    fp = model.forward_process.respace([40])
+    z_t = noised(model, 1, fp)
+    pred = ModelDenoiser(model, fp, {})(z_t, 1)
+    assert not torch.allclose(ddim_step(fp, z_t, 1, pred.eps, pred.enc).z_prev, model.z0, atol=1e-2)
+
+
+# -- generate() with the oracle -------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 0.7), ("ddpm", 0.0)])
+def test_generate_joint_with_the_oracle_returns_the_truth(sampler, eta):
+    model = oracle()
+    out = generate(model, n=4, sampler=sampler, steps=8, eta=eta, generator=torch.Generator().manual_seed(0),
+                   progress=False)
+    assert out.mode == "joint" and list(out.samples) == ["image", "label"]
+    assert torch.allclose(out.samples["image"], model.z0, atol=2e-4)
+    assert torch.equal(out.samples["label"], model.y)
+    assert set(out.predictions) == {"label"}
+
+
+def test_generate_conditional_uses_the_observed_encodings_and_returns_them_unchanged():
+    model = oracle(wrong_head=True)
+    y = model.y.clone()
+    out = generate(model, given={"label": y}, steps=6, generator=torch.Generator().manual_seed(0), progress=False)
+    assert out.mode == "conditional"
+    assert out.samples["label"] is y and torch.equal(y, model.y)
+    assert torch.allclose(out.samples["image"], model.z0, atol=2e-4)
+    assert out.predictions == {}
+
+
+def test_the_network_sees_the_original_respaced_timesteps_in_order():
+    model = oracle()
+    steps = []
+    generate(model, n=4, steps=7, callback=steps.append, progress=False)
+    want = respaced_timesteps(T, 7).flip(0).tolist()
+    assert [t[0].item() for t in model.seen_t] == want
+    assert [s.t for s in steps] == want and [s.index for s in steps] == list(range(7, 0, -1))
+    assert all(a.z_next is b.z_t for a, b in zip(steps, steps[1:]))
+    assert torch.allclose(steps[0].z0_hat, model.z0, atol=2e-4)
+
+
+def test_readout_reads_the_heads_at_a_small_t_and_returns_the_base_unchanged():
+    model = oracle(wrong_head=True)
+    image = model.z0.clone()
+    out = generate(model, given={"image": image}, generator=torch.Generator().manual_seed(0), progress=False,
+                   read_t=0.05)
+    assert out.mode == "readout" and out.samples["image"] is image
+    assert torch.equal(out.samples["label"], model.head_y)
+    assert [t.tolist() for t in model.seen_t] == [[5] * 4]
+    model.seen_t.clear()
+    out = generate(model, given={"image": image}, progress=False, read_t=[0.01, 0.1, 0.5])
+    assert [t[0].item() for t in model.seen_t] == [1, 10, 50]
+    assert torch.equal(out.samples["label"], model.head_y)
+    assert torch.allclose(out.predictions["label"], 1e4 * F.one_hot(model.head_y, 10).float())
+
+
+def test_readout_default_t_is_small():
+    model = oracle()
+    generate(model, given={"image": model.z0}, progress=False)
+    assert model.seen_t[0][0].item() == round(0.02 * T)
+
+
+# -- generate() with a real (untrained) model --------------------------------------------------------------
+def test_joint_samples_respect_every_data_spec():
+    out = generate(tiny_model(), n=5, steps=4, generator=torch.Generator().manual_seed(0), progress=False)
+    image, label = out.samples["image"], out.samples["label"]
+    assert image.shape == (5, 1, 8, 8) and image.dtype == torch.float32
+    assert image.min() >= -1 and image.max() <= 1
+    assert label.shape == (5,) and label.dtype == torch.int64 and 0 <= label.min() and label.max() <= 9
+    assert out.predictions["label"].shape == (5, 10)
+
+
+@pytest.mark.parametrize("kwargs", [dict(sampler="ddim", eta=0.5), dict(sampler="ddpm", variance="beta"),
+                                    dict(sampler="ddim", given={"label": torch.tensor([1, 2, 3])}),
+                                    dict(sampler="ddim", guidance=GuidanceConfig("label", 4, 3.0))])
+def test_seeded_generation_is_bit_for_bit_repeatable(kwargs):
+    model = tiny_model()
+    kwargs = {"n": 3, "steps": 5, "progress": False, **kwargs}
+    a = generate(model, generator=torch.Generator().manual_seed(7), **kwargs).samples
+    b = generate(model, generator=torch.Generator().manual_seed(7), **kwargs).samples
+    c = generate(model, generator=torch.Generator().manual_seed(8), **kwargs).samples
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["image"], c["image"])
+
+
+def test_generate_restores_the_training_mode():
+    model = tiny_model()
+    model.train()
+    generate(model, n=2, steps=2, progress=False)
+    assert model.training
+    model.eval()
+    generate(model, n=2, steps=2, progress=False)
+    assert not model.training
+
+
+# -- guidance ------------------------------------------------------------------------------------------------
+def test_guided_eps_is_eps_minus_scaled_gradient_of_the_heads_log_likelihood():
+    model = tiny_model()
+    z, t, y = torch.randn(3, 1, 8, 8), torch.tensor([30, 30, 30]), torch.tensor([1, 5, 9])
+    abar = float(model.forward_process.abar[30])
+    eps, preds = guided_eps(model, z, t, abar, model.taskset["label"], y, 2.5)
+    zz = z.clone().requires_grad_(True)
+    out = model(zz, t)
+    grad = torch.autograd.grad(F.log_softmax(out.preds["label"], 1)[torch.arange(3), y].sum(), zz)[0]
+    assert torch.allclose(eps, out.eps - 2.5 * (1 - abar) ** 0.5 * grad, atol=1e-6)
+    assert grad.abs().sum() > 0 and torch.allclose(preds["label"], out.preds["label"])
+
+
+def test_guidance_with_scale_0_changes_nothing_and_a_positive_scale_changes_the_samples():
+    model = tiny_model()
+
+    def final_z(guidance):  # z_0 before clipping to the image range
+        steps = []
+        generate(model, n=3, steps=4, progress=False, generator=torch.Generator().manual_seed(1), guidance=guidance,
+                 callback=steps.append)
+        return steps[-1].z_next
+
+    plain = final_z(None)
+    assert torch.equal(plain, final_z(GuidanceConfig("label", [1, 2, 3], 0.0)))
+    assert not torch.allclose(plain, final_z(GuidanceConfig("label", 3, 5.0)))
+
+
+def test_guidance_errors():
+    model = tiny_model()
+    with pytest.raises(ConfigError, match="modality 'image' is the base and has no head"):
+        generate(model, n=2, guidance=GuidanceConfig("image", 0, 1.0), progress=False)
+    with pytest.raises(ConfigError, match=r"no modality 'lable' \(did you mean 'label'\?\)"):
+        generate(model, n=2, guidance=GuidanceConfig("lable", 0, 1.0), progress=False)
+    with pytest.raises(ConfigError, match="does not apply when the base is given"):
+        generate(model, given={"image": torch.zeros(2, 1, 8, 8)}, guidance=GuidanceConfig("label", 0, 1.0), progress=False)
+    with pytest.raises(ConfigError, match="the target has 3 examples, the batch has 2"):
+        generate(model, n=2, guidance=GuidanceConfig("label", [1, 2, 3], 1.0), progress=False)
+    with pytest.raises(ModalityDataError, match=r"modality 'label' \(guidance target\): values must lie in \[0, 9\]"):
+        generate(model, n=2, guidance=GuidanceConfig("label", 12, 1.0), progress=False)
+    with pytest.raises(ConfigError, match="scale must be a finite number >= 0"):
+        GuidanceConfig("label", 1, -1.0)
+
+
+# -- argument errors -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(), ConfigError, r"n \(the number of samples\) is required"),
+    (dict(n=0), ConfigError, r"n must be a positive integer, got 0"),
+    (dict(n=2, sampler="ddin"), ConfigError, r"unknown sampler 'ddin' \(did you mean 'ddim'\?\)"),
+    (dict(n=2, sampler="ddpm", eta=0.5), ConfigError, r"eta applies to the 'ddim' sampler only"),
+    (dict(n=2, variance="beta"), ConfigError, r"variance applies to the 'ddpm' sampler only"),
+    (dict(n=2, sampler="ddpm", variance="sigma"), ConfigError, r"variance must be one of \('beta', 'beta_tilde'\)"),
+    (dict(n=2, eta=1.5), ConfigError, r"eta must lie in \[0, 1\]"),
+    (dict(n=2, steps=0), ConfigError, r"steps = 0: respacing: steps must be in 1..100"),
+    (dict(n=2, steps=101), ConfigError, r"steps = 101"),
+    (dict(given={"labels": torch.tensor([1])}), ConfigError, r"unknown modality 'labels' \(did you mean 'label'\?\)"),
+    (dict(n=3, given={"label": torch.tensor([1, 2])}), ConfigError, r"n = 3 but the given data has 2 examples"),
+    (dict(given={"label": torch.tensor([1.0])}), ModalityDataError, r"modality 'label'.*expected dtype int64"),
+    (dict(given={"image": torch.zeros(1, 1, 8, 8)}, read_t=0.0), ConfigError, r"read_t must be a fraction of T in \(0, 1\]"),
+    (dict(given={"image": torch.zeros(2, 1, 8, 8), "label": torch.tensor([1])}), ModalityDataError, r"same batch size"),
+    (dict(n=2, device="meta"), ConfigError, r"the model is on cpu, not meta"),
+])
+def test_argument_errors(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        generate(tiny_model(), progress=False, **kwargs)
+
+
+def test_everything_given_returns_the_inputs():
+    model = tiny_model()
+    given_ = {"image": torch.zeros(2, 1, 8, 8), "label": torch.tensor([3, 4])}
+    out = generate(model, given=given_, progress=False)
+    assert out.samples["image"] is given_["image"] and out.samples["label"] is given_["label"] and out.predictions == {}
+
+
+def test_a_task_set_without_a_base_generates_its_aggregated_modalities():
+    config = {"modalities": [{"kind": "label", "num_classes": 4, "hidden": 8}], "latent_shape": [1, 8, 8],
+              "diffusion": {"kind": "cosine", "T": 20}}
+    torch.manual_seed(0)
+    model = MultiTaskModel(TaskSet.from_config(config), "unet", UNET)
+    out = generate(model, n=3, steps=5, progress=False)
+    assert out.mode == "joint" and list(out.samples) == ["label"]
+    assert out.samples["label"].dtype == torch.int64 and out.samples["label"].max() <= 3
+
+
+def test_progress_bar_is_shown_on_request(capsys):
+    generate(tiny_model(), n=1, steps=3, progress=True)
+    assert "ddim" in capsys.readouterr().err
+    generate(tiny_model(), n=1, steps=3, progress=False)
+    assert capsys.readouterr().err == ""
