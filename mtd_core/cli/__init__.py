@@ -18,13 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mtd {importlib.import_module('mtd_core').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"mtd_core.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"mtd_core.cli.{name}":
-                continue  # not written yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"mtd_core.cli.{name}").register(sub)
     return parser
 
 
