@@ -23,6 +23,7 @@ from mtd_core.diffusion.loss import LossOutput, training_loss
 from mtd_core.errors import ConfigError, ModalityDataError, closest
 from mtd_core.modality import HeadInput, Modality, Role
 from mtd_core.taskset import TaskSet
+from mtd_core.tomlio import plain
 
 CONFIG_KEYS = ("taskset", "backbone", "backbone_options")
 
@@ -192,7 +193,7 @@ class MultiTaskModel(nn.Module):
                 "register it as a backbone plugin and pass its name instead"
             )
         return {"taskset": self.taskset.to_config(), "backbone": self.backbone_name,
-                "backbone_options": _plain(self.backbone_options)}
+                "backbone_options": plain(self.backbone_options)}
 
     def assets(self) -> dict[str, dict[str, bytes]]:
         """Every modality's non-tensor state (e.g. a tokenizer), by modality name; empty ones left out."""
@@ -232,15 +233,6 @@ class MultiTaskModel(nn.Module):
         if not isinstance(backbone, str):
             raise ConfigError(f"model config: 'backbone' must be a registered name, got {backbone!r}")
         return cls(taskset, backbone, config.get("backbone_options") or {}, registry)
-
-
-def _plain(v: Any) -> Any:
-    """Tuples to lists, recursively, so that the config is plain JSON."""
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
 
 
 __all__ = ["MultiTaskModel"]

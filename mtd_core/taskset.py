@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,8 @@ from mtd_core.diffusion.noise import KINDS as NOISE_KINDS
 from mtd_core.diffusion.noise import NoiseSchedule
 from mtd_core.errors import ConfigError, MTDError, PluginError, ScheduleError, closest
 from mtd_core.modality import LatentSpec, Modality, Role
+from mtd_core.tomlio import dumps_toml, read_toml
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 CONFIG_KEYS = ("modalities", "diffusion", "latent_shape")
 
@@ -215,12 +211,7 @@ class TaskSet:
     def from_toml(cls, path: str | Path, registry: Any = None) -> TaskSet:
         """Read a task set from a TOML file: either the task set at the top level or in a ``[taskset]`` table."""
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"taskset: file {str(path)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"taskset: {str(path)!r} is not valid TOML: {e}") from None
+        data = read_toml(path, "taskset")
         table = data.get("taskset", data)
         try:
             return cls.from_config(table, registry)
@@ -261,54 +252,4 @@ def _noise_from_config(config: Any) -> NoiseSchedule:
         raise ConfigError(f"taskset: diffusion: {e}") from None
 
 
-# -- a tiny TOML writer (tomllib only reads) ------------------------------------------------------
-def _toml_value(v: Any, where: str) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x, where) for x in v if x is not None) + "]"
-    if isinstance(v, Mapping):
-        items = [f"{_toml_key(k)} = {_toml_value(x, where)}" for k, x in v.items() if x is not None]
-        return "{" + ", ".join(items) + "}"
-    raise ConfigError(f"cannot write {where} = {v!r} ({type(v).__name__}) as TOML")
-
-
-def _toml_key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() and k.isascii() else json.dumps(k)
-
-
-def dumps_toml(config: Mapping[str, Any]) -> str:
-    """TOML text for a dict of scalars, lists, tables and lists of tables (None values are omitted)."""
-    lines: list[str] = []
-    tables: list[tuple[str, Mapping[str, Any]]] = []
-    arrays: list[tuple[str, list[Mapping[str, Any]]]] = []
-    for k, v in config.items():
-        if v is None:
-            continue
-        if isinstance(v, Mapping):
-            tables.append((k, v))
-        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, Mapping) for x in v):
-            arrays.append((k, list(v)))
-        else:
-            lines.append(f"{_toml_key(k)} = {_toml_value(v, k)}")
-    for k, items in arrays:
-        for item in items:
-            lines += ["", f"[[{_toml_key(k)}]]"]
-            lines += [f"{_toml_key(ik)} = {_toml_value(iv, f'{k}.{ik}')}" for ik, iv in item.items() if iv is not None]
-    for k, table in tables:
-        lines += ["", f"[{_toml_key(k)}]"]
-        lines += [f"{_toml_key(ik)} = {_toml_value(iv, f'{k}.{ik}')}" for ik, iv in table.items() if iv is not None]
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-__all__ = ["TaskSet", "dumps_toml"]
+__all__ = ["TaskSet"]

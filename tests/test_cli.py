@@ -15,7 +15,8 @@ from PIL import Image
 
 from mtd_core.cli import main
 from mtd_core.training import load_checkpoint
-from mtd_core.training.config import dumps_config_toml, read_config, resolve_config
+from mtd_core.tomlio import dumps_toml
+from mtd_core.training.config import read_config, resolve_config
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("*.toml"))
 TINY: dict[str, Any] = {
@@ -32,7 +33,7 @@ TINY: dict[str, Any] = {
 @pytest.fixture()
 def tiny_toml(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
-    path.write_text(dumps_config_toml(TINY))
+    path.write_text(dumps_toml(TINY))
     return path
 
 
@@ -87,12 +88,12 @@ def test_unknown_keys_fail_with_the_nearest_valid_key(tmp_path: Path, capsys: py
     import re
 
     base = copy.deepcopy(TINY)
-    text = dumps_config_toml(base)
+    text = dumps_toml(base)
     if toml:
         extra = tomllib.loads(toml)
         for table, values in extra.items():
             base.setdefault(table, {}).update(values)
-        text = dumps_config_toml(base)
+        text = dumps_toml(base)
     path = tmp_path / "bad.toml"
     path.write_text(text)
     argv = ["config", "show", str(path)] + (["--set", setting] if setting else [])
@@ -167,7 +168,7 @@ def test_bad_data_fails_before_training_naming_the_file(tmp_path: Path, capsys: 
     np.savez(tmp_path / "d.npz", image=np.zeros((12, 8, 8), np.uint8), label=labels)
     cfg = copy.deepcopy(TINY)
     cfg["dataset"] = {"name": "npz", "path": str(tmp_path / "d.npz"), "test_fraction": 0.25}
-    (tmp_path / "c.toml").write_text(dumps_config_toml(cfg))
+    (tmp_path / "c.toml").write_text(dumps_toml(cfg))
     rc, _, err = _run(capsys, "train", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run"))
     assert rc == 1
     assert "d.npz: modality 'label'" in err and "has value 12" in err

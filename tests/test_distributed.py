@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mtd_core.training import RunConfig, Trainer, build_run, load_checkpoint
-from mtd_core.training.config import dumps_config_toml
+from mtd_core.tomlio import dumps_toml
 
 CONFIG = {
     "dataset": {"name": "digits"},
@@ -28,7 +28,7 @@ CONFIG = {
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> None:
     cfg_path = tmp_path / "c.toml"
-    cfg_path.write_text(dumps_config_toml(CONFIG))
+    cfg_path.write_text(dumps_toml(CONFIG))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -149,7 +149,7 @@ def test_drawn_timesteps_and_noise_are_reproducible() -> None:
                             generator=torch.Generator().manual_seed(seed))
         return float(out.loss), den.calls[0][1]
 
-    (a, ta), (b, tb), (c, tc) = run(0), run(0), run(1)
+    (a, ta), (b, tb), (c, _) = run(0), run(0), run(1)
     assert a == b and torch.equal(ta, tb) and a != c
     assert int(ta.min()) >= 1 and int(ta.max()) <= 50 and ta.unique().numel() > 10
 

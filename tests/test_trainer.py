@@ -129,9 +129,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
     cfg = copy.deepcopy(TINY)
     cfg["trainer"].update(steps=100000, checkpoint_every=0, log_every=1)
-    from mtd_core.training.config import dumps_config_toml
+    from mtd_core.tomlio import dumps_toml
 
-    (tmp_path / "c.toml").write_text(dumps_config_toml(cfg))
+    (tmp_path / "c.toml").write_text(dumps_toml(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "mtd_core.cli", "train", str(tmp_path / "c.toml"), "--out",
                              str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -28,8 +28,9 @@ def register(subparsers: Any) -> None:
 @handle_errors("config show")
 def show_main(args: argparse.Namespace) -> int:
     """Run ``mtd config show``."""
-    from mtd_core.training.config import dumps_config_toml, read_config, resolve_config
+    from mtd_core.tomlio import dumps_toml
+    from mtd_core.training.config import read_config, resolve_config
 
     resolved = resolve_config(read_config(args.config, args.overrides)).to_dict()
-    print(json.dumps(resolved, indent=2) if args.json else dumps_config_toml(resolved), end="" if not args.json else "\n")
+    print(json.dumps(resolved, indent=2) if args.json else dumps_toml(resolved), end="" if not args.json else "\n")
     return 0

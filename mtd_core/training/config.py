@@ -11,7 +11,6 @@ in) is what ``mtd config show`` prints and what every checkpoint stores.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,8 @@ from typing import Any
 import attrs
 
 from mtd_core.errors import ConfigError, MTDError, closest
+from mtd_core.tomlio import TOMLDecodeError, loads_toml, plain, read_toml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 SECTIONS = ("dataset", "taskset", "backbone", "trainer")
 LR_SCHEDULES = ("constant", "cosine")
@@ -184,8 +180,8 @@ def parse_value(text: str) -> Any:
     """A ``--set`` value: parsed as a TOML value (numbers, booleans, strings in quotes, [lists], {tables});
     anything that is not valid TOML is taken as a bare string (so ``dataset.name=npz`` works)."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        return loads_toml(f"v = {text}")["v"]
+    except TOMLDecodeError:
         return text
 
 
@@ -225,12 +221,7 @@ def _index(k: str, node: list, where: str, assignment: str) -> int:
 def read_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a TOML run config, apply ``--set`` overrides, and check its structure (not yet resolved)."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    data = read_toml(path)
     for assignment in overrides:
         apply_override(data, assignment)
     try:
@@ -262,18 +253,9 @@ def resolve_config(config: RunConfig, registry: Any = None) -> RunConfig:
     built = factory(ts.latent, **backbone)
     built_config = getattr(built, "config", None)
     resolved = attrs.asdict(built_config) if attrs.has(type(built_config)) else {}
-    backbone = {"name": name, **_plain({**resolved, **backbone})}
+    backbone = {"name": name, **plain({**resolved, **backbone})}
     taskset = ts.to_config()
-    return RunConfig(dataset=_plain(dataset), taskset=taskset, backbone=backbone, trainer=config.trainer)
-
-
-def _plain(v: Any) -> Any:
-    """Tuples to lists, recursively (JSON/TOML-friendly)."""
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
+    return RunConfig(dataset=plain(dataset), taskset=taskset, backbone=backbone, trainer=config.trainer)
 
 
 def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -289,70 +271,3 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
             out += config_diff(x, y, f"{prefix}{i}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
-
-
-# -- TOML output (tomllib only reads) -----------------------------------------------------------------
-def _toml_scalar(v: Any) -> str:
-    import json as _json
-    import math as _math
-
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if _math.isnan(v):
-            return "nan"
-        if _math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return _json.dumps(v, ensure_ascii=False)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_scalar(x) for x in v if x is not None) + "]"
-    if isinstance(v, Mapping):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_scalar(x)}" for k, x in v.items() if x is not None) + "}"
-    raise ConfigError(f"cannot write {v!r} ({type(v).__name__}) as TOML")
-
-
-def _toml_key(k: str) -> str:
-    import json as _json
-
-    return k if k and k.replace("_", "").replace("-", "").isalnum() and k.isascii() else _json.dumps(k)
-
-
-def _is_table_list(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(x, Mapping) for x in v)
-
-
-def _emit_table(lines: list[str], name: str, table: Mapping[str, Any], header: str) -> None:
-    lines += ["", header]
-    nested = []
-    for k, v in table.items():
-        if v is None:
-            lines.append(f"# {_toml_key(k)} = (none)")
-        elif isinstance(v, Mapping) and header.startswith("[") and not header.startswith("[["):
-            nested.append((k, v))
-        elif _is_table_list(v) and not header.startswith("[["):
-            nested.append((k, v))
-        else:
-            lines.append(f"{_toml_key(k)} = {_toml_scalar(v)}")
-    for k, v in nested:
-        sub = f"{name}.{_toml_key(k)}"
-        if isinstance(v, Mapping):
-            _emit_table(lines, sub, v, f"[{sub}]")
-        else:
-            for item in v:
-                _emit_table(lines, sub, item, f"[[{sub}]]")
-
-
-def dumps_config_toml(config: Mapping[str, Any]) -> str:
-    """A run config as TOML that :func:`read_config` reads back to the same values (None values are written as
-    comments, since TOML has no null; they mean the option's default)."""
-    lines: list[str] = []
-    for k, v in config.items():
-        if isinstance(v, Mapping):
-            _emit_table(lines, _toml_key(k), v, f"[{_toml_key(k)}]")
-        elif v is not None:
-            lines.append(f"{_toml_key(k)} = {_toml_scalar(v)}")
-    return "\n".join(lines).lstrip("\n") + "\n"
