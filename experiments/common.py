@@ -1,0 +1,416 @@
+"""Shared parts of the experiments: data check, run configs, training, sampling, metrics, JSON results, the CLI.
+
+Every experiment script is ``python -m experiments.<name> --preset P --seed S`` and writes
+``<results>/<preset>/<name>/seed<S>.json`` (metrics, protocol, hardware, wall time) plus its sample grids beside it.
+Training run folders (checkpoints) go under ``<work>/<preset>/<name>/seed<S>/``. ``experiments/make_results.py``
+turns the JSON files into docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from experiments.presets import PRESETS, Preset, get_preset
+from mtd_core.errors import ConfigError, ModalityDataError, MTDError
+
+DEFAULT_RESULTS = Path("experiments/results")
+DEFAULT_WORK = Path("runs/experiments")
+RESULT_FORMAT = "mtd-experiment-result"
+WINDOWED = {"kind": "windowed", "peak": 1.0, "start": 0.0, "center": 0.4, "end": 0.9}
+"""The aggregated modalities' weight schedule w_t (eq. 4 of the paper): the example configs' windowed schedule."""
+
+
+# -- data ------------------------------------------------------------------------------------------------
+def check_data(preset: Preset) -> None:
+    """Fail early, with install instructions, when the preset's dataset is not on this machine."""
+    if preset.dataset.get("name") != "fashion_mnist":
+        return
+    from mtd_core.data.idx import find_fashion_mnist
+
+    try:
+        find_fashion_mnist(preset.dataset.get("folder"))
+    except ModalityDataError as e:
+        raise ModalityDataError(
+            f"preset {preset.name!r} needs Fashion-MNIST, which is not installed.\n{e}\n"
+            "On Debian/Ubuntu: `apt-get install -y dataset-fashion-mnist`, then check the files with "
+            "`dpkg -L dataset-fashion-mnist` (four *-idx*-ubyte.gz files)."
+        ) from None
+
+
+def image_modality(preset: Preset, name: str | None = None, role: str = "base") -> dict[str, Any]:
+    """The config of a grey image modality of the preset's size."""
+    d: dict[str, Any] = {"kind": "image", "role": role, "channels": 1, "size": preset.image_size}
+    if name is not None:
+        d["name"] = name
+    if role != "base":
+        d["weights"] = dict(WINDOWED)
+    return d
+
+
+def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int,
+               transforms: Sequence[Mapping[str, Any]] = (), *, checkpoint_every: int = 0) -> Any:
+    """The RunConfig of one training run of ``preset`` (same backbone, budget and schedule for every setting)."""
+    from mtd_core.training.config import RunConfig, TrainConfig
+
+    dataset = dict(preset.dataset)
+    if transforms:
+        dataset["transforms"] = [dict(t) for t in transforms]
+    trainer = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,
+                          warmup_steps=preset.warmup_steps, lr_schedule="cosine", final_lr_fraction=0.1,
+                          ema_decay=preset.ema_decay, seed=seed, threads=preset.threads, device=preset.device,
+                          log_every=max(1, min(50, preset.steps)), sample_every=0, sample_n=0,
+                          checkpoint_every=checkpoint_every, keep_last=0 if checkpoint_every else 1, progress=False)
+    return RunConfig(dataset=dataset, taskset={"modalities": [dict(m) for m in modalities],
+                                               "diffusion": {"kind": "linear", "T": 1000}},
+                     backbone={"name": "unet", **preset.backbone}, trainer=trainer)
+
+
+@attrs.frozen
+class Trained:
+    """A finished training run.
+
+    Attributes:
+        model: the MultiTaskModel with its EMA weights, in eval mode.
+        data: the loaded dataset (LoadedData).
+        run_dir: the run folder (config, metrics.jsonl, checkpoints).
+        steps: optimisation steps taken.
+        train_wall_s: wall time of training in seconds.
+        final_loss: the last logged training loss.
+    """
+
+    model: Any
+    data: Any
+    run_dir: Path
+    steps: int
+    train_wall_s: float
+    final_loss: float
+
+
+def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, run_dir: Path,
+          transforms: Sequence[Mapping[str, Any]] = (), *, curve: bool = False) -> Trained:
+    """Train one setting from scratch in ``run_dir`` (emptied first) and return its EMA model.
+
+    ``curve`` keeps a checkpoint every ``preset.curve_every`` steps for :func:`learning_curve`.
+    """
+    import shutil
+
+    from mtd_core.training import Trainer, build_run, load_run
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    config = run_config(preset, modalities, seed, transforms, checkpoint_every=preset.curve_every if curve else 0)
+    run = build_run(config)
+    start = time.perf_counter()
+    result = Trainer(run.model, run.data, run.config.trainer, run_dir, run_config=run.config.to_dict()).fit()
+    wall = time.perf_counter() - start
+    loaded = load_run(run_dir, device=device_of(preset))
+    return Trained(model=loaded.model, data=run.data, run_dir=run_dir, steps=result.step, train_wall_s=wall,
+                   final_loss=float(result.metrics.get("loss", float("nan"))))
+
+
+def device_of(preset: Preset) -> torch.device:
+    """The torch device of the preset ("auto": CUDA when available)."""
+    if preset.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preset.device)
+
+
+def split_tensors(data: Any, split: str, fields: Sequence[str] = ("image", "label"), limit: int = 0
+                  ) -> dict[str, torch.Tensor]:
+    """The (transformed) fields of the train or test split as whole tensors; ``limit`` > 0 keeps the first n."""
+    ds = data.splits.train if split == "train" else data.splits.test
+    n = len(ds) if limit <= 0 else min(limit, len(ds))
+    batch = data.batch(ds, torch.arange(n))
+    missing = [f for f in fields if f not in batch]
+    if missing:
+        raise ModalityDataError(f"the {split} split has no fields {missing}; it has {sorted(batch)}")
+    return {f: batch[f] for f in fields}
+
+
+# -- evaluation building blocks ------------------------------------------------------------------------------
+@attrs.frozen
+class Evaluator:
+    """The fixed parts of an evaluation: the feature network (FID classifier) and the real reference set.
+
+    Attributes:
+        feature_net: the FeatureNetResult trained on the training split (test accuracy measured on the test split).
+        reference: ReferenceFeatures of the real test images.
+        test: the test split's images and labels (the first ``n_reference``, or all).
+    """
+
+    feature_net: Any
+    reference: Any
+    test: dict[str, torch.Tensor]
+
+    def protocol(self) -> dict[str, Any]:
+        """What every distribution metric of this evaluator depends on."""
+        info = self.feature_net.info
+        return {"feature_net": info.name, "feature_net_test_accuracy": float(self.feature_net.test_accuracy),
+                "feature_net_n_train": int(info.n_train), "feature_net_n_test": int(info.n_test),
+                "n_reference": int(len(self.test["image"]))}
+
+
+def make_evaluator(data: Any, preset: Preset, cache_dir: Path | None = None) -> Evaluator:
+    """Train (or load from the cache) the feature network and compute the reference features."""
+    from mtd_core.metrics import FeatureRecipe, reference_features, train_feature_net
+
+    train_split = split_tensors(data, "train")
+    test = split_tensors(data, "test", limit=preset.n_reference)
+    full_test = split_tensors(data, "test")
+    net = train_feature_net(train_split["image"], train_split["label"], test=(full_test["image"], full_test["label"]),
+                            recipe=FeatureRecipe(epochs=preset.feature_epochs), num_classes=10, cache_dir=cache_dir)
+    ref = reference_features(net, test["image"], cache_dir=cache_dir)
+    return Evaluator(feature_net=net, reference=ref, test=test)
+
+
+def generate_batched(model: Any, preset: Preset, n: int | None = None, given: Mapping[str, Any] | None = None,
+                     seed: int = 0, **options: Any) -> dict[str, Any]:
+    """``generate`` in chunks of ``preset.eval_batch`` with one seeded generator; samples concatenated (on CPU)."""
+    from mtd_core.sampling.generate import generate
+
+    given = dict(given or {})
+    total = n if n is not None else len(next(iter(given.values())))
+    g = torch.Generator(model.device).manual_seed(seed)
+    parts: list[dict[str, Any]] = []
+    for start in range(0, total, preset.eval_batch):
+        stop = min(total, start + preset.eval_batch)
+        chunk = {k: (v[start:stop].to(model.device) if isinstance(v, torch.Tensor) else v[start:stop])
+                 for k, v in given.items()}
+        out = generate(model, n=None if chunk else stop - start, given=chunk or None, sampler=preset.sampler,
+                       steps=preset.sampler_steps, generator=g, progress=False, **options)
+        parts.append(out.samples)
+    merged: dict[str, Any] = {}
+    for name in parts[0]:
+        vals = [p[name] for p in parts]
+        merged[name] = (torch.cat([v.detach().cpu() for v in vals]) if isinstance(vals[0], torch.Tensor)
+                        else [x for v in vals for x in v])
+    return merged
+
+
+def distribution_metrics(ev: Evaluator, images: torch.Tensor, prefix: str = "") -> dict[str, float]:
+    """Classifier-FID, KID and precision/recall of generated images against the real test images."""
+    from mtd_core.metrics import features, fid, kid, precision_recall
+
+    f = features(ev.feature_net, images)
+    r_fid = fid(f, ev.reference, feature_net=ev.feature_net)
+    r_kid = kid(f, ev.reference, feature_net=ev.feature_net)
+    r_pr = precision_recall(f, ev.reference, feature_net=ev.feature_net)
+    for r in (r_fid, r_kid, r_pr):
+        print(f"  {prefix}{r}")
+    return {f"{prefix}fid": r_fid.value, f"{prefix}kid_mean": r_kid.mean, f"{prefix}kid_std": r_kid.std,
+            f"{prefix}precision": r_pr.precision, f"{prefix}recall": r_pr.recall,
+            f"{prefix}n_generated": float(len(images))}
+
+
+def elbo_bits_per_dim(model: Any, data: Any, preset: Preset, seed: int) -> dict[str, float]:
+    """The multi-modal ELBO in bits/dim on a seeded test subsample of ``preset.elbo_n`` examples."""
+    from mtd_core.cli.eval import evaluate_elbo
+
+    with torch.no_grad():
+        e = evaluate_elbo(model, data, preset.elbo_n, preset.elbo_timesteps, preset.elbo_batch, seed)
+    print(f"  ELBO {e['bits_per_dim']:.4f} bits/dim (+- {e['std_error']:.4f}) on {e['n_examples']} test examples, "
+          f"{e['timesteps_per_batch']} of {e['T'] - 1} denoising terms per batch")
+    return {"elbo_bpd": e["bits_per_dim"], "elbo_bpd_se": e["std_error"], "elbo_n": float(e["n_examples"]),
+            "elbo_timesteps": float(e["timesteps_per_batch"]), "elbo_batch": float(preset.elbo_batch)}
+
+
+def paired_metrics(generated: torch.Tensor, target: torch.Tensor, name: str, suffix: str = "") -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of generated vs target images in [-1, 1] (data range 2), as
+    ``{name}_psnr{suffix}``, ``{name}_ssim{suffix}`` and the pair count ``{name}_n{suffix}``."""
+    from mtd_core.metrics import psnr, ssim
+
+    p, s = psnr(generated, target), ssim(generated, target)
+    return {f"{name}_psnr{suffix}": float(p.mean), f"{name}_ssim{suffix}": float(s.mean),
+            f"{name}_n{suffix}": float(len(target))}
+
+
+def learning_curve(run_dir: Path, preset: Preset, ev: Evaluator, seed: int) -> list[dict[str, float]]:
+    """FID (at ``preset.n_curve`` joint samples, EMA weights) of every checkpoint of a run, oldest first."""
+    from mtd_core.training import list_checkpoints, load_run
+
+    points = []
+    for ckpt in list_checkpoints(run_dir / "checkpoints"):
+        loaded = load_run(ckpt, device=device_of(preset))
+        samples = generate_batched(loaded.model, preset, n=preset.n_curve, seed=seed)
+        base = loaded.model.taskset.base.name
+        from mtd_core.metrics import features, fid
+
+        value = fid(features(ev.feature_net, samples[base]), ev.reference, feature_net=ev.feature_net).value
+        print(f"  curve: step {loaded.step}: FID {value:.3f} (n_generated={preset.n_curve})")
+        points.append({"step": float(loaded.step), "fid": float(value), "n_generated": float(preset.n_curve)})
+    return points
+
+
+def save_grid(path: Path, taskset: Any, samples: Mapping[str, Any], n: int = 16,
+              class_names: Sequence[str] | None = None, title: str | None = None) -> str:
+    """A captioned PNG grid of the first ``n`` samples (every image modality side by side); returns the file name."""
+    from mtd_core.training.grids import render_grid, sample_cells, save_png
+
+    k = min(n, len(next(iter(samples.values()))))
+    cut = {name: v[:k] for name, v in samples.items()}
+    cells = sample_cells(taskset, cut, class_names)
+    save_png(path, render_grid(cells, max(1, math.ceil(math.sqrt(k))), title=title))
+    return path.name
+
+
+def save_rows(path: Path, rows: Sequence[Sequence[torch.Tensor]], captions: Sequence[str], title: str) -> str:
+    """A PNG grid whose cell i shows the images ``rows[j][i]`` side by side (e.g. masked | restored | true)."""
+    from mtd_core.training.grids import GridCell, render_grid, save_png
+
+    cells = [GridCell(images=[r[i] for r in rows], caption=captions[i] if i < len(captions) else "")
+             for i in range(len(rows[0]))]
+    save_png(path, render_grid(cells, max(1, math.ceil(math.sqrt(len(cells)))), title=title))
+    return path.name
+
+
+def ratio_tag(ratio: float) -> str:
+    """A metric-name suffix for a mask ratio: 0.25 -> "r25"."""
+    return f"r{round(ratio * 100):02d}"
+
+
+def restoration_set(ev: Evaluator, preset: Preset, ratio: float) -> dict[str, torch.Tensor]:
+    """The restoration benchmark at one mask ratio: the first ``n_paired`` test images, patch masks seeded by the
+    ratio alone (so every experiment and seed restores exactly the same inputs), and the masked images."""
+    from mtd_plugins.masked_image import apply_mask, make_mask
+
+    x = ev.test["image"][: preset.n_paired]
+    g = torch.Generator().manual_seed(round(ratio * 1000))
+    mask = make_mask(x.shape, ratio, g, kind="patch", patch=preset.patch)
+    return {"image": x, "mask": mask, "masked": apply_mask(x, mask, fill=0.0)}
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def base_protocol(preset: Preset, trained: Trained, ev: Evaluator) -> dict[str, Any]:
+    """The protocol entries every experiment shares."""
+    return {"dataset": preset.dataset["name"], "steps": trained.steps, "batch_size": preset.batch_size,
+            "lr": preset.lr, "backbone": dict(preset.backbone), "parameters": count_parameters(trained.model),
+            "sampler": preset.sampler, "sampler_steps": preset.sampler_steps, "n_samples": preset.n_samples,
+            "train_wall_s": trained.train_wall_s, "final_loss": trained.final_loss,
+            "weights": "EMA", **ev.protocol()}
+
+
+# -- results -----------------------------------------------------------------------------------------------
+def hardware(preset: Preset) -> dict[str, Any]:
+    """The machine a result was measured on."""
+    dev = device_of(preset)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    try:
+        load = round(os.getloadavg()[0], 2)  # other jobs on the machine slow a run down: recorded with its wall time
+    except OSError:
+        load = None
+    return {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_average_1m": load,
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+@attrs.frozen
+class Outcome:
+    """What an experiment's ``run`` returns: its numbers and how they were obtained.
+
+    Attributes:
+        metrics: metric name -> value (every key of the experiment's METRIC_KEYS).
+        protocol: sample counts, sampler, steps, t values, model sizes: what the numbers depend on.
+        grids: file names of the PNG grids written into the result folder.
+        curve: learning-curve points (step, fid, n_generated), if the experiment records one.
+    """
+
+    metrics: dict[str, float]
+    protocol: dict[str, Any]
+    grids: list[str] = attrs.field(factory=list)
+    curve: list[dict[str, float]] = attrs.field(factory=list)
+
+
+def result_path(results: Path, preset: str, experiment: str, seed: int) -> Path:
+    """Where one run's JSON goes."""
+    return results / preset / experiment / f"seed{seed}.json"
+
+
+def _finite(v: Any) -> Any:
+    """JSON without NaN/inf tokens (strict parsers reject them): non-finite floats become strings."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, Mapping):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+def write_result(path: Path, experiment: str, preset: Preset, seed: int, outcome: Outcome, wall_s: float,
+                 metric_keys: Sequence[str]) -> dict[str, Any]:
+    """Write one run's JSON (atomically) after checking it has every metric key; returns the payload."""
+    from mtd_core.training import write_atomic
+
+    missing = [k for k in metric_keys if k not in outcome.metrics]
+    if missing:
+        raise MTDError(f"experiment {experiment!r}: its result lacks the metrics {missing}")
+    payload = {"format": RESULT_FORMAT, "experiment": experiment, "preset": preset.name, "seed": seed,
+               "metrics": {k: float(v) for k, v in outcome.metrics.items()}, "protocol": outcome.protocol,
+               "preset_config": preset.to_dict(), "grids": list(outcome.grids), "curve": list(outcome.curve),
+               "hardware": hardware(preset), "wall_s": wall_s,
+               "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_atomic(path, json.dumps(_finite(payload), indent=1))
+    return payload
+
+
+RunFn = Callable[[Preset, int, Path, Path], Outcome]
+KeysFn = Callable[[Preset], Sequence[str]]
+
+
+def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
+         argv: Sequence[str] | None = None) -> int:
+    """The command line shared by every experiment script."""
+    p = argparse.ArgumentParser(prog=f"python -m experiments.{experiment}", description=description)
+    p.add_argument("--preset", default="cpu", help=f"one of {list(PRESETS)} (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, data order, noise and sampling (default 0)")
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=f"results folder (default {DEFAULT_RESULTS})")
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"run folders (default {DEFAULT_WORK})")
+    p.add_argument("--steps", type=int, default=None, help="override the preset's training steps (recorded)")
+    args = p.parse_args(argv)
+    try:
+        preset = get_preset(args.preset)
+        if args.steps is not None:
+            preset = preset.with_overrides(steps=args.steps, curve_every=max(1, min(preset.curve_every, args.steps)))
+        return run_experiment(experiment, run, metric_keys, preset, args.seed, args.results, args.work)
+    except (MTDError, ConfigError) as e:
+        print(f"experiments.{experiment}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run_experiment(experiment: str, run: RunFn, metric_keys: KeysFn, preset: Preset, seed: int,
+                   results: Path, work: Path) -> int:
+    """Check the data, run ``run``, time it and write its JSON (checked against ``metric_keys(preset)``)."""
+    check_data(preset)
+    if preset.threads:
+        torch.set_num_threads(preset.threads)
+    out = result_path(results, preset.name, experiment, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"experiments.{experiment}: preset {preset.name}, seed {seed}", flush=True)
+    start = time.perf_counter()
+    outcome = run(preset, seed, out.parent, work / preset.name / experiment / f"seed{seed}")
+    wall = time.perf_counter() - start
+    write_result(out, experiment, preset, seed, outcome, wall, metric_keys(preset))
+    print(f"experiments.{experiment}: wrote {out} ({wall:.0f} s)", flush=True)
+    return 0

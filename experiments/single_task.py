@@ -1,0 +1,97 @@
+"""Single-task DDPM (N = 1: the image alone, through mtd's own model and trainer): the baseline of every claim.
+
+Measures sample quality (classifier-FID/KID/precision-recall), the ELBO in bits/dim, the learning curve (FID of
+every checkpoint, for the masked-image convergence ratio) and the SDEdit-style restoration baseline: the masked
+test image is noised to t0 = sdedit_t * T and denoised by DDIM with this unconditional model.
+
+    python -m experiments.single_task --preset cpu --seed 0
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from experiments import common
+from experiments.presets import Preset
+
+NAME = "single_task"
+
+
+def metric_keys(preset: Preset) -> list[str]:
+    """Every metric this experiment reports."""
+    keys = ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "elbo_bpd", "elbo_bpd_se", "elbo_n",
+            "feature_net_test_accuracy", "final_curve_fid"]
+    for r in preset.mask_ratios:
+        tag = common.ratio_tag(r)
+        keys += [f"masked_input_psnr_{tag}", f"masked_input_ssim_{tag}", f"sdedit_psnr_{tag}", f"sdedit_ssim_{tag}"]
+    return keys
+
+
+@torch.no_grad()
+def sdedit(model: torch.nn.Module, x_masked: torch.Tensor, preset: Preset, seed: int) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022): noise the masked image to t0 with q(z_t0 | x) (eq. 4 of DDPM), then run DDIM from
+    t0 to 0 with the unconditional model, over round(sampler_steps * sdedit_t) respaced steps."""
+    from mtd_core.diffusion.noise import respaced_timesteps
+    from mtd_core.sampling.ddim import sample_ddim
+    from mtd_core.sampling.generate import ModelDenoiser
+
+    full = model.forward_process
+    t0 = max(1, round(preset.sdedit_t * full.T))
+    fp = full.respace(respaced_timesteps(t0, max(1, round(preset.sampler_steps * preset.sdedit_t))))
+    abar = float(fp.abar[fp.T])
+    g = torch.Generator(model.device).manual_seed(seed)
+    model.eval()
+    out = []
+    for start in range(0, len(x_masked), preset.eval_batch):
+        x = x_masked[start:start + preset.eval_batch].to(model.device)
+        eps = torch.randn(x.shape, generator=g, device=x.device)
+        z = math.sqrt(abar) * x + math.sqrt(1 - abar) * eps
+        res = sample_ddim(ModelDenoiser(model, fp, {}), z, fp, generator=g)
+        out.append(res.z0.clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
+    """Train the single-task model and evaluate it (see the module docstring)."""
+    trained = common.train(preset, [common.image_modality(preset)], seed, run_dir, curve=True)
+    ev = common.make_evaluator(trained.data, preset)
+    print(f"  feature net: {ev.feature_net}")
+    samples = common.generate_batched(trained.model, preset, n=preset.n_samples, seed=seed)
+    metrics = common.distribution_metrics(ev, samples["image"])
+    metrics["feature_net_test_accuracy"] = float(ev.feature_net.test_accuracy)
+    metrics.update(common.elbo_bits_per_dim(trained.model, trained.data, preset, seed))
+    curve = common.learning_curve(run_dir, preset, ev, seed)
+    metrics["final_curve_fid"] = curve[-1]["fid"]
+    grids = [common.save_grid(out_dir / f"seed{seed}_samples.png", trained.model.taskset, samples,
+                              title=f"single-task, seed {seed}")]
+    for r in preset.mask_ratios:
+        tag = common.ratio_tag(r)
+        rs = common.restoration_set(ev, preset, r)
+        restored = sdedit(trained.model, rs["masked"], preset, seed)
+        metrics.update(common.paired_metrics(rs["masked"], rs["image"], "masked_input", f"_{tag}"))
+        metrics.update(common.paired_metrics(restored, rs["image"], "sdedit", f"_{tag}"))
+        print(f"  ratio {r:.2f}: masked input PSNR {metrics[f'masked_input_psnr_{tag}']:.2f} dB, "
+              f"SDEdit {metrics[f'sdedit_psnr_{tag}']:.2f} dB (n={len(restored)})")
+        if r == 0.5 or r == preset.mask_ratios[-1]:
+            grids.append(common.save_rows(out_dir / f"seed{seed}_sdedit_{tag}.png",
+                                          [rs["masked"][:16], restored[:16], rs["image"][:16]],
+                                          [], f"SDEdit at ratio {r}: masked | restored | true"))
+    protocol = common.base_protocol(preset, trained, ev)
+    protocol.update({"sdedit_t0": round(preset.sdedit_t * 1000), "sdedit_steps": max(1, round(preset.sampler_steps *
+                     preset.sdedit_t)), "n_paired": preset.n_paired, "mask": f"patch {preset.patch}x{preset.patch}",
+                     "n_curve": preset.n_curve, "curve_every": preset.curve_every})
+    return common.Outcome(metrics=metrics, protocol=protocol, grids=grids, curve=curve)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m experiments.single_task``."""
+    return common.main(NAME, __doc__ or NAME, run, metric_keys, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
