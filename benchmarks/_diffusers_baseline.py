@@ -200,22 +200,26 @@ class DiffusersTrainStep:
         unet: the UNet2DModel (on its device).
         lr: AdamW's learning rate.
         num_train_timesteps: T of the DDPM schedule (linear betas, as ours).
+        autocast: run the forward pass and the loss under bfloat16 autocast (backward and the step outside it).
     """
 
-    def __init__(self, unet: UNet2DModel, lr: float = 1e-4, num_train_timesteps: int = 1000) -> None:
+    def __init__(self, unet: UNet2DModel, lr: float = 1e-4, num_train_timesteps: int = 1000,
+                 autocast: bool = False) -> None:
         self.unet = unet
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear")
         self.optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
         self.T = num_train_timesteps
+        self.autocast = autocast
 
-    def __call__(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> float:
-        """Forward, loss, backward and optimizer step on the clean batch ``x0``; returns the loss (not synced:
-        the caller synchronises the device)."""
+    def __call__(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Forward, loss, backward and optimizer step on the clean batch ``x0``; returns the detached loss (not
+        synchronised: the caller synchronises the device)."""
         dev = x0.device
         eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
         t = torch.randint(0, self.T, (x0.shape[0],), generator=generator, device=dev)
         z_t = self.scheduler.add_noise(x0, eps, t)
-        loss = F.mse_loss(self.unet(z_t, t).sample.float(), eps.float())
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
+            loss = F.mse_loss(self.unet(z_t, t).sample.float(), eps.float())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -1,6 +1,6 @@
 """Training and sampling speed of MT-Diffusion against diffusers, side by side in one process.
 
-    OMP_NUM_THREADS=2 python benchmarks/speed.py --size 28 --batch 64 --json speed.json     (CPU, ~10 minutes)
+    OMP_NUM_THREADS=2 python benchmarks/speed.py --size 28 --batch 64 --json speed.json   (CPU: ~4 min on 2 cores)
     python benchmarks/speed.py --device cuda --bf16 --size 32 --batch 128 --json speed_cuda.json
     python benchmarks/speed.py --quick --json /tmp/speed.json                               (a smoke run, seconds)
 
@@ -213,7 +213,23 @@ def run_interleaved(cands: list[Candidate], calls: int, repeats: int, warmup: in
 # -- the candidates -----------------------------------------------------------------------------------------
 @attrs.frozen
 class Setup:
-    """What the run needs from the command line (see ``--help`` for each)."""
+    """The run's settings, from the command line (``--help`` describes each).
+
+    Attributes:
+        device: "cpu" or "cuda".
+        size: image height and width (one of SIZES).
+        batch: batch size of every candidate, training and sampling.
+        steps: timed training steps per candidate and repeat.
+        warmup: untimed calls per candidate before timing.
+        repeats: interleaved repeats (the median is reported).
+        sample_steps: DDIM steps of one sampling call.
+        channels, channel_mult, num_res_blocks, attention_resolutions, groups, num_heads: our U-Net's options
+            (UNetConfig); the diffusers baseline mirrors them.
+        threads: torch's intra-op threads.
+        bf16: bfloat16 autocast around every candidate's forward passes.
+        seed: seeds the data, the weights and every generator.
+        quick: the smoke-run profile was used.
+    """
 
     device: str
     size: int
@@ -284,15 +300,14 @@ def ours_sample(name: str, model: MultiTaskModel, s: Setup) -> Candidate:
 
 def diffusers_candidates(unet: Any, x0: torch.Tensor, s: Setup) -> tuple[Candidate, Candidate]:
     """The diffusers training step and DDIMPipeline candidates on ``unet``."""
-    train = base.DiffusersTrainStep(unet)
+    train = base.DiffusersTrainStep(unet, autocast=s.bf16)
     pipe = base.ddim_pipeline(unet)
     gen_t = torch.Generator(s.device).manual_seed(s.seed)
     gen_s = torch.Generator(s.device).manual_seed(s.seed)
     n = base.count_parameters(unet)
 
     def step() -> Any:
-        with _autocast(s):
-            return train(x0, gen_t)
+        return train(x0, gen_t)
 
     def run(steps: int) -> Any:
         with _autocast(s):
@@ -441,8 +456,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     single, with_label, with_mask = build_ours(s, None), build_ours(s, "label"), build_ours(s, "masked_image")
     masked = with_mask.taskset["masked_image"].derive({"image": x0}, torch.Generator(s.device).manual_seed(s.seed))
 
-    mirror = base.mirror_spec(single.backbone.config, s.size, 1)
-    match = base.match_parameters(mirror, base.count_parameters(single))
+    try:
+        match = base.match_parameters(base.mirror_spec(single.backbone.config, s.size, 1),
+                                      base.count_parameters(single))
+    except ValueError as e:  # a size UNet2DModel cannot handle, or no baseline of a matching size
+        raise SystemExit(f"speed.py: {e}") from None
     unet = base.build_unet2d(match.spec, dev)
     d_train, d_sample = diffusers_candidates(unet, x0, s)
 
@@ -489,6 +507,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _plain(v: Any) -> Any:
+    """Tuples to lists, recursively, for the JSON."""
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
