@@ -200,7 +200,8 @@ def generate_batched(model: Any, preset: Preset, n: int | None = None, given: Ma
 
 
 def distribution_metrics(ev: Evaluator, images: torch.Tensor, prefix: str = "") -> dict[str, float]:
-    """Classifier-FID, KID and precision/recall of generated images against the real test images."""
+    """Classifier-FID, KID and precision/recall of generated images against the real test images, with the
+    feature network's own test accuracy (the protocol every table states)."""
     from mtd_core.metrics import features, fid, kid, precision_recall
 
     f = features(ev.feature_net, images)
@@ -211,7 +212,8 @@ def distribution_metrics(ev: Evaluator, images: torch.Tensor, prefix: str = "") 
         print(f"  {prefix}{r}")
     return {f"{prefix}fid": r_fid.value, f"{prefix}kid_mean": r_kid.mean, f"{prefix}kid_std": r_kid.std,
             f"{prefix}precision": r_pr.precision, f"{prefix}recall": r_pr.recall,
-            f"{prefix}n_generated": float(len(images))}
+            f"{prefix}n_generated": float(len(images)),
+            "feature_net_test_accuracy": float(ev.feature_net.test_accuracy)}
 
 
 def elbo_bits_per_dim(model: Any, data: Any, preset: Preset, seed: int) -> dict[str, float]:

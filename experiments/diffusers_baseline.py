@@ -154,7 +154,6 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
             chunks.append(bl.sample_ddim(pipe, b, preset.sampler_steps, g).cpu() * 2 - 1)
     images = torch.cat(chunks).clamp(-1, 1)
     metrics = common.distribution_metrics(ev, images)
-    metrics["feature_net_test_accuracy"] = float(ev.feature_net.test_accuracy)
     metrics.update(common.elbo_bits_per_dim(DiffusersDenoiser(unet, taskset), data, preset, seed))
     metrics.update({"params_ours": float(params_ours), "params_diffusers": float(match.params),
                     "param_ratio": float(match.ratio)})

@@ -54,7 +54,6 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     text = model.taskset["text"]
     samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
-    metrics["feature_net_test_accuracy"] = float(ev.feature_net.test_accuracy)
     captions = text.detokenize(samples["text"])
     said = caption_classes(captions, preset.class_words)
     seen = classify(ev.feature_net, samples["image"])

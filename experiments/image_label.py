@@ -102,7 +102,6 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     model = trained.model
     samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
-    metrics["feature_net_test_accuracy"] = float(ev.feature_net.test_accuracy)
     jc = joint_coherence(ev.feature_net, samples["image"], samples["label"])
     requested = torch.arange(preset.n_samples) % 10
     cond = common.generate_batched(model, preset, given={"label": requested}, seed=seed + 1)

@@ -48,7 +48,6 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     extractor = model.taskset["representation"].extractor
     samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
-    metrics["feature_net_test_accuracy"] = float(ev.feature_net.test_accuracy)
     with torch.no_grad():
         target = extractor(samples["image"]).float()
     joint = cosine_consistency(samples["representation"], target)

@@ -37,7 +37,6 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     model = trained.model
     samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
-    metrics["feature_net_test_accuracy"] = float(ev.feature_net.test_accuracy)
     pairs = common.split_tensors(trained.data, "test", fields=("image", "edges"), limit=preset.n_paired)
     to_image = common.generate_batched(model, preset, given={"edges": pairs["edges"]}, seed=seed)["image"]
     to_edges = common.generate_batched(model, preset, given={"image": pairs["image"]}, seed=seed,

@@ -63,7 +63,6 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     print(f"  feature net: {ev.feature_net}")
     samples = common.generate_batched(trained.model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
-    metrics["feature_net_test_accuracy"] = float(ev.feature_net.test_accuracy)
     metrics.update(common.elbo_bits_per_dim(trained.model, trained.data, preset, seed))
     curve = common.learning_curve(run_dir, preset, ev, seed)
     metrics["final_curve_fid"] = curve[-1]["fid"]
