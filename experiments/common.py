@@ -98,26 +98,49 @@ class Trained:
     final_loss: float
 
 
+REUSE = {"finished_runs": False}
+"""Set by ``--reuse``: :func:`train` loads a finished run with the identical config instead of training again."""
+
+
 def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, run_dir: Path,
           transforms: Sequence[Mapping[str, Any]] = (), *, curve: bool = False) -> Trained:
     """Train one setting from scratch in ``run_dir`` (emptied first) and return its EMA model.
 
-    ``curve`` keeps a checkpoint every ``preset.curve_every`` steps for :func:`learning_curve`.
+    ``curve`` keeps a checkpoint every ``preset.curve_every`` steps for :func:`learning_curve`. With ``--reuse``
+    (``REUSE``), a run folder holding a finished run of exactly this config is evaluated as it is (its recorded
+    training time and final loss are reported).
     """
     import shutil
 
     from mtd_core.training import Trainer, build_run, load_run
 
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
     config = run_config(preset, modalities, seed, transforms, checkpoint_every=preset.curve_every if curve else 0)
     run = build_run(config)
-    start = time.perf_counter()
-    result = Trainer(run.model, run.data, run.config.trainer, run_dir, run_config=run.config.to_dict()).fit()
-    wall = time.perf_counter() - start
+    finished = _finished_run(run_dir, run.config.to_dict(), preset.steps) if REUSE["finished_runs"] else None
+    if finished is not None:
+        print(f"  reusing the finished run {run_dir} (step {preset.steps})")
+        loss = float(finished.get("loss", float("nan")))
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        result = Trainer(run.model, run.data, run.config.trainer, run_dir, run_config=run.config.to_dict()).fit()
+        loss = float(result.metrics.get("loss", float("nan")))
     loaded = load_run(run_dir, device=device_of(preset))
-    return Trained(model=loaded.model, data=run.data, run_dir=run_dir, steps=result.step, train_wall_s=wall,
-                   final_loss=float(result.metrics.get("loss", float("nan"))))
+    wall = float(loaded.checkpoint.trainer.get("elapsed_s", float("nan")))  # the trainer's own clock, over resumes
+    return Trained(model=loaded.model, data=run.data, run_dir=run_dir, steps=loaded.step, train_wall_s=wall,
+                   final_loss=loss)
+
+
+def _finished_run(run_dir: Path, config: Mapping[str, Any], steps: int) -> dict[str, Any] | None:
+    """The last metrics line of the run in ``run_dir`` if it was trained to ``steps`` with exactly ``config``."""
+    try:
+        stored = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+    except (OSError, ValueError):
+        return None
+    same = stored == json.loads(json.dumps(config))
+    return last if same and last.get("step") == steps else None
 
 
 def device_of(preset: Preset) -> torch.device:
@@ -177,10 +200,15 @@ def make_evaluator(data: Any, preset: Preset, cache_dir: Path | None = None) -> 
 
 def generate_batched(model: Any, preset: Preset, n: int | None = None, given: Mapping[str, Any] | None = None,
                      seed: int = 0, **options: Any) -> dict[str, Any]:
-    """``generate`` in chunks of ``preset.eval_batch`` with one seeded generator; samples concatenated (on CPU)."""
+    """``generate`` in chunks of ``preset.eval_batch`` with one seeded generator; samples concatenated (on CPU).
+    Conditional generation (something given, not the base) uses DDIM with ``preset.cond_eta`` unless ``options``
+    set eta."""
     from mtd_core.sampling.generate import generate
 
     given = dict(given or {})
+    base = model.taskset.base
+    if given and (base is None or base.name not in given) and preset.sampler == "ddim":
+        options.setdefault("eta", preset.cond_eta)
     total = n if n is not None else len(next(iter(given.values())))
     g = torch.Generator(model.device).manual_seed(seed)
     parts: list[dict[str, Any]] = []
@@ -223,9 +251,9 @@ def elbo_bits_per_dim(model: Any, data: Any, preset: Preset, seed: int) -> dict[
     with torch.no_grad():
         e = evaluate_elbo(model, data, preset.elbo_n, preset.elbo_timesteps, preset.elbo_batch, seed)
     print(f"  ELBO {e['bits_per_dim']:.4f} bits/dim (+- {e['std_error']:.4f}) on {e['n_examples']} test examples, "
-          f"{e['timesteps_per_batch']} of {e['T'] - 1} denoising terms per batch")
+          f"{e['timesteps_per_example']} of {e['T'] - 1} denoising terms per example")
     return {"elbo_bpd": e["bits_per_dim"], "elbo_bpd_se": e["std_error"], "elbo_n": float(e["n_examples"]),
-            "elbo_timesteps": float(e["timesteps_per_batch"]), "elbo_batch": float(preset.elbo_batch)}
+            "elbo_timesteps": float(e["timesteps_per_example"]), "elbo_batch": float(preset.elbo_batch)}
 
 
 def paired_metrics(generated: torch.Tensor, target: torch.Tensor, name: str, suffix: str = "") -> dict[str, float]:
@@ -303,6 +331,7 @@ def base_protocol(preset: Preset, trained: Trained, ev: Evaluator) -> dict[str, 
     return {"dataset": preset.dataset["name"], "steps": trained.steps, "batch_size": preset.batch_size,
             "lr": preset.lr, "backbone": dict(preset.backbone), "parameters": count_parameters(trained.model),
             "sampler": preset.sampler, "sampler_steps": preset.sampler_steps, "n_samples": preset.n_samples,
+            "conditional_generation": f"{preset.sampler} eta {preset.cond_eta:g}, replacement conditioning",
             "train_wall_s": trained.train_wall_s, "final_loss": trained.final_loss,
             "weights": "EMA", **ev.protocol()}
 
@@ -390,11 +419,18 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help=f"results folder (default {DEFAULT_RESULTS})")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"run folders (default {DEFAULT_WORK})")
     p.add_argument("--steps", type=int, default=None, help="override the preset's training steps (recorded)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="override the preset's torch CPU threads, e.g. 1 to run two experiments side by side")
+    p.add_argument("--reuse", action="store_true",
+                   help="evaluate a finished run of the identical config found in --work instead of retraining")
     args = p.parse_args(argv)
+    REUSE["finished_runs"] = args.reuse
     try:
         preset = get_preset(args.preset)
         if args.steps is not None:
             preset = preset.with_overrides(steps=args.steps, curve_every=max(1, min(preset.curve_every, args.steps)))
+        if args.threads is not None:
+            preset = preset.with_overrides(threads=args.threads)
         return run_experiment(experiment, run, metric_keys, preset, args.seed, args.results, args.work)
     except (MTDError, ConfigError) as e:
         print(f"experiments.{experiment}: error: {e}", file=sys.stderr)

@@ -367,12 +367,14 @@ n = 10 000). Within a preset every setting shares the backbone, steps, batch siz
 Protocol. Distribution metrics (classifier-FID, KID, precision/recall) use the penultimate features of a small
 CNN trained on the training split (docs/metrics.md), whose test accuracy is printed with each table; FID is biased
 in n, so compare FIDs only within a preset (equal n). The reference set is the test split. Samples come from the
-EMA weights with the preset's DDIM sampler. Read-outs (label head, image -> edges, representation, caption) take the
-given image at t = read_t * T. Restoration inputs (patch masks seeded by the ratio) are identical across experiments
-and seeds; the masked-image model was trained at ratio 0.5 only. The ELBO (bits/dim) is estimated on a seeded test
-subsample: every batch of `elbo_batch` examples draws its own `elbo_timesteps` random denoising timesteps, an
-unbiased estimate of the sum over all T - 1 terms (counts in the tables; `elbo_bpd_se` is the standard error over
-examples and does not include the timestep sampling, whose variance is large because the terms at small t dominate).
+EMA weights with the preset's DDIM sampler: deterministic (eta 0) for joint generation; for generation given an
+aggregated modality (label -> image, restoration, edges -> image) DDIM with eta = `cond_eta` (1) and replacement
+conditioning (docs/sampling.md). Read-outs (label head, image -> edges, representation, caption) take the given
+image at t = read_t * T. Restoration inputs (patch masks seeded by the ratio) are identical across experiments and
+seeds; the masked-image model was trained at ratio 0.5 only; restored images are the generated images as they are
+(no known pixels pasted back). The ELBO (bits/dim) is estimated on a seeded test subsample: every example draws its
+own `elbo_timesteps` denoising timesteps, stratified across 2..T, an unbiased estimate of the sum over all T - 1
+terms (counts in the tables); `elbo_bpd_se` is the standard error over examples, which includes the timestep draws.
 """
 
 

@@ -48,13 +48,15 @@ class Preset:
         n_paired: test images for restoration and transition PSNR/SSIM.
         sampler: "ddim" or "ddpm" for every generation.
         sampler_steps: reverse steps of every generation.
+        cond_eta: DDIM eta of conditional generation (the base generated given an aggregated modality, with
+            replacement conditioning); 1 by default: replacement corrects itself through the per-step noise, which
+            matters for image-shaped conditions (docs/sampling.md). Joint generation uses eta 0.
         sdedit_t: the SDEdit baseline's noise level t0 as a fraction of T.
         read_t: the label head's read-out timestep as a fraction of T (generate's read-out mode).
         mask_ratios: the fractions hidden in the restoration evaluation.
         elbo_n: test examples of the ELBO estimate (a seeded subsample).
-        elbo_timesteps: denoising terms evaluated per batch (random t in 2..T; unbiased for their sum).
-        elbo_batch: examples per ELBO batch; each batch draws its own timesteps, so small batches average the
-            (very uneven) per-timestep terms over many draws instead of one.
+        elbo_timesteps: denoising terms evaluated per example (stratified over 2..T; unbiased for their sum).
+        elbo_batch: examples per ELBO forward pass (memory only: every example draws its own timesteps).
         feature_epochs: epochs of the feature network (the FID classifier) trained on the training split.
         eval_batch: examples per forward pass when sampling and evaluating.
         threads: torch CPU threads (0: torch's default).
@@ -79,6 +81,7 @@ class Preset:
     n_paired: int
     sampler: str = "ddim"
     sampler_steps: int = 50
+    cond_eta: float = 1.0
     sdedit_t: float = 0.5
     read_t: float = 0.02
     mask_ratios: tuple[float, ...] = attrs.field(default=(0.1, 0.25, 0.5, 0.75), converter=tuple)

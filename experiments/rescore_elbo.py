@@ -1,7 +1,7 @@
 """Recompute the ELBO of finished runs with the current ELBO protocol and update their result JSON in place.
 
-The ELBO sums T - 1 very uneven per-timestep terms; it is estimated from random timesteps drawn per batch, so its
-variance depends on how many batches (draws) there are. Use this after changing ``elbo_batch``, ``elbo_n`` or
+The ELBO sums T - 1 very uneven per-timestep terms, estimated from ``elbo_timesteps`` stratified timesteps per
+example (mtd_core.diffusion.elbo.stratified_timesteps). Use this after changing that estimator, ``elbo_n`` or
 ``elbo_timesteps`` so that every result of a preset is measured the same way. Runs of mtd models are reloaded from
 their run folders (EMA weights); the diffusers baseline keeps no checkpoint and is listed as skipped.
 

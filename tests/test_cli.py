@@ -123,6 +123,10 @@ def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, caps
     rc, _, _ = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s2"), "--given", "label=0,3,nine", "--n",
                     "2", "--steps", "3", "--seed", "1")
     assert np.array_equal(np.load(tmp_path / "s2" / "samples.npz")["image"], raw["image"])  # seeded
+    rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s3"), "--given", "label=0,3,nine", "--n",
+                      "2", "--steps", "3", "--seed", "1", "--conditioning", "inject")
+    assert rc == 0, err
+    assert not np.array_equal(np.load(tmp_path / "s3" / "samples.npz")["image"], raw["image"])  # the option is used
 
     rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "j"), "--n", "3", "--steps", "2")
     assert rc == 0 and "3 samples (joint" in out
@@ -141,7 +145,7 @@ def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, caps
     assert rc == 0, err
     result = json.loads(out)
     elbo = result["elbo"]
-    assert elbo["n_examples"] == 20 and elbo["timesteps_per_batch"] == 4 and elbo["T"] == 40
+    assert elbo["n_examples"] == 20 and elbo["timesteps_per_example"] == 4 and elbo["T"] == 40
     assert np.isfinite(elbo["bits_per_dim"]) and elbo["bits_per_dim"] > 0
     assert result["accuracy"]["label"]["n_examples"] == 30 and 0 <= result["accuracy"]["label"]["accuracy"] <= 1
     rc, out, _ = _run(capsys, "eval", str(run), "--n", "10", "--timesteps", "39", "--accuracy-n", "10")

@@ -3,7 +3,8 @@
 One model (trained once per module, fixed seed) must
   - generate images and labels jointly that agree with an independent classifier (logistic regression on the real
     digits) well above chance (10 %),
-  - generate label-conditioned images recognised as the requested class above chance,
+  - generate label-conditioned images recognised as the requested class (replacement conditioning well above
+    injection, the reason it is the default),
   - move samples towards a target class under guidance from its own label head,
   - classify held-out digits by reading its label head from the noised image.
 Measured numbers are printed (pytest -s); see docs/sampling.md for the values on the reference machine.
@@ -108,12 +109,16 @@ def test_joint_generation_is_coherent(trained):
 
 def test_label_conditioned_generation_follows_the_label(trained):
     y = torch.arange(N) % 10
-    out = generate(trained.model, given={"label": y}, steps=25, generator=torch.Generator().manual_seed(2),
-                   progress=False)
-    assert out.samples["label"] is y
-    accuracy = float((trained.recognised(out.samples["image"]) == y.numpy()).mean())
-    print(f"[digits] label-conditioned accuracy {accuracy:.3f} (chance 0.1)")
-    assert accuracy > 0.25
+    accuracy = {}
+    for conditioning in ("replace", "inject"):
+        out = generate(trained.model, given={"label": y}, steps=25, generator=torch.Generator().manual_seed(2),
+                       progress=False, conditioning=conditioning)
+        assert out.samples["label"] is y
+        accuracy[conditioning] = float((trained.recognised(out.samples["image"]) == y.numpy()).mean())
+    print(f"[digits] label-conditioned accuracy: replace {accuracy['replace']:.3f}, inject {accuracy['inject']:.3f} "
+          "(chance 0.1)")
+    assert accuracy["replace"] > 0.6
+    assert accuracy["replace"] > accuracy["inject"] + 0.15  # why replacement is the default
 
 
 def test_guidance_moves_samples_towards_the_target(trained):

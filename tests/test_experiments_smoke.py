@@ -118,6 +118,28 @@ def test_rescoring_the_elbo_with_the_same_protocol_reproduces_it(smoke_results: 
     assert after["metrics"]["elbo_bpd"] == new["elbo_bpd"] and "elbo_rescored_utc" in after["protocol"]
 
 
+def test_reuse_evaluates_the_finished_run_without_training(smoke_results: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments import image_label
+
+    work = smoke_results.parent / "work"
+    before = _result(smoke_results, "image_label")
+    ckpt = work / "smoke" / "image_label" / "seed0" / "checkpoints"
+    mtimes = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")}
+    threads = torch.get_num_threads()
+    try:
+        args = ["--preset", "smoke", "--reuse", "--results", str(tmp_path), "--work", str(work)]
+        assert image_label.main(args) == 0
+    finally:
+        common.REUSE["finished_runs"] = False
+        torch.set_num_threads(threads)
+    assert "reusing the finished run" in capsys.readouterr().out
+    again = _result(tmp_path, "image_label")
+    assert again["protocol"]["train_wall_s"] == before["protocol"]["train_wall_s"]
+    assert again["metrics"]["label_head_accuracy"] == before["metrics"]["label_head_accuracy"]  # same weights, seed
+    assert {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")} == mtimes  # nothing retrained or rewritten
+
+
 def test_make_results_without_runs_says_not_run(tmp_path: Path) -> None:
     text = make_results(tmp_path / "empty", tmp_path / "results.md").read_text()
     assert "not run" in text

@@ -27,6 +27,7 @@ from mtd_core.diffusion.elbo import (
     gaussian_kl,
     prior_kl,
     step_kl,
+    stratified_timesteps,
 )
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.noise import NoiseSchedule
@@ -331,6 +332,43 @@ def test_a_subset_of_timesteps_is_an_unbiased_rescaled_estimate(case: Case, data
     for bad in ([1], [fp.T + 1]):
         with pytest.raises(ScheduleError, match=rf"timesteps of the denoising terms must lie in 2..{fp.T}"):
             s.elbo(fp)(den, s.batch, timesteps=torch.tensor(bad))
+
+
+@given(processes(min_n=1, max_n=2, max_T=20), st.data())
+def test_per_example_timesteps_equal_to_shared_ones_give_the_same_bound(case: Case, data: st.DataObject) -> None:
+    fp, x = case.fp, inputs_for(case)
+    ts = torch.tensor(data.draw(st.lists(st.integers(2, fp.T), min_size=1, max_size=4)))
+    s = setup_for(case, x)
+    den = ToyDenoiser(fp, s.batch["image"], x.enc)
+    shared = s.elbo(fp)(den, s.batch, timesteps=ts, generator=fixed_generator(case))
+    rows = s.elbo(fp)(den, s.batch, timesteps=ts.expand(case.shape[0], -1), generator=fixed_generator(case))
+    close(rows.denoise, shared.denoise, rtol=0, atol=0)
+    with pytest.raises(ScheduleError, match=r"shape \(K,\) or \(B, K\)"):
+        s.elbo(fp)(den, s.batch, timesteps=ts.expand(case.shape[0] + 1, -1))
+
+
+@given(st.integers(2, 60), st.data())
+def test_stratified_timesteps_cover_every_stratum_once(T: int, data: st.DataObject) -> None:
+    K = data.draw(st.integers(1, T - 1))
+    ts = stratified_timesteps(T, K, 64, torch.Generator().manual_seed(T))
+    assert ts.shape == (64, K) and ts.dtype == torch.long
+    assert int(ts.min()) >= 2 and int(ts.max()) <= T
+    lo = torch.tensor([2 + math.floor(k * (T - 1) / K) for k in range(K)])
+    hi = torch.tensor([2 + math.floor((k + 1) * (T - 1) / K) for k in range(K)])  # exclusive (up to rounding)
+    assert bool(((ts >= lo) & (ts <= hi)).all()) and bool((ts[:, 1:] > ts[:, :-1]).all())
+    if K == T - 1:
+        assert torch.equal(ts, torch.arange(2, T + 1).expand(64, -1))  # all terms: exact
+
+
+@pytest.mark.parametrize("T, K", [(20, 7), (1000, 50), (11, 3)])
+def test_stratified_timesteps_draw_every_t_with_probability_k_over_t_minus_1(T: int, K: int) -> None:
+    """What makes (T - 1)/K times the sum of the drawn terms unbiased for the sum over 2..T."""
+    n = 200_000
+    ts = stratified_timesteps(T, K, n, torch.Generator().manual_seed(0))
+    freq = torch.bincount(ts.flatten(), minlength=T + 1)[2:].double() / n
+    assert torch.allclose(freq, torch.full_like(freq, K / (T - 1)), atol=0.01)
+    with pytest.raises(ScheduleError, match="1 <= K <= T - 1"):
+        stratified_timesteps(T, T, 1)
 
 
 def test_a_respaced_bound_feeds_the_network_the_original_timesteps() -> None:

@@ -83,7 +83,7 @@ def test_ancestral_mean_equals_the_true_posterior_mean(steps, frac, conditional)
     fp = model.forward_process.respace(respaced_timesteps(T, steps))
     k = 1 + round(frac * (fp.T - 1))
     z_t = noised(model, k, fp)
-    pred = ModelDenoiser(model, fp, model.enc if conditional else {})(z_t, k)
+    pred = ModelDenoiser(model, fp, model.enc if conditional else {}, conditioning="inject")(z_t, k)
     mean = ddpm_step(fp, z_t, k, pred.eps, pred.enc).z_prev
     post_mean, post_var = fp.posterior(z_t, model.z0, model.enc, k)
     assert torch.allclose(mean, post_mean, atol=1e-4)
@@ -96,7 +96,7 @@ def test_ddim_with_eta_0_recovers_z0_in_one_step_from_any_t(t, conditional):
     model = oracle(wrong_head=conditional)
     fp = model.forward_process.respace([t])  # one jump: t -> 0
     z_t = noised(model, 1, fp)
-    pred = ModelDenoiser(model, fp, model.enc if conditional else {})(z_t, 1)
+    pred = ModelDenoiser(model, fp, model.enc if conditional else {}, conditioning="inject")(z_t, 1)
     assert model.seen_t[-1].tolist() == [t] * 4  # the network sees the original timestep
     res = ddim_step(fp, z_t, 1, pred.eps, pred.enc, eta=0.0)
     assert torch.allclose(res.z_prev, model.z0, atol=2e-4) and torch.allclose(res.z0_hat, model.z0, atol=2e-4)
@@ -135,14 +135,47 @@ def test_generate_joint_with_the_oracle_returns_the_truth(sampler, eta):
     assert set(out.predictions) == {"label"}
 
 
-def test_generate_conditional_uses_the_observed_encodings_and_returns_them_unchanged():
+def test_generate_conditional_inject_uses_the_observed_encodings_and_returns_them_unchanged():
     model = oracle(wrong_head=True)
     y = model.y.clone()
-    out = generate(model, given={"label": y}, steps=6, generator=torch.Generator().manual_seed(0), progress=False)
+    out = generate(model, given={"label": y}, steps=6, generator=torch.Generator().manual_seed(0), progress=False,
+                   conditioning="inject")
     assert out.mode == "conditional"
     assert out.samples["label"] is y and torch.equal(y, model.y)
     assert torch.allclose(out.samples["image"], model.z0, atol=2e-4)
     assert out.predictions == {}
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_generate_conditional_replace_with_the_oracle_returns_the_truth(sampler):
+    model = oracle()
+    out = generate(model, given={"label": model.y.clone()}, sampler=sampler, steps=6,
+                   generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.allclose(out.samples["image"], model.z0, atol=2e-4)
+
+
+@settings(max_examples=15)
+@given(steps=st.integers(2, T), frac=st.floats(0.0, 1.0))
+def test_replace_keeps_the_networks_z0_estimate_and_steps_with_the_true_encodings(steps, frac):
+    model = oracle(wrong_head=True)  # its decomposition of z_t disagrees with the observed label
+    fp = model.forward_process.respace(respaced_timesteps(T, steps))
+    k = 1 + round(frac * (fp.T - 1))
+    z_t = noised(model, k, fp)
+    own = ModelDenoiser(model, fp, {})(z_t, k)
+    pred = ModelDenoiser(model, fp, model.enc)(z_t, k)
+    assert pred.z_t is not None
+    if fp.lam[0, k] > 1e-3:  # where the label is injected at all, replacement changes the state
+        assert not torch.allclose(pred.z_t, z_t)
+    res = ddim_step(fp, pred.z_t, k, pred.eps, pred.enc)
+    assert torch.allclose(res.z0_hat, fp.z0_from_eps(z_t, own.eps, own.enc, k), atol=1e-4)
+    ab = fp.abar[k - 1].item()
+    want = ab**0.5 * res.z0_hat + fp.injected(model.enc, k - 1, z_t) + (1 - ab) ** 0.5 * pred.eps
+    assert torch.allclose(res.z_prev, want, atol=1e-4)
+
+
+def test_unknown_conditioning_is_a_config_error():
+    with pytest.raises(ConfigError, match="conditioning must be one of"):
+        generate(oracle(), n=4, conditioning="paste", progress=False)
 
 
 def test_the_network_sees_the_original_respaced_timesteps_in_order():

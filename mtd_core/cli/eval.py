@@ -1,8 +1,9 @@
 """``mtd eval RUN_DIR [--n N] [--timesteps K] [--json]``: held-out ELBO (bits/dim) and label-head accuracy.
 
 The ELBO is the multi-modal bound of mtd_core/diffusion/elbo.py on a seeded subsample of the test split. Its sum
-over the T - 1 denoising terms is estimated without bias from K random timesteps per batch (K = T evaluates all),
-so the printed value carries the example count, K and a standard error. The accuracy of every label modality's
+over the T - 1 denoising terms is estimated without bias from K timesteps per example, drawn systematically across
+2..T with each example's own random offset (``stratified_timesteps``; K = T - 1 evaluates every term), so examples
+are independent and the printed standard error covers both the examples and the timestep draws. The accuracy of every label modality's
 head is read off the real test images (``generate`` with the base given: the read-out mode).
 """
 
@@ -27,7 +28,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("run", help="the run folder (or one checkpoint folder)")
     p.add_argument("--n", type=int, default=256, help="test examples for the ELBO (default 256; 0 = all)")
     p.add_argument("--timesteps", type=int, default=50,
-                   help="denoising terms evaluated per batch, drawn at random from 2..T (default 50; T = exact)")
+                   help="denoising terms evaluated per example, stratified over 2..T (default 50; T - 1 = exact)")
     p.add_argument("--accuracy-n", type=int, default=0, help="test examples for label accuracy (default 0 = all)")
     p.add_argument("--batch-size", type=int, default=128, help="examples per forward pass (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subsample, timesteps and noise (default 0)")
@@ -46,7 +47,7 @@ def _subsample(size: int, n: int, seed: int) -> torch.Tensor:
 def evaluate_elbo(model: Any, data: Any, n: int, timesteps: int, batch_size: int, seed: int) -> dict[str, Any]:
     """The ELBO in bits/dim on ``n`` test examples (see the module docstring), with its terms in nats."""
     from mtd_core.data.derive import derive_batch, model_inputs
-    from mtd_core.diffusion.elbo import MultiModalELBO
+    from mtd_core.diffusion.elbo import MultiModalELBO, stratified_timesteps
 
     taskset = model.taskset
     fp = taskset.forward_process()
@@ -58,7 +59,7 @@ def evaluate_elbo(model: Any, data: Any, n: int, timesteps: int, batch_size: int
     for start in range(0, len(idx), batch_size):
         chunk = idx[start:start + batch_size]
         batch = model_inputs(taskset, derive_batch(taskset, data.batch(data.splits.test, chunk), g))
-        ts = (torch.randperm(fp.T - 1, generator=g)[:K] + 2).sort().values if K else torch.zeros(0, dtype=torch.long)
+        ts = stratified_timesteps(fp.T, K, len(chunk), g) if K else torch.zeros(0, dtype=torch.long)
         out = elbo(model, model.to_device(batch), timesteps=ts, generator=_device_gen(model, g))
         bpd.append(out.bpd.double().cpu())
         for k in ("prior", "denoise", "recon"):
@@ -69,7 +70,7 @@ def evaluate_elbo(model: Any, data: Any, n: int, timesteps: int, batch_size: int
     count = len(all_bpd)
     se = float(all_bpd.std(unbiased=True) / math.sqrt(count)) if count > 1 else float("nan")
     return {"bits_per_dim": float(all_bpd.mean()), "std_error": se, "n_examples": count,
-            "timesteps_per_batch": K, "T": fp.T, "exact": K == fp.T - 1,
+            "timesteps_per_example": K, "T": fp.T, "exact": K == fp.T - 1,
             "terms_nats": {k: v / count for k, v in terms.items()}}
 
 
@@ -123,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     e = result["elbo"]
-    how = "all denoising terms" if e["exact"] else f"{e['timesteps_per_batch']} of {e['T'] - 1} denoising terms per batch"
+    how = "all denoising terms" if e["exact"] else f"{e['timesteps_per_example']} of {e['T'] - 1} denoising terms per example"
     print(f"mtd eval: {result['checkpoint']} ({result['weights']} weights, step {result['step']})")
     print(f"  ELBO: {e['bits_per_dim']:.4f} bits/dim (+- {e['std_error']:.4f} s.e.) on {e['n_examples']} of "
           f"{result['test_size']} test examples, {how}")

@@ -42,6 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--guidance", type=float, default=0.0, metavar="SCALE",
                    help="also steer towards the given label with the model's own label head (classifier "
                         "guidance at this scale; e.g. 3)")
+    p.add_argument("--conditioning", choices=("replace", "inject"), default="replace",
+                   help="how given modalities enter each step (default replace; see docs/sampling.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
@@ -170,7 +172,7 @@ def main(args: argparse.Namespace) -> int:
         guidance = GuidanceConfig(modality=target, target=given[target], scale=args.guidance)
     g = torch.Generator(args.device).manual_seed(args.seed)
     out = generate(model, n=total, given=given or None, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                   guidance=guidance, generator=g, progress=True)
+                   guidance=guidance, generator=g, progress=True, conditioning=args.conditioning)
     samples = dict(out.samples)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

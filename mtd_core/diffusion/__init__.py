@@ -1,6 +1,12 @@
 """The MT-Diffusion math: noise schedules, aggregation weights, the forward process and the ELBO."""
 
-from mtd_core.diffusion.elbo import ELBOTerms, MultiModalELBO, discretised_gaussian_nll, gaussian_kl
+from mtd_core.diffusion.elbo import (
+    ELBOTerms,
+    MultiModalELBO,
+    discretised_gaussian_nll,
+    gaussian_kl,
+    stratified_timesteps,
+)
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.loss import LossOutput, training_loss
 from mtd_core.diffusion.noise import NoiseSchedule
@@ -28,6 +34,7 @@ __all__ = [
     "ZeroWeight",
     "discretised_gaussian_nll",
     "gaussian_kl",
+    "stratified_timesteps",
     "training_loss",
     "weight_schedule_from_config",
 ]

@@ -129,6 +129,22 @@ def base_prediction(fp: ForwardProcess, z_1: torch.Tensor, eps_theta: torch.Tens
     return BasePrediction(mean=mean, log_var=torch.log(fp.reverse_variance(1, z_1, "beta")))
 
 
+def stratified_timesteps(T: int, K: int, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(batch, K) timesteps in 2..T for a Monte Carlo estimate of the sum of the T - 1 denoising terms, one
+    systematic sample per example: t_k = 2 + floor((k + u) (T - 1) / K), k = 0..K-1, with its own u ~ U[0, 1).
+
+    Every t is drawn with probability K / (T - 1), so (T - 1) / K times the sum of the K terms is unbiased (as for a
+    uniform subset), but each example covers the whole range of t: the very uneven per-t terms (the small t dominate)
+    no longer make the estimate depend on which t a batch happened to draw, and examples are independent, so their
+    spread is the estimate's standard error.
+    """
+    if T < 2 or not 1 <= K <= T - 1:
+        raise ScheduleError(f"ELBO: need 1 <= K <= T - 1 denoising terms, got K = {K} with T = {T}")
+    u = torch.rand(batch, 1, generator=generator, dtype=torch.float64)
+    k = torch.arange(K, dtype=torch.float64)
+    return (2 + ((k + u) * ((T - 1) / K)).floor()).long().clamp_(2, T)
+
+
 class MultiModalELBO:
     """Evaluates every term of the bound for a batch, with a given denoiser.
 
@@ -151,14 +167,20 @@ class MultiModalELBO:
     def __call__(self, denoiser: Denoiser, batch: Mapping[str, torch.Tensor], *,
                  timesteps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> ELBOTerms:
         """The terms for ``batch``. ``timesteps`` (default: all of 2..T) picks the steps whose L_{t-1} is
-        evaluated; a subset gives an unbiased Monte Carlo estimate of their sum (scaled by (T-1)/len).
+        evaluated: K steps shared by the batch, shape (K,), or K per example, shape (B, K) (e.g.
+        :func:`stratified_timesteps`); a subset gives a Monte Carlo estimate of their sum (scaled by (T-1)/K),
+        unbiased when every t is drawn with probability K / (T - 1).
 
         Steps are indices of ``fp``; the denoiser is fed the original t (``fp.timesteps``), so a respaced process
         gives the bound of the respaced model. Noise is drawn in the order of ``timesteps``, then for t = 1."""
         fp = self.fp
         z0, enc = self.encode(batch)
         B = z0.shape[0]
-        ts = torch.arange(2, fp.T + 1) if timesteps is None else torch.as_tensor(timesteps).long().flatten()
+        ts = torch.arange(2, fp.T + 1) if timesteps is None else torch.as_tensor(timesteps).long()
+        if ts.ndim <= 1:
+            ts = ts.flatten().expand(B, -1)
+        elif ts.ndim != 2 or ts.shape[0] != B:
+            raise ScheduleError(f"ELBO: timesteps must have shape (K,) or (B, K) = ({B}, K), got {tuple(ts.shape)}")
         if ts.numel() and (ts.min() < 2 or ts.max() > fp.T):
             raise ScheduleError(
                 f"ELBO: timesteps of the denoising terms must lie in 2..{fp.T} (L_0 at t = 1 is always "
@@ -166,14 +188,15 @@ class MultiModalELBO:
             )
         net_t = fp.timesteps.to(z0.device)  # the original t of each step: what the network is fed (respacing)
         denoise = z0.new_zeros(B)
-        for t in ts.tolist():
-            tt = torch.full((B,), t, dtype=torch.long, device=z0.device)
+        ts = ts.to(z0.device)
+        for k in range(ts.shape[1]):
+            tt = ts[:, k]
             eps = _noise_like(z0, generator)
             z_t = fp.q_sample(z0, enc, tt, eps)
             out = denoiser(z_t, net_t[tt])
             denoise = denoise + step_kl(fp, tt, z_t, z0, enc, out.eps, denoiser.predicted_encodings(out.preds), self.var_kind)
-        if ts.numel():
-            denoise = denoise * ((fp.T - 1) / ts.numel())
+        if ts.shape[1]:
+            denoise = denoise * ((fp.T - 1) / ts.shape[1])
         one = torch.ones(B, dtype=torch.long, device=z0.device)
         z_1 = fp.q_sample(z0, enc, one, _noise_like(z0, generator))
         out = denoiser(z_1, net_t[one])

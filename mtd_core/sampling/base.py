@@ -27,11 +27,14 @@ class StepPrediction:
         enc: aggregated name -> the encoding used in the reverse step: E_i(xhat_i) for generated modalities,
             the true E_j(x_j) for observed ones. Holds every aggregated modality of ``fp``.
         preds: aggregated name -> the raw head prediction at this step.
+        z_t: the state the step starts from when the denoiser replaced part of z_k (conditional generation by
+            replacement, see :class:`~mtd_core.sampling.generate.ModelDenoiser`); None: z_k itself.
     """
 
     eps: torch.Tensor
     enc: dict[str, torch.Tensor]
     preds: dict[str, Any]
+    z_t: torch.Tensor | None = None
 
 
 class StepDenoiser(Protocol):
@@ -47,7 +50,7 @@ class SamplerStep:
     Attributes:
         index: the respaced index k (K down to 1).
         t: the original timestep t_k the network saw.
-        z_t: the state before the step.
+        z_t: the state before the step (before any replacement; ``prediction.z_t`` holds the replaced state).
         z_next: the state after the step (z at index k - 1).
         z0_hat: the step's estimate of z_0 (from eps and the encodings, eq. of ForwardProcess.z0_from_eps).
         prediction: the denoiser's prediction at this step.
@@ -103,7 +106,7 @@ def run_steps(step: Callable[[ForwardProcess, torch.Tensor, int, StepPrediction,
     for k in tqdm(range(fp.T, 0, -1), desc=desc, disable=not progress, leave=False):
         pred = denoise(z, k)
         noise = randn_like(z, generator) if stochastic(k) else None
-        res = step(fp, z, k, pred, noise)
+        res = step(fp, z if pred.z_t is None else pred.z_t, k, pred, noise)
         if callback is not None:
             callback(SamplerStep(index=k, t=int(fp.timesteps[k]), z_t=z, z_next=res.z_prev, z0_hat=res.z0_hat,
                                  prediction=pred))

@@ -5,8 +5,14 @@
     joint        nothing given. Reverse diffusion from z_K ~ N(0, I); every step uses E_i(xhat_i) of every head's
                  prediction. The base comes from z_0, each aggregated modality from its head at the last step.
     conditional  some aggregated modalities given, the base not. Their part sum_j lambda_t^(j) E_j(x_j) of z_t is
-                 known exactly, so every step uses their true encodings (equivalently: the sampler works on z_t
-                 minus that part) while the network still sees z_t.
+                 known exactly. Two ways to use it (``conditioning``):
+                 "replace" (default): z_0 is estimated from the network's own decomposition of z_t (its eps and
+                     the encodings of its heads' predictions, as in joint mode), then the observed modalities'
+                     part of z_t, as the heads see it, is replaced by the true one before stepping; every next
+                     state thus carries the true encodings (RePaint-style replacement, in the latent).
+                 "inject": the true encodings enter both the z_0 estimate and the step. Exact for an oracle, but
+                     a learned network's error in separating the injected encodings from z_0 is divided by
+                     sqrt(abar_t) in the z_0 estimate; with image-shaped conditions this diverges (docs/sampling.md).
     readout      the base given (classification, representation or caption prediction). No reverse process: the
                  heads are read from z_t = sqrt(abar_t) z_0 + sum_j lambda_t^(j) E_j(x_j) + sqrt(1 - abar_t) eps
                  at the small t = read_t * T (the unknown modalities' injected parts, tiny at small t, are left out).
@@ -56,6 +62,14 @@ class GenerationOutput:
     mode: str
 
 
+CONDITIONING = ("replace", "inject")
+
+
+def _check_conditioning(conditioning: str) -> None:
+    if conditioning not in CONDITIONING:
+        raise ConfigError(f"generate: conditioning must be one of {list(CONDITIONING)}, got {conditioning!r}")
+
+
 class ModelDenoiser:
     """The StepDenoiser of a model on a (respaced) process: true encodings for observed modalities, predicted
     encodings E_i(xhat_i) for the others, eps optionally guided.
@@ -65,11 +79,14 @@ class ModelDenoiser:
         fp: the process the sampler walks; ``fp.timesteps[k]`` is the original t fed to the network.
         observed: aggregated name -> true encoding E_j(x_j) of every observed aggregated modality.
         guidance: (guiding modality, its target batch, scale), or None.
+        conditioning: how observed encodings enter a step, "replace" or "inject" (see the module docstring).
     """
 
     def __init__(self, model: Any, fp: ForwardProcess, observed: Mapping[str, torch.Tensor],
-                 guidance: tuple[Modality, torch.Tensor, float] | None = None) -> None:
+                 guidance: tuple[Modality, torch.Tensor, float] | None = None, conditioning: str = "replace") -> None:
+        _check_conditioning(conditioning)
         self.model, self.fp, self.observed, self.guidance = model, fp, dict(observed), guidance
+        self.conditioning = conditioning
 
     def __call__(self, z: torch.Tensor, k: int) -> StepPrediction:
         t = self.fp.timesteps[k].to(z.device).expand(z.shape[0])
@@ -79,10 +96,16 @@ class ModelDenoiser:
         else:
             out = self.model(z, t)
             eps, preds = out.eps.to(z.dtype), out.preds
-        generated = {n: p for n, p in preds.items() if n not in self.observed}
-        enc = {n: e.to(z.dtype) for n, e in self.model.predicted_encodings(generated).items()}
-        enc.update(self.observed)
-        return StepPrediction(eps=eps, enc=enc, preds=preds)
+        if not self.observed or self.conditioning == "inject":
+            generated = {n: p for n, p in preds.items() if n not in self.observed}
+            enc = {n: e.to(z.dtype) for n, e in self.model.predicted_encodings(generated).items()}
+            return StepPrediction(eps=eps, enc={**enc, **self.observed}, preds=preds)
+        # replace: z_t = sqrt(abar) z0_hat + sum_i lambda_i E_i(xhat_i) + sqrt(1 - abar) eps as the network sees it;
+        # swapping the observed E_j(xhat_j) for the true E_j leaves z0_hat unchanged and steps with the truth.
+        enc = {n: e.to(z.dtype) for n, e in self.model.predicted_encodings(preds).items()}
+        delta = {n: self.observed[n] - e if n in self.observed else torch.zeros_like(e) for n, e in enc.items()}
+        z_t = z + self.fp.injected(delta, k, z)
+        return StepPrediction(eps=eps, enc={**enc, **self.observed}, preds=preds, z_t=z_t)
 
 
 def generate(
@@ -99,6 +122,7 @@ def generate(
     device: torch.device | str | None = None,
     read_t: float | Sequence[float] = DEFAULT_READ_T,
     variance: str | None = None,
+    conditioning: str = "replace",
 ) -> GenerationOutput:
     """Generate every modality not in ``given`` (see the module docstring for the three modes).
 
@@ -118,10 +142,14 @@ def generate(
         read_t: readout mode only: the read-out timestep(s) as fractions of T in (0, 1]; with several, the heads'
             tensor predictions (e.g. logits) are averaged over them.
         variance: "ddpm" only: sigma_t^2 = "beta" or "beta_tilde" (default "beta_tilde").
+        conditioning: conditional mode only: "replace" (default) or "inject" (see the module docstring). A
+            stochastic sampler (``"ddpm"``, or ``"ddim"`` with eta > 0) lets replacement correct itself across steps
+            and restores image-shaped conditions much better than deterministic DDIM (docs/sampling.md).
     """
     modalities: dict[str, Modality] = model.taskset.modalities
     given = dict(given or {})
     dev = _check_arguments(model, given, sampler, eta, variance, device)
+    _check_conditioning(conditioning)
     data, B = _observed_data(modalities, given, n, generator)
 
     base = model.taskset.base
@@ -142,7 +170,7 @@ def generate(
                 z0, predictions = _readout(model, z0, observed, read_t, generator)
             else:
                 z0, predictions = _reverse(model, B, observed, sampler, steps, eta, variance, guide, generator,
-                                           callback, progress, dev)
+                                           callback, progress, dev, conditioning)
     finally:
         model.train(was_training)
 
@@ -212,8 +240,8 @@ def _observed_data(modalities: dict[str, Modality], given: dict[str, Any], n: in
 
 def _reverse(model: Any, B: int, observed: dict[str, torch.Tensor], sampler: str, steps: int, eta: float,
              variance: str | None, guide: tuple[Modality, torch.Tensor, float] | None,
-             generator: torch.Generator | None, callback: Callback | None, progress: bool, dev: torch.device
-             ) -> tuple[torch.Tensor, dict[str, Any]]:
+             generator: torch.Generator | None, callback: Callback | None, progress: bool, dev: torch.device,
+             conditioning: str) -> tuple[torch.Tensor, dict[str, Any]]:
     """Joint or conditional generation: the sampler from z_K down to z_0 on the respaced process."""
     full = model.forward_process
     try:
@@ -224,7 +252,7 @@ def _reverse(model: Any, B: int, observed: dict[str, torch.Tensor], sampler: str
     # The observed modalities' part of z_K (lambda_T is ~0 by validation; kept for exactness).
     zeros = {name: torch.zeros_like(z) for name in fp.names if name not in observed}
     z = z + fp.injected({**zeros, **observed}, fp.T, z)
-    denoise = ModelDenoiser(model, fp, observed, guide)
+    denoise = ModelDenoiser(model, fp, observed, guide, conditioning)
     options: dict[str, Any] = {"eta": eta} if sampler == "ddim" else {"variance": variance or "beta_tilde"}
     out = SAMPLERS[sampler](denoise, z, fp, generator=generator, callback=callback, progress=progress, **options)
     predictions = {n: p for n, p in out.last.preds.items() if n not in observed}
