@@ -3,8 +3,8 @@
 The ELBO is the multi-modal bound of mtd_core/diffusion/elbo.py on a seeded subsample of the test split. Its sum
 over the T - 1 denoising terms is estimated without bias from K timesteps per example, drawn systematically across
 2..T with each example's own random offset (``stratified_timesteps``; K = T - 1 evaluates every term), so examples
-are independent and the printed standard error covers both the examples and the timestep draws. The accuracy of every label modality's
-head is read off the real test images (``generate`` with the base given: the read-out mode).
+are independent and the printed standard error covers both the examples and the timestep draws. The accuracy of
+every label modality's head is read off the real test images (``generate`` with the base given: the read-out mode).
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     e = result["elbo"]
-    how = "all denoising terms" if e["exact"] else f"{e['timesteps_per_example']} of {e['T'] - 1} denoising terms per example"
+    how = ("all denoising terms" if e["exact"]
+           else f"{e['timesteps_per_example']} of {e['T'] - 1} denoising terms per example")
     print(f"mtd eval: {result['checkpoint']} ({result['weights']} weights, step {result['step']})")
     print(f"  ELBO: {e['bits_per_dim']:.4f} bits/dim (+- {e['std_error']:.4f} s.e.) on {e['n_examples']} of "
           f"{result['test_size']} test examples, {how}")
