@@ -21,6 +21,10 @@ from experiments.presets import Preset
 
 NAME = "masked_image"
 TRAIN_RATIO = 0.5
+LOSS_WEIGHT = 0.05
+"""The masked-image head's weight in the training loss. Its Gaussian NLL (sigma 0.1) is 50 x the squared error per
+pixel, about 20 x the eps loss at the end of training; at weight 1 it starves the shared backbone's eps objective
+(digits, seed 0: joint FID 18.0 at weight 1, 6.4 at 0.05, and better restoration at every ratio)."""
 
 
 def metric_keys(preset: Preset) -> list[str]:
@@ -36,7 +40,7 @@ def metric_keys(preset: Preset) -> list[str]:
 def masked_modality(preset: Preset) -> dict[str, Any]:
     """The aggregated masked-image modality: patch masks hiding TRAIN_RATIO of the image."""
     return {"kind": "masked_image", "channels": 1, "size": preset.image_size, "ratio": TRAIN_RATIO, "mask": "patch",
-            "patch": preset.patch, "source": "image", "weights": dict(common.WINDOWED)}
+            "patch": preset.patch, "source": "image", "weights": dict(common.WINDOWED), "loss_weight": LOSS_WEIGHT}
 
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
@@ -66,7 +70,8 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
                                           [rs["masked"][:16], restored[:16], rs["image"][:16]], [],
                                           f"restoration at ratio {r}: masked | restored | true"))
     protocol = common.base_protocol(preset, trained, ev)
-    protocol.update({"train_mask_ratio": TRAIN_RATIO, "mask": f"patch {preset.patch}x{preset.patch}",
+    protocol.update({"train_mask_ratio": TRAIN_RATIO, "masked_image_loss_weight": LOSS_WEIGHT,
+                     "mask": f"patch {preset.patch}x{preset.patch}",
                      "n_paired": preset.n_paired, "n_curve": preset.n_curve, "curve_every": preset.curve_every,
                      "restoration": "conditional generation given the masked image (no pixels pasted back)"})
     return common.Outcome(metrics=metrics, protocol=protocol, grids=grids, curve=curve)
