@@ -19,6 +19,9 @@ from experiments.presets import Preset
 
 NAME = "image_transition"
 EDGES = {"kind": "edges", "source": "image", "into": "edges"}
+EDGES_LOSS_WEIGHT = 0.05
+"""The edge-map head's weight in the training loss (as the masked image's, experiments/masked_image.py): its Gaussian
+NLL is 50 x the squared error per pixel and would otherwise dominate the eps loss."""
 
 
 def metric_keys(preset: Preset) -> list[str]:
@@ -30,7 +33,8 @@ def metric_keys(preset: Preset) -> list[str]:
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image + edges model and evaluate both directions (see the module docstring)."""
-    modalities = [common.image_modality(preset), common.image_modality(preset, name="edges", role="aggregated")]
+    edges = {**common.image_modality(preset, name="edges", role="aggregated"), "loss_weight": EDGES_LOSS_WEIGHT}
+    modalities = [common.image_modality(preset), edges]
     trained = common.train(preset, modalities, seed, run_dir, transforms=[EDGES])
     ev = common.make_evaluator(trained.data, preset)
     print(f"  feature net: {ev.feature_net}")
