@@ -31,10 +31,15 @@ def metric_keys(preset: Preset) -> list[str]:
             "elbo_n", "feature_net_test_accuracy"]
 
 
+LOSS_WEIGHT = 0.1
+"""The representation head's weight in the training loss: its Gaussian NLL would otherwise outweigh the eps loss
+about four times over (digits, seed 0: joint FID 12.6 at weight 1, 7.0 at 0.1, consistency cosine unchanged)."""
+
+
 def representation_modality() -> dict[str, Any]:
     """The aggregated representation modality (the built-in frozen random conv extractor)."""
     return {"kind": "representation", "dim": DIM, "loss": "gaussian", "source": "image",
-            "builtin_extractor": "random_conv", "seed": 0, "weights": dict(common.WINDOWED)}
+            "builtin_extractor": "random_conv", "seed": 0, "weights": dict(common.WINDOWED), "loss_weight": LOSS_WEIGHT}
 
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
