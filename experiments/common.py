@@ -143,6 +143,21 @@ def _finished_run(run_dir: Path, config: Mapping[str, Any], steps: int) -> dict[
     return last if same and last.get("step") == steps else None
 
 
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ema: Any, cfg: Any, step: int,
+                   loss: torch.Tensor) -> None:
+    """One step of the recipe every run shares (the Trainer's): the scheduled lr, backward, gradient clipping at 1,
+    the optimiser step and the EMA update. For the baselines that train outside the Trainer."""
+    from mtd_core.training import lr_at
+
+    for group in opt.param_groups:
+        group["lr"] = lr_at(cfg, step)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    ema.update(model)
+
+
 def device_of(preset: Preset) -> torch.device:
     """The torch device of the preset ("auto": CUDA when available)."""
     if preset.device == "auto":

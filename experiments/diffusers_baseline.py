@@ -87,7 +87,7 @@ def train_unet(unet: torch.nn.Module, images: torch.Tensor, preset: Preset, seed
     EMA of the same decay (copied into ``unet`` at the end). Returns the wall time."""
     from diffusers import DDPMScheduler
 
-    from mtd_core.training import EMA, lr_at
+    from mtd_core.training import EMA
     from mtd_core.training.config import TrainConfig
 
     cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,
@@ -109,13 +109,7 @@ def train_unet(unet: torch.nn.Module, images: torch.Tensor, preset: Preset, seed
         eps = torch.randn(x0.shape, generator=g).to(dev)
         t = torch.randint(0, 1000, (len(x0),), generator=g).to(dev)
         loss = F.mse_loss(unet(scheduler.add_noise(x0, eps, t), t).sample.float(), eps)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.update(unet)
+        common.optimizer_step(unet, opt, ema, cfg, step, loss)
     ema.copy_to(unet)
     unet.eval()
     return time.perf_counter() - start

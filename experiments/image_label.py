@@ -52,7 +52,7 @@ def train_standalone_classifier(preset: Preset, data: Any, seed: int) -> tuple[A
     from mtd_core.data.derive import derive_batch, model_inputs
     from mtd_core.model import MultiTaskModel
     from mtd_core.taskset import TaskSet
-    from mtd_core.training import EMA, lr_at
+    from mtd_core.training import EMA
     from mtd_core.training.config import TrainConfig
 
     torch.manual_seed(seed)
@@ -81,13 +81,7 @@ def train_standalone_classifier(preset: Preset, data: Any, seed: int) -> tuple[A
         t = torch.randint(1, fp.T + 1, (len(idx),), generator=g).to(z0.device)
         z_t = fp.q_sample(z0, enc, t, torch.randn(z0.shape, generator=g).to(z0.device))
         loss = label.loss(model(z_t, t).preds["label"], batch["label"]).mean()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(model)
+        common.optimizer_step(model, opt, ema, cfg, step, loss)
     ema.copy_to(model)
     return model.eval(), time.perf_counter() - start
 
