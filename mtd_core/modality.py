@@ -302,6 +302,16 @@ class Modality(abc.ABC):
         """
         return self.encode(encoder, self.sample(pred, greedy=True))
 
+    def temper(self, pred: Any, temperature: float) -> Any:
+        """The prediction with its categorical probabilities at ``temperature`` (softmax(logits / temperature)).
+
+        Used by ``generate(..., encoding_temperature=...)``: below 1 the reverse process commits to one value
+        earlier instead of following the probability-weighted mixture of encodings. Default: a ConfigError, for
+        modalities whose predictions are not categorical; categorical ones (label, text) override it.
+        """
+        raise ConfigError(f"modality {self.name!r} ({self.kind}) has no encoding temperature: its predictions are not "
+                          "categorical (it does not override Modality.temper)")
+
     @abc.abstractmethod
     def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Turn a head prediction into data matching :meth:`data_spec` (``greedy``: the mode, else a draw)."""

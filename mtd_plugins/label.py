@@ -117,6 +117,10 @@ class LabelModality(Modality):
         probs = torch.softmax(logits.to(table.dtype), dim=1)
         return torch.einsum("bk,k...->b...", probs, table)
 
+    def temper(self, pred: Any, temperature: float) -> torch.Tensor:
+        """The logits divided by ``temperature`` (softmax(logits / temperature): sharper below 1)."""
+        return self._logits(pred) / temperature
+
     def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """The most probable class (greedy), else a draw from the categorical softmax(logits); int64 (B,)."""
         logits = self._logits(pred).detach().float()

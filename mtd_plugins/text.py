@@ -380,6 +380,10 @@ class TextModality(Modality):
         e = encoder.project(total / count)
         return rms_normalize(e) if self.role is Role.AGGREGATED else e
 
+    def temper(self, pred: Any, temperature: float) -> torch.Tensor:
+        """The logits divided by ``temperature`` (softmax(logits / temperature): sharper below 1)."""
+        return self._logits(pred) / temperature
+
     def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Token ids (B, max_len): the argmax (greedy) or a draw at every position; padding after the first EOS."""
         logits = self._logits(pred).detach().float()

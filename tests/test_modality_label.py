@@ -36,6 +36,16 @@ def test_predicted_encoding_is_probability_weighted_embedding(built: tuple) -> N
     torch.testing.assert_close(m.predicted_encoding(enc, logits), expected)
 
 
+def test_a_low_temperature_commits_the_predicted_encoding_to_the_most_probable_class(built: tuple) -> None:
+    m, enc = built
+    logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(m.predicted_encoding(enc, m.temper(logits, 1.0)), m.predicted_encoding(enc, logits))
+    torch.testing.assert_close(m.predicted_encoding(enc, m.temper(logits, 1e-4)), m.encode(enc, logits.argmax(1)))
+    sharp = m.temper(logits, 0.5).softmax(1)
+    assert torch.all(sharp.max(1).values > logits.softmax(1).max(1).values)  # sharper, same mode
+    assert torch.equal(sharp.argmax(1), logits.argmax(1))
+
+
 def test_loss_is_cross_entropy_per_example(built: tuple) -> None:
     m, _ = built
     logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(2))

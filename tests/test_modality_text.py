@@ -120,6 +120,18 @@ def test_certain_prediction_encodes_like_the_data(text: TextModality) -> None:
     torch.testing.assert_close(text.predicted_encoding(enc, logits), text.encode(enc, ids))
 
 
+def test_a_low_temperature_encodes_the_most_probable_tokens(text: TextModality) -> None:
+    torch.manual_seed(0)
+    enc = text.build_encoder(LATENT)
+    ids = text.tokenize(["a bright thick three", "a one"])
+    logits = 3 * F.one_hot(ids, text.vocab).float() + torch.randn(2, 12, text.vocab, generator=torch.Generator().manual_seed(1))
+    ids_hat = logits.argmax(-1)
+    assert not torch.allclose(text.predicted_encoding(enc, logits), text.encode(enc, ids_hat))
+    torch.testing.assert_close(text.predicted_encoding(enc, text.temper(logits, 1e-4)), text.encode(enc, ids_hat))
+    with pytest.raises(ModalityDataError, match=r"modality 'text' \(text\): expected logits of shape"):
+        text.temper(torch.zeros(2, 5), 0.5)
+
+
 def test_sampling_pads_after_eos(text: TextModality) -> None:
     logits = torch.zeros(1, 12, text.vocab)
     logits[0, :, 5] = 5.0

@@ -101,6 +101,11 @@ class UndocumentedOption(Scalar):
     Config = SilentConfig
 
 
+class WarmTemper(Scalar):
+    def temper(self, pred: Any, temperature: float) -> Any:
+        return pred + 1.0  # temperature 1 should leave the prediction as it is
+
+
 class Abstract(Modality):
     kind = "abstract"
 
@@ -114,6 +119,7 @@ class Abstract(Modality):
     (RaisingHead, {}, "build_head", "raised RuntimeError: head exploded"),
     (LossyConfig, {"scale": 2.0}, "config round-trip", "differences in ['Config']"),
     (UndocumentedOption, {}, "Config documented", "undocumented ['mystery']"),
+    (WarmTemper, {}, "temper(pred, 1) leaves predicted_encoding unchanged", "expected the same encoding"),
     (Abstract, {}, "class", "abstract methods ['data_spec', 'loss', 'sample']"),
 ])
 def test_each_bug_is_one_precise_problem(cls: type[Modality], options: dict, check: str, detail: str) -> None:

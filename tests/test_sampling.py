@@ -173,6 +173,55 @@ def test_replace_keeps_the_networks_z0_estimate_and_steps_with_the_true_encoding
     assert torch.allclose(res.z_prev, want, atol=1e-4)
 
 
+def test_encoding_temperature_tempers_only_the_encodings_of_the_step():
+    model = tiny_model()
+    fp = model.forward_process.respace(respaced_timesteps(T, 10))
+    z_t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    k = 6  # inside the label's window: lambda_t > 0
+    soft = ModelDenoiser(model, fp, {})(z_t, k)
+    cold = ModelDenoiser(model, fp, {}, temperature={"label": 1e-4})(z_t, k)
+    assert torch.equal(cold.eps, soft.eps) and torch.equal(cold.preds["label"], soft.preds["label"])
+    hard = model.predicted_encodings({"label": 1e4 * F.one_hot(soft.preds["label"].argmax(1), 10).float()})
+    torch.testing.assert_close(cold.enc["label"], hard["label"])
+    assert not torch.allclose(soft.enc["label"], hard["label"])
+
+
+def test_generate_with_an_encoding_temperature_changes_the_trajectory_not_the_contract():
+    model = tiny_model()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    base = generate(model, n=3, steps=5, generator=g(), progress=False)
+    cold = generate(model, n=3, steps=5, generator=g(), progress=False, encoding_temperature={"label": 0.05})
+    same = generate(model, n=3, steps=5, generator=g(), progress=False, encoding_temperature={"label": 1.0})
+    assert torch.equal(same.samples["image"], base.samples["image"])
+    assert not torch.equal(cold.samples["image"], base.samples["image"])
+    assert torch.equal(cold.samples["label"], cold.predictions["label"].argmax(1))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n=2, encoding_temperature={"labels": 0.5}), r"'labels', which is not a generated aggregated modality "
+                                                      r"\(did you mean 'label'\?\); those are \['label'\]"),
+    (dict(n=2, encoding_temperature={"image": 0.5}), r"'image', which is not a generated aggregated modality"),
+    (dict(given={"label": torch.tensor([1])}, encoding_temperature={"label": 0.5}), r"those are \[\]"),
+    (dict(n=2, encoding_temperature={"label": 0.0}), r"encoding_temperature\['label'\] must be a positive finite"),
+    (dict(n=2, encoding_temperature={"label": float("inf")}), r"must be a positive finite number, got inf"),
+    (dict(given={"image": torch.zeros(1, 1, 8, 8)}, encoding_temperature={"label": 0.5}),
+     r"encoding_temperature needs a reverse process"),
+])
+def test_encoding_temperature_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        generate(tiny_model(), progress=False, **kwargs)
+
+
+def test_encoding_temperature_of_a_non_categorical_modality_is_refused():
+    config = {"modalities": [{"kind": "image", "role": "base", "size": 8},
+                             {"kind": "image", "name": "edges", "role": "aggregated", "size": 8}],
+              "diffusion": {"kind": "linear", "T": T}}
+    model = MultiTaskModel(TaskSet.from_config(config), "unet", UNET)
+    with pytest.raises(ConfigError, match=r"modality 'edges' \(image\) has categorical predictions only if it "
+                                          r"overrides Modality.temper"):
+        generate(model, n=1, progress=False, encoding_temperature={"edges": 0.5})
+
+
 def test_unknown_conditioning_is_a_config_error():
     with pytest.raises(ConfigError, match="conditioning must be one of"):
         generate(oracle(), n=4, conditioning="paste", progress=False)

@@ -44,6 +44,9 @@ def register(subparsers: Any) -> None:
                         "guidance at this scale; e.g. 3)")
     p.add_argument("--conditioning", choices=("replace", "inject"), default="replace",
                    help="how given modalities enter each step (default replace; see docs/sampling.md)")
+    p.add_argument("--encoding-temperature", action="append", default=[], metavar="NAME=TAU",
+                   help="temper a generated label's (or caption's) probabilities behind its encoding in every "
+                        "step (repeatable), e.g. --encoding-temperature label=0.125 (see docs/sampling.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
@@ -149,6 +152,21 @@ def to_npz_arrays(taskset: Any, samples: dict[str, Any]) -> dict[str, np.ndarray
     return out
 
 
+def parse_temperatures(items: list[str]) -> dict[str, float]:
+    """``--encoding-temperature NAME=TAU`` options as a mapping (generate checks the names and values)."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            out[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"--encoding-temperature {item!r}: expected NAME=TAU with a number TAU, e.g. "
+                              "label=0.125") from None
+    return out
+
+
 @handle_errors("sample")
 def main(args: argparse.Namespace) -> int:
     """Run ``mtd sample``."""
@@ -172,7 +190,8 @@ def main(args: argparse.Namespace) -> int:
         guidance = GuidanceConfig(modality=target, target=given[target], scale=args.guidance)
     g = torch.Generator(args.device).manual_seed(args.seed)
     out = generate(model, n=total, given=given or None, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                   guidance=guidance, generator=g, progress=True, conditioning=args.conditioning)
+                   guidance=guidance, generator=g, progress=True, conditioning=args.conditioning,
+                   encoding_temperature=parse_temperatures(args.encoding_temperature))
     samples = dict(out.samples)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -234,6 +234,11 @@ def _role_checks(cls: type[Modality], role: Role, options: Mapping[str, Any], la
              isinstance(enc_hat, torch.Tensor) and tuple(enc_hat.shape) == (B, *latent.shape),
              f"shape {(B, *latent.shape)}", _shape(enc_hat))
     c.expect("predicted_encoding finite", _finite(enc_hat), "finite values", "NaN or infinity")
+    if type(m).temper is not Modality.temper:  # a categorical modality: temperature 1 must change nothing
+        warm = c.run("temper", lambda: m.predicted_encoding(encoder, m.temper(pred, 1.0)))
+        c.expect("temper(pred, 1) leaves predicted_encoding unchanged",
+                 isinstance(warm, torch.Tensor) and isinstance(enc_hat, torch.Tensor) and warm.shape == enc_hat.shape
+                 and torch.allclose(warm, enc_hat, atol=1e-5), "the same encoding", "a different one")
 
     # gradients reach the trainable parts
     def backward() -> None:

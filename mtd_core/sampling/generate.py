@@ -3,7 +3,8 @@
 ``given`` maps observed modality names to data; every other modality is generated. Three modes follow:
 
     joint        nothing given. Reverse diffusion from z_K ~ N(0, I); every step uses E_i(xhat_i) of every head's
-                 prediction. The base comes from z_0, each aggregated modality from its head at the last step.
+                 prediction (``encoding_temperature`` sharpens a categorical head's probabilities there). The
+                 base comes from z_0, each aggregated modality from its head at the last step.
     conditional  some aggregated modalities given, the base not. Their part sum_j lambda_t^(j) E_j(x_j) of z_t is
                  known exactly. Two ways to use it (``conditioning``):
                  "replace" (default): z_0 is estimated from the network's own decomposition of z_t (its eps and
@@ -80,13 +81,22 @@ class ModelDenoiser:
         observed: aggregated name -> true encoding E_j(x_j) of every observed aggregated modality.
         guidance: (guiding modality, its target batch, scale), or None.
         conditioning: how observed encodings enter a step, "replace" or "inject" (see the module docstring).
+        temperature: generated modality name -> the temperature of its head's probabilities behind E_i(xhat_i)
+            (``Modality.temper``); the predictions returned in each StepPrediction stay untempered.
     """
 
     def __init__(self, model: Any, fp: ForwardProcess, observed: Mapping[str, torch.Tensor],
-                 guidance: tuple[Modality, torch.Tensor, float] | None = None, conditioning: str = "replace") -> None:
+                 guidance: tuple[Modality, torch.Tensor, float] | None = None, conditioning: str = "replace",
+                 temperature: Mapping[str, float] | None = None) -> None:
         _check_conditioning(conditioning)
         self.model, self.fp, self.observed, self.guidance = model, fp, dict(observed), guidance
-        self.conditioning = conditioning
+        self.conditioning, self.temperature = conditioning, dict(temperature or {})
+
+    def _encodings(self, preds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """E_i(xhat_i) of the given predictions, tempered where asked."""
+        tempered = {n: self.model.taskset[n].temper(p, self.temperature[n]) if n in self.temperature else p
+                    for n, p in preds.items()}
+        return self.model.predicted_encodings(tempered)
 
     def __call__(self, z: torch.Tensor, k: int) -> StepPrediction:
         t = self.fp.timesteps[k].to(z.device).expand(z.shape[0])
@@ -98,11 +108,11 @@ class ModelDenoiser:
             eps, preds = out.eps.to(z.dtype), out.preds
         if not self.observed or self.conditioning == "inject":
             generated = {n: p for n, p in preds.items() if n not in self.observed}
-            enc = {n: e.to(z.dtype) for n, e in self.model.predicted_encodings(generated).items()}
+            enc = {n: e.to(z.dtype) for n, e in self._encodings(generated).items()}
             return StepPrediction(eps=eps, enc={**enc, **self.observed}, preds=preds)
         # replace: z_t = sqrt(abar) z0_hat + sum_i lambda_i E_i(xhat_i) + sqrt(1 - abar) eps as the network sees it;
         # swapping the observed E_j(xhat_j) for the true E_j leaves z0_hat unchanged and steps with the truth.
-        enc = {n: e.to(z.dtype) for n, e in self.model.predicted_encodings(preds).items()}
+        enc = {n: e.to(z.dtype) for n, e in self._encodings(preds).items()}
         delta = {n: self.observed[n] - e if n in self.observed else torch.zeros_like(e) for n, e in enc.items()}
         z_t = z + self.fp.injected(delta, k, z)
         return StepPrediction(eps=eps, enc={**enc, **self.observed}, preds=preds, z_t=z_t)
@@ -123,6 +133,7 @@ def generate(
     read_t: float | Sequence[float] = DEFAULT_READ_T,
     variance: str | None = None,
     conditioning: str = "replace",
+    encoding_temperature: Mapping[str, float] | None = None,
 ) -> GenerationOutput:
     """Generate every modality not in ``given`` (see the module docstring for the three modes).
 
@@ -145,6 +156,11 @@ def generate(
         conditioning: conditional mode only: "replace" (default) or "inject" (see the module docstring). A
             stochastic sampler (``"ddpm"``, or ``"ddim"`` with eta > 0) lets replacement correct itself across steps
             and restores image-shaped conditions much better than deterministic DDIM (docs/sampling.md).
+        encoding_temperature: generated categorical modality name -> temperature of its head's probabilities
+            behind E_i(xhat_i) in every reverse step (``Modality.temper``). Below 1 the trajectory commits to one
+            class (or token) earlier instead of following the probability-weighted mixture of encodings, which
+            made jointly generated images and labels agree more on the digits (docs/sampling.md). Not in
+            readout mode; the returned samples and predictions are the heads' own.
     """
     modalities: dict[str, Modality] = model.taskset.modalities
     given = dict(given or {})
@@ -154,6 +170,7 @@ def generate(
 
     base = model.taskset.base
     mode = "readout" if base is not None and base.name in given else ("conditional" if given else "joint")
+    temperature = _check_temperature(modalities, given, mode, encoding_temperature)
     if mode == "readout" and guidance is not None:
         raise ConfigError("generate: guidance needs a reverse process; it does not apply when the base is given")
     guide = None
@@ -170,7 +187,7 @@ def generate(
                 z0, predictions = _readout(model, z0, observed, read_t, generator)
             else:
                 z0, predictions = _reverse(model, B, observed, sampler, steps, eta, variance, guide, generator,
-                                           callback, progress, dev, conditioning)
+                                           callback, progress, dev, conditioning, temperature)
     finally:
         model.train(was_training)
 
@@ -209,6 +226,26 @@ def _check_arguments(model: Any, given: dict[str, Any], sampler: str, eta: float
     return dev
 
 
+def _check_temperature(modalities: dict[str, Modality], given: dict[str, Any], mode: str,
+                       temperature: Mapping[str, float] | None) -> dict[str, float]:
+    """The encoding temperatures, checked: generated aggregated modalities that support one, values in (0, inf)."""
+    temperature = dict(temperature or {})
+    if temperature and mode == "readout":
+        raise ConfigError("generate: encoding_temperature needs a reverse process; it does not apply when the base "
+                          "is given")
+    for name, tau in temperature.items():
+        if name not in modalities or modalities[name].role is not Role.AGGREGATED or name in given:
+            generated = [n for n, m in modalities.items() if m.role is Role.AGGREGATED and n not in given]
+            raise ConfigError(f"generate: encoding_temperature names {name!r}, which is not a generated aggregated "
+                              f"modality{closest(name, generated)}; those are {generated}")
+        if type(modalities[name]).temper is Modality.temper:
+            raise ConfigError(f"generate: encoding_temperature: modality {name!r} ({modalities[name].kind}) has "
+                              "categorical predictions only if it overrides Modality.temper; it does not")
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < float("inf"):
+            raise ConfigError(f"generate: encoding_temperature[{name!r}] must be a positive finite number, got {tau!r}")
+    return {n: float(t) for n, t in temperature.items()}
+
+
 def _observed_data(modalities: dict[str, Modality], given: dict[str, Any], n: int | None,
                    generator: torch.Generator | None) -> tuple[dict[str, torch.Tensor], int]:
     """The given data as tensors (raw values such as caption strings go through the modality's ``derive``) and
@@ -241,7 +278,7 @@ def _observed_data(modalities: dict[str, Modality], given: dict[str, Any], n: in
 def _reverse(model: Any, B: int, observed: dict[str, torch.Tensor], sampler: str, steps: int, eta: float,
              variance: str | None, guide: tuple[Modality, torch.Tensor, float] | None,
              generator: torch.Generator | None, callback: Callback | None, progress: bool, dev: torch.device,
-             conditioning: str) -> tuple[torch.Tensor, dict[str, Any]]:
+             conditioning: str, temperature: Mapping[str, float]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Joint or conditional generation: the sampler from z_K down to z_0 on the respaced process."""
     full = model.forward_process
     try:
@@ -252,7 +289,7 @@ def _reverse(model: Any, B: int, observed: dict[str, torch.Tensor], sampler: str
     # The observed modalities' part of z_K (lambda_T is ~0 by validation; kept for exactness).
     zeros = {name: torch.zeros_like(z) for name in fp.names if name not in observed}
     z = z + fp.injected({**zeros, **observed}, fp.T, z)
-    denoise = ModelDenoiser(model, fp, observed, guide, conditioning)
+    denoise = ModelDenoiser(model, fp, observed, guide, conditioning, temperature)
     options: dict[str, Any] = {"eta": eta} if sampler == "ddim" else {"variance": variance or "beta_tilde"}
     out = SAMPLERS[sampler](denoise, z, fp, generator=generator, callback=callback, progress=progress, **options)
     predictions = {n: p for n, p in out.last.preds.items() if n not in observed}
