@@ -429,7 +429,7 @@ def render(runs: Sequence[Run], assets: Path, link_prefix: str) -> str:
         not_run = [e for e in EXPERIMENTS if e not in by_exp]
         if not_run:
             parts.append("Settings not run at this preset: " + ", ".join(f"`{e}`" for e in not_run) + ".\n")
-        curves = {f"{TITLES[e]} (mean of {len(by_exp[e])} seeds)": mean_curve(by_exp[e])
+        curves = {f"{TITLES[e]} (mean of {len(by_exp[e])} seed{'s' * (len(by_exp[e]) > 1)})": mean_curve(by_exp[e])
                   for e in ("single_task", "masked_image") if e in by_exp and mean_curve(by_exp[e])}
         if curves:
             png = plot_curves(curves, assets / f"{preset}_learning_curve.png", f"preset {preset}")
