@@ -118,6 +118,7 @@ def test_rescoring_the_elbo_with_the_same_protocol_reproduces_it(smoke_results: 
     assert after["metrics"]["elbo_bpd"] == new["elbo_bpd"] and "elbo_rescored_utc" in after["protocol"]
 
 
+@pytest.mark.filterwarnings("ignore:FID.*rank-deficient")  # FID at n=24 < 64 feature dims warns, as it should
 def test_reuse_evaluates_the_finished_run_without_training(smoke_results: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     from experiments import image_label
