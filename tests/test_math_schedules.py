@@ -172,7 +172,9 @@ def test_respaced_timesteps_are_increasing_and_end_at_T(T: int, data: st.DataObj
         assert (ts[1:] > ts[:-1]).all()
     with pytest.raises(ScheduleError, match=rf"steps must be in 1..{T}"):
         respaced_timesteps(T, T + 1)
-    with pytest.raises(ScheduleError, match="'uniform' or 'quad'"):
+    leading = respaced_timesteps(T, steps, "leading")  # diffusers' DDIMScheduler spacing, shifted to 1..T
+    assert leading.tolist() == [1 + k * (T // steps) for k in range(steps)] and int(leading[-1]) <= T
+    with pytest.raises(ScheduleError, match=r"kind must be one of \['uniform', 'quad', 'leading'\], got 'log'"):
         respaced_timesteps(T, steps, "log")
 
 

@@ -238,6 +238,14 @@ def test_the_network_sees_the_original_respaced_timesteps_in_order():
     assert torch.allclose(steps[0].z0_hat, model.z0, atol=2e-4)
 
 
+@pytest.mark.parametrize("spacing", ["leading", "quad"])
+def test_spacing_chooses_the_timesteps_the_network_sees(spacing):
+    model = oracle()
+    out = generate(model, n=4, steps=7, spacing=spacing, progress=False)
+    assert [t[0].item() for t in model.seen_t] == respaced_timesteps(T, 7, spacing).flip(0).tolist()
+    assert torch.allclose(out.samples["image"], model.z0.clamp(-1, 1), atol=2e-4)  # the oracle's DDIM is exact anyway
+
+
 def test_readout_reads_the_heads_at_a_small_t_and_returns_the_base_unchanged():
     model = oracle(wrong_head=True)
     image = model.z0.clone()
@@ -344,7 +352,8 @@ def test_guidance_errors():
     (dict(n=2, variance="beta"), ConfigError, r"variance applies to the 'ddpm' sampler only"),
     (dict(n=2, sampler="ddpm", variance="sigma"), ConfigError, r"variance must be one of \('beta', 'beta_tilde'\)"),
     (dict(n=2, eta=1.5), ConfigError, r"eta must lie in \[0, 1\]"),
-    (dict(n=2, steps=0), ConfigError, r"steps = 0: respacing: steps must be in 1..100"),
+    (dict(n=2, steps=0), ConfigError, r"steps = 0, spacing = 'uniform': respacing: steps must be in 1..100"),
+    (dict(n=2, spacing="trailing"), ConfigError, r"spacing = 'trailing': respacing: kind must be one of"),
     (dict(n=2, steps=101), ConfigError, r"steps = 101"),
     (dict(given={"labels": torch.tensor([1])}), ConfigError, r"unknown modality 'labels' \(did you mean 'label'\?\)"),
     (dict(n=3, given={"label": torch.tensor([1, 2])}), ConfigError, r"n = 3 but the given data has 2 examples"),

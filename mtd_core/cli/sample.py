@@ -39,6 +39,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="reverse sampler (default ddim)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise level (default 0: deterministic)")
+    p.add_argument("--spacing", choices=("uniform", "leading", "quad"), default="uniform",
+                   help="where the sampler steps fall (default uniform: evenly from T to 1; leading: as diffusers' "
+                        "DDIMScheduler)")
     p.add_argument("--guidance", type=float, default=0.0, metavar="SCALE",
                    help="also steer towards the given label with the model's own label head (classifier "
                         "guidance at this scale; e.g. 3)")
@@ -191,7 +194,7 @@ def main(args: argparse.Namespace) -> int:
     g = torch.Generator(args.device).manual_seed(args.seed)
     out = generate(model, n=total, given=given or None, sampler=args.sampler, steps=args.steps, eta=args.eta,
                    guidance=guidance, generator=g, progress=True, conditioning=args.conditioning,
-                   encoding_temperature=parse_temperatures(args.encoding_temperature))
+                   encoding_temperature=parse_temperatures(args.encoding_temperature), spacing=args.spacing)
     samples = dict(out.samples)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

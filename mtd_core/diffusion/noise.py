@@ -182,16 +182,23 @@ def _check_timesteps(timesteps: Sequence[int] | torch.Tensor, T: int) -> torch.T
     return ts
 
 
+RESPACINGS = ("uniform", "quad", "leading")
+
+
 def respaced_timesteps(T: int, steps: int, kind: str = "uniform") -> torch.Tensor:
-    """``steps`` timesteps in 1..T, always including T: evenly spaced ("uniform") or quadratic ("quad")."""
+    """``steps`` increasing timesteps in 1..T: evenly spaced from 1 to T ("uniform"), quadratic from 1 to T
+    ("quad"), or every T // steps from 1 up, so that the first reverse step is below T ("leading", diffusers'
+    DDIMScheduler default)."""
     if not 1 <= steps <= T:
         raise ScheduleError(f"respacing: steps must be in 1..{T}, got {steps}")
+    if kind == "leading":
+        return torch.arange(steps, dtype=torch.long) * (T // steps) + 1
     if kind == "uniform":
         ts = torch.linspace(T, 1, steps, dtype=torch.float64).round().long().flip(0)
     elif kind == "quad":
         ts = (torch.linspace(math.sqrt(T), 1, steps, dtype=torch.float64) ** 2).round().long().flip(0)
     else:
-        raise ScheduleError(f"respacing: kind must be 'uniform' or 'quad', got {kind!r}")
+        raise ScheduleError(f"respacing: kind must be one of {list(RESPACINGS)}, got {kind!r}")
     ts = torch.unique(ts)
     if ts.numel() != steps:  # rounding merged a few steps: fall back to integer spacing
         ts = torch.unique(torch.linspace(1, T, steps).round().long())
