@@ -61,6 +61,48 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     assert sorted(p.name for p in (tmp_path / "ddp" / "samples").iterdir()) == ["step_00000004.png"]
 
 
+NAN_ON_ONE_RANK = """
+import sys
+import torch
+from mtd_core.model import DenoiserOutput
+from mtd_core.tomlio import loads_toml
+from mtd_core.training import NonFiniteLossError, RunConfig, Trainer, build_run, init_distributed
+
+cfg = RunConfig.from_dict(loads_toml(open(sys.argv[1]).read()))
+ctx = init_distributed("cpu")
+run = build_run(cfg)
+trainer = Trainer(run.model, run.data, cfg.trainer, sys.argv[2], run_config=run.config.to_dict(), dist=ctx)
+calls = [0]
+
+def poison(module, inputs, output):
+    calls[0] += 1
+    if ctx.rank == 1 and calls[0] == 3:
+        return DenoiserOutput(eps=output.eps * float("nan"), preds=output.preds)
+    return output
+
+run.model.register_forward_hook(poison)
+try:
+    trainer.fit()
+except NonFiniteLossError as e:
+    print(f"rank {ctx.rank} stopped at step {trainer.step}: {str(e).splitlines()[0]}")
+"""
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_without_a_hang(tmp_path: Path) -> None:
+    cfg_path, script = tmp_path / "c.toml", tmp_path / "nan_on_one_rank.py"
+    cfg_path.write_text(dumps_toml(CONFIG))
+    script.write_text(NAN_ON_ONE_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), str(cfg_path), str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rank 1 stopped at step 2: training stopped at step 3: the loss is nan" in proc.stdout, proc.stdout
+    assert ("rank 0 stopped at step 2: training stopped at step 3: the loss is not finite on another process"
+            in proc.stdout), proc.stdout
+
+
 def test_single_process_context_without_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
     from mtd_core.training.distributed import DistContext, device_for, init_distributed
 

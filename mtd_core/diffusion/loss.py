@@ -12,6 +12,7 @@ which trains every head across noise levels; the ELBO itself reads them at t = 1
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 
@@ -28,10 +29,24 @@ LOSS_KINDS = ("simple", "vlb")
 
 @attrs.frozen
 class LossOutput:
-    """The scalar loss to minimise and its parts (detached batch means, for logging)."""
+    """The scalar loss to minimise and its parts.
+
+    Args:
+        loss: the scalar to minimise.
+        parts: each term's detached batch mean, a 0-d tensor on the loss's device. Kept as tensors so that a
+            training step forces no host-device synchronisation per term; read them as floats with ``terms``.
+    """
 
     loss: torch.Tensor
-    terms: dict[str, float]
+    parts: dict[str, torch.Tensor]
+
+    @property
+    def terms(self) -> dict[str, float]:
+        """The parts as floats, read in one host-device synchronisation (for logging)."""
+        if not self.parts:
+            return {}
+        dtype = functools.reduce(torch.promote_types, (v.dtype for v in self.parts.values()))
+        return dict(zip(self.parts, torch.stack([v.to(dtype) for v in self.parts.values()]).tolist()))
 
 
 def training_loss(
@@ -88,4 +103,4 @@ def training_loss(
         terms[name] = nll
         total = total + m.loss_weight * nll
     loss = total.mean()
-    return LossOutput(loss=loss, terms={k: float(v.detach().mean()) for k, v in terms.items()})
+    return LossOutput(loss=loss, parts={k: v.detach().mean() for k, v in terms.items()})

@@ -59,6 +59,12 @@ class DistContext:
         dist.all_reduce(t)
         return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
 
+    def all_max(self, t: torch.Tensor) -> torch.Tensor:
+        """The elementwise maximum of ``t`` over all ranks, in place; no host-device synchronisation."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
+
     def any(self, flag: bool) -> bool:
         """True if ``flag`` is true on any rank (e.g. a stop signal that only one rank received)."""
         if not self.enabled:

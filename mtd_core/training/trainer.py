@@ -248,27 +248,30 @@ class Trainer:
             group["lr"] = lr_at(cfg, n)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             out = self.loss_module(batch, t, eps)
-        # checked on every rank before backward, so no rank is left waiting in a gradient all-reduce
-        if self.dist.any(not bool(torch.isfinite(out.loss.detach()))):
-            self._diverged(out, float("nan"))
         out.loss.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-        if not math.isfinite(grad_norm):  # the same on every rank: gradients are already averaged
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros((), device=self.device)
+        # One host-device synchronisation per step, after backward so that every rank reaches the gradient
+        # all-reduce: whether the loss is finite on every rank, and the gradient norm (the same on every rank).
+        loss_bad, norm_bad, grad_norm = self.dist.all_max(torch.stack([
+            (~torch.isfinite(out.loss.detach())).float(), (~torch.isfinite(norm)).float(), norm.float()])).tolist()
+        if loss_bad or norm_bad:  # the update of this step is discarded
             self.optimizer.zero_grad(set_to_none=True)
-            self._diverged(out, grad_norm)
+            self._diverged(out, grad_norm, loss_bad=bool(loss_bad))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
         return out, grad_norm
 
-    def _diverged(self, out: LossOutput, grad_norm: float) -> None:
+    def _diverged(self, out: LossOutput, grad_norm: float, *, loss_bad: bool) -> None:
         terms = ", ".join(f"{k}={v:.4g}" for k, v in out.terms.items())
         where = (f"the last good checkpoint is {self.last_checkpoint} (continue from it with --resume)"
                  if self.last_checkpoint is not None else "no checkpoint was saved yet")
-        what = (f"the loss is {float(out.loss.detach()):.4g}" if not math.isfinite(float(out.loss.detach()))
+        loss = float(out.loss.detach())
+        what = (f"the loss is {loss:.4g}" if not math.isfinite(loss)
+                else "the loss is not finite on another process" if loss_bad
                 else f"the gradient norm is {grad_norm}")
         raise NonFiniteLossError(
             f"training stopped at step {self.step + 1}: {what} (terms: {terms}).\n"
