@@ -88,7 +88,7 @@ class ForwardProcess:
             raise ScheduleError(
                 f"t must be a scalar or have shape ({z.shape[0]},) (the batch size), got {tuple(t.shape)}"
             )
-        if (t < 0).any() or (t > self.T).any():
+        if bool(((t < 0) | (t > self.T)).any()):
             raise ScheduleError(f"t must lie in 0..{self.T}, got values in [{int(t.min())}, {int(t.max())}]")
         return t
 
