@@ -235,9 +235,10 @@ def ddim_pipeline(unet: UNet2DModel, num_train_timesteps: int = 1000) -> DDIMPip
     return pipe
 
 
-def sample_ddim(pipe: DDIMPipeline, batch: int, steps: int, generator: torch.Generator | None) -> torch.Tensor:
-    """``batch`` images from ``steps`` DDIM steps (eta = 0), returned as a tensor (no PIL conversion)."""
-    return pipe(batch_size=batch, generator=generator, num_inference_steps=steps, eta=0.0, output_type="pt").images
+def sample_ddim(pipe: DDIMPipeline, batch: int, steps: int, generator: torch.Generator | None,
+                eta: float = 0.0) -> torch.Tensor:
+    """``batch`` images from ``steps`` DDIM steps, returned as a tensor in [0, 1] (no PIL conversion)."""
+    return pipe(batch_size=batch, generator=generator, num_inference_steps=steps, eta=eta, output_type="pt").images
 
 
 __all__ = [

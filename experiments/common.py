@@ -259,6 +259,31 @@ def distribution_metrics(ev: Evaluator, images: torch.Tensor, prefix: str = "") 
             "feature_net_test_accuracy": float(ev.feature_net.test_accuracy)}
 
 
+STOCHASTIC = "eta1_"
+"""Prefix of the metrics of samples drawn with DDIM eta 1 (the protocol's own sampler is DDIM eta 0)."""
+STOCHASTIC_KEYS = [f"{STOCHASTIC}{k}" for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "n_generated")]
+
+
+def stochastic_metrics(ev: Evaluator, model: Any, preset: Preset, seed: int) -> dict[str, float]:
+    """:func:`distribution_metrics` (and, with a label modality, the joint coherence) of ``preset.n_samples``
+    samples of the same seed drawn with DDIM eta 1, keys prefixed ``eta1_``.
+
+    Every experiment reports them next to its deterministic eta-0 samples: a jointly generated aggregated modality
+    (or a condition) enters every step, and only a stochastic sampler lets the network correct the trajectory it
+    set (experiments/notes/cpu.md).
+    """
+    from mtd_core.metrics import joint_coherence
+
+    samples = generate_batched(model, preset, n=preset.n_samples, seed=seed, eta=1.0)
+    base = model.taskset.base.name
+    metrics = distribution_metrics(ev, samples[base], prefix=STOCHASTIC)
+    if "label" in samples:
+        jc = joint_coherence(ev.feature_net, samples[base], samples["label"])
+        print(f"  {STOCHASTIC}{jc}")
+        metrics[f"{STOCHASTIC}joint_coherence"] = jc.accuracy
+    return metrics
+
+
 def elbo_bits_per_dim(model: Any, data: Any, preset: Preset, seed: int) -> dict[str, float]:
     """The multi-modal ELBO in bits/dim on a seeded test subsample of ``preset.elbo_n`` examples."""
     from mtd_core.cli.eval import evaluate_elbo
@@ -345,7 +370,8 @@ def base_protocol(preset: Preset, trained: Trained, ev: Evaluator) -> dict[str, 
     """The protocol entries every experiment shares."""
     return {"dataset": preset.dataset["name"], "steps": trained.steps, "batch_size": preset.batch_size,
             "lr": preset.lr, "backbone": dict(preset.backbone), "parameters": count_parameters(trained.model),
-            "sampler": preset.sampler, "sampler_steps": preset.sampler_steps, "n_samples": preset.n_samples,
+            "sampler": f"{preset.sampler} eta 0", "sampler_steps": preset.sampler_steps, "n_samples": preset.n_samples,
+            f"{STOCHASTIC}metrics": f"the same {preset.n_samples} samples' seed, {preset.sampler} eta 1",
             "conditional_generation": f"{preset.sampler} eta {preset.cond_eta:g}, replacement conditioning",
             "train_wall_s": trained.train_wall_s, "final_loss": trained.final_loss,
             "weights": "EMA", **ev.protocol()}

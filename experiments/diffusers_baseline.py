@@ -2,7 +2,8 @@
 schedule, gradient clipping and EMA as mtd's single-task run, with a parameter count within 10% of ours (the
 structure mirrors our U-Net; benchmarks/_diffusers_baseline.py searches the width and blocks per level).
 
-Sampling uses diffusers' DDIMPipeline (eta = 0) with the preset's number of steps; the ELBO is the same bound as
+Sampling uses diffusers' DDIMPipeline (eta = 0, and again with eta = 1 for the ``eta1_`` metrics, as every
+experiment) with the preset's number of steps; the ELBO is the same bound as
 ours (fixed variance beta_t; diffusers' timestep index k is our t = k + 1). diffusers is the optional extra
 ``bench``; without it this experiment stops with the install command.
 
@@ -30,7 +31,7 @@ NAME = "diffusers_baseline"
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
     return ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "elbo_bpd", "elbo_bpd_se", "elbo_n",
-            "feature_net_test_accuracy", "params_ours", "params_diffusers", "param_ratio"]
+            "feature_net_test_accuracy", "params_ours", "params_diffusers", "param_ratio", *common.STOCHASTIC_KEYS]
 
 
 def _baseline_module() -> Any:
@@ -140,14 +141,19 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     ev = common.make_evaluator(data, preset)
     print(f"  feature net: {ev.feature_net}")
     pipe = bl.ddim_pipeline(unet)
-    g = torch.Generator(dev).manual_seed(seed)
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, preset.n_samples, preset.eval_batch):
-            b = min(preset.eval_batch, preset.n_samples - start)
-            chunks.append(bl.sample_ddim(pipe, b, preset.sampler_steps, g).cpu() * 2 - 1)
-    images = torch.cat(chunks).clamp(-1, 1)
+
+    def sample(eta: float) -> torch.Tensor:
+        g = torch.Generator(dev).manual_seed(seed)
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, preset.n_samples, preset.eval_batch):
+                b = min(preset.eval_batch, preset.n_samples - start)
+                chunks.append(bl.sample_ddim(pipe, b, preset.sampler_steps, g, eta).cpu() * 2 - 1)
+        return torch.cat(chunks).clamp(-1, 1)
+
+    images = sample(0.0)
     metrics = common.distribution_metrics(ev, images)
+    metrics.update(common.distribution_metrics(ev, sample(1.0), prefix=common.STOCHASTIC))
     metrics.update(common.elbo_bits_per_dim(DiffusersDenoiser(unet, taskset), data, preset, seed))
     metrics.update({"params_ours": float(params_ours), "params_diffusers": float(match.params),
                     "param_ratio": float(match.ratio)})
@@ -158,6 +164,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     protocol = {"dataset": preset.dataset["name"], "steps": preset.steps, "batch_size": preset.batch_size,
                 "lr": preset.lr, "unet2d": match.spec.to_dict(), "parameters": match.params,
                 "sampler": "diffusers DDIMPipeline (eta 0)", "sampler_steps": preset.sampler_steps,
+                f"{common.STOCHASTIC}metrics": f"the same {preset.n_samples} samples' seed, DDIMPipeline eta 1",
                 "n_samples": preset.n_samples, "train_wall_s": wall, "weights": "EMA",
                 "diffusers": diffusers.__version__, **ev.protocol()}
     return common.Outcome(metrics=metrics, protocol=protocol, grids=grids)

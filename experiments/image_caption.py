@@ -28,7 +28,7 @@ def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
     return ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "caption_agreement",
             "caption_unparsed", "caption_readout_accuracy", "elbo_bpd", "elbo_bpd_se", "elbo_n",
-            "feature_net_test_accuracy"]
+            "feature_net_test_accuracy"] + common.STOCHASTIC_KEYS
 
 
 def text_modality(preset: Preset) -> dict[str, Any]:
@@ -54,6 +54,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     text = model.taskset["text"]
     samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
+    metrics.update(common.stochastic_metrics(ev, model, preset, seed))
     captions = text.detokenize(samples["text"])
     said = caption_classes(captions, preset.class_words)
     seen = classify(ev.feature_net, samples["image"])

@@ -30,7 +30,8 @@ def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
     return ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "joint_coherence",
             "conditional_fidelity", "label_head_accuracy", "standalone_classifier_accuracy", "accuracy_n",
-            "elbo_bpd", "elbo_bpd_se", "elbo_n", "feature_net_test_accuracy"]
+            "elbo_bpd", "elbo_bpd_se", "elbo_n", "feature_net_test_accuracy",
+            *common.STOCHASTIC_KEYS, f"{common.STOCHASTIC}joint_coherence"]
 
 
 def label_modality() -> dict[str, Any]:
@@ -96,6 +97,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     model = trained.model
     samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
+    metrics.update(common.stochastic_metrics(ev, model, preset, seed))
     jc = joint_coherence(ev.feature_net, samples["image"], samples["label"])
     requested = torch.arange(preset.n_samples) % 10
     cond = common.generate_batched(model, preset, given={"label": requested}, seed=seed + 1)

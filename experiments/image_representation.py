@@ -28,7 +28,7 @@ def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
     return ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "representation_cosine_mean",
             "representation_cosine_std", "readout_cosine_mean", "readout_cosine_std", "elbo_bpd", "elbo_bpd_se",
-            "elbo_n", "feature_net_test_accuracy"]
+            "elbo_n", "feature_net_test_accuracy"] + common.STOCHASTIC_KEYS
 
 
 LOSS_WEIGHT = 0.1
@@ -53,6 +53,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     extractor = model.taskset["representation"].extractor
     samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
+    metrics.update(common.stochastic_metrics(ev, model, preset, seed))
     with torch.no_grad():
         target = extractor(samples["image"]).float()
     joint = cosine_consistency(samples["representation"], target)

@@ -34,7 +34,7 @@ def metric_keys(preset: Preset) -> list[str]:
     for r in preset.mask_ratios:
         tag = common.ratio_tag(r)
         keys += [f"restored_psnr_{tag}", f"restored_ssim_{tag}", f"masked_input_psnr_{tag}", f"masked_input_ssim_{tag}"]
-    return keys
+    return keys + common.STOCHASTIC_KEYS
 
 
 def masked_modality(preset: Preset) -> dict[str, Any]:
@@ -51,6 +51,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     model = trained.model
     samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
+    metrics.update(common.stochastic_metrics(ev, model, preset, seed))
     metrics.update(common.elbo_bits_per_dim(model, trained.data, preset, seed))
     curve = common.learning_curve(run_dir, preset, ev, seed)
     metrics["final_curve_fid"] = curve[-1]["fid"]

@@ -29,7 +29,7 @@ def metric_keys(preset: Preset) -> list[str]:
     for r in preset.mask_ratios:
         tag = common.ratio_tag(r)
         keys += [f"masked_input_psnr_{tag}", f"masked_input_ssim_{tag}", f"sdedit_psnr_{tag}", f"sdedit_ssim_{tag}"]
-    return keys
+    return keys + common.STOCHASTIC_KEYS
 
 
 @torch.no_grad()
@@ -63,6 +63,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     print(f"  feature net: {ev.feature_net}")
     samples = common.generate_batched(trained.model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
+    metrics.update(common.stochastic_metrics(ev, trained.model, preset, seed))
     metrics.update(common.elbo_bits_per_dim(trained.model, trained.data, preset, seed))
     curve = common.learning_curve(run_dir, preset, ev, seed)
     metrics["final_curve_fid"] = curve[-1]["fid"]

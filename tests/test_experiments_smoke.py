@@ -106,16 +106,29 @@ def test_make_results_generates_the_report(smoke_results: Path, tmp_path: Path) 
         assert (out.parent / link).is_file(), link
 
 
-def test_rescoring_the_elbo_with_the_same_protocol_reproduces_it(smoke_results: Path) -> None:
-    from experiments.rescore_elbo import rescore
+@pytest.mark.filterwarnings("ignore:FID.*rank-deficient")  # FID at n=24 < 64 feature dims warns, as it should
+@pytest.mark.parametrize(("what", "key"), [("elbo", "elbo_bpd"), ("eta1", "eta1_fid")])
+def test_rescoring_with_the_same_protocol_reproduces_the_result(smoke_results: Path, what: str, key: str) -> None:
+    from experiments.rescore import rescore
 
     path = common.result_path(smoke_results, "smoke", "image_label", 0)
-    before = json.loads(path.read_text())["metrics"]["elbo_bpd"]
+    before = json.loads(path.read_text())["metrics"]
     run_dir = smoke_results.parent / "work" / "smoke" / "image_label" / "seed0"
-    new = rescore(path, run_dir, get_preset("smoke"))
+    new = rescore(path, run_dir, get_preset("smoke"), what)
     after = json.loads(path.read_text())
-    assert new["elbo_bpd"] == pytest.approx(before, rel=1e-5)
-    assert after["metrics"]["elbo_bpd"] == new["elbo_bpd"] and "elbo_rescored_utc" in after["protocol"]
+    assert new[key] == pytest.approx(before[key], rel=1e-5)
+    assert after["metrics"][key] == new[key] and f"{what}_rescored_utc" in after["protocol"]
+    if what == "eta1":  # the stochastic samples differ from the deterministic ones
+        assert new["eta1_joint_coherence"] == pytest.approx(before["eta1_joint_coherence"])
+        assert new["eta1_fid"] != before["fid"]
+
+
+def test_rescore_refuses_an_unknown_measure(smoke_results: Path) -> None:
+    from experiments.rescore import rescore
+
+    path = common.result_path(smoke_results, "smoke", "image_label", 0)
+    with pytest.raises(MTDError, match="unknown measure 'fid'; expected one of \\['elbo', 'eta1'\\]"):
+        rescore(path, smoke_results.parent / "work" / "smoke" / "image_label" / "seed0", get_preset("smoke"), "fid")
 
 
 @pytest.mark.filterwarnings("ignore:FID.*rank-deficient")  # FID at n=24 < 64 feature dims warns, as it should
@@ -153,21 +166,26 @@ def _run(experiment: str, seed: int, metrics: dict[str, float], curve: list[tupl
 
 def test_claims_follow_the_paper_targets() -> None:
     by_exp = {
-        "single_task": [_run("single_task", 0, {"fid": 10.0, "sdedit_psnr_r50": 12.0}, [(100, 20.0), (200, 10.0)]),
-                        _run("single_task", 1, {"fid": 12.0, "sdedit_psnr_r50": 12.0}, [(100, 22.0), (200, 12.0)])],
+        "single_task": [_run("single_task", 0, {"fid": 10.0, "eta1_fid": 20.0, "sdedit_psnr_r50": 12.0},
+                             [(100, 20.0), (200, 10.0)]),
+                        _run("single_task", 1, {"fid": 12.0, "eta1_fid": 22.0, "sdedit_psnr_r50": 12.0},
+                             [(100, 22.0), (200, 12.0)])],
         "image_label": [_run("image_label", 0, {"fid": 12.0, "joint_coherence": 0.95, "label_head_accuracy": 0.80,
-                                                "standalone_classifier_accuracy": 0.85})],
+                                                "standalone_classifier_accuracy": 0.85, "eta1_fid": 23.5,
+                                                "eta1_joint_coherence": 0.5})],
         "masked_image": [_run("masked_image", 0, {"restored_psnr_r50": 15.0, "masked_input_psnr_r50": 9.0},
                               [(100, 10.5), (200, 9.0)])],
     }
-    # joint FID 12 <= 1.1 * mean(10, 12) = 12.1; coherence 0.95; head 5 points below; masked reaches 11 at step 100;
-    # restored 15 dB > input 9 and SDEdit 12
-    assert [c.status for c in claims(by_exp, [0.5])] == ["held", "held", "did not hold", "held", "held"]
+    # joint FID 12 <= 1.1 * mean(10, 12) = 12.1 with eta 0, 23.5 > 1.1 * 21 = 23.1 with eta 1; coherence 0.95 with
+    # eta 0, 0.5 with eta 1; head 5 points below; masked reaches 11 at step 100; restored 15 dB > input 9 and SDEdit 12
+    found = claims(by_exp, [0.5])
+    assert [c.status for c in found] == ["held", "did not hold", "held", "did not hold", "did not hold", "held", "held"]
+    assert "(both sampled with DDIM eta 1)" in found[1].claim and "ratio 1.119" in found[1].evidence
     by_exp["image_label"][0].data["metrics"]["fid"] = 13.5
     assert claims(by_exp, [0.5])[0].status == "did not hold"
     ratio = steps_ratio(by_exp["single_task"], by_exp["masked_image"])
     assert ratio is not None and ratio.target_fid == 11.0 and ratio.ratio == 0.5
-    assert [c.status for c in claims({}, [0.5])] == ["not run"] * 5
+    assert [c.status for c in claims({}, [0.5])] == ["not run"] * 7
 
 
 def test_results_json_must_be_complete(tmp_path: Path) -> None:
