@@ -284,6 +284,12 @@ def stochastic_metrics(ev: Evaluator, model: Any, preset: Preset, seed: int) -> 
     return metrics
 
 
+def sampler_protocol(preset: Preset) -> dict[str, str]:
+    """The protocol entries naming the samplers of the unconditional (or joint) samples: eta 0, and eta 1."""
+    return {"sampler": f"{preset.sampler} eta 0",
+            f"{STOCHASTIC}metrics": f"{preset.sampler} eta 1, {preset.n_samples} samples from the same seed"}
+
+
 def elbo_bits_per_dim(model: Any, data: Any, preset: Preset, seed: int) -> dict[str, float]:
     """The multi-modal ELBO in bits/dim on a seeded test subsample of ``preset.elbo_n`` examples."""
     from mtd_core.cli.eval import evaluate_elbo
@@ -370,8 +376,7 @@ def base_protocol(preset: Preset, trained: Trained, ev: Evaluator) -> dict[str, 
     """The protocol entries every experiment shares."""
     return {"dataset": preset.dataset["name"], "steps": trained.steps, "batch_size": preset.batch_size,
             "lr": preset.lr, "backbone": dict(preset.backbone), "parameters": count_parameters(trained.model),
-            "sampler": f"{preset.sampler} eta 0", "sampler_steps": preset.sampler_steps, "n_samples": preset.n_samples,
-            f"{STOCHASTIC}metrics": f"the same {preset.n_samples} samples' seed, {preset.sampler} eta 1",
+            **sampler_protocol(preset), "sampler_steps": preset.sampler_steps, "n_samples": preset.n_samples,
             "conditional_generation": f"{preset.sampler} eta {preset.cond_eta:g}, replacement conditioning",
             "train_wall_s": trained.train_wall_s, "final_loss": trained.final_loss,
             "weights": "EMA", **ev.protocol()}

@@ -164,7 +164,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     protocol = {"dataset": preset.dataset["name"], "steps": preset.steps, "batch_size": preset.batch_size,
                 "lr": preset.lr, "unet2d": match.spec.to_dict(), "parameters": match.params,
                 "sampler": "diffusers DDIMPipeline (eta 0)", "sampler_steps": preset.sampler_steps,
-                f"{common.STOCHASTIC}metrics": f"the same {preset.n_samples} samples' seed, DDIMPipeline eta 1",
+                f"{common.STOCHASTIC}metrics": f"DDIMPipeline eta 1, {preset.n_samples} samples from the same seed",
                 "n_samples": preset.n_samples, "train_wall_s": wall, "weights": "EMA",
                 "diffusers": diffusers.__version__, **ev.protocol()}
     return common.Outcome(metrics=metrics, protocol=protocol, grids=grids)

@@ -41,8 +41,7 @@ def _eta1(loaded: Any, preset: Preset, seed: int, data: dict[str, Any]) -> dict[
     from mtd_core.training import load_run_data
 
     ev = common.make_evaluator(load_run_data(loaded), preset)
-    data["protocol"]["sampler"] = f"{preset.sampler} eta 0"
-    data["protocol"][f"{common.STOCHASTIC}metrics"] = f"the same {preset.n_samples} samples' seed, {preset.sampler} eta 1"
+    data["protocol"].update(common.sampler_protocol(preset))
     return common.stochastic_metrics(ev, loaded.model, preset, seed)
 
 

@@ -110,6 +110,7 @@ def test_single_process_context_without_torchrun(monkeypatch: pytest.MonkeyPatch
     ctx = init_distributed("cpu")
     assert ctx == DistContext() and ctx.is_main and not ctx.enabled
     assert ctx.mean({"a": 2.0}) == {"a": 2.0} and ctx.any(True) and ctx.broadcast_json({"x": 1}) == {"x": 1}
+    assert torch.equal(ctx.all_max(torch.tensor([0.0, 2.5])), torch.tensor([0.0, 2.5]))
     assert device_for(ctx, "cpu").type == "cpu"
     from mtd_core.errors import ConfigError
 
