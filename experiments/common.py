@@ -269,8 +269,7 @@ def stochastic_metrics(ev: Evaluator, model: Any, preset: Preset, seed: int) -> 
     samples of the same seed drawn with DDIM eta 1, keys prefixed ``eta1_``.
 
     Every experiment reports them next to its deterministic eta-0 samples: a jointly generated aggregated modality
-    (or a condition) enters every step, and only a stochastic sampler lets the network correct the trajectory it
-    set (experiments/notes/cpu.md).
+    enters every step, and which sampler serves it better differs by dataset (experiments/notes/cpu.md, digits.md).
     """
     from mtd_core.metrics import joint_coherence
 
