@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mtd_core.cli.train import handle_errors
+from mtd_core.diffusion.noise import RESPACINGS
 from mtd_core.errors import ConfigError, ModalityDataError, closest
 
 
@@ -39,7 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="reverse sampler (default ddim)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise level (default 0: deterministic)")
-    p.add_argument("--spacing", choices=("uniform", "leading", "quad"), default="uniform",
+    p.add_argument("--spacing", choices=RESPACINGS, default="uniform",
                    help="where the sampler steps fall (default uniform: evenly from T to 1; leading: as diffusers' "
                         "DDIMScheduler)")
     p.add_argument("--guidance", type=float, default=0.0, metavar="SCALE",
