@@ -264,22 +264,23 @@ STOCHASTIC = "eta1_"
 STOCHASTIC_KEYS = [f"{STOCHASTIC}{k}" for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "n_generated")]
 
 
-def stochastic_metrics(ev: Evaluator, model: Any, preset: Preset, seed: int) -> dict[str, float]:
-    """:func:`distribution_metrics` (and, with a label modality, the joint coherence) of ``preset.n_samples``
-    samples of the same seed drawn with DDIM eta 1, keys prefixed ``eta1_``.
+JointMeasures = Callable[[Evaluator, Preset, Any, Mapping[str, Any]], dict[str, float]]
+"""An experiment's measures of jointly generated samples (e.g. joint coherence): (evaluator, preset, model,
+samples) -> metrics. Applied to the samples of both samplers, the eta-1 ones under the ``eta1_`` prefix."""
+
+
+def stochastic_metrics(ev: Evaluator, model: Any, preset: Preset, seed: int,
+                       joint: JointMeasures | None = None) -> dict[str, float]:
+    """:func:`distribution_metrics` (and the experiment's ``joint`` measures) of ``preset.n_samples`` samples of
+    the same seed drawn with DDIM eta 1, keys prefixed ``eta1_``.
 
     Every experiment reports them next to its deterministic eta-0 samples: a jointly generated aggregated modality
     enters every step, and which sampler serves it better differs by dataset (experiments/notes/cpu.md, digits.md).
     """
-    from mtd_core.metrics import joint_coherence
-
     samples = generate_batched(model, preset, n=preset.n_samples, seed=seed, eta=1.0)
-    base = model.taskset.base.name
-    metrics = distribution_metrics(ev, samples[base], prefix=STOCHASTIC)
-    if "label" in samples:
-        jc = joint_coherence(ev.feature_net, samples[base], samples["label"])
-        print(f"  {STOCHASTIC}{jc}")
-        metrics[f"{STOCHASTIC}joint_coherence"] = jc.accuracy
+    metrics = distribution_metrics(ev, samples[model.taskset.base.name], prefix=STOCHASTIC)
+    if joint is not None:
+        metrics.update({f"{STOCHASTIC}{k}": v for k, v in joint(ev, preset, model, samples).items()})
     return metrics
 
 
@@ -312,20 +313,32 @@ def paired_metrics(generated: torch.Tensor, target: torch.Tensor, name: str, suf
 
 
 def learning_curve(run_dir: Path, preset: Preset, ev: Evaluator, seed: int) -> list[dict[str, float]]:
-    """FID (at ``preset.n_curve`` joint samples, EMA weights) of every checkpoint of a run, oldest first."""
+    """FID (at ``preset.n_curve`` joint samples, EMA weights) of every checkpoint of a run, oldest first, with DDIM
+    eta 0 (``fid``) and eta 1 (``eta1_fid``) from the same seed."""
+    from mtd_core.metrics import features, fid
     from mtd_core.training import list_checkpoints, load_run
 
     points = []
     for ckpt in list_checkpoints(run_dir / "checkpoints"):
         loaded = load_run(ckpt, device=device_of(preset))
-        samples = generate_batched(loaded.model, preset, n=preset.n_curve, seed=seed)
         base = loaded.model.taskset.base.name
-        from mtd_core.metrics import features, fid
-
-        value = fid(features(ev.feature_net, samples[base]), ev.reference, feature_net=ev.feature_net).value
-        print(f"  curve: step {loaded.step}: FID {value:.3f} (n_generated={preset.n_curve})")
-        points.append({"step": float(loaded.step), "fid": float(value), "n_generated": float(preset.n_curve)})
+        point = {"step": float(loaded.step), "n_generated": float(preset.n_curve)}
+        for prefix, eta in (("", 0.0), (STOCHASTIC, 1.0)):
+            samples = generate_batched(loaded.model, preset, n=preset.n_curve, seed=seed, eta=eta)
+            point[f"{prefix}fid"] = float(fid(features(ev.feature_net, samples[base]), ev.reference,
+                                              feature_net=ev.feature_net).value)
+        print(f"  curve: step {loaded.step}: FID {point['fid']:.3f} (eta 0), {point[STOCHASTIC + 'fid']:.3f} "
+              f"(eta 1) (n_generated={preset.n_curve})")
+        points.append(point)
     return points
+
+
+CURVE_KEYS = ["final_curve_fid", f"{STOCHASTIC}final_curve_fid"]
+
+
+def curve_metrics(curve: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The last learning-curve point's FIDs, as ``final_curve_fid`` (eta 0) and ``eta1_final_curve_fid``."""
+    return {"final_curve_fid": curve[-1]["fid"], f"{STOCHASTIC}final_curve_fid": curve[-1][f"{STOCHASTIC}fid"]}
 
 
 def save_grid(path: Path, taskset: Any, samples: Mapping[str, Any], n: int = 16,
@@ -364,6 +377,44 @@ def restoration_set(ev: Evaluator, preset: Preset, ratio: float) -> dict[str, to
     g = torch.Generator().manual_seed(round(ratio * 1000))
     mask = make_mask(x.shape, ratio, g, kind="patch", patch=preset.patch)
     return {"image": x, "mask": mask, "masked": apply_mask(x, mask, fill=0.0)}
+
+
+RestoreFn = Callable[[torch.Tensor], torch.Tensor]
+"""A restoration method: masked images in [-1, 1] -> restored images."""
+
+
+def restoration(restore: RestoreFn, name: str, ev: Evaluator, preset: Preset, out_dir: Path, seed: int
+                ) -> tuple[dict[str, float], list[str]]:
+    """PSNR/SSIM of ``restore`` at every mask ratio of the preset, against the true test images: as generated
+    (``{name}_psnr_<ratio>``) and with the observed pixels pasted back (``{name}_kept_psnr_<ratio>``), with the
+    masked input itself as the floor (``masked_input_psnr_<ratio>``). Grids of ratio 0.5 and the largest ratio are
+    written to ``out_dir``; returns the metrics and the grid file names."""
+    from mtd_plugins.masked_image import keep_observed
+
+    metrics: dict[str, float] = {}
+    grids = []
+    for r in preset.mask_ratios:
+        tag = ratio_tag(r)
+        rs = restoration_set(ev, preset, r)
+        restored = restore(rs["masked"])
+        metrics.update(paired_metrics(rs["masked"], rs["image"], "masked_input", f"_{tag}"))
+        metrics.update(paired_metrics(restored, rs["image"], name, f"_{tag}"))
+        metrics.update(paired_metrics(keep_observed(restored, rs["masked"], rs["mask"]), rs["image"], f"{name}_kept",
+                                      f"_{tag}"))
+        print(f"  ratio {r:.2f}: {name} PSNR {metrics[f'{name}_psnr_{tag}']:.2f} dB (observed pixels kept "
+              f"{metrics[f'{name}_kept_psnr_{tag}']:.2f}); masked input {metrics[f'masked_input_psnr_{tag}']:.2f} dB "
+              f"(n={len(restored)})")
+        if r == 0.5 or r == preset.mask_ratios[-1]:
+            grids.append(save_rows(out_dir / f"seed{seed}_{name}_{tag}.png",
+                                   [rs["masked"][:16], restored[:16], rs["image"][:16]], [],
+                                   f"{name} at ratio {r}: masked | generated | true"))
+    return metrics, grids
+
+
+def restoration_keys(preset: Preset, name: str) -> list[str]:
+    """The metric names :func:`restoration` reports."""
+    return [f"{n}_{m}_{ratio_tag(r)}" for r in preset.mask_ratios for n in ("masked_input", name, f"{name}_kept")
+            for m in ("psnr", "ssim")]
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,15 @@ def metric_keys(preset: Preset) -> list[str]:
 def label_modality() -> dict[str, Any]:
     """The aggregated label modality (10 classes, the windowed weight schedule)."""
     return {"kind": "label", "num_classes": 10, "weights": dict(common.WINDOWED)}
+
+
+def joint_measures(ev: common.Evaluator, preset: Preset, model: Any, samples: Mapping[str, Any]) -> dict[str, float]:
+    """Joint coherence: each generated label against the feature net's class of its generated image."""
+    from mtd_core.metrics import joint_coherence
+
+    jc = joint_coherence(ev.feature_net, samples["image"], samples["label"])
+    print(f"  {jc}")
+    return {"joint_coherence": jc.accuracy}
 
 
 @torch.no_grad()
@@ -89,7 +98,7 @@ def train_standalone_classifier(preset: Preset, data: Any, seed: int) -> tuple[A
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image-label model and evaluate it (see the module docstring)."""
-    from mtd_core.metrics import conditional_fidelity, joint_coherence
+    from mtd_core.metrics import conditional_fidelity
 
     trained = common.train(preset, [common.image_modality(preset), label_modality()], seed, run_dir)
     ev = common.make_evaluator(trained.data, preset)
@@ -97,13 +106,12 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     model = trained.model
     samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
-    metrics.update(common.stochastic_metrics(ev, model, preset, seed))
-    jc = joint_coherence(ev.feature_net, samples["image"], samples["label"])
+    metrics.update(joint_measures(ev, preset, model, samples))
+    metrics.update(common.stochastic_metrics(ev, model, preset, seed, joint_measures))
     requested = torch.arange(preset.n_samples) % 10
     cond = common.generate_batched(model, preset, given={"label": requested}, seed=seed + 1)
     cf = conditional_fidelity(ev.feature_net, cond["image"], requested)
-    print(f"  {jc}\n  {cf}")
-    metrics["joint_coherence"] = jc.accuracy
+    print(f"  {cf}")
     metrics["conditional_fidelity"] = cf.accuracy
     test = common.split_tensors(trained.data, "test", limit=preset.n_samples)
     metrics["label_head_accuracy"] = head_accuracy(model, test["image"], test["label"], preset, seed)

@@ -40,6 +40,7 @@ FID_RATIO_TARGET = 1.1
 COHERENCE_TARGET = 0.90
 SAMPLERS = (("DDIM eta 0", ""), ("DDIM eta 1", "eta1_"))  # the two samplers every experiment reports, key prefixes
 ACCURACY_GAP = 0.02
+RESTORATIONS = (("as generated", ""), ("observed pixels pasted back", "_kept"))  # restoration variants, key infixes
 
 
 @attrs.frozen
@@ -191,11 +192,11 @@ def protocol_lines(runs: Sequence[Run]) -> list[str]:
 
 
 # -- the learning curve ---------------------------------------------------------------------------------------
-def mean_curve(runs: Sequence[Run]) -> list[tuple[float, float]]:
-    """(step, mean FID over seeds) at the steps every run recorded."""
-    curves = [{p["step"]: p["fid"] for p in r.data.get("curve", [])} for r in runs]
-    curves = [c for c in curves if c]
-    if not curves:
+def mean_curve(runs: Sequence[Run], key: str = "fid") -> list[tuple[float, float]]:
+    """(step, mean FID over seeds) at the steps every run recorded; ``key`` picks the sampler ("fid": DDIM eta 0,
+    "eta1_fid": eta 1). Empty when a run's curve lacks it."""
+    curves = [{p["step"]: p[key] for p in r.data.get("curve", []) if key in p} for r in runs]
+    if not curves or not all(curves):
         return []
     steps = sorted(set.intersection(*(set(c) for c in curves)))
     return [(s, statistics.fmean(c[s] for c in curves)) for s in steps]
@@ -218,9 +219,9 @@ class StepsRatio:
     ratio: float | None
 
 
-def steps_ratio(single: Sequence[Run], masked: Sequence[Run]) -> StepsRatio | None:
-    """The convergence ratio from the two mean learning curves (None without both curves)."""
-    sc, mc = mean_curve(single), mean_curve(masked)
+def steps_ratio(single: Sequence[Run], masked: Sequence[Run], key: str = "fid") -> StepsRatio | None:
+    """The convergence ratio from the two mean learning curves of ``key`` (None without both curves)."""
+    sc, mc = mean_curve(single, key), mean_curve(masked, key)
     if not sc or not mc:
         return None
     target_step, target = sc[-1]
@@ -304,35 +305,38 @@ def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float]) -> list
                          f"label head {_pm(h)} vs standalone classifier {_pm(k)} (difference "
                          f"{(h[0] - k[0]) * 100:+.1f} points)"))
 
-    claim = "masked-image training reaches the single-task final FID in fewer steps (steps ratio < 1)"
-    sr = steps_ratio(single, masked)
-    if sr is None:
-        out.append(Claim(claim, "not run", "needs the learning curves of single_task and masked_image"))
-    elif sr.ratio is None:
-        out.append(Claim(claim, "did not hold", f"the masked-image curve never reached the single-task final FID "
-                                                f"{sr.target_fid:.3f} (at step {sr.single_steps:.0f}) within its {sr.single_steps:.0f} "
-                                                f"steps: ratio > 1"))
-    else:
-        out.append(Claim(claim, "held" if sr.ratio < 1 else "did not hold",
-                         f"masked image reaches FID <= {sr.target_fid:.3f} at step {sr.masked_steps:.0f} of "
-                         f"{sr.single_steps:.0f}: ratio {sr.ratio:.2f}"))
+    for sampler, pre in SAMPLERS:
+        claim = (f"masked-image training reaches the single-task final FID in fewer steps (steps ratio < 1; "
+                 f"curves sampled with {sampler})")
+        sr = steps_ratio(single, masked, f"{pre}fid")
+        if sr is None:
+            out.append(Claim(claim, "not run", f"needs the {sampler} learning curves of single_task and masked_image"))
+        elif sr.ratio is None:
+            out.append(Claim(claim, "did not hold", f"the masked-image curve never reached the single-task final FID "
+                                                    f"{sr.target_fid:.3f} (at step {sr.single_steps:.0f}) within its "
+                                                    f"{sr.single_steps:.0f} steps: ratio > 1"))
+        else:
+            out.append(Claim(claim, "held" if sr.ratio < 1 else "did not hold",
+                             f"masked image reaches FID <= {sr.target_fid:.3f} at step {sr.masked_steps:.0f} of "
+                             f"{sr.single_steps:.0f}: ratio {sr.ratio:.2f}"))
 
-    claim = "restoration PSNR better than the masked input and than SDEdit at every mask ratio"
-    rows, ok, missing = [], True, False
-    for r in ratios:
-        tag = ratio_tag(r)
-        mt, mi, sd = (metric_mean(masked, f"restored_psnr_{tag}"), metric_mean(masked, f"masked_input_psnr_{tag}"),
-                      metric_mean(single, f"sdedit_psnr_{tag}"))
-        if mt is None or mi is None or sd is None:
-            missing = True
-            continue
-        ok = ok and mt[0] > mi[0] and mt[0] > sd[0]
-        rows.append(f"{r:.0%}: {mt[0]:.2f} vs input {mi[0]:.2f}, SDEdit {sd[0]:.2f} dB")
-    if missing:
-        out.append(Claim(claim, "not run", "needs masked_image and single_task runs" +
-                         (f" (partial: {'; '.join(rows)})" if rows else "")))
-    else:
-        out.append(Claim(claim, "held" if ok else "did not hold", "; ".join(rows)))
+    for how, kept in RESTORATIONS:
+        claim = f"restoration PSNR better than the masked input and than SDEdit at every mask ratio ({how})"
+        rows, ok, missing = [], True, False
+        for r in ratios:
+            tag = ratio_tag(r)
+            mt, mi, sd = (metric_mean(masked, f"restored{kept}_psnr_{tag}"),
+                          metric_mean(masked, f"masked_input_psnr_{tag}"), metric_mean(single, f"sdedit{kept}_psnr_{tag}"))
+            if mt is None or mi is None or sd is None:
+                missing = True
+                continue
+            ok = ok and mt[0] > mi[0] and mt[0] > sd[0]
+            rows.append(f"{r:.0%}: {mt[0]:.2f} vs input {mi[0]:.2f}, SDEdit {sd[0]:.2f} dB")
+        if missing:
+            out.append(Claim(claim, "not run", "needs masked_image and single_task runs" +
+                             (f" (partial: {'; '.join(rows)})" if rows else "")))
+        else:
+            out.append(Claim(claim, "held" if ok else "did not hold", "; ".join(rows)))
     return out
 
 
@@ -369,17 +373,20 @@ digits, 1200 steps, minutes on a CPU), `cpu` (Fashion-MNIST 28x28, full 60k/10k,
 on 2 free cores; needs `apt-get install -y dataset-fashion-mnist`), `gpu` (Fashion-MNIST, a larger U-Net, 30k steps,
 n = 10 000). Within a preset every setting shares the backbone, steps, batch size, learning-rate schedule and EMA.
 
-Protocol. Distribution metrics (classifier-FID, KID, precision/recall) use the penultimate features of a small
-CNN trained on the training split (docs/metrics.md), whose test accuracy is printed with each table; FID is biased
-in n, so compare FIDs only within a preset (equal n). The reference set is the test split. Samples come from the
-EMA weights with the preset's DDIM sampler: deterministic (eta 0) for joint generation; for generation given an
-aggregated modality (label -> image, restoration, edges -> image) DDIM with eta = `cond_eta` (1) and replacement
-conditioning (docs/sampling.md). Read-outs (label head, image -> edges, representation, caption) take the given
-image at t = read_t * T. Restoration inputs (patch masks seeded by the ratio) are identical across experiments and
-seeds; the masked-image model was trained at ratio 0.5 only; restored images are the generated images as they are
-(no known pixels pasted back). The ELBO (bits/dim) is estimated on a seeded test subsample: every example draws its
-own `elbo_timesteps` denoising timesteps, stratified across 2..T, an unbiased estimate of the sum over all T - 1
-terms (counts in the tables); `elbo_bpd_se` is the standard error over examples, which includes the timestep draws.
+Protocol. Distribution metrics (classifier-FID, KID, precision/recall) use the penultimate features of a small CNN
+trained on the training split (docs/metrics.md), whose test accuracy is printed with each table; FID is biased in n,
+so compare FIDs only within a preset (equal n). The reference set is the test split. Samples come from the EMA
+weights with the preset's DDIM sampler. Unconditional and joint samples are drawn twice from the same seed:
+deterministic (eta 0; unprefixed metrics) and stochastic (eta 1; `eta1_` metrics, and the learning curves'
+`eta1_fid`). Generation given an aggregated modality (label -> image, restoration, edges -> image) uses DDIM with
+eta = `cond_eta` (1) and replacement conditioning (docs/sampling.md). Read-outs (label head, image -> edges,
+representation, caption) take the given image at t = read_t * T. Restoration inputs (patch masks seeded by the
+ratio) are identical across experiments and seeds; the masked-image model was trained at ratio 0.5 only; restoration
+is scored on the generated images as they are and again with the observed pixels pasted back (`*_kept_*`,
+`mtd_plugins.masked_image.keep_observed`). The ELBO (bits/dim) is estimated on a seeded test subsample: every
+example draws its own `elbo_timesteps` denoising timesteps, stratified across 2..T, an unbiased estimate of the sum
+over all T - 1 terms (counts in the tables); `elbo_bpd_se` is the standard error over examples, which includes the
+timestep draws.
 """
 
 
@@ -434,8 +441,10 @@ def render(runs: Sequence[Run], assets: Path, link_prefix: str) -> str:
         not_run = [e for e in EXPERIMENTS if e not in by_exp]
         if not_run:
             parts.append("Settings not run at this preset: " + ", ".join(f"`{e}`" for e in not_run) + ".\n")
-        curves = {f"{TITLES[e]} (mean of {len(by_exp[e])} seed{'s' * (len(by_exp[e]) > 1)})": mean_curve(by_exp[e])
-                  for e in ("single_task", "masked_image") if e in by_exp and mean_curve(by_exp[e])}
+        curves = {f"{TITLES[e]}, {sampler} (mean of {len(by_exp[e])} seed{'s' * (len(by_exp[e]) > 1)})":
+                  mean_curve(by_exp[e], f"{pre}fid")
+                  for sampler, pre in SAMPLERS for e in ("single_task", "masked_image")
+                  if e in by_exp and mean_curve(by_exp[e], f"{pre}fid")}
         if curves:
             png = plot_curves(curves, assets / f"{preset}_learning_curve.png", f"preset {preset}")
             n = next(iter(by_exp.get("masked_image", by_exp.get("single_task", []))))

@@ -3,8 +3,9 @@
 The masked_image modality hides half of each training image's patches (a fresh random mask per example and step).
 Measures FID/KID/precision-recall of joint samples, the learning curve (FID of every checkpoint, compared with the
 single-task run's curve by make_results), restoration PSNR/SSIM at every mask ratio of the preset (the image
-generated given the masked test image, against the true image; the masked input itself is the floor, the
-single-task run's SDEdit the baseline; the inputs are identical across experiments and seeds), and the ELBO.
+generated given the masked test image, against the true image, as generated and with the observed pixels pasted
+back; the masked input itself is the floor, the single-task run's SDEdit the baseline; the inputs are identical
+across experiments and seeds), and the ELBO.
 
     python -m experiments.masked_image --preset cpu --seed 0
 """
@@ -29,18 +30,23 @@ pixel, about 20 x the eps loss at the end of training; at weight 1 it starves th
 
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
-    keys = ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "elbo_bpd", "elbo_bpd_se", "elbo_n",
-            "feature_net_test_accuracy", "final_curve_fid"]
-    for r in preset.mask_ratios:
-        tag = common.ratio_tag(r)
-        keys += [f"restored_psnr_{tag}", f"restored_ssim_{tag}", f"masked_input_psnr_{tag}", f"masked_input_ssim_{tag}"]
-    return keys + common.STOCHASTIC_KEYS
+    return ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "elbo_bpd", "elbo_bpd_se", "elbo_n",
+            "feature_net_test_accuracy", *common.CURVE_KEYS, *common.restoration_keys(preset, "restored"),
+            *common.STOCHASTIC_KEYS]
 
 
 def masked_modality(preset: Preset) -> dict[str, Any]:
     """The aggregated masked-image modality: patch masks hiding TRAIN_RATIO of the image."""
     return {"kind": "masked_image", "channels": 1, "size": preset.image_size, "ratio": TRAIN_RATIO, "mask": "patch",
             "patch": preset.patch, "source": "image", "weights": dict(common.WINDOWED), "loss_weight": LOSS_WEIGHT}
+
+
+def restoration(model: Any, ev: common.Evaluator, preset: Preset, out_dir: Path, seed: int
+                ) -> tuple[dict[str, float], list[str]]:
+    """Restoration at every mask ratio: the image generated given the masked test image (common.restoration)."""
+    return common.restoration(
+        lambda masked: common.generate_batched(model, preset, given={"masked_image": masked}, seed=seed)["image"],
+        "restored", ev, preset, out_dir, seed)
 
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
@@ -54,27 +60,18 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     metrics.update(common.stochastic_metrics(ev, model, preset, seed))
     metrics.update(common.elbo_bits_per_dim(model, trained.data, preset, seed))
     curve = common.learning_curve(run_dir, preset, ev, seed)
-    metrics["final_curve_fid"] = curve[-1]["fid"]
+    metrics.update(common.curve_metrics(curve))
     grids = [common.save_grid(out_dir / f"seed{seed}_joint.png", model.taskset, samples,
                               title=f"image+masked, seed {seed}")]
-    for r in preset.mask_ratios:
-        tag = common.ratio_tag(r)
-        rs = common.restoration_set(ev, preset, r)
-        restored = common.generate_batched(model, preset, given={"masked_image": rs["masked"]}, seed=seed)["image"]
-        metrics.update(common.paired_metrics(restored, rs["image"], "restored", f"_{tag}"))
-        metrics.update(common.paired_metrics(rs["masked"], rs["image"], "masked_input", f"_{tag}"))
-        print(f"  ratio {r:.2f}: restored PSNR {metrics[f'restored_psnr_{tag}']:.2f} dB, SSIM "
-              f"{metrics[f'restored_ssim_{tag}']:.3f}; masked input {metrics[f'masked_input_psnr_{tag}']:.2f} dB "
-              f"(n={len(restored)})")
-        if r == 0.5 or r == preset.mask_ratios[-1]:
-            grids.append(common.save_rows(out_dir / f"seed{seed}_restored_{tag}.png",
-                                          [rs["masked"][:16], restored[:16], rs["image"][:16]], [],
-                                          f"restoration at ratio {r}: masked | restored | true"))
+    restored, restored_grids = restoration(model, ev, preset, out_dir, seed)
+    metrics.update(restored)
+    grids += restored_grids
     protocol = common.base_protocol(preset, trained, ev)
     protocol.update({"train_mask_ratio": TRAIN_RATIO, "masked_image_loss_weight": LOSS_WEIGHT,
                      "mask": f"patch {preset.patch}x{preset.patch}",
                      "n_paired": preset.n_paired, "n_curve": preset.n_curve, "curve_every": preset.curve_every,
-                     "restoration": "conditional generation given the masked image (no pixels pasted back)"})
+                     "restoration": "conditional generation given the masked image; restored_kept_*: with the "
+                                    "observed pixels pasted back"})
     return common.Outcome(metrics=metrics, protocol=protocol, grids=grids, curve=curve)
 
 

@@ -2,7 +2,8 @@
 
 Measures sample quality (classifier-FID/KID/precision-recall), the ELBO in bits/dim, the learning curve (FID of
 every checkpoint, for the masked-image convergence ratio) and the SDEdit-style restoration baseline: the masked
-test image is noised to t0 = sdedit_t * T and denoised by DDIM with this unconditional model.
+test image is noised to t0 = sdedit_t * T and denoised by DDIM with this unconditional model (scored as
+generated and with the observed pixels pasted back).
 
     python -m experiments.single_task --preset cpu --seed 0
 """
@@ -24,12 +25,9 @@ NAME = "single_task"
 
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
-    keys = ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "elbo_bpd", "elbo_bpd_se", "elbo_n",
-            "feature_net_test_accuracy", "final_curve_fid"]
-    for r in preset.mask_ratios:
-        tag = common.ratio_tag(r)
-        keys += [f"masked_input_psnr_{tag}", f"masked_input_ssim_{tag}", f"sdedit_psnr_{tag}", f"sdedit_ssim_{tag}"]
-    return keys + common.STOCHASTIC_KEYS
+    return ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "elbo_bpd", "elbo_bpd_se", "elbo_n",
+            "feature_net_test_accuracy", *common.CURVE_KEYS, *common.restoration_keys(preset, "sdedit"),
+            *common.STOCHASTIC_KEYS]
 
 
 @torch.no_grad()
@@ -56,6 +54,13 @@ def sdedit(model: torch.nn.Module, x_masked: torch.Tensor, preset: Preset, seed:
     return torch.cat(out)
 
 
+def restoration(model: torch.nn.Module, ev: common.Evaluator, preset: Preset, out_dir: Path, seed: int
+                ) -> tuple[dict[str, float], list[str]]:
+    """The SDEdit baseline at every mask ratio (common.restoration)."""
+    return common.restoration(lambda masked: sdedit(model, masked, preset, seed), "sdedit", ev, preset, out_dir,
+                              seed)
+
+
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the single-task model and evaluate it (see the module docstring)."""
     trained = common.train(preset, [common.image_modality(preset)], seed, run_dir, curve=True)
@@ -66,21 +71,12 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     metrics.update(common.stochastic_metrics(ev, trained.model, preset, seed))
     metrics.update(common.elbo_bits_per_dim(trained.model, trained.data, preset, seed))
     curve = common.learning_curve(run_dir, preset, ev, seed)
-    metrics["final_curve_fid"] = curve[-1]["fid"]
+    metrics.update(common.curve_metrics(curve))
     grids = [common.save_grid(out_dir / f"seed{seed}_samples.png", trained.model.taskset, samples,
                               title=f"single-task, seed {seed}")]
-    for r in preset.mask_ratios:
-        tag = common.ratio_tag(r)
-        rs = common.restoration_set(ev, preset, r)
-        restored = sdedit(trained.model, rs["masked"], preset, seed)
-        metrics.update(common.paired_metrics(rs["masked"], rs["image"], "masked_input", f"_{tag}"))
-        metrics.update(common.paired_metrics(restored, rs["image"], "sdedit", f"_{tag}"))
-        print(f"  ratio {r:.2f}: masked input PSNR {metrics[f'masked_input_psnr_{tag}']:.2f} dB, "
-              f"SDEdit {metrics[f'sdedit_psnr_{tag}']:.2f} dB (n={len(restored)})")
-        if r == 0.5 or r == preset.mask_ratios[-1]:
-            grids.append(common.save_rows(out_dir / f"seed{seed}_sdedit_{tag}.png",
-                                          [rs["masked"][:16], restored[:16], rs["image"][:16]],
-                                          [], f"SDEdit at ratio {r}: masked | restored | true"))
+    restored, restored_grids = restoration(trained.model, ev, preset, out_dir, seed)
+    metrics.update(restored)
+    grids += restored_grids
     protocol = common.base_protocol(preset, trained, ev)
     protocol.update({"sdedit_t0": round(preset.sdedit_t * 1000), "sdedit_steps": max(1, round(preset.sampler_steps *
                      preset.sdedit_t)), "n_paired": preset.n_paired, "mask": f"patch {preset.patch}x{preset.patch}",

@@ -3,7 +3,8 @@
 Aggregated into the latent as an image (identity encoder when it has the latent's shape), it turns the model into
 an inpainting/restoration model: generating the base image given the masked one restores the hidden pixels. It is
 derived on the fly from the base image (:meth:`MaskedImageModality.derive`) with a fresh mask per example; the
-module-level :func:`make_mask` and :func:`apply_mask` build the masks used to evaluate restoration at a given ratio.
+module-level :func:`make_mask` and :func:`apply_mask` build the masks used to evaluate restoration at a given ratio,
+and :func:`keep_observed` pastes the observed pixels back into a restoration.
 
 Masks are boolean tensors of shape (B, 1, H, W), True where a pixel is hidden, shared by every channel.
 """
@@ -78,6 +79,20 @@ def apply_mask(x: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.
     if mask.dtype != torch.bool:
         raise ModalityDataError(f"apply_mask: the mask must be a bool tensor, got {mask.dtype}")
     return torch.where(mask, torch.as_tensor(fill, dtype=x.dtype, device=x.device), x)
+
+
+def keep_observed(generated: torch.Tensor, observed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A restoration that keeps what was seen: ``generated`` where ``mask`` hides a pixel, ``observed`` elsewhere.
+
+    Generation given a masked image regenerates every pixel, the observed ones included; pasting them back is the
+    usual last step of inpainting, and it is exact where nothing was hidden.
+    """
+    if mask.dtype != torch.bool:
+        raise ModalityDataError(f"keep_observed: the mask must be a bool tensor, got {mask.dtype}")
+    if generated.shape != observed.shape:
+        raise ModalityDataError(f"keep_observed: generated {tuple(generated.shape)} and observed "
+                                f"{tuple(observed.shape)} images must have the same shape")
+    return torch.where(mask.to(generated.device), generated, observed.to(generated.device))
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ import torch
 
 # experiments/ is a top-level folder of the repository (on sys.path through pytest's `pythonpath = ["."]`)
 from experiments import common
-from experiments.make_results import EXPERIMENTS, Run, claims, load_runs, make_results, steps_ratio
+from experiments.make_results import EXPERIMENTS, Run, claims, load_runs, make_results, mean_curve, steps_ratio
 from experiments.presets import PRESETS, Preset, get_preset
 from mtd_core.errors import ConfigError, ModalityDataError, MTDError
 
@@ -73,7 +73,8 @@ def test_learning_curves_have_one_point_per_checkpoint(smoke_results: Path) -> N
     for name in ("single_task", "masked_image"):
         curve = _result(smoke_results, name)["curve"]
         assert [p["step"] for p in curve] == expected
-        assert all(p["n_generated"] == preset.n_curve and p["fid"] >= 0 for p in curve)
+        assert all(p["n_generated"] == preset.n_curve and p["fid"] >= 0 and p["eta1_fid"] >= 0 for p in curve)
+        assert [p["fid"] for p in curve] != [p["eta1_fid"] for p in curve]  # two samplers, two sets of samples
 
 
 def test_restoration_inputs_are_shared_and_scored_consistently(smoke_results: Path) -> None:
@@ -84,6 +85,10 @@ def test_restoration_inputs_are_shared_and_scored_consistently(smoke_results: Pa
         assert single["metrics"][f"masked_input_psnr_{tag}"] == masked["metrics"][f"masked_input_psnr_{tag}"]
     psnrs = [masked["metrics"][f"masked_input_psnr_{tag}"] for tag in tags]
     assert psnrs == sorted(psnrs, reverse=True)
+    # pasting the observed pixels back can only lower each image's error: the hidden pixels are all that differ
+    for data, name in ((single, "sdedit"), (masked, "restored")):
+        for tag in tags:
+            assert data["metrics"][f"{name}_kept_psnr_{tag}"] >= data["metrics"][f"{name}_psnr_{tag}"]
 
 
 @pytest.mark.skipif(not HAS_DIFFUSERS, reason="the diffusers baseline needs the optional extra 'bench'")
@@ -107,27 +112,45 @@ def test_make_results_generates_the_report(smoke_results: Path, tmp_path: Path) 
 
 
 @pytest.mark.filterwarnings("ignore:FID.*rank-deficient")  # FID at n=24 < 64 feature dims warns, as it should
-@pytest.mark.parametrize(("what", "key"), [("elbo", "elbo_bpd"), ("eta1", "eta1_fid")])
-def test_rescoring_with_the_same_protocol_reproduces_the_result(smoke_results: Path, what: str, key: str) -> None:
+@pytest.mark.parametrize(("experiment", "what", "key"), [
+    ("image_label", "elbo", "elbo_bpd"), ("image_label", "eta1", "eta1_joint_coherence"),
+    ("image_caption", "eta1", "eta1_caption_agreement"), ("masked_image", "curve", "eta1_final_curve_fid"),
+    ("single_task", "restoration", "sdedit_kept_psnr_r25"), ("masked_image", "restoration", "restored_psnr_r75")])
+def test_rescoring_with_the_same_protocol_reproduces_the_result(smoke_results: Path, experiment: str, what: str,
+                                                                key: str) -> None:
+    from experiments.rescore import rescore
+
+    path = common.result_path(smoke_results, "smoke", experiment, 0)
+    before = json.loads(path.read_text())
+    run_dir = smoke_results.parent / "work" / "smoke" / experiment / "seed0"
+    new = rescore(path, run_dir, get_preset("smoke"), what)
+    after = json.loads(path.read_text())
+    assert new is not None and new[key] == pytest.approx(before["metrics"][key], rel=1e-5)
+    assert after["metrics"][key] == new[key] and f"{what}_rescored_utc" in after["protocol"]
+    if what == "eta1":  # the stochastic samples differ from the deterministic ones
+        assert new["eta1_fid"] != before["metrics"]["fid"]
+    if what == "curve":
+        assert len(after["curve"]) == len(before["curve"])
+        assert all(a == pytest.approx(b, rel=1e-5) for a, b in zip(after["curve"], before["curve"]))
+
+
+def test_rescore_skips_an_experiment_without_the_measure(smoke_results: Path) -> None:
     from experiments.rescore import rescore
 
     path = common.result_path(smoke_results, "smoke", "image_label", 0)
-    before = json.loads(path.read_text())["metrics"]
+    text = path.read_text()
     run_dir = smoke_results.parent / "work" / "smoke" / "image_label" / "seed0"
-    new = rescore(path, run_dir, get_preset("smoke"), what)
-    after = json.loads(path.read_text())
-    assert new[key] == pytest.approx(before[key], rel=1e-5)
-    assert after["metrics"][key] == new[key] and f"{what}_rescored_utc" in after["protocol"]
-    if what == "eta1":  # the stochastic samples differ from the deterministic ones
-        assert new["eta1_joint_coherence"] == pytest.approx(before["eta1_joint_coherence"])
-        assert new["eta1_fid"] != before["fid"]
+    for what in ("curve", "restoration"):
+        assert rescore(path, run_dir, get_preset("smoke"), what) is None
+    assert path.read_text() == text
 
 
 def test_rescore_refuses_an_unknown_measure(smoke_results: Path) -> None:
     from experiments.rescore import rescore
 
     path = common.result_path(smoke_results, "smoke", "image_label", 0)
-    with pytest.raises(MTDError, match="unknown measure 'fid'; expected one of \\['elbo', 'eta1'\\]"):
+    with pytest.raises(MTDError, match=r"unknown measure 'fid'; expected one of \['elbo', 'eta1', 'curve', "
+                                       r"'restoration'\]"):
         rescore(path, smoke_results.parent / "work" / "smoke" / "image_label" / "seed0", get_preset("smoke"), "fid")
 
 
@@ -159,33 +182,48 @@ def test_make_results_without_runs_says_not_run(tmp_path: Path) -> None:
     assert "not run" in text
 
 
-def _run(experiment: str, seed: int, metrics: dict[str, float], curve: list[tuple[int, float]] = ()) -> Run:
-    data = {"metrics": metrics, "curve": [{"step": s, "fid": f, "n_generated": 10} for s, f in curve]}
+def _run(experiment: str, seed: int, metrics: dict[str, float], curve: list[tuple[int, float, float]] = ()) -> Run:
+    data = {"metrics": metrics,
+            "curve": [{"step": s, "fid": f, "eta1_fid": f1, "n_generated": 10} for s, f, f1 in curve]}
     return Run(path=Path(f"{experiment}/seed{seed}.json"), experiment=experiment, preset="digits", seed=seed, data=data)
 
 
 def test_claims_follow_the_paper_targets() -> None:
+    restoration = {"sdedit_psnr_r50": 12.0, "sdedit_kept_psnr_r50": 14.0}
     by_exp = {
-        "single_task": [_run("single_task", 0, {"fid": 10.0, "eta1_fid": 20.0, "sdedit_psnr_r50": 12.0},
-                             [(100, 20.0), (200, 10.0)]),
-                        _run("single_task", 1, {"fid": 12.0, "eta1_fid": 22.0, "sdedit_psnr_r50": 12.0},
-                             [(100, 22.0), (200, 12.0)])],
+        "single_task": [_run("single_task", 0, {"fid": 10.0, "eta1_fid": 20.0, **restoration},
+                             [(100, 20.0, 30.0), (200, 10.0, 20.0)]),
+                        _run("single_task", 1, {"fid": 12.0, "eta1_fid": 22.0, **restoration},
+                             [(100, 22.0, 32.0), (200, 12.0, 22.0)])],
         "image_label": [_run("image_label", 0, {"fid": 12.0, "joint_coherence": 0.95, "label_head_accuracy": 0.80,
                                                 "standalone_classifier_accuracy": 0.85, "eta1_fid": 23.5,
                                                 "eta1_joint_coherence": 0.5})],
-        "masked_image": [_run("masked_image", 0, {"restored_psnr_r50": 15.0, "masked_input_psnr_r50": 9.0},
-                              [(100, 10.5), (200, 9.0)])],
+        "masked_image": [_run("masked_image", 0, {"restored_psnr_r50": 15.0, "restored_kept_psnr_r50": 13.0,
+                                                  "masked_input_psnr_r50": 9.0},
+                              [(100, 10.5, 25.0), (200, 9.0, 22.0)])],
     }
     # joint FID 12 <= 1.1 * mean(10, 12) = 12.1 with eta 0, 23.5 > 1.1 * 21 = 23.1 with eta 1; coherence 0.95 with
-    # eta 0, 0.5 with eta 1; head 5 points below; masked reaches 11 at step 100; restored 15 dB > input 9 and SDEdit 12
+    # eta 0, 0.5 with eta 1; head 5 points below; masked reaches 11 at step 100 with eta 0, never 21 with eta 1;
+    # restored 15 dB > input 9 and SDEdit 12 as generated, but 13 < SDEdit 14 with the observed pixels kept
     found = claims(by_exp, [0.5])
-    assert [c.status for c in found] == ["held", "did not hold", "held", "did not hold", "did not hold", "held", "held"]
+    assert [c.status for c in found] == ["held", "did not hold", "held", "did not hold", "did not hold", "held",
+                                         "did not hold", "held", "did not hold"]
     assert "(both sampled with DDIM eta 1)" in found[1].claim and "ratio 1.119" in found[1].evidence
+    assert "curves sampled with DDIM eta 1" in found[6].claim and "never reached" in found[6].evidence
+    assert "pasted back" in found[8].claim and "13.00 vs input 9.00, SDEdit 14.00" in found[8].evidence
     by_exp["image_label"][0].data["metrics"]["fid"] = 13.5
     assert claims(by_exp, [0.5])[0].status == "did not hold"
     ratio = steps_ratio(by_exp["single_task"], by_exp["masked_image"])
     assert ratio is not None and ratio.target_fid == 11.0 and ratio.ratio == 0.5
-    assert [c.status for c in claims({}, [0.5])] == ["not run"] * 7
+    assert [c.status for c in claims({}, [0.5])] == ["not run"] * 9
+
+
+def test_curves_without_eta1_points_are_not_run() -> None:
+    """Results written before the curves carried eta 1 give no eta-1 curve rather than a partial one."""
+    old = Run(path=Path("single_task/seed0.json"), experiment="single_task", preset="digits", seed=0,
+              data={"metrics": {}, "curve": [{"step": 100, "fid": 5.0, "n_generated": 10}]})
+    assert mean_curve([old]) == [(100, 5.0)] and mean_curve([old], "eta1_fid") == []
+    assert steps_ratio([old], [old], "eta1_fid") is None
 
 
 def test_results_json_must_be_complete(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mtd_core.errors import ModalityDataError
-from mtd_plugins.masked_image import MaskedImageModality, apply_mask, make_mask
+from mtd_plugins.masked_image import MaskedImageModality, apply_mask, keep_observed, make_mask
 
 
 @given(ratio=st.floats(0.0, 1.0), h=st.integers(1, 12), w=st.integers(1, 12), seed=st.integers(0, 1000))
@@ -61,6 +61,21 @@ def test_apply_mask_sets_only_masked_pixels_to_fill() -> None:
     assert torch.equal(out[mask_other], x[mask_other])
     with pytest.raises(ModalityDataError, match="bool"):
         apply_mask(x, mask.float())
+
+
+def test_keep_observed_takes_generated_pixels_only_where_hidden() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 2, 6, 6, generator=g)
+    mask = make_mask(x.shape, 0.5, g, kind="patch", patch=2)
+    generated = torch.rand(3, 2, 6, 6, generator=g)
+    out = keep_observed(generated, apply_mask(x, mask), mask)
+    hidden = mask.expand_as(x)
+    assert torch.equal(out[hidden], generated[hidden])
+    assert torch.equal(out[~hidden], x[~hidden])
+    with pytest.raises(ModalityDataError, match="keep_observed.*bool"):
+        keep_observed(generated, x, mask.float())
+    with pytest.raises(ModalityDataError, match=r"keep_observed.*same shape"):
+        keep_observed(generated[:2], x, mask)
 
 
 def test_derive_errors_name_the_modality_and_source() -> None:
