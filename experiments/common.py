@@ -312,9 +312,14 @@ def paired_metrics(generated: torch.Tensor, target: torch.Tensor, name: str, suf
             f"{name}_n{suffix}": float(len(target))}
 
 
-def learning_curve(run_dir: Path, preset: Preset, ev: Evaluator, seed: int) -> list[dict[str, float]]:
-    """FID (at ``preset.n_curve`` joint samples, EMA weights) of every checkpoint of a run, oldest first, with DDIM
-    eta 0 (``fid``) and eta 1 (``eta1_fid``) from the same seed."""
+CURVE_SAMPLERS = {"": 0.0, STOCHASTIC: 1.0}
+"""The learning curve's samplers: key prefix -> DDIM eta (``fid`` with eta 0, ``eta1_fid`` with eta 1)."""
+
+
+def learning_curve(run_dir: Path, preset: Preset, ev: Evaluator, seed: int,
+                   samplers: Mapping[str, float] = CURVE_SAMPLERS) -> list[dict[str, float]]:
+    """FID (at ``preset.n_curve`` samples, EMA weights) of every checkpoint of a run, oldest first, once per sampler
+    (``{prefix}fid``), every sampler from the same seed."""
     from mtd_core.metrics import features, fid
     from mtd_core.training import list_checkpoints, load_run
 
@@ -323,12 +328,13 @@ def learning_curve(run_dir: Path, preset: Preset, ev: Evaluator, seed: int) -> l
         loaded = load_run(ckpt, device=device_of(preset))
         base = loaded.model.taskset.base.name
         point = {"step": float(loaded.step), "n_generated": float(preset.n_curve)}
-        for prefix, eta in (("", 0.0), (STOCHASTIC, 1.0)):
+        for prefix, eta in samplers.items():
             samples = generate_batched(loaded.model, preset, n=preset.n_curve, seed=seed, eta=eta)
             point[f"{prefix}fid"] = float(fid(features(ev.feature_net, samples[base]), ev.reference,
                                               feature_net=ev.feature_net).value)
-        print(f"  curve: step {loaded.step}: FID {point['fid']:.3f} (eta 0), {point[STOCHASTIC + 'fid']:.3f} "
-              f"(eta 1) (n_generated={preset.n_curve})")
+        print(f"  curve: step {loaded.step}: " + ", ".join(f"FID {point[f'{p}fid']:.3f} (eta {eta:g})"
+                                                           for p, eta in samplers.items())
+              + f" (n_generated={preset.n_curve})")
         points.append(point)
     return points
 

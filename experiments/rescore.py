@@ -4,8 +4,9 @@
   timesteps per example (mtd_core.diffusion.elbo.stratified_timesteps). Rescore after changing that estimator,
   ``elbo_n`` or ``elbo_timesteps``.
 - ``eta1``: the metrics of samples drawn with DDIM eta 1 (``common.stochastic_metrics``, with the experiment's
-  ``joint_measures``), for results written before every experiment reported them.
-- ``curve``: the learning curve (both samplers) of the experiments that keep one (single_task, masked_image).
+  ``joint_measures``, and the learning curve's eta-1 points), for results written before every experiment reported
+  them.
+- ``curve``: the whole learning curve (both samplers) of the experiments that keep one (single_task, masked_image).
 - ``restoration``: restoration at every mask ratio, as generated and with the observed pixels pasted back
   (masked_image, and the SDEdit baseline of single_task); their grids are rewritten too.
 
@@ -80,8 +81,18 @@ def _elbo(t: Target) -> dict[str, float]:
 
 def _eta1(t: Target) -> dict[str, float]:
     t.data["protocol"].update(common.sampler_protocol(t.preset))
-    return common.stochastic_metrics(t.evaluator(), t.loaded.model, t.preset, t.seed,
-                                     getattr(t.module, "joint_measures", None))
+    ev = t.evaluator()
+    metrics = common.stochastic_metrics(ev, t.loaded.model, t.preset, t.seed, getattr(t.module, "joint_measures", None))
+    if t.data.get("curve"):  # the eta-1 points of the learning curve, beside its eta-0 points
+        stochastic = {common.STOCHASTIC: common.CURVE_SAMPLERS[common.STOCHASTIC]}
+        new = common.learning_curve(t.run_dir, t.preset, ev, t.seed, stochastic)
+        old = t.data["curve"]
+        if [p["step"] for p in new] != [p["step"] for p in old]:
+            raise MTDError(f"{t.result}: its learning curve has the steps {[p['step'] for p in old]} but the "
+                           f"checkpoints of {t.run_dir} the steps {[p['step'] for p in new]}; rescore --what curve")
+        t.data["curve"] = [{**o, **n} for o, n in zip(old, new)]
+        metrics.update(common.curve_metrics(t.data["curve"]))
+    return metrics
 
 
 def _curve(t: Target) -> dict[str, float] | None:

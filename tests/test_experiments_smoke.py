@@ -114,7 +114,8 @@ def test_make_results_generates_the_report(smoke_results: Path, tmp_path: Path) 
 @pytest.mark.filterwarnings("ignore:FID.*rank-deficient")  # FID at n=24 < 64 feature dims warns, as it should
 @pytest.mark.parametrize(("experiment", "what", "key"), [
     ("image_label", "elbo", "elbo_bpd"), ("image_label", "eta1", "eta1_joint_coherence"),
-    ("image_caption", "eta1", "eta1_caption_agreement"), ("masked_image", "curve", "eta1_final_curve_fid"),
+    ("image_caption", "eta1", "eta1_caption_agreement"), ("single_task", "eta1", "eta1_final_curve_fid"),
+    ("masked_image", "curve", "eta1_final_curve_fid"),
     ("single_task", "restoration", "sdedit_kept_psnr_r25"), ("masked_image", "restoration", "restored_psnr_r75")])
 def test_rescoring_with_the_same_protocol_reproduces_the_result(smoke_results: Path, experiment: str, what: str,
                                                                 key: str) -> None:
@@ -129,7 +130,7 @@ def test_rescoring_with_the_same_protocol_reproduces_the_result(smoke_results: P
     assert after["metrics"][key] == new[key] and f"{what}_rescored_utc" in after["protocol"]
     if what == "eta1":  # the stochastic samples differ from the deterministic ones
         assert new["eta1_fid"] != before["metrics"]["fid"]
-    if what == "curve":
+    if "curve" in before:
         assert len(after["curve"]) == len(before["curve"])
         assert all(a == pytest.approx(b, rel=1e-5) for a, b in zip(after["curve"], before["curve"]))
 
@@ -143,6 +144,19 @@ def test_rescore_skips_an_experiment_without_the_measure(smoke_results: Path) ->
     for what in ("curve", "restoration"):
         assert rescore(path, run_dir, get_preset("smoke"), what) is None
     assert path.read_text() == text
+
+
+@pytest.mark.filterwarnings("ignore:FID.*rank-deficient")  # FID at n=24 < 64 feature dims warns, as it should
+def test_rescoring_eta1_refuses_a_curve_of_other_checkpoints(smoke_results: Path, tmp_path: Path) -> None:
+    from experiments.rescore import rescore
+
+    data = _result(smoke_results, "single_task")
+    data["curve"] = data["curve"][:1]
+    path = tmp_path / "seed0.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(MTDError, match=r"seed0.json: its learning curve has the steps \[2.0\] but the checkpoints"):
+        rescore(path, smoke_results.parent / "work" / "smoke" / "single_task" / "seed0", get_preset("smoke"), "eta1")
+    assert json.loads(path.read_text()) == data
 
 
 def test_rescore_refuses_an_unknown_measure(smoke_results: Path) -> None:

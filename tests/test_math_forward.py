@@ -311,3 +311,15 @@ def test_bad_timesteps_are_rejected(t: object, message: str) -> None:
         fp.marginal(z, {}, t)  # type: ignore[arg-type]
     with pytest.raises(ScheduleError, match="'beta' or 'beta_tilde'"):
         fp.reverse_variance(1, z, "fixed")
+
+
+def test_coefficients_reach_a_device_once_and_match_the_float64_tables() -> None:
+    """Gathering on a device copies the tables there once (no host copy per step); the values stay the float64 ones."""
+    noise = NoiseSchedule.linear(50)
+    fp = ForwardProcess(noise, {"label": WindowedLambda(peak=0.5, start=0.1, center=0.4, end=0.9)})
+    meta = torch.device("meta")
+    tables = fp._tables(meta)
+    assert fp._tables(meta) is tables and all(v.device == meta for v in tables.values())
+    cpu = fp._tables(torch.device("cpu"))
+    assert torch.equal(cpu["sqrt_abar"], noise.abar.sqrt()) and torch.equal(cpu["lam"], fp.lam)
+    assert cpu["c0"].dtype == torch.float64 and cpu["c0"].shape == (51,) and cpu["ce"].shape == (1, 51)

@@ -9,7 +9,8 @@ aggregated modalities (a mapping name -> tensor shaped like z), w_t^(i) and lamb
                mu~_t = (1 / sqrt(alpha_t)) (z_t - beta_t / sqrt(1 - abar_t) eps) - a_t
     reverse    mu_theta = (1 / sqrt(alpha_t)) (z_t - beta_t / sqrt(1 - abar_t) eps_theta) - sum_i w_t^(i) E_i(xhat_i)
 
-All coefficients are kept in float64 and cast to the data's dtype when gathered.
+All coefficients are tabulated once in float64 (index t = 0..T), copied once to each device they are used on, and
+cast to the data's dtype when gathered, so a training or sampling step makes no host-to-device copy.
 """
 
 from __future__ import annotations
@@ -53,6 +54,34 @@ class ForwardProcess:
         self.alpha = noise.alpha
         self.abar = noise.abar
         self.beta_tilde = noise.beta_tilde
+        self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def _coefficients(self) -> dict[str, torch.Tensor]:
+        """Every coefficient the formulas gather, as (T+1,) tables ((N, T+1) for the per-modality ones)."""
+        beta, alpha, abar = self.beta, self.alpha, self.abar
+        one_m_abar = 1 - abar
+        ab_prev = abar[:-1]
+        zero = abar.new_zeros(1)
+        ce = torch.zeros_like(self.lam)
+        ce[:, 1:] = beta[1:] * self.lam[:, 1:] / (alpha[1:].sqrt() * one_m_abar[1:]) - self.w[:, 1:]
+        return {
+            "w": self.w, "lam": self.lam, "beta": beta, "beta_tilde": self.beta_tilde, "abar": abar,
+            "sqrt_alpha": alpha.sqrt(), "one_m_alpha": 1 - alpha, "sqrt_abar": abar.sqrt(), "one_m_abar": one_m_abar,
+            # the posterior mean's coefficients of z_0, z_t and each E_i (posterior)
+            "c0": torch.cat([zero, ab_prev.sqrt() * beta[1:] / one_m_abar[1:]]),
+            "ct": torch.cat([zero, alpha[1:].sqrt() * (1 - ab_prev) / one_m_abar[1:]]),
+            "ce": ce,
+            # beta_t / sqrt(1 - abar_t): the eps coefficient of the posterior mean (posterior_mean_eps)
+            "eps_coef": torch.cat([zero, beta[1:] / one_m_abar[1:].sqrt()]),
+        }
+
+    def _tables(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The coefficient tables on ``device``, computed and copied on first use there."""
+        tables = self._on_device.get(device)
+        if tables is None:
+            tables = {k: v.to(device) for k, v in self._coefficients().items()}
+            self._on_device[device] = tables
+        return tables
 
     @property
     def T(self) -> int:
@@ -92,10 +121,11 @@ class ForwardProcess:
             raise ScheduleError(f"t must lie in 0..{self.T}, got values in [{int(t.min())}, {int(t.max())}]")
         return t
 
-    @staticmethod
-    def _gather(v: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """v[t] broadcast against z (batch first), in z's dtype and device."""
-        return v.to(z.device)[t].to(z.dtype).reshape(-1, *([1] * (z.ndim - 1)))
+    def _gather(self, name: str, t: torch.Tensor, z: torch.Tensor, i: int | None = None) -> torch.Tensor:
+        """Table ``name`` (row ``i`` of a per-modality table) at t, broadcast against z (batch first), in z's dtype."""
+        v = self._tables(z.device)[name]
+        v = v if i is None else v[i]
+        return v[t].to(z.dtype).reshape(-1, *([1] * (z.ndim - 1)))
 
     def check_encodings(self, enc: Encodings, like: torch.Tensor) -> None:
         """Raise a ModalityDataError unless ``enc`` has exactly this process's modalities, each shaped like z."""
@@ -113,33 +143,34 @@ class ForwardProcess:
                     f"modality {n!r}: encoding has shape {tuple(e.shape)}, expected the latent shape {tuple(like.shape)}"
                 )
 
-    def _weighted(self, coef: torch.Tensor, enc: Encodings, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def _weighted(self, name: str, enc: Encodings, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """sum_i table[name][i, t] E_i: a per-modality coefficient applied to every encoding."""
         self.check_encodings(enc, like)
         out = torch.zeros_like(like)
         for i, n in enumerate(self.names):
-            out = out + self._gather(coef[i], t, like) * enc[n]
+            out = out + self._gather(name, t, like, i) * enc[n]
         return out
 
     # -- the paper's formulas ---------------------------------------------------------------------
     def aggregate(self, enc: Encodings, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """a_t = sum_i w_t^(i) E_i(x_i): what step t adds to z_{t-1} before scaling."""
-        return self._weighted(self.w, enc, self._t(t, like), like)
+        return self._weighted("w", enc, self._t(t, like), like)
 
     def injected(self, enc: Encodings, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """sum_i lambda_t^(i) E_i(x_i): the aggregated modalities' part of the marginal mean of z_t."""
-        return self._weighted(self.lam, enc, self._t(t, like), like)
+        return self._weighted("lam", enc, self._t(t, like), like)
 
     def kernel(self, z_prev: torch.Tensor, enc: Encodings, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of q(z_t | z_{t-1}, X) = N(sqrt(alpha_t) (z_{t-1} + a_t), (1 - alpha_t) I); t >= 1."""
         t = self._t(t, z_prev)
-        mean = self._gather(self.alpha.sqrt(), t, z_prev) * (z_prev + self.aggregate(enc, t, z_prev))
-        return mean, self._gather(1 - self.alpha, t, z_prev).expand_as(z_prev)
+        mean = self._gather("sqrt_alpha", t, z_prev) * (z_prev + self.aggregate(enc, t, z_prev))
+        return mean, self._gather("one_m_alpha", t, z_prev).expand_as(z_prev)
 
     def marginal(self, z0: torch.Tensor, enc: Encodings, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of q(z_t | z_0, X) = N(sqrt(abar_t) z_0 + sum_i lambda_t^(i) E_i, (1 - abar_t) I)."""
         t = self._t(t, z0)
-        mean = self._gather(self.abar.sqrt(), t, z0) * z0 + self.injected(enc, t, z0)
-        return mean, self._gather(1 - self.abar, t, z0).expand_as(z0)
+        mean = self._gather("sqrt_abar", t, z0) * z0 + self.injected(enc, t, z0)
+        return mean, self._gather("one_m_abar", t, z0).expand_as(z0)
 
     def q_sample(self, z0: torch.Tensor, enc: Encodings, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
         """z_t = sqrt(abar_t) z_0 + sum_i lambda_t^(i) E_i(x_i) + sqrt(1 - abar_t) eps (reparameterised marginal)."""
@@ -154,7 +185,7 @@ class ForwardProcess:
     def z0_from_eps(self, z_t: torch.Tensor, eps: torch.Tensor, enc: Encodings, t: torch.Tensor | int) -> torch.Tensor:
         """z_0 = (z_t - sum_i lambda_t^(i) E_i - sqrt(1 - abar_t) eps) / sqrt(abar_t): the marginal solved for z_0."""
         t = self._t(t, z_t)
-        ab = self._gather(self.abar, t, z_t)
+        ab = self._gather("abar", t, z_t)
         return (z_t - self.injected(enc, t, z_t) - (1 - ab).sqrt() * eps) / ab.sqrt()
 
     def posterior(self, z_t: torch.Tensor, z0: torch.Tensor, enc: Encodings, t: torch.Tensor | int
@@ -166,15 +197,8 @@ class ForwardProcess:
             beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)
         """
         t = self._t(t, z_t)
-        g = lambda v: self._gather(v, t, z_t)  # noqa: E731
-        ab_prev = self.abar[:-1]
-        one_m = 1 - self.abar
-        c0 = torch.cat([ab_prev.new_zeros(1), ab_prev.sqrt() * self.beta[1:] / one_m[1:]])
-        ct = torch.cat([ab_prev.new_zeros(1), self.alpha[1:].sqrt() * (1 - ab_prev) / one_m[1:]])
-        ce = torch.zeros_like(self.lam)
-        ce[:, 1:] = self.beta[1:] * self.lam[:, 1:] / (self.alpha[1:].sqrt() * one_m[1:]) - self.w[:, 1:]
-        mean = g(c0) * z0 + g(ct) * z_t + self._weighted(ce, enc, t, z_t)
-        return mean, g(self.beta_tilde).expand_as(z_t)
+        mean = self._gather("c0", t, z_t) * z0 + self._gather("ct", t, z_t) * z_t + self._weighted("ce", enc, t, z_t)
+        return mean, self._gather("beta_tilde", t, z_t).expand_as(z_t)
 
     def posterior_mean_eps(self, z_t: torch.Tensor, eps: torch.Tensor, enc: Encodings, t: torch.Tensor | int
                            ) -> torch.Tensor:
@@ -184,9 +208,8 @@ class ForwardProcess:
         with eps_theta and predicted encodings E_i(xhat_i) it is the reverse mean mu_theta (:meth:`reverse_mean`).
         """
         t = self._t(t, z_t)
-        g = lambda v: self._gather(v, t, z_t)  # noqa: E731
-        coef = torch.cat([self.beta.new_zeros(1), self.beta[1:] / (1 - self.abar[1:]).sqrt()])
-        return (z_t - g(coef) * eps) / g(self.alpha.sqrt()) - self.aggregate(enc, t, z_t)
+        g = lambda name: self._gather(name, t, z_t)  # noqa: E731
+        return (z_t - g("eps_coef") * eps) / g("sqrt_alpha") - self.aggregate(enc, t, z_t)
 
     def reverse_mean(self, z_t: torch.Tensor, eps_theta: torch.Tensor, enc_hat: Encodings, t: torch.Tensor | int
                      ) -> torch.Tensor:
@@ -197,5 +220,4 @@ class ForwardProcess:
         """sigma_t^2 of p_theta(z_{t-1} | z_t): beta_t ("beta") or beta~_t ("beta_tilde")."""
         if kind not in ("beta", "beta_tilde"):
             raise ScheduleError(f"reverse variance must be 'beta' or 'beta_tilde', got {kind!r}")
-        v = self.beta if kind == "beta" else self.beta_tilde
-        return self._gather(v, self._t(t, like), like).expand_as(like)
+        return self._gather(kind, self._t(t, like), like).expand_as(like)
