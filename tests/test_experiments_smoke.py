@@ -211,7 +211,7 @@ def test_claims_follow_the_paper_targets() -> None:
                              [(100, 22.0, 32.0), (200, 12.0, 22.0)])],
         "image_label": [_run("image_label", 0, {"fid": 12.0, "joint_coherence": 0.95, "label_head_accuracy": 0.80,
                                                 "standalone_classifier_accuracy": 0.85, "eta1_fid": 23.5,
-                                                "eta1_joint_coherence": 0.5})],
+                                                "eta1_joint_coherence": 0.5, "feature_net_test_accuracy": 0.89})],
         "masked_image": [_run("masked_image", 0, {"restored_psnr_r50": 15.0, "restored_kept_psnr_r50": 13.0,
                                                   "masked_input_psnr_r50": 9.0},
                               [(100, 10.5, 25.0), (200, 9.0, 22.0)])],
@@ -223,6 +223,7 @@ def test_claims_follow_the_paper_targets() -> None:
     assert [c.status for c in found] == ["held", "did not hold", "held", "did not hold", "did not hold", "held",
                                          "did not hold", "held", "did not hold"]
     assert "(both sampled with DDIM eta 1)" in found[1].claim and "ratio 1.119" in found[1].evidence
+    assert "real test pairs score 89.0%" in found[2].evidence
     assert "curves sampled with DDIM eta 1" in found[6].claim and "never reached" in found[6].evidence
     assert "pasted back" in found[8].claim and "13.00 vs input 9.00, SDEdit 14.00" in found[8].evidence
     by_exp["image_label"][0].data["metrics"]["fid"] = 13.5
