@@ -35,6 +35,7 @@ from experiments import common
 from experiments.presets import Preset, get_preset
 from mtd_core.errors import MTDError
 
+
 @attrs.frozen
 class Target:
     """One finished run to rescore.
