@@ -140,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--preset", required=True, help="the preset whose results are rescored")
     p.add_argument("--what", nargs="+", choices=list(MEASURES), required=True, help="the measures to recompute")
     p.add_argument("--experiment", nargs="*", default=None, help="only these experiments (default: all)")
+    p.add_argument("--seed", nargs="*", type=int, default=None, help="only these seeds (default: all)")
     p.add_argument("--results", type=Path, default=common.DEFAULT_RESULTS)
     p.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the preset's)")
@@ -152,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(preset.threads)
         for result in sorted((args.results / preset.name).glob("*/seed*.json")):
             experiment, seed = result.parent.name, result.stem.removeprefix("seed")
-            if args.experiment and experiment not in args.experiment:
+            if (args.experiment and experiment not in args.experiment) or (args.seed and int(seed) not in args.seed):
                 continue
             run_dir = args.work / preset.name / experiment / f"seed{seed}"
             if not (run_dir / "checkpoints").is_dir():
