@@ -159,6 +159,25 @@ def test_rescoring_eta1_refuses_a_curve_of_other_checkpoints(smoke_results: Path
     assert json.loads(path.read_text()) == data
 
 
+@pytest.mark.filterwarnings("ignore:FID.*rank-deficient")  # FID at n=24 < 64 feature dims warns, as it should
+def test_rescore_cli_picks_experiments_and_seeds(smoke_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments.rescore import main
+
+    work = smoke_results.parent / "work"
+    texts = {p: p.read_text() for p in (smoke_results / "smoke").glob("*/seed*.json")}
+    base = ["--preset", "smoke", "--results", str(smoke_results), "--work", str(work), "--what", "elbo"]
+    threads = torch.get_num_threads()
+    try:
+        assert main([*base, "--experiment", "image_label", "--seed", "1"]) == 0  # no such seed: nothing to do
+        assert {p: p.read_text() for p in texts} == texts
+        assert main([*base, "--experiment", "image_label", "--seed", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    changed = [p for p in texts if p.read_text() != texts[p]]
+    assert changed == [common.result_path(smoke_results, "smoke", "image_label", 0)]
+    assert "image_label/seed0.json: elbo" in capsys.readouterr().out
+
+
 def test_rescore_refuses_an_unknown_measure(smoke_results: Path) -> None:
     from experiments.rescore import rescore
 
