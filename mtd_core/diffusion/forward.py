@@ -208,8 +208,8 @@ class ForwardProcess:
         with eps_theta and predicted encodings E_i(xhat_i) it is the reverse mean mu_theta (:meth:`reverse_mean`).
         """
         t = self._t(t, z_t)
-        g = lambda name: self._gather(name, t, z_t)  # noqa: E731
-        return (z_t - g("eps_coef") * eps) / g("sqrt_alpha") - self.aggregate(enc, t, z_t)
+        coef, sqrt_alpha = self._gather("eps_coef", t, z_t), self._gather("sqrt_alpha", t, z_t)
+        return (z_t - coef * eps) / sqrt_alpha - self.aggregate(enc, t, z_t)
 
     def reverse_mean(self, z_t: torch.Tensor, eps_theta: torch.Tensor, enc_hat: Encodings, t: torch.Tensor | int
                      ) -> torch.Tensor:
