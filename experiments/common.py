@@ -302,13 +302,15 @@ def elbo_bits_per_dim(model: Any, data: Any, preset: Preset, seed: int) -> dict[
             "elbo_timesteps": float(e["timesteps_per_example"]), "elbo_batch": float(preset.elbo_batch)}
 
 
-def paired_metrics(generated: torch.Tensor, target: torch.Tensor, name: str, suffix: str = "") -> dict[str, float]:
-    """Mean PSNR (dB) and SSIM of generated vs target images in [-1, 1] (data range 2), as
-    ``{name}_psnr{suffix}``, ``{name}_ssim{suffix}`` and the pair count ``{name}_n{suffix}``."""
+def paired_metrics(generated: torch.Tensor, target: torch.Tensor, name: str, suffix: str = "", *,
+                   pooled: bool = False) -> dict[str, float]:
+    """PSNR (dB; the mean over pairs, or with ``pooled`` the PSNR of the MSE over all pairs) and mean SSIM of
+    generated vs target images in [-1, 1] (data range 2), as ``{name}_psnr{suffix}``, ``{name}_ssim{suffix}`` and the
+    pair count ``{name}_n{suffix}``."""
     from mtd_core.metrics import psnr, ssim
 
     p, s = psnr(generated, target), ssim(generated, target)
-    return {f"{name}_psnr{suffix}": float(p.mean), f"{name}_ssim{suffix}": float(s.mean),
+    return {f"{name}_psnr{suffix}": float(p.pooled if pooled else p.mean), f"{name}_ssim{suffix}": float(s.mean),
             f"{name}_n{suffix}": float(len(target))}
 
 
@@ -385,16 +387,23 @@ def restoration_set(ev: Evaluator, preset: Preset, ratio: float) -> dict[str, to
     return {"image": x, "mask": mask, "masked": apply_mask(x, mask, fill=0.0)}
 
 
+RESTORATION_PROTOCOL = {
+    "restoration_psnr": "pooled over the image pairs: 10 log10(L^2 / MSE over every pixel of every pair), L = 2; "
+                        "with the observed pixels kept, a mask that hides only background can be restored exactly, "
+                        "and a mean of per-image PSNR would be infinite",
+    "restoration_ssim": "mean over the image pairs"}
+"""How :func:`restoration` scores (stored in the protocol of every result that reports restoration)."""
+
 RestoreFn = Callable[[torch.Tensor], torch.Tensor]
 """A restoration method: masked images in [-1, 1] -> restored images."""
 
 
 def restoration(restore: RestoreFn, name: str, ev: Evaluator, preset: Preset, out_dir: Path, seed: int
                 ) -> tuple[dict[str, float], list[str]]:
-    """PSNR/SSIM of ``restore`` at every mask ratio of the preset, against the true test images: as generated
-    (``{name}_psnr_<ratio>``) and with the observed pixels pasted back (``{name}_kept_psnr_<ratio>``), with the
-    masked input itself as the floor (``masked_input_psnr_<ratio>``). Grids of ratio 0.5 and the largest ratio are
-    written to ``out_dir``; returns the metrics and the grid file names."""
+    """PSNR (pooled over the pairs, RESTORATION_PROTOCOL) and SSIM of ``restore`` at every mask ratio of the preset,
+    against the true test images: as generated (``{name}_psnr_<ratio>``) and with the observed pixels pasted back
+    (``{name}_kept_psnr_<ratio>``), with the masked input itself as the floor (``masked_input_psnr_<ratio>``). Grids
+    of ratio 0.5 and the largest ratio are written to ``out_dir``; returns the metrics and the grid file names."""
     from mtd_plugins.masked_image import keep_observed
 
     metrics: dict[str, float] = {}
@@ -403,10 +412,9 @@ def restoration(restore: RestoreFn, name: str, ev: Evaluator, preset: Preset, ou
         tag = ratio_tag(r)
         rs = restoration_set(ev, preset, r)
         restored = restore(rs["masked"])
-        metrics.update(paired_metrics(rs["masked"], rs["image"], "masked_input", f"_{tag}"))
-        metrics.update(paired_metrics(restored, rs["image"], name, f"_{tag}"))
-        metrics.update(paired_metrics(keep_observed(restored, rs["masked"], rs["mask"]), rs["image"], f"{name}_kept",
-                                      f"_{tag}"))
+        kept = keep_observed(restored, rs["masked"], rs["mask"])
+        for images, key in ((rs["masked"], "masked_input"), (restored, name), (kept, f"{name}_kept")):
+            metrics.update(paired_metrics(images, rs["image"], key, f"_{tag}", pooled=True))
         print(f"  ratio {r:.2f}: {name} PSNR {metrics[f'{name}_psnr_{tag}']:.2f} dB (observed pixels kept "
               f"{metrics[f'{name}_kept_psnr_{tag}']:.2f}); masked input {metrics[f'masked_input_psnr_{tag}']:.2f} dB "
               f"(n={len(restored)})")

@@ -385,10 +385,11 @@ eta = `cond_eta` (1) and replacement conditioning (docs/sampling.md). Read-outs 
 representation, caption) take the given image at t = read_t * T. Restoration inputs (patch masks seeded by the
 ratio) are identical across experiments and seeds; the masked-image model was trained at ratio 0.5 only; restoration
 is scored on the generated images as they are and again with the observed pixels pasted back (`*_kept_*`,
-`mtd_plugins.masked_image.keep_observed`). The ELBO (bits/dim) is estimated on a seeded test subsample: every
-example draws its own `elbo_timesteps` denoising timesteps, stratified across 2..T, an unbiased estimate of the sum
-over all T - 1 terms (counts in the tables); `elbo_bpd_se` is the standard error over examples, which includes the
-timestep draws.
+`mtd_plugins.masked_image.keep_observed`); restoration PSNR is pooled over the pairs (the PSNR of the mean squared
+error over all of them), since a restoration that keeps the observed pixels can be exact on an image. The ELBO
+(bits/dim) is estimated on a seeded test subsample: every example draws its own `elbo_timesteps` denoising
+timesteps, stratified across 2..T, an unbiased estimate of the sum over all T - 1 terms (counts in the tables);
+`elbo_bpd_se` is the standard error over examples, which includes the timestep draws.
 """
 
 

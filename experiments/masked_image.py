@@ -66,7 +66,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     restored, restored_grids = restoration(model, ev, preset, out_dir, seed)
     metrics.update(restored)
     grids += restored_grids
-    protocol = common.base_protocol(preset, trained, ev)
+    protocol = {**common.base_protocol(preset, trained, ev), **common.RESTORATION_PROTOCOL}
     protocol.update({"train_mask_ratio": TRAIN_RATIO, "masked_image_loss_weight": LOSS_WEIGHT,
                      "mask": f"patch {preset.patch}x{preset.patch}",
                      "n_paired": preset.n_paired, "n_curve": preset.n_curve, "curve_every": preset.curve_every,

@@ -107,6 +107,7 @@ def _restoration(t: Target) -> dict[str, float] | None:
     if not hasattr(t.module, "restoration"):
         return None
     metrics, _ = t.module.restoration(t.loaded.model, t.evaluator(), t.preset, t.result.parent, t.seed)
+    t.data["protocol"].update(common.RESTORATION_PROTOCOL)
     return metrics
 
 

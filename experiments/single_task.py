@@ -77,7 +77,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     restored, restored_grids = restoration(trained.model, ev, preset, out_dir, seed)
     metrics.update(restored)
     grids += restored_grids
-    protocol = common.base_protocol(preset, trained, ev)
+    protocol = {**common.base_protocol(preset, trained, ev), **common.RESTORATION_PROTOCOL}
     protocol.update({"sdedit_t0": round(preset.sdedit_t * 1000), "sdedit_steps": max(1, round(preset.sampler_steps *
                      preset.sdedit_t)), "n_paired": preset.n_paired, "mask": f"patch {preset.patch}x{preset.patch}",
                      "n_curve": preset.n_curve, "curve_every": preset.curve_every})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,11 @@ def test_restoration_inputs_are_shared_and_scored_consistently(smoke_results: Pa
         assert single["metrics"][f"masked_input_psnr_{tag}"] == masked["metrics"][f"masked_input_psnr_{tag}"]
     psnrs = [masked["metrics"][f"masked_input_psnr_{tag}"] for tag in tags]
     assert psnrs == sorted(psnrs, reverse=True)
-    # pasting the observed pixels back can only lower each image's error: the hidden pixels are all that differ
+    # pasting the observed pixels back can only lower the error: the hidden pixels are all that differ
     for data, name in ((single, "sdedit"), (masked, "restored")):
+        assert data["protocol"]["restoration_psnr"].startswith("pooled")
         for tag in tags:
+            assert math.isfinite(data["metrics"][f"{name}_kept_psnr_{tag}"])
             assert data["metrics"][f"{name}_kept_psnr_{tag}"] >= data["metrics"][f"{name}_psnr_{tag}"]
 
 

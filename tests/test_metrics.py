@@ -231,6 +231,17 @@ def test_psnr_closed_form_identical_and_range_invariance() -> None:
     assert psnr((y + 1) / 2, (x + 1) / 2, data_range=1.0).mean == pytest.approx(psnr(y, x, data_range=2.0).mean, rel=1e-9)
     with pytest.raises(MetricError, match="wider than data_range=1"):
         psnr(x, x, data_range=1.0)
+
+
+def test_pooled_psnr_stays_finite_when_some_pairs_are_identical() -> None:
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(4, 1, 8, 8, generator=g, dtype=torch.float64) * 1.6 - 0.8
+    y = x.clone()
+    y[:2] += 0.1  # pairs 0 and 1 off by 0.1 everywhere (MSE 0.01), pairs 2 and 3 identical
+    r = psnr(y, x)
+    assert r.mean == math.inf and torch.isinf(r.per_image[2:]).all()
+    assert r.pooled == pytest.approx(10 * math.log10(4.0 / 0.005), rel=1e-9)  # mean MSE over all pixels: 0.005
+    assert psnr(x, x).pooled == math.inf and ssim(y, x).pooled is None
     with pytest.raises(MetricError, match="same shape"):
         psnr(x, x[:2])
 

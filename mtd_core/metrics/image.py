@@ -38,12 +38,16 @@ class PairedImageScore:
         per_image: (n,) float64 values.
         mean: the mean over images (inf for PSNR when any pair is identical).
         data_range: the value range width L used.
+        pooled: PSNR only (None for SSIM): 10 log10(L^2 / MSE) with the MSE over every pixel of every pair, the
+            "PSNR of the set"; finite unless every pair is identical, so it stays comparable when a restoration that
+            keeps the observed pixels reproduces some images exactly.
     """
 
     metric: str
     per_image: torch.Tensor
     mean: float
     data_range: float
+    pooled: float | None = None
 
     @property
     def n_generated(self) -> int:
@@ -84,11 +88,14 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, data_range: float, who: str) -
 
 
 def psnr(generated: torch.Tensor, reference: torch.Tensor, *, data_range: float = 2.0) -> PairedImageScore:
-    """Peak signal-to-noise ratio in dB per image pair, 10 log10(L^2 / MSE); inf for identical images."""
+    """Peak signal-to-noise ratio in dB per image pair, 10 log10(L^2 / MSE), inf for identical images; and pooled
+    over the pairs (``pooled``)."""
     x, y = _check_pair(generated, reference, data_range, "PSNR")
     mse = (x - y).pow(2).flatten(1).mean(1)
     per = 10.0 * torch.log10(data_range**2 / mse)  # mse = 0 gives +inf
-    return PairedImageScore(metric="psnr", per_image=per, mean=float(per.mean()), data_range=float(data_range))
+    pooled = 10.0 * math.log10(data_range**2 / float(mse.mean())) if float(mse.mean()) > 0 else math.inf
+    return PairedImageScore(metric="psnr", per_image=per, mean=float(per.mean()), data_range=float(data_range),
+                            pooled=pooled)
 
 
 def gaussian_window(size: int, sigma: float = SIGMA) -> torch.Tensor:
