@@ -391,7 +391,9 @@ RESTORATION_PROTOCOL = {
     "restoration_psnr": "pooled over the image pairs: 10 log10(L^2 / MSE over every pixel of every pair), L = 2; "
                         "with the observed pixels kept, a mask that hides only background can be restored exactly, "
                         "and a mean of per-image PSNR would be infinite",
-    "restoration_ssim": "mean over the image pairs"}
+    "restoration_ssim": "mean over the image pairs",
+    "restoration_scores": "<name>_*: as generated; <name>_kept_*: with the observed pixels pasted back "
+                          "(mtd_plugins.masked_image.keep_observed)"}
 """How :func:`restoration` scores (stored in the protocol of every result that reports restoration)."""
 
 RestoreFn = Callable[[torch.Tensor], torch.Tensor]

@@ -328,7 +328,8 @@ def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float]) -> list
         for r in ratios:
             tag = ratio_tag(r)
             mt, mi, sd = (metric_mean(masked, f"restored{kept}_psnr_{tag}"),
-                          metric_mean(masked, f"masked_input_psnr_{tag}"), metric_mean(single, f"sdedit{kept}_psnr_{tag}"))
+                          metric_mean(masked, f"masked_input_psnr_{tag}"),
+                          metric_mean(single, f"sdedit{kept}_psnr_{tag}"))
             if mt is None or mi is None or sd is None:
                 missing = True
                 continue

@@ -70,8 +70,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     protocol.update({"train_mask_ratio": TRAIN_RATIO, "masked_image_loss_weight": LOSS_WEIGHT,
                      "mask": f"patch {preset.patch}x{preset.patch}",
                      "n_paired": preset.n_paired, "n_curve": preset.n_curve, "curve_every": preset.curve_every,
-                     "restoration": "conditional generation given the masked image; restored_kept_*: with the "
-                                    "observed pixels pasted back"})
+                     "restoration": "conditional generation given the masked image"})
     return common.Outcome(metrics=metrics, protocol=protocol, grids=grids, curve=curve)
 
 
