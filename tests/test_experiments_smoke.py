@@ -167,17 +167,25 @@ def test_rescore_cli_picks_experiments_and_seeds(smoke_results: Path, capsys: py
     from experiments.rescore import main
 
     work = smoke_results.parent / "work"
-    texts = {p: p.read_text() for p in (smoke_results / "smoke").glob("*/seed*.json")}
+    originals = {p: p.read_text() for p in (smoke_results / "smoke").glob("*/seed*.json")}
+    # An earlier rescore in the same second would leave the text unchanged, so mark what a rescore must restore.
+    for p, text in originals.items():
+        data = json.loads(text)
+        data["protocol"].pop("elbo_rescored_utc", None)
+        p.write_text(json.dumps(data))
+    unstamped = {p: p.read_text() for p in originals}
     base = ["--preset", "smoke", "--results", str(smoke_results), "--work", str(work), "--what", "elbo"]
     threads = torch.get_num_threads()
     try:
         assert main([*base, "--experiment", "image_label", "--seed", "1"]) == 0  # no such seed: nothing to do
-        assert {p: p.read_text() for p in texts} == texts
+        assert {p: p.read_text() for p in originals} == unstamped
         assert main([*base, "--experiment", "image_label", "--seed", "0"]) == 0
+        stamped = [p for p in originals if "elbo_rescored_utc" in json.loads(p.read_text())["protocol"]]
     finally:
         torch.set_num_threads(threads)
-    changed = [p for p in texts if p.read_text() != texts[p]]
-    assert changed == [common.result_path(smoke_results, "smoke", "image_label", 0)]
+        for p, text in originals.items():
+            p.write_text(text)
+    assert stamped == [common.result_path(smoke_results, "smoke", "image_label", 0)]
     assert "image_label/seed0.json: elbo" in capsys.readouterr().out
 
 
