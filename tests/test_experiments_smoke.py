@@ -168,15 +168,15 @@ def test_rescore_cli_picks_experiments_and_seeds(smoke_results: Path, capsys: py
 
     work = smoke_results.parent / "work"
     originals = {p: p.read_text() for p in (smoke_results / "smoke").glob("*/seed*.json")}
-    # An earlier rescore in the same second would leave the text unchanged, so mark what a rescore must restore.
-    for p, text in originals.items():
-        data = json.loads(text)
-        data["protocol"].pop("elbo_rescored_utc", None)
-        p.write_text(json.dumps(data))
-    unstamped = {p: p.read_text() for p in originals}
     base = ["--preset", "smoke", "--results", str(smoke_results), "--work", str(work), "--what", "elbo"]
     threads = torch.get_num_threads()
     try:
+        # An earlier rescore in the same second would leave the text unchanged, so mark what a rescore must restore.
+        for p, text in originals.items():
+            data = json.loads(text)
+            data["protocol"].pop("elbo_rescored_utc", None)
+            p.write_text(json.dumps(data))
+        unstamped = {p: p.read_text() for p in originals}
         assert main([*base, "--experiment", "image_label", "--seed", "1"]) == 0  # no such seed: nothing to do
         assert {p: p.read_text() for p in originals} == unstamped
         assert main([*base, "--experiment", "image_label", "--seed", "0"]) == 0
