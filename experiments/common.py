@@ -31,6 +31,18 @@ RESULT_FORMAT = "mtd-experiment-result"
 WINDOWED = {"kind": "windowed", "peak": 1.0, "start": 0.0, "center": 0.4, "end": 0.9}
 """The aggregated modalities' weight schedule w_t (eq. 4 of the paper): the example configs' windowed schedule."""
 
+DESIGN: dict[str, Any] = {"variant": "", "aux_channels": None, "weights": WINDOWED, "aggregated": {}}
+"""The design every multi-modal experiment trains with: where the encodings live in Z (the task set's
+``aux_channels``; None: its default), the aggregated modalities' weight schedule and any further option of theirs
+(e.g. ``loss_weight``). ``--variant NAME --aux-channels A --weights kind=...,... --aggregated key=value,...`` change
+it for a design study; such runs and results go to ``<experiment>/variants/<NAME>/`` so that they never mix with the
+defaults' (docs/results.md is built from those)."""
+
+
+def aggregated(config: Mapping[str, Any]) -> dict[str, Any]:
+    """An aggregated modality's config with this run's weight schedule and design options (DESIGN)."""
+    return {**config, "weights": dict(DESIGN["weights"]), **DESIGN["aggregated"]}
+
 
 # -- data ------------------------------------------------------------------------------------------------
 def check_data(preset: Preset) -> None:
@@ -55,7 +67,7 @@ def image_modality(preset: Preset, name: str | None = None, role: str = "base") 
     if name is not None:
         d["name"] = name
     if role != "base":
-        d["weights"] = dict(WINDOWED)
+        d = aggregated(d)
     return d
 
 
@@ -72,8 +84,10 @@ def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: in
                           ema_decay=preset.ema_decay, seed=seed, threads=preset.threads, device=preset.device,
                           log_every=max(1, min(50, preset.steps)), sample_every=0, sample_n=0,
                           checkpoint_every=checkpoint_every, keep_last=0 if checkpoint_every else 1, progress=False)
-    return RunConfig(dataset=dataset, taskset={"modalities": [dict(m) for m in modalities],
-                                               "diffusion": {"kind": "linear", "T": 1000}},
+    taskset: dict[str, Any] = {"modalities": [dict(m) for m in modalities], "diffusion": {"kind": "linear", "T": 1000}}
+    if DESIGN["aux_channels"] is not None and any(m.get("role", "aggregated") != "base" for m in modalities):
+        taskset["aux_channels"] = DESIGN["aux_channels"]
+    return RunConfig(dataset=dataset, taskset=taskset,
                      backbone={"name": "unet", **preset.backbone}, trainer=trainer)
 
 
@@ -98,8 +112,13 @@ class Trained:
     final_loss: float
 
 
-REUSE = {"finished_runs": False}
-"""Set by ``--reuse``: :func:`train` loads a finished run with the identical config instead of training again."""
+REUSE = {"finished_runs": False, "train_only": False}
+"""Set by ``--reuse`` (:func:`train` loads a finished run with the identical config instead of training again) and
+``--train-only`` (every training step of an experiment runs, or is reused, and the evaluation is skipped)."""
+
+
+class TrainedOnly(Exception):
+    """Raised after training under ``--train-only``: the experiment stops before its evaluation."""
 
 
 def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, run_dir: Path,
@@ -141,6 +160,32 @@ def _finished_run(run_dir: Path, config: Mapping[str, Any], steps: int) -> dict[
         return None
     same = stored == json.loads(json.dumps(config))
     return last if same and last.get("step") == steps else None
+
+
+def trained_module(module: torch.nn.Module, path: Path, key: Mapping[str, Any], fit: Callable[[], float]) -> float:
+    """Train ``module`` with ``fit`` (returns its wall time) and save its weights to ``path`` (safetensors, with
+    ``key`` and the wall time in a JSON beside it); under ``--reuse``, load them instead when the JSON's key equals
+    ``key``. For the baselines trained outside the Trainer (the diffusers U-Net, the standalone classifier), so that
+    their rescoring never retrains them. Returns the (original) training wall time."""
+    from safetensors.torch import load_file, save_file
+
+    from mtd_core.training import write_atomic
+
+    meta_path = path.with_suffix(".json")
+    key = json.loads(json.dumps(key))
+    if REUSE["finished_runs"] and path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("key") == key:
+            module.load_state_dict(load_file(str(path), device=str(next(module.parameters()).device)))
+            print(f"  reusing the trained weights {path}")
+            return float(meta["train_wall_s"])
+    wall = fit()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+    write_atomic(meta_path, json.dumps({"key": key, "train_wall_s": wall}, indent=1))
+    return wall
 
 
 def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ema: Any, cfg: Any, step: int,
@@ -201,7 +246,11 @@ class Evaluator:
 
 
 def make_evaluator(data: Any, preset: Preset, cache_dir: Path | None = None) -> Evaluator:
-    """Train (or load from the cache) the feature network and compute the reference features."""
+    """Train (or load from the cache) the feature network and compute the reference features.
+
+    Every experiment calls it once its training is done; under ``--train-only`` it stops the experiment there."""
+    if REUSE["train_only"]:
+        raise TrainedOnly(preset.name)
     from mtd_core.metrics import FeatureRecipe, reference_features, train_feature_net
 
     train_split = split_tensors(data, "train")
@@ -216,14 +265,14 @@ def make_evaluator(data: Any, preset: Preset, cache_dir: Path | None = None) -> 
 def generate_batched(model: Any, preset: Preset, n: int | None = None, given: Mapping[str, Any] | None = None,
                      seed: int = 0, **options: Any) -> dict[str, Any]:
     """``generate`` in chunks of ``preset.eval_batch`` with one seeded generator; samples concatenated (on CPU).
-    Conditional generation (something given, not the base) uses DDIM with ``preset.cond_eta`` unless ``options``
-    set eta."""
+    Every generation uses ``preset.nfe`` network evaluations and ``generate``'s defaults, updated by
+    ``preset.sampling`` and then ``options``."""
     from mtd_core.sampling.generate import generate
 
     given = dict(given or {})
-    base = model.taskset.base
-    if given and (base is None or base.name not in given) and preset.sampler == "ddim":
-        options.setdefault("eta", preset.cond_eta)
+    options = {"nfe": preset.nfe, **preset.sampling, **options}
+    if "steps" in options:
+        options.pop("nfe")
     total = n if n is not None else len(next(iter(given.values())))
     g = torch.Generator(model.device).manual_seed(seed)
     parts: list[dict[str, Any]] = []
@@ -231,8 +280,8 @@ def generate_batched(model: Any, preset: Preset, n: int | None = None, given: Ma
         stop = min(total, start + preset.eval_batch)
         chunk = {k: (v[start:stop].to(model.device) if isinstance(v, torch.Tensor) else v[start:stop])
                  for k, v in given.items()}
-        out = generate(model, n=None if chunk else stop - start, given=chunk or None, sampler=preset.sampler,
-                       steps=preset.sampler_steps, generator=g, progress=False, **options)
+        out = generate(model, n=None if chunk else stop - start, given=chunk or None, generator=g, progress=False,
+                       **options)
         parts.append(out.samples)
     merged: dict[str, Any] = {}
     for name in parts[0]:
@@ -243,63 +292,57 @@ def generate_batched(model: Any, preset: Preset, n: int | None = None, given: Ma
 
 
 def distribution_metrics(ev: Evaluator, images: torch.Tensor, prefix: str = "") -> dict[str, float]:
-    """Classifier-FID, KID and precision/recall of generated images against the real test images, with the
-    feature network's own test accuracy (the protocol every table states)."""
-    from mtd_core.metrics import features, fid, kid, precision_recall
+    """Classifier-FID, KID and precision/recall of generated images against the real test images, the noise-like
+    share (docs/metrics.md) and the feature network's own test accuracy (the protocol every table states)."""
+    from mtd_core.metrics import features, fid, kid, noise_like_share, precision_recall
 
     f = features(ev.feature_net, images)
     r_fid = fid(f, ev.reference, feature_net=ev.feature_net)
     r_kid = kid(f, ev.reference, feature_net=ev.feature_net)
     r_pr = precision_recall(f, ev.reference, feature_net=ev.feature_net)
-    for r in (r_fid, r_kid, r_pr):
+    r_noise = noise_like_share(images, ev.test["image"])
+    for r in (r_fid, r_kid, r_pr, r_noise):
         print(f"  {prefix}{r}")
     return {f"{prefix}fid": r_fid.value, f"{prefix}kid_mean": r_kid.mean, f"{prefix}kid_std": r_kid.std,
             f"{prefix}precision": r_pr.precision, f"{prefix}recall": r_pr.recall,
-            f"{prefix}n_generated": float(len(images)),
+            f"{prefix}noise_like": r_noise.share, f"{prefix}n_generated": float(len(images)),
             "feature_net_test_accuracy": float(ev.feature_net.test_accuracy)}
 
 
-STOCHASTIC = "eta1_"
-"""Prefix of the metrics of samples drawn with DDIM eta 1 (the protocol's own sampler is DDIM eta 0)."""
-STOCHASTIC_KEYS = [f"{STOCHASTIC}{k}" for k in ("fid", "kid_mean", "kid_std", "precision", "recall", "n_generated")]
-
+DISTRIBUTION_KEYS = ["fid", "kid_mean", "kid_std", "precision", "recall", "noise_like", "n_generated",
+                     "feature_net_test_accuracy"]
+"""What :func:`distribution_metrics` reports."""
 
 JointMeasures = Callable[[Evaluator, Preset, Any, Mapping[str, Any]], dict[str, float]]
 """An experiment's measures of jointly generated samples (e.g. joint coherence): (evaluator, preset, model,
-samples) -> metrics. Applied to the samples of both samplers, the eta-1 ones under the ``eta1_`` prefix."""
+samples) -> metrics."""
 
 
-def stochastic_metrics(ev: Evaluator, model: Any, preset: Preset, seed: int,
-                       joint: JointMeasures | None = None) -> dict[str, float]:
-    """:func:`distribution_metrics` (and the experiment's ``joint`` measures) of ``preset.n_samples`` samples of
-    the same seed drawn with DDIM eta 1, keys prefixed ``eta1_``.
+def sampler_protocol(preset: Preset) -> dict[str, Any]:
+    """The protocol entries naming how every sample is drawn: the sampler, its NFE and its options."""
+    from mtd_core.sampling.generate import DEFAULT_CLIP, DEFAULT_CLIP_EPS, DEFAULT_SAMPLER, DEFAULT_SPACING
 
-    Every experiment reports them next to its deterministic eta-0 samples: a jointly generated aggregated modality
-    enters every step, and which sampler serves it better differs by dataset (experiments/notes/cpu.md, digits.md).
-    """
-    samples = generate_batched(model, preset, n=preset.n_samples, seed=seed, eta=1.0)
-    metrics = distribution_metrics(ev, samples[model.taskset.base.name], prefix=STOCHASTIC)
-    if joint is not None:
-        metrics.update({f"{STOCHASTIC}{k}": v for k, v in joint(ev, preset, model, samples).items()})
-    return metrics
-
-
-def sampler_protocol(preset: Preset) -> dict[str, str]:
-    """The protocol entries naming the samplers of the unconditional (or joint) samples: eta 0, and eta 1."""
-    return {"sampler": f"{preset.sampler} eta 0",
-            f"{STOCHASTIC}metrics": f"{preset.sampler} eta 1, {preset.n_samples} samples from the same seed"}
+    defaults = {"sampler": DEFAULT_SAMPLER, "spacing": DEFAULT_SPACING, "clip": DEFAULT_CLIP,
+                "clip_eps": DEFAULT_CLIP_EPS}
+    return {"sampler": {**defaults, **preset.sampling}, "nfe": preset.nfe}
 
 
 def elbo_bits_per_dim(model: Any, data: Any, preset: Preset, seed: int) -> dict[str, float]:
-    """The multi-modal ELBO in bits/dim on a seeded test subsample of ``preset.elbo_n`` examples."""
+    """The bound of the base in bits/dim (prior + denoising + reconstruction) on a seeded test subsample of
+    ``preset.elbo_n`` examples, and each aggregated modality's decoder term apart (``elbo_decode_<name>_nats``)."""
     from mtd_core.cli.eval import evaluate_elbo
 
     with torch.no_grad():
         e = evaluate_elbo(model, data, preset.elbo_n, preset.elbo_timesteps, preset.elbo_batch, seed)
-    print(f"  ELBO {e['bits_per_dim']:.4f} bits/dim (+- {e['std_error']:.4f}) on {e['n_examples']} test examples, "
-          f"{e['timesteps_per_example']} of {e['T'] - 1} denoising terms per example")
-    return {"elbo_bpd": e["bits_per_dim"], "elbo_bpd_se": e["std_error"], "elbo_n": float(e["n_examples"]),
-            "elbo_timesteps": float(e["timesteps_per_example"]), "elbo_batch": float(preset.elbo_batch)}
+    print(f"  ELBO of the base {e['bits_per_dim']:.4f} bits/dim (+- {e['std_error']:.4f}) on {e['n_examples']} test "
+          f"examples, {e['timesteps_per_example']} of {e['T'] - 1} denoising terms per example")
+    out = {"elbo_bpd": e["bits_per_dim"], "elbo_bpd_se": e["std_error"], "elbo_n": float(e["n_examples"]),
+           "elbo_timesteps": float(e["timesteps_per_example"]), "elbo_batch": float(preset.elbo_batch)}
+    out.update({f"elbo_{k}_nats": v for k, v in e["terms_nats"].items() if k.startswith("decode_")})
+    return out
+
+
+ELBO_KEYS = ["elbo_bpd", "elbo_bpd_se", "elbo_n"]
 
 
 def paired_metrics(generated: torch.Tensor, target: torch.Tensor, name: str, suffix: str = "", *,
@@ -314,14 +357,9 @@ def paired_metrics(generated: torch.Tensor, target: torch.Tensor, name: str, suf
             f"{name}_n{suffix}": float(len(target))}
 
 
-CURVE_SAMPLERS = {"": 0.0, STOCHASTIC: 1.0}
-"""The learning curve's samplers: key prefix -> DDIM eta (``fid`` with eta 0, ``eta1_fid`` with eta 1)."""
-
-
-def learning_curve(run_dir: Path, preset: Preset, ev: Evaluator, seed: int,
-                   samplers: Mapping[str, float] = CURVE_SAMPLERS) -> list[dict[str, float]]:
-    """FID (at ``preset.n_curve`` samples, EMA weights) of every checkpoint of a run, oldest first, once per sampler
-    (``{prefix}fid``), every sampler from the same seed."""
+def learning_curve(run_dir: Path, preset: Preset, ev: Evaluator, seed: int) -> list[dict[str, float]]:
+    """FID (at ``preset.n_curve`` samples, EMA weights, the preset's sampler) of every checkpoint of a run, oldest
+    first, every point from the same seed."""
     from mtd_core.metrics import features, fid
     from mtd_core.training import list_checkpoints, load_run
 
@@ -329,24 +367,19 @@ def learning_curve(run_dir: Path, preset: Preset, ev: Evaluator, seed: int,
     for ckpt in list_checkpoints(run_dir / "checkpoints"):
         loaded = load_run(ckpt, device=device_of(preset))
         base = loaded.model.taskset.base.name
-        point = {"step": float(loaded.step), "n_generated": float(preset.n_curve)}
-        for prefix, eta in samplers.items():
-            samples = generate_batched(loaded.model, preset, n=preset.n_curve, seed=seed, eta=eta)
-            point[f"{prefix}fid"] = float(fid(features(ev.feature_net, samples[base]), ev.reference,
-                                              feature_net=ev.feature_net).value)
-        print(f"  curve: step {loaded.step}: " + ", ".join(f"FID {point[f'{p}fid']:.3f} (eta {eta:g})"
-                                                           for p, eta in samplers.items())
-              + f" (n_generated={preset.n_curve})")
-        points.append(point)
+        samples = generate_batched(loaded.model, preset, n=preset.n_curve, seed=seed)
+        value = fid(features(ev.feature_net, samples[base]), ev.reference, feature_net=ev.feature_net).value
+        print(f"  curve: step {loaded.step}: FID {value:.3f} (n_generated={preset.n_curve})")
+        points.append({"step": float(loaded.step), "n_generated": float(preset.n_curve), "fid": float(value)})
     return points
 
 
-CURVE_KEYS = ["final_curve_fid", f"{STOCHASTIC}final_curve_fid"]
+CURVE_KEYS = ["final_curve_fid"]
 
 
 def curve_metrics(curve: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """The last learning-curve point's FIDs, as ``final_curve_fid`` (eta 0) and ``eta1_final_curve_fid``."""
-    return {"final_curve_fid": curve[-1]["fid"], f"{STOCHASTIC}final_curve_fid": curve[-1][f"{STOCHASTIC}fid"]}
+    """The last learning-curve point's FID, as ``final_curve_fid``."""
+    return {"final_curve_fid": curve[-1]["fid"]}
 
 
 def save_grid(path: Path, taskset: Any, samples: Mapping[str, Any], n: int = 16,
@@ -442,8 +475,7 @@ def base_protocol(preset: Preset, trained: Trained, ev: Evaluator) -> dict[str, 
     """The protocol entries every experiment shares."""
     return {"dataset": preset.dataset["name"], "steps": trained.steps, "batch_size": preset.batch_size,
             "lr": preset.lr, "backbone": dict(preset.backbone), "parameters": count_parameters(trained.model),
-            **sampler_protocol(preset), "sampler_steps": preset.sampler_steps, "n_samples": preset.n_samples,
-            "conditional_generation": f"{preset.sampler} eta {preset.cond_eta:g}, replacement conditioning",
+            **sampler_protocol(preset), "n_samples": preset.n_samples,
             "train_wall_s": trained.train_wall_s, "final_loss": trained.final_loss,
             "weights": "EMA", **ev.protocol()}
 
@@ -535,8 +567,24 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
                    help="override the preset's torch CPU threads, e.g. 1 to run two experiments side by side")
     p.add_argument("--reuse", action="store_true",
                    help="evaluate a finished run of the identical config found in --work instead of retraining")
+    p.add_argument("--train-only", action="store_true",
+                   help="train (into --work) and stop before the evaluation; evaluate later with --reuse")
+    p.add_argument("--variant", default="", help="name a design study (needs --aux-channels or --weights)")
+    p.add_argument("--aux-channels", type=int, default=None, help="the task set's aux_channels (design study)")
+    p.add_argument("--weights", default=None, help="the aggregated weight schedule as kind=...,key=value,...")
+    p.add_argument("--aggregated", default=None, help="further aggregated-modality options as key=value,...")
     args = p.parse_args(argv)
     REUSE["finished_runs"] = args.reuse
+    REUSE["train_only"] = args.train_only
+    if (args.aux_channels is not None or bool(args.weights) or bool(args.aggregated)) != bool(args.variant):
+        print(f"experiments.{experiment}: error: --variant goes with --aux-channels, --weights or --aggregated",
+              file=sys.stderr)
+        return 2
+    from experiments.sampler_study import parse_setting
+
+    DESIGN.update(variant=args.variant, aux_channels=args.aux_channels,
+                  weights=parse_setting(args.weights) if args.weights else WINDOWED,
+                  aggregated=parse_setting(args.aggregated) if args.aggregated else {})
     try:
         preset = get_preset(args.preset)
         if args.steps is not None:
@@ -544,6 +592,9 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
         if args.threads is not None:
             preset = preset.with_overrides(threads=args.threads)
         return run_experiment(experiment, run, metric_keys, preset, args.seed, args.results, args.work)
+    except TrainedOnly as done:
+        print(f"experiments.{experiment}: trained {done}; evaluate it with --reuse", flush=True)
+        return 0
     except (MTDError, ConfigError) as e:
         print(f"experiments.{experiment}: error: {e}", file=sys.stderr)
         return 2
@@ -555,11 +606,13 @@ def run_experiment(experiment: str, run: RunFn, metric_keys: KeysFn, preset: Pre
     check_data(preset)
     if preset.threads:
         torch.set_num_threads(preset.threads)
-    out = result_path(results, preset.name, experiment, seed)
+    variant = f"variants/{DESIGN['variant']}" if DESIGN["variant"] else ""
+    out = result_path(results, preset.name, f"{experiment}/{variant}" if variant else experiment, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"experiments.{experiment}: preset {preset.name}, seed {seed}", flush=True)
+    print(f"experiments.{experiment}: preset {preset.name}, seed {seed}{', variant ' + variant if variant else ''}",
+          flush=True)
     start = time.perf_counter()
-    outcome = run(preset, seed, out.parent, work / preset.name / experiment / f"seed{seed}")
+    outcome = run(preset, seed, out.parent, work / preset.name / experiment / variant / f"seed{seed}")
     wall = time.perf_counter() - start
     write_result(out, experiment, preset, seed, outcome, wall, metric_keys(preset))
     print(f"experiments.{experiment}: wrote {out} ({wall:.0f} s)", flush=True)

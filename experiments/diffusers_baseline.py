@@ -2,9 +2,10 @@
 schedule, gradient clipping and EMA as mtd's single-task run, with a parameter count within 10% of ours (the
 structure mirrors our U-Net; benchmarks/_diffusers_baseline.py searches the width and blocks per level).
 
-Sampling uses diffusers' DDIMPipeline (eta = 0, and again with eta = 1 for the ``eta1_`` metrics, as every
-experiment) with the preset's number of steps; the ELBO is the same bound as
-ours (fixed variance beta_t; diffusers' timestep index k is our t = k + 1). diffusers is the optional extra
+Sampling uses diffusers' DPMSolverMultistepScheduler at its defaults (DPM-Solver++(2M)) with the preset's NFE; the
+weights are saved (``unet_ema.safetensors`` in the run folder) so that experiments.sampler_study can sample them with
+other schedulers and NFE. The ELBO is the same bound as ours (fixed variance beta_t; diffusers' timestep index k is
+our t = k + 1). diffusers is the optional extra
 ``bench``; without it this experiment stops with the install command.
 
     python -m experiments.diffusers_baseline --preset cpu --seed 0
@@ -26,12 +27,13 @@ from experiments.presets import Preset
 from mtd_core.errors import ConfigError
 
 NAME = "diffusers_baseline"
+SAMPLER = "diffusers_dpmpp"
 
 
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
     return ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "elbo_bpd", "elbo_bpd_se", "elbo_n",
-            "feature_net_test_accuracy", "params_ours", "params_diffusers", "param_ratio", *common.STOCHASTIC_KEYS]
+            "feature_net_test_accuracy", "params_ours", "params_diffusers", "param_ratio", "noise_like"]
 
 
 def _baseline_module() -> Any:
@@ -116,6 +118,31 @@ def train_unet(unet: torch.nn.Module, images: torch.Tensor, preset: Preset, seed
     return time.perf_counter() - start
 
 
+@torch.no_grad()
+def diffusers_samples(unet: Any, sampler: str, nfe: int, n: int, seed: int, preset: Preset,
+                       options: Mapping[str, Any]) -> torch.Tensor:
+    """``n`` images from diffusers' own scheduler loop (linear betas, T = 1000; ``options`` change its defaults),
+    ``nfe`` network evaluations, in [-1, 1]. ``sampler``: "diffusers_ddim" (DDIMScheduler) or "diffusers_dpmpp"
+    (DPMSolverMultistepScheduler: DPM-Solver++(2M))."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    cls = {"diffusers_ddim": DDIMScheduler, "diffusers_dpmpp": DPMSolverMultistepScheduler}.get(sampler)
+    if cls is None:
+        raise ConfigError(f"unknown diffusers sampler {sampler!r}; expected diffusers_ddim or diffusers_dpmpp")
+    scheduler = cls(num_train_timesteps=1000, beta_schedule="linear", **options)
+    dev = next(unet.parameters()).device
+    g = torch.Generator(dev).manual_seed(seed)
+    out = []
+    for start in range(0, n, preset.eval_batch):
+        b = min(preset.eval_batch, n - start)
+        x = torch.randn((b, 1, preset.image_size, preset.image_size), generator=g, device=dev)
+        scheduler.set_timesteps(nfe)
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Build the parameter-matched UNet2DModel, train it, sample with DDIM and evaluate (module docstring)."""
     from mtd_core.data.build import load_dataset
@@ -137,23 +164,14 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     dev = common.device_of(preset)
     unet = bl.build_unet2d(match.spec, dev)
     train_images = common.split_tensors(data, "train", fields=("image",))["image"]
-    wall = train_unet(unet, train_images, preset, seed)
+    key = {"preset": preset.to_dict(), "seed": seed, "unet2d": match.spec.to_dict()}
+    wall = common.trained_module(unet, run_dir / "unet_ema.safetensors", key,
+                                 lambda: train_unet(unet, train_images, preset, seed))
+    unet.eval()
     ev = common.make_evaluator(data, preset)
     print(f"  feature net: {ev.feature_net}")
-    pipe = bl.ddim_pipeline(unet)
-
-    def sample(eta: float) -> torch.Tensor:
-        g = torch.Generator(dev).manual_seed(seed)
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, preset.n_samples, preset.eval_batch):
-                b = min(preset.eval_batch, preset.n_samples - start)
-                chunks.append(bl.sample_ddim(pipe, b, preset.sampler_steps, g, eta).cpu() * 2 - 1)
-        return torch.cat(chunks).clamp(-1, 1)
-
-    images = sample(0.0)
+    images = diffusers_samples(unet, SAMPLER, preset.nfe, preset.n_samples, seed, preset, {})
     metrics = common.distribution_metrics(ev, images)
-    metrics.update(common.distribution_metrics(ev, sample(1.0), prefix=common.STOCHASTIC))
     metrics.update(common.elbo_bits_per_dim(DiffusersDenoiser(unet, taskset), data, preset, seed))
     metrics.update({"params_ours": float(params_ours), "params_diffusers": float(match.params),
                     "param_ratio": float(match.ratio)})
@@ -163,8 +181,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
 
     protocol = {"dataset": preset.dataset["name"], "steps": preset.steps, "batch_size": preset.batch_size,
                 "lr": preset.lr, "unet2d": match.spec.to_dict(), "parameters": match.params,
-                "sampler": "diffusers DDIMPipeline (eta 0)", "sampler_steps": preset.sampler_steps,
-                f"{common.STOCHASTIC}metrics": f"DDIMPipeline eta 1, {preset.n_samples} samples from the same seed",
+                "sampler": "diffusers DPMSolverMultistepScheduler (its defaults: DPM-Solver++(2M))", "nfe": preset.nfe,
                 "n_samples": preset.n_samples, "train_wall_s": wall, "weights": "EMA",
                 "diffusers": diffusers.__version__, **ev.protocol()}
     return common.Outcome(metrics=metrics, protocol=protocol, grids=grids)

@@ -26,16 +26,14 @@ NAME = "image_caption"
 
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
-    return ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "caption_agreement",
-            "caption_unparsed", "caption_readout_accuracy", "elbo_bpd", "elbo_bpd_se", "elbo_n",
-            "feature_net_test_accuracy", *common.STOCHASTIC_KEYS, f"{common.STOCHASTIC}caption_agreement",
-            f"{common.STOCHASTIC}caption_unparsed"]
+    return [*common.DISTRIBUTION_KEYS, "caption_agreement", "caption_unparsed", "caption_readout_accuracy",
+            *common.ELBO_KEYS]
 
 
 def text_modality(preset: Preset) -> dict[str, Any]:
     """The aggregated caption modality, synthesising captions from the label and image with one-word nouns."""
-    return {"kind": "text", "max_len": 12, "vocab_size": 64, "source_label": "label", "source_image": "image",
-            "class_names": list(preset.class_words), "weights": dict(common.WINDOWED)}
+    return common.aggregated({"kind": "text", "max_len": 12, "vocab_size": 64, "source_label": "label",
+                              "source_image": "image", "class_names": list(preset.class_words)})
 
 
 def caption_classes(captions: Sequence[str], class_words: Sequence[str]) -> torch.Tensor:
@@ -67,7 +65,6 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
     metrics.update(joint_measures(ev, preset, model, samples))
-    metrics.update(common.stochastic_metrics(ev, model, preset, seed, joint_measures))
     test = {k: v[: preset.n_samples] for k, v in ev.test.items()}
     read = common.generate_batched(model, preset, given={"image": test["image"]}, seed=seed, read_t=preset.read_t)
     read_said = caption_classes(text.detokenize(read["text"]), preset.class_words)

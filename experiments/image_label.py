@@ -28,15 +28,13 @@ NAME = "image_label"
 
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
-    return ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "joint_coherence",
-            "conditional_fidelity", "label_head_accuracy", "standalone_classifier_accuracy", "accuracy_n",
-            "elbo_bpd", "elbo_bpd_se", "elbo_n", "feature_net_test_accuracy",
-            *common.STOCHASTIC_KEYS, f"{common.STOCHASTIC}joint_coherence"]
+    return [*common.DISTRIBUTION_KEYS, "joint_coherence", "conditional_fidelity", "conditional_noise_like",
+            "label_head_accuracy", "standalone_classifier_accuracy", "accuracy_n", *common.ELBO_KEYS]
 
 
 def label_modality() -> dict[str, Any]:
     """The aggregated label modality (10 classes, the windowed weight schedule)."""
-    return {"kind": "label", "num_classes": 10, "weights": dict(common.WINDOWED)}
+    return common.aggregated({"kind": "label", "num_classes": 10})
 
 
 def joint_measures(ev: common.Evaluator, preset: Preset, model: Any, samples: Mapping[str, Any]) -> dict[str, float]:
@@ -55,10 +53,11 @@ def head_accuracy(model: Any, images: torch.Tensor, labels: torch.Tensor, preset
     return float((out["label"] == labels).double().mean())
 
 
-def train_standalone_classifier(preset: Preset, data: Any, seed: int) -> tuple[Any, float]:
-    """A MultiTaskModel of the same task set whose loss is only the label head's cross-entropy, on z_t at uniform
-    random t (what the joint model's head is trained on), with the same optimiser, steps, batch and schedule.
-    Returns the model (EMA weights, eval mode) and the training wall time."""
+def train_standalone_classifier(preset: Preset, data: Any, seed: int, run_dir: Path) -> tuple[Any, float]:
+    """The same U-Net and label head trained on the label head's cross-entropy alone, on the noised image z_t at
+    uniform random t (what the joint model's head is trained on; the label itself is not injected: weight zero,
+    no auxiliary channels), with the same optimiser, steps, batch and schedule. Returns the model (EMA weights,
+    eval mode) and the training wall time."""
     from mtd_core.data.derive import derive_batch, model_inputs
     from mtd_core.model import MultiTaskModel
     from mtd_core.taskset import TaskSet
@@ -66,56 +65,67 @@ def train_standalone_classifier(preset: Preset, data: Any, seed: int) -> tuple[A
     from mtd_core.training.config import TrainConfig
 
     torch.manual_seed(seed)
-    taskset = TaskSet.from_config({"modalities": [common.image_modality(preset), label_modality()],
-                                   "diffusion": {"kind": "linear", "T": 1000}})
+    taskset = TaskSet.from_config({"modalities": [common.image_modality(preset),
+                                                  {**label_modality(), "weights": {"kind": "zero"}}],
+                                   "diffusion": {"kind": "linear", "T": 1000}, "aux_channels": 0})
     model = MultiTaskModel(taskset, "unet", dict(preset.backbone)).to(common.device_of(preset))
     cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,
                       warmup_steps=preset.warmup_steps, lr_schedule="cosine", final_lr_fraction=0.1)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     ema = EMA(model, preset.ema_decay)
     fp = model.forward_process
-    g = torch.Generator().manual_seed(seed + 7919)
-    n_train = len(data.splits.train)
     label = taskset["label"]
-    start = time.perf_counter()
-    model.train()
-    order = torch.randperm(n_train, generator=g)
-    pos = 0
-    for step in range(cfg.steps):
-        if pos + cfg.batch_size > n_train:
-            order, pos = torch.randperm(n_train, generator=g), 0
-        idx = order[pos:pos + cfg.batch_size]
-        pos += cfg.batch_size
-        batch = model.to_device(model_inputs(taskset, derive_batch(taskset, data.batch(data.splits.train, idx), g)))
-        z0, enc = model.encode(batch)
-        t = torch.randint(1, fp.T + 1, (len(idx),), generator=g).to(z0.device)
-        z_t = fp.q_sample(z0, enc, t, torch.randn(z0.shape, generator=g).to(z0.device))
-        loss = label.loss(model(z_t, t).preds["label"], batch["label"]).mean()
-        common.optimizer_step(model, opt, ema, cfg, step, loss)
-    ema.copy_to(model)
-    return model.eval(), time.perf_counter() - start
+
+    def fit() -> float:
+        g = torch.Generator().manual_seed(seed + 7919)
+        n_train = len(data.splits.train)
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(n_train, generator=g)
+        pos = 0
+        for step in range(cfg.steps):
+            if pos + cfg.batch_size > n_train:
+                order, pos = torch.randperm(n_train, generator=g), 0
+            idx = order[pos:pos + cfg.batch_size]
+            pos += cfg.batch_size
+            batch = model.to_device(model_inputs(taskset, derive_batch(taskset, data.batch(data.splits.train, idx),
+                                                                       g)))
+            z0, enc = model.encode(batch)
+            t = torch.randint(1, fp.T + 1, (len(idx),), generator=g).to(z0.device)
+            z_t = fp.q_sample(z0, enc, t, torch.randn(z0.shape, generator=g).to(z0.device))
+            loss = label.loss(model(z_t, t).preds["label"], batch["label"]).mean()
+            common.optimizer_step(model, opt, ema, cfg, step, loss)
+        ema.copy_to(model)
+        return time.perf_counter() - start
+
+    key = {"preset": preset.to_dict(), "seed": seed, "taskset": taskset.to_config()}
+    wall = common.trained_module(model, run_dir / "standalone_classifier.safetensors", key, fit)
+    return model.eval(), wall
 
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image-label model and evaluate it (see the module docstring)."""
-    from mtd_core.metrics import conditional_fidelity
+    from mtd_core.metrics import conditional_fidelity, noise_like_share
 
     trained = common.train(preset, [common.image_modality(preset), label_modality()], seed, run_dir)
+    # the classifier does not depend on the design: a design study's variants share the default run's
+    shared = run_dir.parents[2] / run_dir.name if common.DESIGN["variant"] else run_dir
+    classifier, clf_wall = train_standalone_classifier(preset, trained.data, seed, shared)
     ev = common.make_evaluator(trained.data, preset)
     print(f"  feature net: {ev.feature_net}")
     model = trained.model
     samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
     metrics.update(joint_measures(ev, preset, model, samples))
-    metrics.update(common.stochastic_metrics(ev, model, preset, seed, joint_measures))
     requested = torch.arange(preset.n_samples) % 10
     cond = common.generate_batched(model, preset, given={"label": requested}, seed=seed + 1)
     cf = conditional_fidelity(ev.feature_net, cond["image"], requested)
-    print(f"  {cf}")
+    noise = noise_like_share(cond["image"], ev.test["image"])
+    print(f"  {cf}; conditional {noise}")
     metrics["conditional_fidelity"] = cf.accuracy
+    metrics["conditional_noise_like"] = noise.share
     test = common.split_tensors(trained.data, "test", limit=preset.n_samples)
     metrics["label_head_accuracy"] = head_accuracy(model, test["image"], test["label"], preset, seed)
-    classifier, clf_wall = train_standalone_classifier(preset, trained.data, seed)
     metrics["standalone_classifier_accuracy"] = head_accuracy(classifier, test["image"], test["label"], preset, seed)
     metrics["accuracy_n"] = float(len(test["label"]))
     print(f"  label head accuracy {metrics['label_head_accuracy']:.4f}, standalone classifier "
@@ -130,8 +140,8 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     protocol = common.base_protocol(preset, trained, ev)
     protocol.update({"read_t": preset.read_t, "conditional_requests": "labels 0..9 cycled",
                      "n_conditional": preset.n_samples, "standalone_classifier_wall_s": clf_wall,
-                     "standalone_classifier": "same U-Net + label head, cross-entropy on z_t at uniform t, same "
-                                              "steps/batch/lr schedule/EMA"})
+                     "standalone_classifier": "same U-Net + label head, cross-entropy on the noised image z_t at "
+                                              "uniform t (label not injected), same steps/batch/lr schedule/EMA"})
     return common.Outcome(metrics=metrics, protocol=protocol, grids=grids)
 
 

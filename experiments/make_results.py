@@ -36,11 +36,20 @@ TITLES = {
 PRESET_ORDER = ("gpu", "cpu", "digits", "smoke")
 NOTES_DIR = Path(__file__).resolve().parent / "notes"
 """Hand-written observations per preset (``notes/<preset>.md``), included verbatim; they cite the tables' numbers."""
-FID_RATIO_TARGET = 1.1
-COHERENCE_TARGET = 0.90
-SAMPLERS = (("DDIM eta 0", ""), ("DDIM eta 1", "eta1_"))  # the two samplers every experiment reports, key prefixes
+FID_RATIO_TARGET = 1.05
+"""A multi-task model's joint FID against the single-task model's, at the same sampler and NFE (issue 13)."""
+BASELINE_RATIO_TARGET = 1.1
+"""The single-task FID at BASELINE_NFE against diffusers' DPMSolverMultistepScheduler at the same NFE."""
+BASELINE_NFE = 10
+COHERENCE_TARGET = 0.85
+FIDELITY_TARGET = 0.90
+NOISE_LIKE_TARGET = 0.02
+JOINT = (("image_label", "label"), ("image_caption", "caption"), ("image_representation", "representation"))
 ACCURACY_GAP = 0.02
 RESTORATIONS = (("as generated", ""), ("observed pixels pasted back", "_kept"))  # restoration variants, key infixes
+STUDY = "sampler_study.jsonl"
+"""The sampler study's rows of a preset (``<results>/<preset>/sampler_study.jsonl``, experiments/sampler_study.py)."""
+STUDY_NFE = (5, 10, 20, 50)
 
 
 @attrs.frozen
@@ -193,8 +202,8 @@ def protocol_lines(runs: Sequence[Run]) -> list[str]:
 
 # -- the learning curve ---------------------------------------------------------------------------------------
 def mean_curve(runs: Sequence[Run], key: str = "fid") -> list[tuple[float, float]]:
-    """(step, mean FID over seeds) at the steps every run recorded; ``key`` picks the sampler ("fid": DDIM eta 0,
-    "eta1_fid": eta 1). Empty when a run's curve lacks it."""
+    """(step, mean FID over seeds) at the steps every run recorded (of the curve points' ``key``). Empty when a run's
+    curve lacks it."""
     curves = [{p["step"]: p[key] for p in r.data.get("curve", []) if key in p} for r in runs]
     if not curves or not all(curves):
         return []
@@ -230,8 +239,9 @@ def steps_ratio(single: Sequence[Run], masked: Sequence[Run], key: str = "fid") 
                       ratio=None if reached is None else reached / target_step)
 
 
-def plot_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: Path, title: str) -> Path:
-    """A line plot of FID against training steps, drawn with Pillow (no matplotlib needed)."""
+def plot_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: Path, title: str,
+                x_label: str = "training steps") -> Path:
+    """A line plot of FID against training steps (or ``x_label``), drawn with Pillow (no matplotlib needed)."""
     from PIL import Image, ImageDraw
 
     W, H, L, R, B = 640, 400, 70, 20, 50
@@ -255,9 +265,10 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: Path,
         qx, qy = xy(s, 0)
         d.line([(qx, H - B), (qx, H - B + 4)], fill="black")
         d.text((qx - 12, H - B + 8), f"{s:.0f}", fill="black")
-    d.text((W // 2 - 40, H - 20), "training steps", fill="black")
+    d.text((W // 2 - 40, H - 20), x_label, fill="black")
     d.text((5, 10), f"FID  -  {title}", fill="black")
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+              "#17becf"]
     for i, (name, c) in enumerate(curves.items()):
         col = colors[i % len(colors)]
         line = [xy(s, f) for s, f in c]
@@ -273,15 +284,17 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: Path,
 
 
 # -- claims ---------------------------------------------------------------------------------------------------
-def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float]) -> list[Claim]:
-    """The paper's claims at this preset's scale, each held / did not hold / not run, with its numbers."""
+def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float],
+           study: Sequence[Mapping[str, Any]] = ()) -> list[Claim]:
+    """The targets at this preset's scale (the paper's claims and issue 13's), each held / did not hold / not run,
+    with its numbers. ``study`` holds the sampler study's test rows (for the diffusers comparison)."""
     single, joint = by_exp.get("single_task", []), by_exp.get("image_label", [])
     masked = by_exp.get("masked_image", [])
     out = []
 
-    for sampler, pre in SAMPLERS:
-        claim = f"joint image-label FID <= {FID_RATIO_TARGET} x single-task FID (both sampled with {sampler})"
-        s, j = metric_mean(single, f"{pre}fid"), metric_mean(joint, f"{pre}fid")
+    for experiment, what in JOINT:
+        claim = f"joint image+{what} FID <= {FID_RATIO_TARGET} x single-task FID (same sampler and NFE)"
+        s, j = metric_mean(single, "fid"), metric_mean(by_exp.get(experiment, []), "fid")
         if s is None or j is None:
             out.append(Claim(claim, "not run", f"single-task FID {_pm(s)}, joint FID {_pm(j)}"))
         else:
@@ -289,13 +302,40 @@ def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float]) -> list
             out.append(Claim(claim, "held" if ok else "did not hold",
                              f"joint {_pm(j)} vs single-task {_pm(s)}: ratio {j[0] / s[0]:.3f}"))
 
-    for sampler, pre in SAMPLERS:
-        claim = f"joint coherence >= {COHERENCE_TARGET:.0%} ({sampler})"
-        c, real = metric_mean(joint, f"{pre}joint_coherence"), metric_mean(joint, "feature_net_test_accuracy")
-        ceiling = "" if real is None else f"; real test pairs score {real[0]:.1%} (the feature network's accuracy)"
-        out.append(Claim(claim, "not run", "no image_label run with it") if c is None else
-                   Claim(claim, "held" if c[0] >= COHERENCE_TARGET else "did not hold",
-                         f"joint coherence {_pm(c)}{ceiling}"))
+    claim = (f"single-task FID at {BASELINE_NFE} NFE <= {BASELINE_RATIO_TARGET} x diffusers' "
+             f"DPMSolverMultistepScheduler at {BASELINE_NFE} NFE (test protocol of the sampler study)")
+    ours = study_fid(study, "single_task", None, BASELINE_NFE)
+    theirs = study_fid(study, "diffusers_baseline", "diffusers_dpmpp", BASELINE_NFE)
+    if ours is None or theirs is None:
+        out.append(Claim(claim, "not run", "needs the sampler study's test rows of single_task (defaults) and "
+                                           "diffusers_baseline (diffusers_dpmpp)"))
+    else:
+        ok = ours[0] <= BASELINE_RATIO_TARGET * theirs[0]
+        out.append(Claim(claim, "held" if ok else "did not hold",
+                         f"mtd {_pm(ours)} vs diffusers {_pm(theirs)}: ratio {ours[0] / theirs[0]:.3f}"))
+
+    claim = f"joint coherence >= {COHERENCE_TARGET:.0%}"
+    c, real = metric_mean(joint, "joint_coherence"), metric_mean(joint, "feature_net_test_accuracy")
+    ceiling = "" if real is None else f"; real test pairs score {real[0]:.1%} (the feature network's accuracy)"
+    out.append(Claim(claim, "not run", "no image_label run") if c is None else
+               Claim(claim, "held" if c[0] >= COHERENCE_TARGET else "did not hold", f"joint coherence {_pm(c)}{ceiling}"))
+
+    claim = f"label-conditioned fidelity >= {FIDELITY_TARGET:.0%}"
+    f = metric_mean(joint, "conditional_fidelity")
+    out.append(Claim(claim, "not run", "no image_label run") if f is None else
+               Claim(claim, "held" if f[0] >= FIDELITY_TARGET else "did not hold", f"conditional fidelity {_pm(f)}"))
+
+    claim = f"noise-like share <= {NOISE_LIKE_TARGET:.0%} for every model and every generation mode"
+    shares = {f"{e}{'' if k == 'noise_like' else ' (conditional)'}": metric_mean(rs, k)
+              for e, rs in by_exp.items() for k in ("noise_like", "conditional_noise_like")}
+    shares = {k: v for k, v in shares.items() if v is not None}
+    if not shares:
+        out.append(Claim(claim, "not run", "no run reports it"))
+    else:
+        worst = max(shares, key=lambda k: shares[k][0])  # type: ignore[index]
+        ok = all(v[0] <= NOISE_LIKE_TARGET for v in shares.values())
+        out.append(Claim(claim, "held" if ok else "did not hold",
+                         "; ".join(f"{k} {v[0]:.1%}" for k, v in shares.items()) + f" (worst: {worst})"))
 
     claim = f"label-head accuracy within {ACCURACY_GAP * 100:.0f} points of a standalone classifier"
     h, k = metric_mean(joint, "label_head_accuracy"), metric_mean(joint, "standalone_classifier_accuracy")
@@ -307,20 +347,18 @@ def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float]) -> list
                          f"label head {_pm(h)} vs standalone classifier {_pm(k)} (difference "
                          f"{(h[0] - k[0]) * 100:+.1f} points)"))
 
-    for sampler, pre in SAMPLERS:
-        claim = (f"masked-image training reaches the single-task final FID in fewer steps (steps ratio < 1; "
-                 f"curves sampled with {sampler})")
-        sr = steps_ratio(single, masked, f"{pre}fid")
-        if sr is None:
-            out.append(Claim(claim, "not run", f"needs the {sampler} learning curves of single_task and masked_image"))
-        elif sr.ratio is None:
-            out.append(Claim(claim, "did not hold", f"the masked-image curve never reached the single-task final FID "
-                                                    f"{sr.target_fid:.3f} (at step {sr.single_steps:.0f}) within its "
-                                                    f"{sr.single_steps:.0f} steps: ratio > 1"))
-        else:
-            out.append(Claim(claim, "held" if sr.ratio < 1 else "did not hold",
-                             f"masked image reaches FID <= {sr.target_fid:.3f} at step {sr.masked_steps:.0f} of "
-                             f"{sr.single_steps:.0f}: ratio {sr.ratio:.2f}"))
+    claim = "masked-image training reaches the single-task final FID in fewer steps (steps ratio < 1)"
+    sr = steps_ratio(single, masked)
+    if sr is None:
+        out.append(Claim(claim, "not run", "needs the learning curves of single_task and masked_image"))
+    elif sr.ratio is None:
+        out.append(Claim(claim, "did not hold", f"the masked-image curve never reached the single-task final FID "
+                                                f"{sr.target_fid:.3f} (at step {sr.single_steps:.0f}) within its "
+                                                f"{sr.single_steps:.0f} steps: ratio > 1"))
+    else:
+        out.append(Claim(claim, "held" if sr.ratio < 1 else "did not hold",
+                         f"masked image reaches FID <= {sr.target_fid:.3f} at step {sr.masked_steps:.0f} of "
+                         f"{sr.single_steps:.0f}: ratio {sr.ratio:.2f}"))
 
     for how, kept in RESTORATIONS:
         claim = f"restoration PSNR better than the masked input and than SDEdit at every mask ratio ({how})"
@@ -343,6 +381,70 @@ def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float]) -> list
     return out
 
 
+# -- the sampler study ----------------------------------------------------------------------------------------
+def load_study(results: Path, preset: str) -> list[dict[str, Any]]:
+    """The sampler study's rows of ``preset`` on the test protocol (an absent file: none)."""
+    path = results / preset / STUDY
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MTDError(f"{path}, line {i}: not JSON: {e}") from None
+        if row.get("split") == "test" and not row.get("variant"):
+            rows.append(row)
+    return rows
+
+
+def study_fid(rows: Sequence[Mapping[str, Any]], experiment: str, sampler: str | None, nfe: int
+              ) -> tuple[float, float, int] | None:
+    """Mean FID over seeds of ``experiment`` with ``sampler`` (None: the defaults, a setting of nfe alone) at
+    ``nfe``, among settings that change nothing else."""
+    want = {"nfe": nfe} if sampler is None else {"sampler": sampler, "nfe": nfe}
+    by_seed = {r["seed"]: float(r["fid"]) for r in rows if r["experiment"] == experiment and r["setting"] == want}
+    if not by_seed:
+        return None
+    m, s = mean_std(list(by_seed.values()))
+    return m, s, len(by_seed)
+
+
+def study_section(rows: Sequence[Mapping[str, Any]], assets: Path, link_prefix: str, preset: str) -> list[str]:
+    """FID against NFE for every sampler and model (mean over seeds), as a table and a PNG plot."""
+    if not rows:
+        return []
+    series: dict[str, list[tuple[float, float]]] = {}
+    seeds: dict[str, set[int]] = {}
+    for r in rows:
+        setting = r["setting"]
+        if set(setting) - {"sampler", "nfe"}:
+            continue
+        name = f"{r['experiment']}: {setting.get('sampler', 'defaults')}"
+        seeds.setdefault(name, set()).add(int(r["seed"]))
+    for name in sorted(seeds):
+        experiment, sampler = name.split(": ")
+        pts = [(float(n), stat[0]) for n in STUDY_NFE
+               if (stat := study_fid(rows, experiment, None if sampler == "defaults" else sampler, n)) is not None]
+        if pts:
+            series[name] = pts
+    if not series:
+        return []
+    lines = ["### Samplers: FID against NFE\n",
+             "From `python -m experiments.sampler_study --split test` (reference: the whole test split, the "
+             "experiments' own seeds, mean over the seeds listed; each sampler with the default spacing and base "
+             "estimate, docs/sampling.md). NFE = network evaluations per sample.\n",
+             "| model: sampler | seeds | " + " | ".join(f"NFE {n}" for n in STUDY_NFE) + " |",
+             "|---|---|" + "---|" * len(STUDY_NFE)]
+    for name, pts in series.items():
+        at = dict(pts)
+        lines.append(f"| {name} | {len(seeds[name])} | " + " | ".join(fmt(at[n]) if n in at else "-"
+                                                                    for n in map(float, STUDY_NFE)) + " |")
+    png = plot_curves(series, assets / f"{preset}_fid_vs_nfe.png", f"preset {preset}", x_label="NFE")
+    lines += ["", f"![FID against NFE]({link_prefix}/{png.name})", ""]
+    return lines
+
+
 def summary_sentence(preset: str, found: Sequence[Claim]) -> str:
     """One plain sentence: which claims held, which did not, which were not run."""
     groups = {status: [c.claim for c in found if c.status == status] for status in ("held", "did not hold", "not run")}
@@ -352,14 +454,11 @@ def summary_sentence(preset: str, found: Sequence[Claim]) -> str:
 
 def baseline_sentence(by_exp: Mapping[str, Sequence[Run]]) -> str:
     """mtd's single-task model against the diffusers baseline of the same budget (not a claim of the paper)."""
-    parts = []
-    for sampler, pre in SAMPLERS:
-        s = metric_mean(by_exp.get("single_task", []), f"{pre}fid")
-        d = metric_mean(by_exp.get("diffusers_baseline", []), f"{pre}fid")
-        parts.append(f"with {sampler}, mtd {_pm(s)} and diffusers {_pm(d)}")
-    return ("Reference point (not a claim of the paper): the FID of mtd's single-task model and of diffusers' "
-            "UNet2DModel + DDPMScheduler with a matched parameter count, trained on the same data, steps and batch: "
-            + "; ".join(parts) + ".")
+    s = metric_mean(by_exp.get("single_task", []), "fid")
+    d = metric_mean(by_exp.get("diffusers_baseline", []), "fid")
+    return ("Reference point: the FID of mtd's single-task model (mtd's default sampler) and of diffusers' "
+            "UNet2DModel + DDPMScheduler with a matched parameter count, trained on the same data, steps and batch "
+            f"(sampled with DPMSolverMultistepScheduler), both at the preset's NFE: mtd {_pm(s)}, diffusers {_pm(d)}.")
 
 
 # -- the report -----------------------------------------------------------------------------------------------
@@ -378,19 +477,21 @@ n = 10 000). Within a preset every setting shares the backbone, steps, batch siz
 
 Protocol. Distribution metrics (classifier-FID, KID, precision/recall) use the penultimate features of a small CNN
 trained on the training split (docs/metrics.md), whose test accuracy is printed with each table; FID is biased in n,
-so compare FIDs only within a preset (equal n). The reference set is the test split. Samples come from the EMA
-weights with the preset's DDIM sampler. Unconditional and joint samples are drawn twice from the same seed:
-deterministic (eta 0; unprefixed metrics) and stochastic (eta 1; `eta1_` metrics, and the learning curves'
-`eta1_fid`). Generation given an aggregated modality (label -> image, restoration, edges -> image) uses DDIM with
-eta = `cond_eta` (1) and replacement conditioning (docs/sampling.md). Read-outs (label head, image -> edges,
-representation, caption) take the given image at t = read_t * T. Restoration inputs (patch masks seeded by the
-ratio) are identical across experiments and seeds; the masked-image model was trained at ratio 0.5 only; restoration
-is scored on the generated images as they are and again with the observed pixels pasted back (`*_kept_*`,
-`mtd_plugins.masked_image.keep_observed`); restoration PSNR is pooled over the pairs (the PSNR of the mean squared
-error over all of them), since a restoration that keeps the observed pixels can be exact on an image. The ELBO
-(bits/dim) is estimated on a seeded test subsample: every example draws its own `elbo_timesteps` denoising
-timesteps, stratified across 2..T, an unbiased estimate of the sum over all T - 1 terms (counts in the tables);
-`elbo_bpd_se` is the standard error over examples, which includes the timestep draws.
+so compare FIDs only within a preset (equal n). The reference set is the test split. Every sample comes from the
+EMA weights with mtd's default sampler and options (`generate`'s defaults, docs/sampling.md) at the preset's number
+of network evaluations (`nfe`); the protocol of each table names them. `noise_like` is the share of generated
+images rougher (in total variation) than 99% of the real test images (docs/metrics.md). Generation given an
+aggregated modality (label -> image, restoration, edges -> image) uses the same sampler with replacement
+conditioning. Read-outs (label head, image -> edges, representation, caption) take the given image at
+t = read_t * T. Restoration inputs (patch masks seeded by the ratio) are identical across experiments and seeds;
+the masked-image model was trained at ratio 0.5 only; restoration is scored on the generated images as they are and
+again with the observed pixels pasted back (`*_kept_*`, `mtd_plugins.masked_image.keep_observed`); restoration PSNR
+is pooled over the pairs (the PSNR of the mean squared error over all of them), since a restoration that keeps the
+observed pixels can be exact on an image. The ELBO (`elbo_bpd`, bits/dim) is the bound of the base (prior +
+denoising + reconstruction) estimated on a seeded test subsample: every example draws its own `elbo_timesteps`
+denoising timesteps, stratified across 2..T, an unbiased estimate of the sum over all T - 1 terms (counts in the
+tables); `elbo_bpd_se` is the standard error over examples, which includes the timestep draws. Each aggregated
+modality's decoder term is listed apart in nats (`elbo_decode_<name>_nats`; docs/math.md, section 5).
 """
 
 
@@ -410,8 +511,8 @@ def copy_grids(runs: Sequence[Run], assets: Path, link_prefix: str) -> list[str]
     return lines
 
 
-def render(runs: Sequence[Run], assets: Path, link_prefix: str) -> str:
-    """The whole markdown report (and its PNG files in ``assets``)."""
+def render(runs: Sequence[Run], assets: Path, link_prefix: str, results: Path) -> str:
+    """The whole markdown report (and its PNG files in ``assets``); ``results`` also holds the sampler studies."""
     parts = [INTRO.format(experiments=", ".join(EXPERIMENTS))]
     if not runs:
         parts.append("No experiment has been run yet: every claim is **not run**.\n")
@@ -420,6 +521,7 @@ def render(runs: Sequence[Run], assets: Path, link_prefix: str) -> str:
     presets = [p for p in PRESET_ORDER if p in grouped] + sorted(p for p in grouped if p not in PRESET_ORDER)
     for preset in presets:
         by_exp = grouped[preset]
+        study = load_study(results, preset)
         cfg = next(iter(by_exp.values()))[0].data.get("preset_config", {})
         ratios = [float(r) for r in cfg.get("mask_ratios", [])]
         parts.append(f"## Preset `{preset}`\n")
@@ -432,7 +534,7 @@ def render(runs: Sequence[Run], assets: Path, link_prefix: str) -> str:
                          "so no claim is evaluated on it.\n")
         else:
             parts.append("| claim | status | evidence |\n|---|---|---|")
-            found = claims(by_exp, ratios)
+            found = claims(by_exp, ratios, study)
             for c in found:
                 parts.append(f"| {c.claim} | **{c.status}** | {c.evidence} |")
             parts.append("")
@@ -442,13 +544,12 @@ def render(runs: Sequence[Run], assets: Path, link_prefix: str) -> str:
         if notes.is_file():
             parts.append("### Observations\n")
             parts.append(notes.read_text(encoding="utf-8").strip() + "\n")
+        parts += study_section(study, assets, link_prefix, preset)
         not_run = [e for e in EXPERIMENTS if e not in by_exp]
         if not_run:
             parts.append("Settings not run at this preset: " + ", ".join(f"`{e}`" for e in not_run) + ".\n")
-        curves = {f"{TITLES[e]}, {sampler} (mean of {len(by_exp[e])} seed{'s' * (len(by_exp[e]) > 1)})":
-                  mean_curve(by_exp[e], f"{pre}fid")
-                  for sampler, pre in SAMPLERS for e in ("single_task", "masked_image")
-                  if e in by_exp and mean_curve(by_exp[e], f"{pre}fid")}
+        curves = {f"{TITLES[e]} (mean of {len(by_exp[e])} seed{'s' * (len(by_exp[e]) > 1)})": mean_curve(by_exp[e])
+                  for e in ("single_task", "masked_image") if e in by_exp and mean_curve(by_exp[e])}
         if curves:
             png = plot_curves(curves, assets / f"{preset}_learning_curve.png", f"preset {preset}")
             n = next(iter(by_exp.get("masked_image", by_exp.get("single_task", []))))
@@ -489,7 +590,7 @@ def make_results(results: Path = DEFAULT_RESULTS, out: Path = Path("docs/results
         link = assets.resolve().relative_to(out.parent.resolve()).as_posix()
     except ValueError:
         link = assets.resolve().as_posix()
-    text = render(load_runs(results), assets, link)
+    text = render(load_runs(results), assets, link, results)
     write_atomic(out, text)
     return out
 

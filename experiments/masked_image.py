@@ -30,15 +30,14 @@ pixel, about 20 x the eps loss at the end of training; at weight 1 it starves th
 
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
-    return ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "elbo_bpd", "elbo_bpd_se", "elbo_n",
-            "feature_net_test_accuracy", *common.CURVE_KEYS, *common.restoration_keys(preset, "restored"),
-            *common.STOCHASTIC_KEYS]
+    return [*common.DISTRIBUTION_KEYS, *common.ELBO_KEYS, *common.CURVE_KEYS,
+            *common.restoration_keys(preset, "restored")]
 
 
 def masked_modality(preset: Preset) -> dict[str, Any]:
     """The aggregated masked-image modality: patch masks hiding TRAIN_RATIO of the image."""
-    return {"kind": "masked_image", "channels": 1, "size": preset.image_size, "ratio": TRAIN_RATIO, "mask": "patch",
-            "patch": preset.patch, "source": "image", "weights": dict(common.WINDOWED), "loss_weight": LOSS_WEIGHT}
+    return common.aggregated({"kind": "masked_image", "channels": 1, "size": preset.image_size, "ratio": TRAIN_RATIO,
+                              "mask": "patch", "patch": preset.patch, "source": "image", "loss_weight": LOSS_WEIGHT})
 
 
 def restoration(model: Any, ev: common.Evaluator, preset: Preset, out_dir: Path, seed: int
@@ -57,7 +56,6 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     model = trained.model
     samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
-    metrics.update(common.stochastic_metrics(ev, model, preset, seed))
     metrics.update(common.elbo_bits_per_dim(model, trained.data, preset, seed))
     curve = common.learning_curve(run_dir, preset, ev, seed)
     metrics.update(common.curve_metrics(curve))

@@ -46,11 +46,10 @@ class Preset:
         n_reference: real test images in the FID reference set (0: the whole test split).
         n_curve: generated samples per learning-curve point (FID at that n only compares along the curve).
         n_paired: test images for restoration and transition PSNR/SSIM.
-        sampler: "ddim" or "ddpm" for every generation.
-        sampler_steps: reverse steps of every generation.
-        cond_eta: DDIM eta of conditional generation (the base generated given an aggregated modality, with
-            replacement conditioning); 1 by default: replacement corrects itself through the per-step noise, which
-            matters for image-shaped conditions (docs/sampling.md). Joint generation uses eta 0.
+        nfe: network evaluations of every generation (joint, conditional, restoration, SDEdit), with
+            ``generate``'s default sampler and options (docs/sampling.md, "Defaults").
+        sampling: further ``generate`` options for every generation ({}: the defaults; a design study may set
+            e.g. {"sampler": "ddim", "eta": 1.0}).
         sdedit_t: the SDEdit baseline's noise level t0 as a fraction of T.
         read_t: the label head's read-out timestep as a fraction of T (generate's read-out mode).
         mask_ratios: the fractions hidden in the restoration evaluation.
@@ -79,9 +78,8 @@ class Preset:
     n_reference: int
     n_curve: int
     n_paired: int
-    sampler: str = "ddim"
-    sampler_steps: int = 50
-    cond_eta: float = 1.0
+    nfe: int = 20
+    sampling: dict[str, Any] = attrs.field(factory=dict)
     sdedit_t: float = 0.5
     read_t: float = 0.02
     mask_ratios: tuple[float, ...] = attrs.field(default=(0.1, 0.25, 0.5, 0.75), converter=tuple)
@@ -121,7 +119,7 @@ PRESETS: dict[str, Preset] = {
         backbone={"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],
                   "mid_attention": False, "groups": 4, "num_heads": 1},
         steps=4, batch_size=16, lr=1e-3, warmup_steps=1, ema_decay=0.9, curve_every=2,
-        n_samples=24, n_reference=0, n_curve=12, n_paired=8, sampler_steps=3, elbo_n=8, elbo_timesteps=2,
+        n_samples=24, n_reference=0, n_curve=12, n_paired=8, nfe=3, elbo_n=8, elbo_timesteps=2,
         feature_epochs=1, eval_batch=64, threads=1, class_words=DIGIT_CLASS_WORDS,
         mask_ratios=(0.25, 0.75),
     ),
@@ -130,7 +128,7 @@ PRESETS: dict[str, Preset] = {
         backbone={"channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],
                   "mid_attention": True, "groups": 8, "num_heads": 4},
         steps=1200, batch_size=64, lr=1e-3, warmup_steps=100, ema_decay=0.995, curve_every=200,
-        n_samples=360, n_reference=0, n_curve=360, n_paired=360, sampler_steps=50, elbo_n=360, elbo_timesteps=50,
+        n_samples=360, n_reference=0, n_curve=360, n_paired=360, nfe=20, elbo_n=360, elbo_timesteps=50,
         feature_epochs=20, eval_batch=360, threads=1, class_words=DIGIT_CLASS_WORDS,
     ),
     "cpu": Preset(
@@ -138,7 +136,7 @@ PRESETS: dict[str, Preset] = {
         backbone={"channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_resolutions": [],
                   "mid_attention": True, "groups": 8, "num_heads": 4},
         steps=2000, batch_size=64, lr=1e-3, warmup_steps=100, ema_decay=0.995, curve_every=250,
-        n_samples=1000, n_reference=0, n_curve=500, n_paired=500, sampler_steps=25, elbo_n=256, elbo_timesteps=25,
+        n_samples=1000, n_reference=0, n_curve=500, n_paired=500, nfe=20, elbo_n=256, elbo_timesteps=25,
         feature_epochs=5, eval_batch=250, threads=2,
     ),
     "gpu": Preset(
@@ -146,7 +144,7 @@ PRESETS: dict[str, Preset] = {
         backbone={"channels": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attention_resolutions": [7],
                   "mid_attention": True, "groups": 16, "num_heads": 4},
         steps=30000, batch_size=128, lr=2e-4, warmup_steps=500, ema_decay=0.9995, curve_every=2500,
-        n_samples=10000, n_reference=0, n_curve=2000, n_paired=2000, sampler_steps=100, elbo_n=1000,
+        n_samples=10000, n_reference=0, n_curve=2000, n_paired=2000, nfe=50, elbo_n=1000,
         elbo_timesteps=100, elbo_batch=50, feature_epochs=20, eval_batch=1000, threads=0, device="cuda",
     ),
 }

@@ -25,22 +25,27 @@ NAME = "single_task"
 
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
-    return ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "elbo_bpd", "elbo_bpd_se", "elbo_n",
-            "feature_net_test_accuracy", *common.CURVE_KEYS, *common.restoration_keys(preset, "sdedit"),
-            *common.STOCHASTIC_KEYS]
+    return [*common.DISTRIBUTION_KEYS, *common.ELBO_KEYS, *common.CURVE_KEYS,
+            *common.restoration_keys(preset, "sdedit")]
 
 
 @torch.no_grad()
 def sdedit(model: torch.nn.Module, x_masked: torch.Tensor, preset: Preset, seed: int) -> torch.Tensor:
-    """SDEdit (Meng et al. 2022): noise the masked image to t0 with q(z_t0 | x) (eq. 4 of DDPM), then run DDIM from
-    t0 to 0 with the unconditional model, over round(sampler_steps * sdedit_t) respaced steps."""
+    """SDEdit (Meng et al. 2022): noise the masked image to t0 with q(z_t0 | x) (eq. 4 of DDPM), then run the preset's
+    sampler (generate's defaults, updated by ``preset.sampling``) from t0 to 0 with the unconditional model, with
+    round(nfe * sdedit_t) network evaluations."""
     from mtd_core.diffusion.noise import respaced_timesteps
-    from mtd_core.sampling.ddim import sample_ddim
+    from mtd_core.plugins.registry import get_registry
+    from mtd_core.sampling.estimate import BaseEstimate
     from mtd_core.sampling.generate import ModelDenoiser
 
+    opts = {**common.sampler_protocol(preset)["sampler"]}
+    spec = get_registry().sampler(opts.pop("sampler"))
     full = model.forward_process
     t0 = max(1, round(preset.sdedit_t * full.T))
-    fp = full.respace(respaced_timesteps(t0, max(1, round(preset.sampler_steps * preset.sdedit_t))))
+    steps = min(t0, max(spec.min_steps, spec.steps_for(max(1, round(preset.nfe * preset.sdedit_t)))))
+    fp = full.respace(respaced_timesteps(t0, steps, opts.pop("spacing"), full.abar[: t0 + 1]))
+    estimate = BaseEstimate(opts.pop("clip"), opts.pop("clip_eps"))
     abar = float(fp.abar[fp.T])
     g = torch.Generator(model.device).manual_seed(seed)
     model.eval()
@@ -49,7 +54,7 @@ def sdedit(model: torch.nn.Module, x_masked: torch.Tensor, preset: Preset, seed:
         x = x_masked[start:start + preset.eval_batch].to(model.device)
         eps = torch.randn(x.shape, generator=g, device=x.device)
         z = math.sqrt(abar) * x + math.sqrt(1 - abar) * eps
-        res = sample_ddim(ModelDenoiser(model, fp, {}), z, fp, generator=g)
+        res = spec(ModelDenoiser(model, fp, {}, estimate=estimate), z, fp, generator=g, **opts)
         out.append(res.z0.clamp(-1, 1).cpu())
     return torch.cat(out)
 
@@ -68,7 +73,6 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     print(f"  feature net: {ev.feature_net}")
     samples = common.generate_batched(trained.model, preset, n=preset.n_samples, seed=seed)
     metrics = common.distribution_metrics(ev, samples["image"])
-    metrics.update(common.stochastic_metrics(ev, trained.model, preset, seed))
     metrics.update(common.elbo_bits_per_dim(trained.model, trained.data, preset, seed))
     curve = common.learning_curve(run_dir, preset, ev, seed)
     metrics.update(common.curve_metrics(curve))
@@ -78,7 +82,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     metrics.update(restored)
     grids += restored_grids
     protocol = {**common.base_protocol(preset, trained, ev), **common.RESTORATION_PROTOCOL}
-    protocol.update({"sdedit_t0": round(preset.sdedit_t * 1000), "sdedit_steps": max(1, round(preset.sampler_steps *
+    protocol.update({"sdedit_t0": round(preset.sdedit_t * 1000), "sdedit_nfe": max(1, round(preset.nfe *
                      preset.sdedit_t)), "n_paired": preset.n_paired, "mask": f"patch {preset.patch}x{preset.patch}",
                      "n_curve": preset.n_curve, "curve_every": preset.curve_every})
     return common.Outcome(metrics=metrics, protocol=protocol, grids=grids, curve=curve)

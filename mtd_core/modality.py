@@ -276,15 +276,13 @@ class Modality(abc.ABC):
         return nn.Identity()
 
     def encode(self, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """E_i(x): the encoder's output, RMS-normalised per example when aggregated and ``normalize`` is set.
+        """E_i(x) before scaling: the encoder's output, shaped like the latent part it maps into.
 
-        Normalisation is on by default (a ``normalize`` option of Config turns it off) so that the weight
-        schedule alone sets the injection strength and a learned encoder cannot shrink it to zero.
+        The model divides an aggregated modality's encodings by their RMS (``MultiTaskModel``'s ``EncodingScale``)
+        unless a ``normalize`` option of Config is false, so that the weight schedule alone sets the injection
+        strength and a learned encoder cannot shrink it to zero; a modality returns its raw encoding here.
         """
-        e = encoder(x)
-        if self.role is Role.AGGREGATED and getattr(self.config, "normalize", True):
-            e = rms_normalize(e)
-        return e
+        return encoder(x)
 
     def build_head(self, latent: LatentSpec, features: FeatureSpec) -> nn.Module | None:
         """The decoder head reading :attr:`head_input` features; None for a base modality."""
@@ -298,10 +296,13 @@ class Modality(abc.ABC):
         """
 
     def predicted_encoding(self, encoder: nn.Module, pred: Any) -> torch.Tensor:
-        """E_i(xhat_i): the encoding of the head's prediction, used in the reverse mean mu_theta.
+        """The posterior mean E[E_i(x_i) | z_t] as the head's prediction gives it (raw, like :meth:`encode`): what
+        the reverse mean mu_theta and every sampler step use (docs/math.md, section 2).
 
-        Default: the encoding of :meth:`sample` with ``greedy=True``. Override where an expectation is
-        better (a label: the probability-weighted embedding).
+        While the head is unsure this mean is not the encoding of any one value: its RMS is below that of a true
+        encoding, and must stay so (never re-normalise it). Default: the encoding of :meth:`sample` with
+        ``greedy=True``, exact for a head that predicts the mean of x_i under a linear encoder (an image's mean).
+        Override where the expectation differs: a label takes sum_k p_k E(k) under the head's probabilities.
         """
         return self.encode(encoder, self.sample(pred, greedy=True))
 

@@ -4,6 +4,12 @@
     forward(z_t, t) -> DenoiserOutput(eps_theta(z_t, t), {i: head_i(features)})
     loss(batch)     -> the multi-task training loss (mtd_core/diffusion/loss.py)
 
+Where encodings live in Z (TaskSet ``aux_channels``): the base's encoding fills the first C channels of z_0 and every
+aggregated encoding the last A (zero elsewhere), or, with A = 0, both share the same C channels. Each aggregated
+encoding is divided by its RMS (:class:`EncodingScale`) unless its modality's ``normalize`` option is off, so that
+the weight schedule alone sets its strength; the divisor is a constant at sampling time, which keeps the predicted
+encoding a posterior mean (docs/math.md, section 2).
+
 The model implements the :class:`mtd_core.diffusion.elbo.Denoiser` protocol, so the ELBO and the samplers take it
 directly. It never moves itself to a device: callers do (``model.to(device)``), and batches are moved to the
 device of the model's parameters.
@@ -26,6 +32,44 @@ from mtd_core.taskset import TaskSet
 from mtd_core.tomlio import plain
 
 CONFIG_KEYS = ("taskset", "backbone", "backbone_options")
+
+
+class EncodingScale(nn.Module):
+    """Divides an aggregated modality's raw encodings by their RMS, so that unit RMS is what w_t scales.
+
+    In training the true encodings are divided by the RMS over their whole batch (differentiable, so an encoder
+    cannot shrink its output away), and that RMS is tracked in a running average, the ``rms`` buffer. Everywhere
+    else, and for predicted encodings always, the divisor is the running average: a constant, so the encoding of
+    an expected value is the expected encoding (a per-example normalisation would re-inflate an unsure prediction).
+
+    Args:
+        momentum: the weight of each training batch in the running average.
+    """
+
+    rms: torch.Tensor
+
+    def __init__(self, momentum: float = 0.02) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("rms", torch.ones(()))
+
+    def forward(self, e: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
+        """``e`` divided by the batch's RMS (``batch_stats``; updates the running average) or the running one.
+
+        Under data-parallel training the batch is the global one (its sums are reduced over the ranks, with
+        gradients), so N processes train exactly as one process with the same global batch."""
+        if not batch_stats:
+            return e / self.rms.to(e.dtype)
+        sums = torch.stack([e.float().pow(2).sum(), e.new_tensor(float(e.numel()), dtype=torch.float32)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            from torch.distributed.nn.functional import all_reduce
+
+            sums = all_reduce(sums)
+        r = (sums[0] / sums[1]).sqrt().clamp_min(1e-6)
+        with torch.no_grad():
+            self.rms.lerp_(r.detach(), self.momentum)
+        return e / r.to(e.dtype)
 
 
 class MultiTaskModel(nn.Module):
@@ -73,8 +117,12 @@ class MultiTaskModel(nn.Module):
             raise ConfigError(f"MultiTaskModel: backbone {backbone!r:.60} has no 'feature_spec' attribute")
         self.feature_spec = features
 
-        latent = taskset.latent
-        self.encoders = nn.ModuleDict({name: m.build_encoder(latent) for name, m in taskset.modalities.items()})
+        latent = taskset.encoding_latent
+        self.encoders = nn.ModuleDict({
+            name: m.build_encoder(taskset.base_latent if m.role is Role.BASE else latent)
+            for name, m in taskset.modalities.items()})
+        self.scales = nn.ModuleDict({m.name: EncodingScale() for m in taskset.aggregated
+                                     if getattr(m.config, "normalize", True)})
         self.heads = nn.ModuleDict()
         for m in taskset.aggregated:
             if m.head_input is HeadInput.NONE:
@@ -142,19 +190,34 @@ class MultiTaskModel(nn.Module):
                 m.validate(x)
             x = x.to(dev) if isinstance(x, torch.Tensor) else x
             e = m.encode(self.encoders[name], x)
-            if tuple(e.shape[1:]) != self.taskset.latent.shape:
-                raise ModalityDataError(
-                    f"modality {name!r}: its encoder returned shape {tuple(e.shape)}, expected "
-                    f"(B, {', '.join(map(str, self.taskset.latent.shape))}) (the latent shape)"
-                )
             if m.role is Role.BASE:
-                z0 = e
+                z0 = self._place(name, e, base=True)
             else:
-                enc[name] = e
+                enc[name] = self._place(name, e, batch_stats=self.training)
         if z0 is None:
             B = next(iter(sizes.values()), 0)
             z0 = torch.zeros(B, *self.taskset.latent.shape, device=dev)
         return z0, enc
+
+    def _place(self, name: str, e: torch.Tensor, *, base: bool = False, batch_stats: bool = False) -> torch.Tensor:
+        """An encoder's output checked, scaled (aggregated) and put in its channels of Z (zeros elsewhere)."""
+        ts = self.taskset
+        part = ts.base_latent if base else ts.encoding_latent
+        if tuple(e.shape[1:]) != part.shape:
+            where = "the latent shape" if part is ts.latent else ("the base's part of Z" if base else
+                                                                  "the aggregated encodings' channels of Z")
+            raise ModalityDataError(f"modality {name!r}: its encoder returned shape {tuple(e.shape)}, expected "
+                                    f"(B, {', '.join(map(str, part.shape))}) ({where})")
+        if not base and name in self.scales:
+            e = self.scales[name](e, batch_stats)
+        if ts.aux_channels == 0:
+            return e
+        zeros = e.new_zeros(e.shape[0], ts.latent.shape[0] - e.shape[1], *e.shape[2:])
+        return torch.cat([e, zeros] if base else [zeros, e], dim=1)
+
+    def base_part(self, z: torch.Tensor) -> torch.Tensor:
+        """The base's channels of a latent batch (all of it when aux_channels = 0)."""
+        return z[:, : self.taskset.base_latent.shape[0]]
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
         """eps_theta(z_t, t) and every aggregated modality's head prediction; ``t`` holds original timesteps (B,)."""
@@ -166,8 +229,10 @@ class MultiTaskModel(nn.Module):
         return DenoiserOutput(eps=out.eps, preds=preds)
 
     def predicted_encodings(self, preds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """E_i(xhat_i) for every head prediction, used in the reverse mean mu_theta."""
-        return {name: self.taskset[name].predicted_encoding(self.encoders[name], pred) for name, pred in preds.items()}
+        """E[E_i(x_i) | z_t] for every head prediction (``Modality.predicted_encoding``), scaled by the running RMS
+        and placed in Z: the encodings of the reverse mean mu_theta and of every sampler step."""
+        return {name: self._place(name, self.taskset[name].predicted_encoding(self.encoders[name], pred))
+                for name, pred in preds.items()}
 
     def loss(self, batch: Mapping[str, Any], kind: str = "simple", generator: torch.Generator | None = None,
              *, t: torch.Tensor | None = None, eps: torch.Tensor | None = None) -> LossOutput:
@@ -235,4 +300,4 @@ class MultiTaskModel(nn.Module):
         return cls(taskset, backbone, config.get("backbone_options") or {}, registry)
 
 
-__all__ = ["MultiTaskModel"]
+__all__ = ["EncodingScale", "MultiTaskModel"]

@@ -5,6 +5,9 @@ Config format (a plain dict; the ``[taskset]`` table of a run config, or a TOML 
     modalities    a list of modality configs, each with a "kind" (built by the plugin registry)
     diffusion     the noise schedule: {"kind": "linear" | "cosine" | "custom", ...its parameters}
     latent_shape  [C, H, W]; required only when no modality is the base (otherwise inferred from it)
+    aux_channels  where the aggregated encodings live in Z (docs/math.md, section 2): A > 0 gives them A channels
+                  of their own after the base's C channels (Z = C + A channels; the default, A = C), 0 adds them on
+                  top of the base's own channels (the shared-pixel design)
 
 See docs/models.md for an example.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,12 +24,17 @@ from typing import Any
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.noise import KINDS as NOISE_KINDS
 from mtd_core.diffusion.noise import NoiseSchedule
+from mtd_core.diffusion.weights import peak_ratio
 from mtd_core.errors import ConfigError, MTDError, PluginError, ScheduleError, closest
 from mtd_core.modality import LatentSpec, Modality, Role
 from mtd_core.tomlio import dumps_toml, read_toml
 
 
-CONFIG_KEYS = ("modalities", "diffusion", "latent_shape")
+CONFIG_KEYS = ("modalities", "diffusion", "latent_shape", "aux_channels")
+PEAK_RATIO_BOUND = 1.0
+"""Above this peak ratio max_t lambda_t / sqrt(abar_t), an aggregated encoding added on the base's own channels
+(aux_channels = 0) outweighs the base's signal and amplifies its errors in the base estimate: the task set warns
+(docs/math.md, section 2). With channels of its own (aux_channels > 0) the ratio is reported, not warned about."""
 
 
 def _latent_shape(value: Any, where: str) -> tuple[int, int, int]:
@@ -43,8 +52,12 @@ class TaskSet:
         modalities: the configured modalities, in order (the order of encoders, heads and configs).
             Names must be unique and at most one modality may have the base role.
         noise: the variance schedule beta_t (default: DDPM's linear schedule with T = 1000).
-        latent_shape: (C, H, W) of Z. Inferred from the base's ``latent_shape()`` when omitted; required when
-            there is no base; a ConfigError when it contradicts the base.
+        latent_shape: (C, H, W) of the base's part of Z. Inferred from the base's ``latent_shape()`` when omitted;
+            required when there is no base; a ConfigError when it contradicts the base.
+        aux_channels: A >= 0, the channels of Z that only the aggregated encodings occupy (Z is then
+            (C + A, H, W); the base fills the first C, every encoder E_i maps into the last A). None: C when
+            there is a base and at least one aggregated modality, else 0. 0: the encodings share the base's
+            channels (the shared-pixel design).
 
     Raises:
         ConfigError: duplicate names, two bases, a missing or conflicting latent shape, a non-Modality.
@@ -53,7 +66,7 @@ class TaskSet:
     """
 
     def __init__(self, modalities: Sequence[Modality], noise: NoiseSchedule | None = None,
-                 latent_shape: tuple[int, int, int] | None = None) -> None:
+                 latent_shape: tuple[int, int, int] | None = None, aux_channels: int | None = None) -> None:
         mods = list(modalities)
         if not mods:
             raise ConfigError("taskset: needs at least one modality, got none")
@@ -75,9 +88,32 @@ class TaskSet:
         self._modalities = {m.name: m for m in mods}
         self._base = bases[0] if bases else None
         self._given_latent = latent_shape is not None
-        self._latent = LatentSpec(self._resolve_latent(latent_shape))
+        self._base_latent = LatentSpec(self._resolve_latent(latent_shape))
+        self._aux = self._resolve_aux(aux_channels)
+        C, H, W = self._base_latent.shape
+        self._latent = LatentSpec((C + self._aux, H, W))
         # Built eagerly: a weight schedule that is invalid on this noise schedule fails here, naming its modality.
         self._fp = ForwardProcess(self._noise, {m.name: m.weights for m in self.aggregated})
+        for name, ratio in self.peak_ratios().items():
+            if self._aux == 0 and self._base is not None and ratio > PEAK_RATIO_BOUND:
+                warnings.warn(
+                    f"taskset: modality {name!r} reaches lambda_t / sqrt(abar_t) = {ratio:.2f} (above "
+                    f"{PEAK_RATIO_BOUND:g}) on the base's own channels (aux_channels = 0): its encoding outweighs the "
+                    "image signal and amplifies errors in the base estimate. Give the encodings channels of their "
+                    "own (aux_channels > 0) or bound the ratio with a 'ratio' weight schedule (docs/math.md).",
+                    stacklevel=2)
+
+    def _resolve_aux(self, given: int | None) -> int:
+        shared_only = self._base is None or not self.aggregated
+        if given is None:
+            return 0 if shared_only else self._base_latent.shape[0]
+        if isinstance(given, bool) or not isinstance(given, int) or given < 0:
+            raise ConfigError(f"taskset: aux_channels must be an integer >= 0, got {given!r}")
+        if given and shared_only:
+            why = "there is no base modality" if self._base is None else "there is no aggregated modality"
+            raise ConfigError(f"taskset: aux_channels = {given} needs a base and at least one aggregated modality, "
+                              f"but {why}; drop aux_channels")
+        return given
 
     def _resolve_latent(self, given: tuple[int, int, int] | None) -> tuple[int, int, int]:
         base = self._base
@@ -121,8 +157,30 @@ class TaskSet:
 
     @property
     def latent(self) -> LatentSpec:
-        """The shared latent space Z."""
+        """The shared latent space Z (the base's channels, then the auxiliary ones)."""
         return self._latent
+
+    @property
+    def aux_channels(self) -> int:
+        """A: the channels of Z only the aggregated encodings occupy (0: they share the base's channels)."""
+        return self._aux
+
+    @property
+    def base_latent(self) -> LatentSpec:
+        """The base's part of Z: its first C channels (all of Z when aux_channels = 0)."""
+        return self._base_latent
+
+    @property
+    def encoding_latent(self) -> LatentSpec:
+        """What every aggregated encoder E_i maps into: the auxiliary channels, or all of Z when aux_channels = 0."""
+        _, H, W = self._base_latent.shape
+        return LatentSpec((self._aux, H, W)) if self._aux else self._latent
+
+    def peak_ratios(self) -> dict[str, float]:
+        """Aggregated name -> max_t lambda_t / sqrt(abar_t): its encoding's largest part of z_t relative to the
+        base's signal (docs/math.md, section 2)."""
+        fp = self._fp
+        return {name: peak_ratio(fp.lam[i], fp.abar) for i, name in enumerate(fp.names)}
 
     def forward_process(self) -> ForwardProcess:
         """The forward process (noise schedule + every aggregated modality's w_t, lambda_t); built once."""
@@ -148,7 +206,7 @@ class TaskSet:
 
     def __repr__(self) -> str:
         mods = ", ".join(f"{m.name}:{m.kind}/{m.role.value}" for m in self._modalities.values())
-        return f"TaskSet([{mods}], latent={list(self._latent.shape)}, T={self._noise.T})"
+        return f"TaskSet([{mods}], latent={list(self._latent.shape)}, aux_channels={self._aux}, T={self._noise.T})"
 
     # -- configuration ------------------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
@@ -158,7 +216,9 @@ class TaskSet:
             "diffusion": self._noise.to_config(),
         }
         if self._given_latent or self._base is None or self._base.latent_shape() is None:
-            out["latent_shape"] = list(self._latent.shape)
+            out["latent_shape"] = list(self._base_latent.shape)
+        if self._base is not None and self.aggregated:
+            out["aux_channels"] = self._aux
         return out
 
     @classmethod
@@ -205,7 +265,8 @@ class TaskSet:
                 raise type(e)(f"taskset: modalities[{i}] (kind {mc['kind']!r}): {e}") from e
         noise = _noise_from_config(config.get("diffusion"))
         latent = config.get("latent_shape")
-        return cls(mods, noise, None if latent is None else _latent_shape(latent, "taskset: latent_shape"))
+        return cls(mods, noise, None if latent is None else _latent_shape(latent, "taskset: latent_shape"),
+                   config.get("aux_channels"))
 
     @classmethod
     def from_toml(cls, path: str | Path, registry: Any = None) -> TaskSet:

@@ -99,14 +99,16 @@ def dumps_toml(config: Mapping[str, Any]) -> str:
     """TOML text that tomllib reads back to the same values. TOML has no null: None values are written as
     comments (reading back omits them, so they take the option's default)."""
     lines: list[str] = []
-    for k, v in config.items():
+    tables = [(k, v) for k, v in config.items() if isinstance(v, Mapping) or _is_table_list(v)]
+    for k, v in config.items():  # plain keys first: after a table header they would belong to that table
+        if v is not None and (k, v) not in tables:
+            lines.append(f"{_key(k)} = {_value(v)}")
+    for k, v in tables:
         if isinstance(v, Mapping):
             _emit_table(lines, _key(k), v, f"[{_key(k)}]")
-        elif _is_table_list(v):
+        else:
             for item in v:
                 _emit_table(lines, _key(k), item, f"[[{_key(k)}]]")
-        elif v is not None:
-            lines.append(f"{_key(k)} = {_value(v)}")
     return "\n".join(lines).lstrip("\n") + "\n"
 
 

@@ -120,7 +120,8 @@ class ImageConfig:
         size: height and width S of the square image.
         bits: bit depth of the data; the base's discretised Gaussian uses 2**bits bins over [-1, 1].
         sigma: std of the Gaussian likelihood of the head's mean image when aggregated.
-        normalize: RMS-normalise the encoding when aggregated (so only w_t sets the injection strength).
+        normalize: scale the encoding to unit RMS when aggregated (the model's EncodingScale; so only w_t sets the
+            injection strength).
     """
 
     channels: int = attrs.field(default=1, validator=positive_int)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtd_core.errors import ModalityDataError
-from mtd_core.modality import DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role, rms_normalize
+from mtd_core.modality import DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role
 from mtd_core.plugins import hookimpl
 from mtd_core.plugins.validate import optional_names, positive_int
 
@@ -34,7 +34,7 @@ class LabelEncoder(nn.Module):
         self.embed = nn.Embedding(num_classes, latent.numel)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """(B,) int64 class indices -> (B, C, H, W) (before RMS normalisation)."""
+        """(B,) int64 class indices -> (B, C, H, W) (before the model's scaling)."""
         return self.embed(y).reshape(-1, *self.shape)
 
     def table(self) -> torch.Tensor:
@@ -103,8 +103,8 @@ class LabelModality(Modality):
         return F.cross_entropy(self._logits(pred).float(), x, reduction="none")
 
     def predicted_encoding(self, encoder: nn.Module, pred: Any) -> torch.Tensor:
-        """E(yhat) = sum_k softmax(logits)_k * RMSnorm(E(k)): exactly the expected encoding under the head's
-        class probabilities (the encoding of class k when the prediction is certain)."""
+        """E[E(y) | z_t] = sum_k softmax(logits)_k E(k): exactly the expected encoding under the head's class
+        probabilities (the encoding of class k when the prediction is certain)."""
         if not isinstance(encoder, LabelEncoder):
             raise ModalityDataError(
                 f"modality {self.name!r} (label): predicted_encoding needs the LabelEncoder built by build_encoder, "
@@ -112,8 +112,6 @@ class LabelModality(Modality):
             )
         logits = self._logits(pred)
         table = encoder.table()
-        if getattr(self.config, "normalize", True):
-            table = rms_normalize(table)
         probs = torch.softmax(logits.to(table.dtype), dim=1)
         return torch.einsum("bk,k...->b...", probs, table)
 

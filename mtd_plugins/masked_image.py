@@ -108,7 +108,8 @@ class MaskedImageConfig:
         fill: the value hidden pixels take, in [-1, 1].
         sigma: std of the Gaussian likelihood of the head's mean image.
         source: the name of the base image modality the masked copy is derived from.
-        normalize: RMS-normalise the encoding (so only w_t sets the injection strength).
+        normalize: scale the encoding to unit RMS (the model's EncodingScale; so only w_t sets the injection
+            strength).
     """
 
     channels: int = attrs.field(default=1, validator=positive_int)

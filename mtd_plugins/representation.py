@@ -81,7 +81,7 @@ class RepresentationEncoder(nn.Module):
         self.proj = nn.Linear(dim, latent.numel)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
-        """(B, d) -> (B, C, H, W) (before RMS normalisation)."""
+        """(B, d) -> (B, C, H, W) (before the model's scaling)."""
         return self.proj(r).reshape(-1, *self.shape)
 
 
@@ -98,7 +98,8 @@ class RepresentationConfig:
         builtin_extractor: None (a user extractor or precomputed vectors) or "random_conv" (a frozen, seeded random
             conv net; lets a config run without user code).
         seed: seeds the builtin extractor's weights.
-        normalize: RMS-normalise the encoding (so only w_t sets the injection strength).
+        normalize: scale the encoding to unit RMS (the model's EncodingScale; so only w_t sets the injection
+            strength).
     """
 
     dim: int = attrs.field(default=16, validator=positive_int)

@@ -22,7 +22,7 @@ from torch import nn
 
 from mtd_core.diffusion.weights import WeightSchedule
 from mtd_core.errors import CheckpointError, ConfigError, ModalityDataError
-from mtd_core.modality import DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role, rms_normalize
+from mtd_core.modality import DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role
 from mtd_core.plugins import hookimpl
 from mtd_core.plugins.validate import modality_name, option, optional_names, positive_int
 
@@ -77,7 +77,7 @@ class TextEncoder(nn.Module):
         return self.proj(pooled).reshape(-1, *self.shape)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) int64 token ids -> (B, C, H, W) (before RMS normalisation)."""
+        """(B, L) int64 token ids -> (B, C, H, W) (before the model's scaling)."""
         return self.project(self.pool(ids))
 
 
@@ -368,7 +368,7 @@ class TextModality(Modality):
         pooled = sum_l sum_{v != pad} p_l(v) e_v / max(1, sum_l (1 - p_l(pad))): the expected sum of non-pad
         embeddings over the expected number of non-pad tokens (the encoder's count is >= 1 likewise). It equals
         the encoder's mean pooling exactly for a certain (one-hot) prediction, stays differentiable otherwise,
-        and is then projected and RMS-normalised as in encode().
+        and is then projected as in encode(), never re-normalised (an unsure prediction keeps its smaller RMS).
         """
         if not isinstance(encoder, TextEncoder):
             raise ModalityDataError(f"modality {self.name!r} (text): predicted_encoding needs the TextEncoder built "
@@ -377,8 +377,7 @@ class TextModality(Modality):
         probs = torch.softmax(self._logits(pred).to(weight.dtype), dim=-1)
         total = torch.einsum("blv,vd->bd", probs[..., 1:], weight[1:])
         count = (1.0 - probs[..., PAD]).sum(1, keepdim=True).clamp_min(1.0)
-        e = encoder.project(total / count)
-        return rms_normalize(e) if self.role is Role.AGGREGATED else e
+        return encoder.project(total / count)
 
     def temper(self, pred: Any, temperature: float) -> torch.Tensor:
         """The logits divided by ``temperature`` (softmax(logits / temperature): sharper below 1)."""

@@ -4,6 +4,7 @@ configs, and demo --quick."""
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import tomllib
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from mtd_core.cli import main
+
 from mtd_core.training import load_checkpoint
 from mtd_core.tomlio import dumps_toml
 from mtd_core.training.config import read_config, resolve_config
@@ -103,7 +105,8 @@ def test_unknown_keys_fail_with_the_nearest_valid_key(tmp_path: Path, capsys: py
     assert re.search(pattern, err), err
 
 
-def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"
     rc, out, err = _run(capsys, "train", str(tiny_toml), "--out", str(run), "--quick")
     assert rc == 0, err
@@ -123,10 +126,20 @@ def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, caps
     rc, _, _ = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s2"), "--given", "label=0,3,nine", "--n",
                     "2", "--steps", "3", "--seed", "1")
     assert np.array_equal(np.load(tmp_path / "s2" / "samples.npz")["image"], raw["image"])  # seeded
-    rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s3"), "--given", "label=0,3,nine", "--n",
-                      "2", "--steps", "3", "--seed", "1", "--conditioning", "inject")
+    seen: list[dict] = []
+    sampling_generate = importlib.import_module("mtd_core.sampling.generate")
+    real = sampling_generate.generate
+    monkeypatch.setattr(sampling_generate, "generate", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s3"), "--given", "label=0", "--n", "2",
+                        "--sampler", "dpmpp_2m", "--nfe", "4", "--clip", "dynamic", "--conditioning", "exact",
+                        "--option", "lower_order_final=false", "--no-progress", "--spacing", "logsnr")
     assert rc == 0, err
-    assert not np.array_equal(np.load(tmp_path / "s3" / "samples.npz")["image"], raw["image"])  # the option is used
+    assert "dpmpp_2m, 4 network evaluations" in out and err == ""
+    assert {k: seen[-1][k] for k in ("sampler", "nfe", "clip", "conditioning", "sampler_options", "spacing")} == {
+        "sampler": "dpmpp_2m", "nfe": 4, "clip": "dynamic", "conditioning": "exact",
+        "sampler_options": {"lower_order_final": False}, "spacing": "logsnr"}
+    rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s4"), "--sampler", "ddmp", "--n", "2")
+    assert rc == 1 and "unknown sampler 'ddmp' (did you mean 'ddpm'?)" in err
 
     rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "j"), "--n", "3", "--steps", "2")
     assert rc == 0 and "3 samples (joint" in out

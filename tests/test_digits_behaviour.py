@@ -3,8 +3,7 @@
 One model (trained once per module, fixed seed) must
   - generate images and labels jointly that agree with an independent classifier (logistic regression on the real
     digits) well above chance (10 %),
-  - generate label-conditioned images recognised as the requested class (replacement conditioning well above
-    injection, the reason it is the default),
+  - generate label-conditioned images recognised as the requested class (with every conditioning mode),
   - move samples towards a target class under guidance from its own label head,
   - classify held-out digits by reading its label head from the noised image.
 Measured numbers are printed (pytest -s); see docs/sampling.md for the values on the reference machine.
@@ -110,15 +109,16 @@ def test_joint_generation_is_coherent(trained):
 def test_label_conditioned_generation_follows_the_label(trained):
     y = torch.arange(N) % 10
     accuracy = {}
-    for conditioning in ("replace", "inject"):
+    for conditioning in ("replace", "inject", "exact"):
         out = generate(trained.model, given={"label": y}, steps=25, generator=torch.Generator().manual_seed(2),
                        progress=False, conditioning=conditioning)
         assert out.samples["label"] is y
         accuracy[conditioning] = float((trained.recognised(out.samples["image"]) == y.numpy()).mean())
-    print(f"[digits] label-conditioned accuracy: replace {accuracy['replace']:.3f}, inject {accuracy['inject']:.3f} "
-          "(chance 0.1)")
-    assert accuracy["replace"] > 0.6
-    assert accuracy["replace"] > accuracy["inject"] + 0.15  # why replacement is the default
+    print("[digits] label-conditioned accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
+          + " (chance 0.1)")
+    # with the label in a channel of its own, the base estimate never subtracts a label encoding, so injecting the
+    # true one is as good as replacing (on shared channels injection fell to 0.4: docs/sampling.md)
+    assert min(accuracy.values()) > 0.6
 
 
 def test_guidance_moves_samples_towards_the_target(trained):

@@ -17,7 +17,7 @@ import torch
 
 # experiments/ is a top-level folder of the repository (on sys.path through pytest's `pythonpath = ["."]`)
 from experiments import common
-from experiments.make_results import EXPERIMENTS, Run, claims, load_runs, make_results, mean_curve, steps_ratio
+from experiments.make_results import EXPERIMENTS, Run, claims, load_runs, make_results, steps_ratio
 from experiments.presets import PRESETS, Preset, get_preset
 from mtd_core.errors import ConfigError, ModalityDataError, MTDError
 
@@ -74,8 +74,7 @@ def test_learning_curves_have_one_point_per_checkpoint(smoke_results: Path) -> N
     for name in ("single_task", "masked_image"):
         curve = _result(smoke_results, name)["curve"]
         assert [p["step"] for p in curve] == expected
-        assert all(p["n_generated"] == preset.n_curve and p["fid"] >= 0 and p["eta1_fid"] >= 0 for p in curve)
-        assert [p["fid"] for p in curve] != [p["eta1_fid"] for p in curve]  # two samplers, two sets of samples
+        assert all(p["n_generated"] == preset.n_curve and p["fid"] >= 0 for p in curve)
 
 
 def test_restoration_inputs_are_shared_and_scored_consistently(smoke_results: Path) -> None:
@@ -115,90 +114,6 @@ def test_make_results_generates_the_report(smoke_results: Path, tmp_path: Path) 
 
 
 @pytest.mark.filterwarnings("ignore:FID.*rank-deficient")  # FID at n=24 < 64 feature dims warns, as it should
-@pytest.mark.parametrize(("experiment", "what", "key"), [
-    ("image_label", "elbo", "elbo_bpd"), ("image_label", "eta1", "eta1_joint_coherence"),
-    ("image_caption", "eta1", "eta1_caption_agreement"), ("single_task", "eta1", "eta1_final_curve_fid"),
-    ("masked_image", "curve", "eta1_final_curve_fid"),
-    ("single_task", "restoration", "sdedit_kept_psnr_r25"), ("masked_image", "restoration", "restored_psnr_r75")])
-def test_rescoring_with_the_same_protocol_reproduces_the_result(smoke_results: Path, experiment: str, what: str,
-                                                                key: str) -> None:
-    from experiments.rescore import rescore
-
-    path = common.result_path(smoke_results, "smoke", experiment, 0)
-    before = json.loads(path.read_text())
-    run_dir = smoke_results.parent / "work" / "smoke" / experiment / "seed0"
-    new = rescore(path, run_dir, get_preset("smoke"), what)
-    after = json.loads(path.read_text())
-    assert new is not None and new[key] == pytest.approx(before["metrics"][key], rel=1e-5)
-    assert after["metrics"][key] == new[key] and f"{what}_rescored_utc" in after["protocol"]
-    if what == "eta1":  # the stochastic samples differ from the deterministic ones
-        assert new["eta1_fid"] != before["metrics"]["fid"]
-    if "curve" in before:
-        assert len(after["curve"]) == len(before["curve"])
-        assert all(a == pytest.approx(b, rel=1e-5) for a, b in zip(after["curve"], before["curve"]))
-
-
-def test_rescore_skips_an_experiment_without_the_measure(smoke_results: Path) -> None:
-    from experiments.rescore import rescore
-
-    path = common.result_path(smoke_results, "smoke", "image_label", 0)
-    text = path.read_text()
-    run_dir = smoke_results.parent / "work" / "smoke" / "image_label" / "seed0"
-    for what in ("curve", "restoration"):
-        assert rescore(path, run_dir, get_preset("smoke"), what) is None
-    assert path.read_text() == text
-
-
-@pytest.mark.filterwarnings("ignore:FID.*rank-deficient")  # FID at n=24 < 64 feature dims warns, as it should
-def test_rescoring_eta1_refuses_a_curve_of_other_checkpoints(smoke_results: Path, tmp_path: Path) -> None:
-    from experiments.rescore import rescore
-
-    data = _result(smoke_results, "single_task")
-    data["curve"] = data["curve"][:1]
-    path = tmp_path / "seed0.json"
-    path.write_text(json.dumps(data))
-    with pytest.raises(MTDError, match=r"seed0.json: its learning curve has the steps \[2.0\] but the checkpoints"):
-        rescore(path, smoke_results.parent / "work" / "smoke" / "single_task" / "seed0", get_preset("smoke"), "eta1")
-    assert json.loads(path.read_text()) == data
-
-
-@pytest.mark.filterwarnings("ignore:FID.*rank-deficient")  # FID at n=24 < 64 feature dims warns, as it should
-def test_rescore_cli_picks_experiments_and_seeds(smoke_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from experiments.rescore import main
-
-    work = smoke_results.parent / "work"
-    originals = {p: p.read_text() for p in (smoke_results / "smoke").glob("*/seed*.json")}
-    base = ["--preset", "smoke", "--results", str(smoke_results), "--work", str(work), "--what", "elbo"]
-    threads = torch.get_num_threads()
-    try:
-        # An earlier rescore in the same second would leave the text unchanged, so mark what a rescore must restore.
-        for p, text in originals.items():
-            data = json.loads(text)
-            data["protocol"].pop("elbo_rescored_utc", None)
-            p.write_text(json.dumps(data))
-        unstamped = {p: p.read_text() for p in originals}
-        assert main([*base, "--experiment", "image_label", "--seed", "1"]) == 0  # no such seed: nothing to do
-        assert {p: p.read_text() for p in originals} == unstamped
-        assert main([*base, "--experiment", "image_label", "--seed", "0"]) == 0
-        stamped = [p for p in originals if "elbo_rescored_utc" in json.loads(p.read_text())["protocol"]]
-    finally:
-        torch.set_num_threads(threads)
-        for p, text in originals.items():
-            p.write_text(text)
-    assert stamped == [common.result_path(smoke_results, "smoke", "image_label", 0)]
-    assert "image_label/seed0.json: elbo" in capsys.readouterr().out
-
-
-def test_rescore_refuses_an_unknown_measure(smoke_results: Path) -> None:
-    from experiments.rescore import rescore
-
-    path = common.result_path(smoke_results, "smoke", "image_label", 0)
-    with pytest.raises(MTDError, match=r"unknown measure 'fid'; expected one of \['elbo', 'eta1', 'curve', "
-                                       r"'restoration'\]"):
-        rescore(path, smoke_results.parent / "work" / "smoke" / "image_label" / "seed0", get_preset("smoke"), "fid")
-
-
-@pytest.mark.filterwarnings("ignore:FID.*rank-deficient")  # FID at n=24 < 64 feature dims warns, as it should
 def test_reuse_evaluates_the_finished_run_without_training(smoke_results: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     from experiments import image_label
@@ -226,49 +141,64 @@ def test_make_results_without_runs_says_not_run(tmp_path: Path) -> None:
     assert "not run" in text
 
 
-def _run(experiment: str, seed: int, metrics: dict[str, float], curve: list[tuple[int, float, float]] = ()) -> Run:
-    data = {"metrics": metrics,
-            "curve": [{"step": s, "fid": f, "eta1_fid": f1, "n_generated": 10} for s, f, f1 in curve]}
+def _run(experiment: str, seed: int, metrics: dict[str, float], curve: list[tuple[int, float]] = ()) -> Run:
+    data = {"metrics": metrics, "curve": [{"step": s, "fid": f, "n_generated": 10} for s, f in curve]}
     return Run(path=Path(f"{experiment}/seed{seed}.json"), experiment=experiment, preset="digits", seed=seed, data=data)
 
 
-def test_claims_follow_the_paper_targets() -> None:
+def test_claims_follow_the_targets() -> None:
     restoration = {"sdedit_psnr_r50": 12.0, "sdedit_kept_psnr_r50": 14.0}
     by_exp = {
-        "single_task": [_run("single_task", 0, {"fid": 10.0, "eta1_fid": 20.0, **restoration},
-                             [(100, 20.0, 30.0), (200, 10.0, 20.0)]),
-                        _run("single_task", 1, {"fid": 12.0, "eta1_fid": 22.0, **restoration},
-                             [(100, 22.0, 32.0), (200, 12.0, 22.0)])],
-        "image_label": [_run("image_label", 0, {"fid": 12.0, "joint_coherence": 0.95, "label_head_accuracy": 0.80,
-                                                "standalone_classifier_accuracy": 0.85, "eta1_fid": 23.5,
-                                                "eta1_joint_coherence": 0.5, "feature_net_test_accuracy": 0.89})],
+        "single_task": [_run("single_task", 0, {"fid": 10.0, "noise_like": 0.01, **restoration},
+                             [(100, 20.0), (200, 10.0)]),
+                        _run("single_task", 1, {"fid": 12.0, "noise_like": 0.0, **restoration},
+                             [(100, 22.0), (200, 12.0)])],
+        "image_label": [_run("image_label", 0, {"fid": 11.5, "joint_coherence": 0.86, "label_head_accuracy": 0.80,
+                                                "standalone_classifier_accuracy": 0.85, "conditional_fidelity": 0.88,
+                                                "noise_like": 0.015, "conditional_noise_like": 0.03,
+                                                "feature_net_test_accuracy": 0.89})],
+        "image_caption": [_run("image_caption", 0, {"fid": 11.6})],
         "masked_image": [_run("masked_image", 0, {"restored_psnr_r50": 15.0, "restored_kept_psnr_r50": 13.0,
-                                                  "masked_input_psnr_r50": 9.0},
-                              [(100, 10.5, 25.0), (200, 9.0, 22.0)])],
+                                                  "masked_input_psnr_r50": 9.0}, [(100, 10.5), (200, 9.0)])],
     }
-    # joint FID 12 <= 1.1 * mean(10, 12) = 12.1 with eta 0, 23.5 > 1.1 * 21 = 23.1 with eta 1; coherence 0.95 with
-    # eta 0, 0.5 with eta 1; head 5 points below; masked reaches 11 at step 100 with eta 0, never 21 with eta 1;
-    # restored 15 dB > input 9 and SDEdit 12 as generated, but 13 < SDEdit 14 with the observed pixels kept
-    found = claims(by_exp, [0.5])
-    assert [c.status for c in found] == ["held", "did not hold", "held", "did not hold", "did not hold", "held",
-                                         "did not hold", "held", "did not hold"]
-    assert "(both sampled with DDIM eta 1)" in found[1].claim and "ratio 1.119" in found[1].evidence
-    assert "real test pairs score 89.0%" in found[2].evidence
-    assert "curves sampled with DDIM eta 1" in found[6].claim and "never reached" in found[6].evidence
-    assert "pasted back" in found[8].claim and "13.00 vs input 9.00, SDEdit 14.00" in found[8].evidence
-    by_exp["image_label"][0].data["metrics"]["fid"] = 13.5
-    assert claims(by_exp, [0.5])[0].status == "did not hold"
+    study = [{"experiment": "single_task", "seed": 0, "setting": {"nfe": 10}, "fid": 4.0},
+             {"experiment": "diffusers_baseline", "seed": 0, "setting": {"sampler": "diffusers_dpmpp", "nfe": 10},
+              "fid": 3.5},
+             {"experiment": "single_task", "seed": 0, "setting": {"nfe": 10, "clip": "none"}, "fid": 1.0}]
+    # label 11.5 <= 1.05 * 11 = 11.55, caption 11.6 is not; 4.0 <= 1.1 * 3.5 = 3.85 is not (the row that changes the
+    # clip is not the defaults'); coherence 0.86 >= 0.85; fidelity 0.88 < 0.9; conditional noise-like 3% > 2%; head 5
+    # points below; masked reaches 11 at step 100; restored 15 dB beats input and SDEdit as generated, 13 < 14 kept
+    found = claims(by_exp, [0.5], study)
+    assert [c.status for c in found] == ["held", "did not hold", "not run", "did not hold", "held", "did not hold",
+                                         "did not hold", "did not hold", "held", "held", "did not hold"]
+    assert "ratio 1.045" in found[0].evidence and "ratio 1.143" in found[3].evidence
+    assert "real test pairs score 89.0%" in found[4].evidence
+    assert "(worst: image_label (conditional))" in found[6].evidence
+    assert "ratio 0.50" in found[8].evidence
+    assert "pasted back" in found[10].claim and "13.00 vs input 9.00, SDEdit 14.00" in found[10].evidence
     ratio = steps_ratio(by_exp["single_task"], by_exp["masked_image"])
     assert ratio is not None and ratio.target_fid == 11.0 and ratio.ratio == 0.5
-    assert [c.status for c in claims({}, [0.5])] == ["not run"] * 9
+    assert [c.status for c in claims({}, [0.5])] == ["not run"] * 11
 
 
-def test_curves_without_eta1_points_are_not_run() -> None:
-    """Results written before the curves carried eta 1 give no eta-1 curve rather than a partial one."""
-    old = Run(path=Path("single_task/seed0.json"), experiment="single_task", preset="digits", seed=0,
-              data={"metrics": {}, "curve": [{"step": 100, "fid": 5.0, "n_generated": 10}]})
-    assert mean_curve([old]) == [(100, 5.0)] and mean_curve([old], "eta1_fid") == []
-    assert steps_ratio([old], [old], "eta1_fid") is None
+def test_the_study_table_reads_the_default_and_named_samplers(tmp_path: Path) -> None:
+    from experiments.make_results import load_study, study_section
+
+    rows = [{"experiment": "single_task", "variant": "", "seed": s, "split": "test", "setting": {"nfe": n},
+             "fid": f + s} for s in (0, 1) for n, f in ((10, 4.0), (20, 3.0))]
+    rows += [{"experiment": "single_task", "variant": "", "seed": 0, "split": "val", "setting": {"nfe": 10},
+              "fid": 99.0},
+             {"experiment": "single_task", "variant": "", "seed": 0, "split": "test",
+              "setting": {"sampler": "ddim", "nfe": 10}, "fid": 7.0}]
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "sampler_study.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    study = load_study(tmp_path, "cpu")
+    assert len(study) == 5  # the validation row is left out
+    lines = study_section(study, tmp_path / "assets", "assets", "cpu")
+    table = "\n".join(lines)
+    assert "| single_task: defaults | 2 | - | 4.5 | 3.5 | - |" in table
+    assert "| single_task: ddim | 1 | - | 7 | - | - |" in table
+    assert (tmp_path / "assets" / "cpu_fid_vs_nfe.png").is_file()
 
 
 def test_results_json_must_be_complete(tmp_path: Path) -> None:

@@ -21,10 +21,12 @@ from mtd_core.diffusion.weights import (
     ConstantWeight,
     CustomLambda,
     CustomWeight,
+    RatioWindow,
     WeightSchedule,
     WindowedLambda,
     ZeroWeight,
     lambda_from_w,
+    peak_ratio,
     w_from_lambda,
     weight_schedule_from_config,
 )
@@ -174,8 +176,31 @@ def test_respaced_timesteps_are_increasing_and_end_at_T(T: int, data: st.DataObj
         respaced_timesteps(T, T + 1)
     leading = respaced_timesteps(T, steps, "leading")  # diffusers' DDIMScheduler spacing, shifted to 1..T
     assert leading.tolist() == [1 + k * (T // steps) for k in range(steps)] and int(leading[-1]) <= T
-    with pytest.raises(ScheduleError, match=r"kind must be one of \['uniform', 'quad', 'leading'\], got 'log'"):
+    with pytest.raises(ScheduleError, match=r"spacing must be one of \['uniform', 'quad', 'leading', 'logsnr', "
+                                            r"'karras'\], got 'log'"):
         respaced_timesteps(T, steps, "log")
+
+
+@given(st.integers(2, 1000), st.data(), st.sampled_from(["logsnr", "karras"]))
+def test_noise_level_spacings_are_distinct_increasing_and_end_at_T(T: int, data: st.DataObject, kind: str) -> None:
+    steps = data.draw(st.integers(1, min(T, 60)))
+    abar = NoiseSchedule.linear(T, 1e-4, min(0.02, T / 1000 * 0.999)).abar if T > 20 else NoiseSchedule.cosine(T).abar
+    ts = respaced_timesteps(T, steps, kind, abar)
+    assert ts.numel() == steps and int(ts[-1]) == T and int(ts[0]) >= 1
+    assert (ts[1:] > ts[:-1]).all()
+    with pytest.raises(ScheduleError, match=rf"respacing '{kind}': needs the schedule's abar_t"):
+        respaced_timesteps(T, steps, kind)
+
+
+def test_logsnr_spacing_is_even_in_log_snr_and_karras_is_denser_at_small_noise() -> None:
+    abar = NoiseSchedule.linear(1000).abar
+    lam = 0.5 * torch.log(abar / (1 - abar))
+    ts = respaced_timesteps(1000, 10, "logsnr", abar)
+    gaps = (lam[ts[:-1]] - lam[ts[1:]]).tolist()
+    assert max(gaps) / min(gaps) < 1.15  # nearest integer t: even up to rounding
+    karras = respaced_timesteps(1000, 10, "karras", abar)
+    uniform = respaced_timesteps(1000, 10, "uniform")
+    assert int(karras[1]) < int(uniform[1]) and int(ts[1]) < int(uniform[1])
 
 
 def test_respacing_a_jump_beyond_float64_resolution_is_rejected() -> None:
@@ -258,6 +283,24 @@ def test_windowed_lambda_rises_to_its_peak_at_the_centre() -> None:
     assert lam[5] == 2.0 and lam[:3].eq(0).all() and lam[8:].eq(0).all()
     assert (lam[3:5] > 0).all() and (lam[3:5] < 2).all() and (lam[6:8] > 0).all() and (lam[6:8] < 2).all()
     assert lam[3] < lam[4] and lam[6] > lam[7]
+
+
+@given(st.floats(0.01, 50.0), st.sampled_from([(0.0, 0.4, 0.9), (0.1, 0.3, 1.0), (0.0, 0.5, 0.95)]),
+       st.sampled_from(["linear", "cosine"]))
+def test_ratio_window_bounds_the_ratio_by_rho_and_ends_at_zero(rho: float, window: tuple, kind: str) -> None:
+    noise = NoiseSchedule.linear(200) if kind == "linear" else NoiseSchedule.cosine(200)
+    ws = RatioWindow(rho, *window)
+    r = ws.resolve(noise)
+    ratio = r.lam[1:] / noise.abar[1:].sqrt()
+    assert float(ratio.max()) <= rho * (1 + 1e-12) and peak_ratio(r.lam, noise.abar) == pytest.approx(rho, rel=0.02)
+    assert float(r.lam[-1]) == 0.0 and float(r.lam[0]) == 0.0
+    assert weight_schedule_from_config(json.loads(json.dumps(ws.to_config()))) == ws
+
+
+@pytest.mark.parametrize("rho", [0.0, -1.0, math.inf, math.nan, True, "2"])
+def test_ratio_window_rejects_rho_outside_the_open_half_line(rho: object) -> None:
+    with pytest.raises(ScheduleError, match=r"modality 'label': ratio weight schedule: rho must lie in \(0, inf\)"):
+        weight_schedule_from_config({"kind": "ratio", "rho": rho}, "label")
 
 
 @given(noise_schedules(), st.data())

@@ -44,6 +44,8 @@ from mtd_core.metrics import (
     run_metrics,
     ssim,
     train_feature_net,
+    noise_like_share,
+    total_variation,
 )
 from mtd_core.metrics.kid import mmd2_unbiased
 
@@ -547,3 +549,27 @@ def test_a_third_party_metric_plugin_registers_and_runs(mtd_registry_builtin) ->
     assert "fid" in out.skipped and "no feature network" in out.skipped["fid"]
     with pytest.raises(MetricError, match=r"metric 'mean_intensity' cannot run.*\n  - no real\['image'\]"):
         reg.metric("mean_intensity")(EvalContext.from_taskset(taskset, generated={"image": gen}))
+
+
+# -- the noise-like share -------------------------------------------------------------------------------------
+def test_total_variation_is_the_mean_absolute_neighbour_difference() -> None:
+    x = torch.zeros(2, 1, 4, 4)
+    x[1, 0, :, 2:] = 1.0  # one vertical edge of height 1 in four rows
+    tv = total_variation(x)
+    assert tv.tolist() == [0.0, pytest.approx(4 / 12)]  # 4 of the 12 horizontal pairs differ; no vertical one
+    with pytest.raises(MetricError, match=r"at least 2x2 pixels"):
+        total_variation(torch.zeros(2, 1, 1, 4))
+
+
+def test_noise_like_share_counts_generated_images_rougher_than_the_reference_quantile() -> None:
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.linspace(-1, 1, 8).repeat(8, 1)[None, None] * torch.rand(200, 1, 1, 1, generator=g)
+    noise = torch.rand(50, 1, 8, 8, generator=g) * 2 - 1
+    result = noise_like_share(torch.cat([0.5 * smooth[:150], noise]), smooth)  # half as rough as the real ones
+    assert result.share == pytest.approx(50 / 200) and result.n_generated == 200 and result.n_reference == 200
+    assert noise_like_share(smooth, smooth).share <= 0.01 + 1e-12  # real images score 1 - quantile at most
+    assert "noise-like share 25.00%" in str(result)
+    with pytest.raises(MetricError, match=r"at least 100 real images, got 50"):
+        noise_like_share(noise, noise)
+    with pytest.raises(MetricError, match=r"quantile must lie in \(0, 1\), got 1.0"):
+        noise_like_share(noise, smooth, quantile=1.0)

@@ -13,7 +13,6 @@ from mtd_core.diffusion.loss import training_loss
 from mtd_core.diffusion.noise import NoiseSchedule
 from mtd_core.errors import ConfigError, ModalityDataError
 from mtd_core.model import MultiTaskModel
-from mtd_core.modality import rms_normalize
 from mtd_core.taskset import TaskSet
 
 UNET = dict(channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4], groups=8, num_heads=2)
@@ -38,31 +37,61 @@ def test_builds_one_encoder_per_modality_and_one_head_per_aggregated_modality():
     assert model.device == torch.device("cpu")
 
 
-def test_encode_returns_the_base_as_z0_and_rms_normalised_encodings():
+def test_encode_places_the_base_and_the_encodings_in_their_own_channels():
     model = make_model()
     b = batch()
+    model.eval()
     z0, enc = model.encode(b)
-    assert torch.equal(z0, b["image"])  # identity encoder of the base
-    assert list(enc) == ["label"] and enc["label"].shape == (4, 1, 8, 8)
-    assert torch.allclose(enc["label"].pow(2).flatten(1).mean(1), torch.ones(4), atol=1e-5)
-    table = rms_normalize(model.encoders["label"].table())
-    assert torch.allclose(enc["label"], table[b["label"]])
+    assert z0.shape == (4, 2, 8, 8) and enc["label"].shape == (4, 2, 8, 8)
+    assert torch.equal(z0[:, :1], b["image"]) and not z0[:, 1:].any()  # identity encoder of the base, zero beside
+    assert not enc["label"][:, :1].any()  # the label lives in the auxiliary channel only
+    raw = model.encoders["label"].table()[b["label"]]
+    assert torch.allclose(enc["label"][:, 1:], raw / model.scales["label"].rms)
+
+
+@pytest.mark.filterwarnings("ignore:taskset. modality 'label' reaches")
+def test_shared_design_adds_the_encodings_on_the_base_channels():
+    model = make_model({**CONFIG, "aux_channels": 0})
+    z0, enc = model.eval().encode(batch())
+    assert z0.shape == enc["label"].shape == (4, 1, 8, 8) and torch.equal(z0, batch()["image"])
+
+
+def test_training_scales_the_encodings_by_the_batch_rms_and_tracks_it():
+    model = make_model()
+    b = batch(n=32)
+    raw = model.encoders["label"].table()[b["label"]]
+    before = float(model.scales["label"].rms)
+    model.train()
+    enc = model.encode(b)[1]["label"][:, 1:]
+    assert float(enc.pow(2).mean()) == pytest.approx(1.0, rel=1e-5)  # unit RMS over the batch
+    r = float(raw.pow(2).mean().sqrt())
+    assert float(model.scales["label"].rms) == pytest.approx(before + 0.02 * (r - before), rel=1e-5)
+    model.eval()  # sampling divides by the running RMS: a constant, so expectations stay expectations
+    assert torch.allclose(model.encode(b)[1]["label"][:, 1:], raw / model.scales["label"].rms)
 
 
 def test_forward_returns_eps_and_every_head_prediction():
     model = make_model()
-    z, t = torch.randn(3, 1, 8, 8), torch.tensor([1, 50, 100])
+    z, t = torch.randn(3, 2, 8, 8), torch.tensor([1, 50, 100])
     out = model(z, t)
     assert isinstance(out, DenoiserOutput)
     assert out.eps.shape == z.shape and list(out.preds) == ["label"] and out.preds["label"].shape == (3, 10)
 
 
 def test_predicted_encodings_of_a_certain_prediction_equal_the_true_encoding():
-    model = make_model()
+    model = make_model().eval()
     y = torch.tensor([3, 7])
     logits = 1e4 * torch.nn.functional.one_hot(y, 10).float()
     enc = model.predicted_encodings({"label": logits})["label"]
     assert torch.equal(enc, model.encode_some({"label": y}, ["label"])[1]["label"])
+
+
+def test_an_unsure_prediction_gives_the_expected_encoding_not_a_renormalised_one():
+    model = make_model().eval()
+    enc = model.predicted_encodings({"label": torch.zeros(1, 10)})["label"]  # uniform over the 10 classes
+    table = model.encode_some({"label": torch.arange(10)}, ["label"])[1]["label"]
+    assert torch.allclose(enc[0], table.mean(0), atol=1e-6)
+    assert float(enc.pow(2).mean()) < 0.5 * float(table.pow(2).mean())  # the mean of ten encodings is small
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -134,7 +163,7 @@ def test_config_round_trips_through_json_and_reproduces_the_network():
     assert config["backbone"] == "unet" and config["backbone_options"]["channel_mult"] == [1, 2]
     clone = MultiTaskModel.from_config(config)
     clone.load_state_dict(model.state_dict())
-    z, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 90])
+    z, t = torch.randn(2, 2, 8, 8), torch.tensor([3, 90])
     a, b = model(z, t), clone(z, t)
     assert torch.equal(a.eps, b.eps) and torch.equal(a.preds["label"], b.preds["label"])
     assert clone.config() == model.config()

@@ -17,29 +17,40 @@ from mtd_core.diffusion.elbo import DenoiserOutput
 from mtd_core.diffusion.noise import respaced_timesteps
 from mtd_core.errors import ConfigError, ModalityDataError
 from mtd_core.model import MultiTaskModel
+from mtd_core.plugins import hookimpl
 from mtd_core.sampling import (
+    BaseEstimate,
+    BaseRange,
     GuidanceConfig,
     ModelDenoiser,
+    Sampler,
     ddim_sigma,
     ddim_step,
     ddpm_step,
     generate,
     guided_eps,
+    sample_ddim,
 )
+from mtd_core.sampling.generate import base_range
 from mtd_core.taskset import TaskSet
 
 T = 100
 CONFIG = {"modalities": [{"kind": "image", "role": "base", "size": 8}, {"kind": "label", "num_classes": 10, "hidden": 16}],
           "diffusion": {"kind": "linear", "T": T}}
+SHARED = {**CONFIG, "aux_channels": 0}  # the encodings on the image's own channel
 UNET = dict(channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4], groups=4, num_heads=2)
+DESIGNS = pytest.mark.parametrize("design", [pytest.param(CONFIG, id="separate"),
+                                             pytest.param(SHARED, id="shared", marks=pytest.mark.filterwarnings(
+                                                 "ignore:taskset. modality 'label' reaches"))])
 
 
 class Oracle(MultiTaskModel):
     """A model that knows the truth: eps is the exact total noise of z_t given (z0, label), the head says head_y."""
 
-    def set_truth(self, z0: torch.Tensor, y: torch.Tensor, head_y: torch.Tensor | None = None) -> None:
-        self.z0, self.y = z0, y
-        self.enc = self.encode_some({"label": y}, ["label"])[1]
+    def set_truth(self, x0: torch.Tensor, y: torch.Tensor, head_y: torch.Tensor | None = None) -> None:
+        self.eval()  # encodings as generate() sees them (the running RMS, not a batch's)
+        self.x0, self.y = x0, y
+        self.z0, self.enc = self.encode_some({"image": x0, "label": y}, ["image", "label"])
         self.head_y = y if head_y is None else head_y
         self.seen_t: list[torch.Tensor] = []
 
@@ -49,20 +60,20 @@ class Oracle(MultiTaskModel):
         return DenoiserOutput(eps=eps, preds={"label": 1e4 * F.one_hot(self.head_y, 10).to(z_t.dtype)})
 
 
-def oracle(n: int = 4, seed: int = 0, wrong_head: bool = False) -> Oracle:
+def oracle(n: int = 4, seed: int = 0, wrong_head: bool = False, config: dict = CONFIG) -> Oracle:
     torch.manual_seed(seed)
-    model = Oracle(TaskSet.from_config(CONFIG), "unet", UNET)
+    model = Oracle(TaskSet.from_config(config), "unet", UNET)
     g = torch.Generator().manual_seed(seed)
-    z0 = torch.rand(n, 1, 8, 8, generator=g) * 1.8 - 0.9
+    x0 = torch.rand(n, 1, 8, 8, generator=g) * 1.8 - 0.9
     y = torch.randint(0, 10, (n,), generator=g)
-    model.set_truth(z0, y, (y + 1) % 10 if wrong_head else None)
+    model.set_truth(x0, y, (y + 1) % 10 if wrong_head else None)
     return model
 
 
-def tiny_model(seed: int = 0) -> MultiTaskModel:
+def tiny_model(seed: int = 0, config: dict = CONFIG) -> MultiTaskModel:
     """A real, untrained model whose zero-initialised layers are randomised so that eps is not identically 0."""
     torch.manual_seed(seed)
-    model = MultiTaskModel(TaskSet.from_config(CONFIG), "unet", UNET)
+    model = MultiTaskModel(TaskSet.from_config(config), "unet", UNET)
     with torch.no_grad():
         for p in model.parameters():
             if not p.any():
@@ -76,15 +87,17 @@ def noised(model: Oracle, k: int, fp, seed: int = 1) -> torch.Tensor:
 
 
 # -- single steps with the oracle ---------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:taskset. modality 'label' reaches")
 @settings(max_examples=20)
-@given(steps=st.integers(1, T), frac=st.floats(0.0, 1.0), conditional=st.booleans())
-def test_ancestral_mean_equals_the_true_posterior_mean(steps, frac, conditional):
-    model = oracle(wrong_head=conditional)  # in conditional mode the head is wrong: the true encoding must be used
+@given(steps=st.integers(1, T), frac=st.floats(0.0, 1.0), conditional=st.booleans(), shared=st.booleans())
+def test_ancestral_mean_equals_the_true_posterior_mean(steps, frac, conditional, shared):
+    # in conditional mode the head is wrong: the true encoding must be used
+    model = oracle(wrong_head=conditional, config=SHARED if shared else CONFIG)
     fp = model.forward_process.respace(respaced_timesteps(T, steps))
     k = 1 + round(frac * (fp.T - 1))
     z_t = noised(model, k, fp)
     pred = ModelDenoiser(model, fp, model.enc if conditional else {}, conditioning="inject")(z_t, k)
-    mean = ddpm_step(fp, z_t, k, pred.eps, pred.enc).z_prev
+    mean = ddpm_step(fp, z_t, k, pred.z0, pred.enc).z_prev
     post_mean, post_var = fp.posterior(z_t, model.z0, model.enc, k)
     assert torch.allclose(mean, post_mean, atol=1e-4)
     assert torch.allclose(fp.reverse_variance(k, z_t, "beta_tilde"), post_var)
@@ -98,7 +111,7 @@ def test_ddim_with_eta_0_recovers_z0_in_one_step_from_any_t(t, conditional):
     z_t = noised(model, 1, fp)
     pred = ModelDenoiser(model, fp, model.enc if conditional else {}, conditioning="inject")(z_t, 1)
     assert model.seen_t[-1].tolist() == [t] * 4  # the network sees the original timestep
-    res = ddim_step(fp, z_t, 1, pred.eps, pred.enc, eta=0.0)
+    res = ddim_step(fp, z_t, 1, pred.z0, pred.eps, pred.enc, eta=0.0)
     assert torch.allclose(res.z_prev, model.z0, atol=2e-4) and torch.allclose(res.z0_hat, model.z0, atol=2e-4)
 
 
@@ -108,50 +121,60 @@ def test_ddim_with_eta_1_is_the_posterior():
     for k in (2, 5, 10):
         z_t = noised(model, k, fp)
         pred = ModelDenoiser(model, fp, {})(z_t, k)
-        res = ddim_step(fp, z_t, k, pred.eps, pred.enc, noise=torch.zeros_like(z_t), eta=1.0)
+        res = ddim_step(fp, z_t, k, pred.z0, pred.eps, pred.enc, noise=torch.zeros_like(z_t), eta=1.0)
         post_mean, _ = fp.posterior(z_t, model.z0, model.enc, k)
         assert torch.allclose(res.z_prev, post_mean, atol=1e-4)
         assert ddim_sigma(fp, k, 1.0) ** 2 == pytest.approx(float(fp.beta_tilde[k]), rel=1e-9)
 
 
-def test_joint_mode_with_a_wrong_head_does_not_recover_z0():
-    # the converse of the conditional case: predicted encodings of a wrong label give a wrong z_0 estimate
-    model = oracle(wrong_head=True)
-    fp = model.forward_process.respace([40])
-    z_t = noised(model, 1, fp)
-    pred = ModelDenoiser(model, fp, {})(z_t, 1)
-    assert not torch.allclose(ddim_step(fp, z_t, 1, pred.eps, pred.enc).z_prev, model.z0, atol=1e-2)
+@pytest.mark.filterwarnings("ignore:taskset. modality 'label' reaches")
+def test_a_wrong_head_corrupts_the_base_estimate_only_on_shared_channels():
+    # shared: the predicted encoding of a wrong label is subtracted from the image's channel, so z_0 is missed;
+    # separate: the label lives in its own channel, the image's estimate never subtracts it
+    for config, recovered in ((SHARED, False), (CONFIG, True)):
+        model = oracle(wrong_head=True, config=config)
+        fp = model.forward_process.respace([40])
+        z_t = noised(model, 1, fp)
+        pred = ModelDenoiser(model, fp, {})(z_t, 1)
+        res = ddim_step(fp, z_t, 1, pred.z0, pred.eps, pred.enc)
+        assert torch.allclose(res.z_prev, model.z0, atol=1e-3) == recovered
 
 
 # -- generate() with the oracle -------------------------------------------------------------------------------
-@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 0.7), ("ddpm", 0.0)])
-def test_generate_joint_with_the_oracle_returns_the_truth(sampler, eta):
-    model = oracle()
-    out = generate(model, n=4, sampler=sampler, steps=8, eta=eta, generator=torch.Generator().manual_seed(0),
-                   progress=False)
+SAMPLERS = [("ddim", {}), ("ddim", {"eta": 0.7}), ("ddpm", {}), ("heun", {}), ("dpmpp_2m", {}), ("dpmpp_2m_sde", {})]
+
+
+@DESIGNS
+@pytest.mark.parametrize("sampler, options", SAMPLERS)
+def test_generate_joint_with_the_oracle_returns_the_truth(design, sampler, options):
+    model = oracle(config=design)
+    out = generate(model, n=4, sampler=sampler, steps=8, generator=torch.Generator().manual_seed(0), progress=False,
+                   **options)
     assert out.mode == "joint" and list(out.samples) == ["image", "label"]
-    assert torch.allclose(out.samples["image"], model.z0, atol=2e-4)
+    assert torch.allclose(out.samples["image"], model.x0, atol=2e-4)
     assert torch.equal(out.samples["label"], model.y)
     assert set(out.predictions) == {"label"}
 
 
-def test_generate_conditional_inject_uses_the_observed_encodings_and_returns_them_unchanged():
+@pytest.mark.parametrize("conditioning", ["inject", "exact"])
+def test_generate_conditional_inject_uses_the_observed_encodings_and_returns_them_unchanged(conditioning):
     model = oracle(wrong_head=True)
     y = model.y.clone()
     out = generate(model, given={"label": y}, steps=6, generator=torch.Generator().manual_seed(0), progress=False,
-                   conditioning="inject")
+                   conditioning=conditioning)
     assert out.mode == "conditional"
     assert out.samples["label"] is y and torch.equal(y, model.y)
-    assert torch.allclose(out.samples["image"], model.z0, atol=2e-4)
+    assert torch.allclose(out.samples["image"], model.x0, atol=2e-4)
     assert out.predictions == {}
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-def test_generate_conditional_replace_with_the_oracle_returns_the_truth(sampler):
-    model = oracle()
+@DESIGNS
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "heun", "dpmpp_2m", "dpmpp_2m_sde"])
+def test_generate_conditional_replace_with_the_oracle_returns_the_truth(design, sampler):
+    model = oracle(config=design)
     out = generate(model, given={"label": model.y.clone()}, sampler=sampler, steps=6,
                    generator=torch.Generator().manual_seed(0), progress=False)
-    assert torch.allclose(out.samples["image"], model.z0, atol=2e-4)
+    assert torch.allclose(out.samples["image"], model.x0, atol=2e-4)
 
 
 @settings(max_examples=15)
@@ -166,7 +189,7 @@ def test_replace_keeps_the_networks_z0_estimate_and_steps_with_the_true_encoding
     assert pred.z_t is not None
     if fp.lam[0, k] > 1e-3:  # where the label is injected at all, replacement changes the state
         assert not torch.allclose(pred.z_t, z_t)
-    res = ddim_step(fp, pred.z_t, k, pred.eps, pred.enc)
+    res = ddim_step(fp, pred.z_t, k, pred.z0, pred.eps, pred.enc)
     assert torch.allclose(res.z0_hat, fp.z0_from_eps(z_t, own.eps, own.enc, k), atol=1e-4)
     ab = fp.abar[k - 1].item()
     want = ab**0.5 * res.z0_hat + fp.injected(model.enc, k - 1, z_t) + (1 - ab) ** 0.5 * pred.eps
@@ -176,11 +199,11 @@ def test_replace_keeps_the_networks_z0_estimate_and_steps_with_the_true_encoding
 def test_encoding_temperature_tempers_only_the_encodings_of_the_step():
     model = tiny_model()
     fp = model.forward_process.respace(respaced_timesteps(T, 10))
-    z_t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    z_t = torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(3))
     k = 6  # inside the label's window: lambda_t > 0
     soft = ModelDenoiser(model, fp, {})(z_t, k)
     cold = ModelDenoiser(model, fp, {}, temperature={"label": 1e-4})(z_t, k)
-    assert torch.equal(cold.eps, soft.eps) and torch.equal(cold.preds["label"], soft.preds["label"])
+    assert torch.equal(cold.z0, soft.z0) and torch.equal(cold.preds["label"], soft.preds["label"])
     hard = model.predicted_encodings({"label": 1e4 * F.one_hot(soft.preds["label"].argmax(1), 10).float()})
     torch.testing.assert_close(cold.enc["label"], hard["label"])
     assert not torch.allclose(soft.enc["label"], hard["label"])
@@ -230,7 +253,7 @@ def test_unknown_conditioning_is_a_config_error():
 def test_the_network_sees_the_original_respaced_timesteps_in_order():
     model = oracle()
     steps = []
-    generate(model, n=4, steps=7, callback=steps.append, progress=False)
+    generate(model, n=4, steps=7, callback=steps.append, progress=False, sampler="ddim", spacing="uniform")
     want = respaced_timesteps(T, 7).flip(0).tolist()
     assert [t[0].item() for t in model.seen_t] == want
     assert [s.t for s in steps] == want and [s.index for s in steps] == list(range(7, 0, -1))
@@ -238,17 +261,18 @@ def test_the_network_sees_the_original_respaced_timesteps_in_order():
     assert torch.allclose(steps[0].z0_hat, model.z0, atol=2e-4)
 
 
-@pytest.mark.parametrize("spacing", ["leading", "quad"])
+@pytest.mark.parametrize("spacing", ["leading", "quad", "logsnr", "karras"])
 def test_spacing_chooses_the_timesteps_the_network_sees(spacing):
     model = oracle()
     out = generate(model, n=4, steps=7, spacing=spacing, progress=False)
-    assert [t[0].item() for t in model.seen_t] == respaced_timesteps(T, 7, spacing).flip(0).tolist()
-    assert torch.allclose(out.samples["image"], model.z0.clamp(-1, 1), atol=2e-4)  # the oracle's DDIM is exact anyway
+    want = respaced_timesteps(T, 7, spacing, model.forward_process.abar).flip(0).tolist()
+    assert [t[0].item() for t in model.seen_t] == want
+    assert torch.allclose(out.samples["image"], model.x0, atol=2e-4)  # the oracle's DDIM is exact anyway
 
 
 def test_readout_reads_the_heads_at_a_small_t_and_returns_the_base_unchanged():
     model = oracle(wrong_head=True)
-    image = model.z0.clone()
+    image = model.x0.clone()
     out = generate(model, given={"image": image}, generator=torch.Generator().manual_seed(0), progress=False,
                    read_t=0.05)
     assert out.mode == "readout" and out.samples["image"] is image
@@ -263,7 +287,7 @@ def test_readout_reads_the_heads_at_a_small_t_and_returns_the_base_unchanged():
 
 def test_readout_default_t_is_small():
     model = oracle()
-    generate(model, given={"image": model.z0}, progress=False)
+    generate(model, given={"image": model.x0}, progress=False)
     assert model.seen_t[0][0].item() == round(0.02 * T)
 
 
@@ -303,9 +327,9 @@ def test_generate_restores_the_training_mode():
 # -- guidance ------------------------------------------------------------------------------------------------
 def test_guided_eps_is_eps_minus_scaled_gradient_of_the_heads_log_likelihood():
     model = tiny_model()
-    z, t, y = torch.randn(3, 1, 8, 8), torch.tensor([30, 30, 30]), torch.tensor([1, 5, 9])
+    z, t, y = torch.randn(3, 2, 8, 8), torch.tensor([30, 30, 30]), torch.tensor([1, 5, 9])
     abar = float(model.forward_process.abar[30])
-    eps, preds = guided_eps(model, z, t, abar, model.taskset["label"], y, 2.5)
+    eps, preds = guided_eps(model, z, t, abar, [(model.taskset["label"], y, 2.5)])
     zz = z.clone().requires_grad_(True)
     out = model(zz, t)
     grad = torch.autograd.grad(F.log_softmax(out.preds["label"], 1)[torch.arange(3), y].sum(), zz)[0]
@@ -347,13 +371,24 @@ def test_guidance_errors():
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(), ConfigError, r"n \(the number of samples\) is required"),
     (dict(n=0), ConfigError, r"n must be a positive integer, got 0"),
-    (dict(n=2, sampler="ddin"), ConfigError, r"unknown sampler 'ddin' \(did you mean 'ddim'\?\)"),
-    (dict(n=2, sampler="ddpm", eta=0.5), ConfigError, r"eta applies to the 'ddim' sampler only"),
-    (dict(n=2, variance="beta"), ConfigError, r"variance applies to the 'ddpm' sampler only"),
+    (dict(n=2, sampler="ddin"), ConfigError, r"unknown sampler 'ddin' \(did you mean 'ddim'\?\); known samplers"),
+    (dict(n=2, sampler="ddpm", eta=0.5), ConfigError, r"sampler 'ddpm' has no option 'eta'; its options: \['variance'\]"),
+    (dict(n=2, sampler="ddim", variance="beta"), ConfigError,
+     r"sampler 'ddim' has no option 'variance'; its options: \['eta'\]"),
+    (dict(n=2, sampler="heun", eta=1.0), ConfigError, r"sampler 'heun' has no option 'eta'; its options: \[\]"),
     (dict(n=2, sampler="ddpm", variance="sigma"), ConfigError, r"variance must be one of \('beta', 'beta_tilde'\)"),
     (dict(n=2, eta=1.5), ConfigError, r"eta must lie in \[0, 1\]"),
-    (dict(n=2, steps=0), ConfigError, r"steps = 0, spacing = 'uniform': respacing: steps must be in 1..100"),
-    (dict(n=2, spacing="trailing"), ConfigError, r"spacing = 'trailing': respacing: kind must be one of"),
+    (dict(n=2, steps=0), ConfigError, r"steps must be a positive integer, got 0"),
+    (dict(n=2, nfe=2.5), ConfigError, r"nfe must be a positive integer, got 2.5"),
+    (dict(n=2, steps=3, nfe=3), ConfigError, r"give steps or nfe, not both"),
+    (dict(n=2, sampler="heun", nfe=2), ConfigError, r"sampler 'heun' needs at least 2 steps \(NFE >= 3\); nfe = 2 gives"),
+    (dict(n=2, sampler="dpmpp_2m", steps=1), ConfigError, r"sampler 'dpmpp_2m' needs at least 2 steps"),
+    (dict(n=2, spacing="trailing"), ConfigError, r"spacing = 'trailing': respacing: spacing must be one of"),
+    (dict(n=2, clip="soft"), ConfigError, r"clip must be one of \['none', 'static', 'dynamic'\], got 'soft'"),
+    (dict(n=2, clip_eps="derive"), ConfigError, r"clip_eps must be one of \['rederive', 'keep'\]"),
+    (dict(n=2, clip="dynamic", clip_percentile=1.5), ConfigError, r"clip_percentile must lie in \(0, 1\]"),
+    (dict(n=2, sampler_options={"order": 3}), ConfigError,
+     r"sampler 'dpmpp_2m_sde' has no option 'order'; its options: \['lower_order_final', 'eta'\]"),
     (dict(n=2, steps=101), ConfigError, r"steps = 101"),
     (dict(given={"labels": torch.tensor([1])}), ConfigError, r"unknown modality 'labels' \(did you mean 'label'\?\)"),
     (dict(n=3, given={"label": torch.tensor([1, 2])}), ConfigError, r"n = 3 but the given data has 2 examples"),
@@ -385,7 +420,131 @@ def test_a_task_set_without_a_base_generates_its_aggregated_modalities():
 
 
 def test_progress_bar_is_shown_on_request(capsys):
-    generate(tiny_model(), n=1, steps=3, progress=True)
+    generate(tiny_model(), n=1, steps=3, progress=True, sampler="ddim")
     assert "ddim" in capsys.readouterr().err
     generate(tiny_model(), n=1, steps=3, progress=False)
     assert capsys.readouterr().err == ""
+
+
+# -- the base estimate of a step -----------------------------------------------------------------------------
+def _estimates(clip: str, eps: str = "rederive", k: int = 9):
+    model = tiny_model()
+    model.eval()
+    fp = model.forward_process.respace(respaced_timesteps(T, 10))
+    z = 3 * torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+    den = ModelDenoiser(model, fp, {}, estimate=BaseEstimate(clip, eps), base=base_range(model))
+    return model, fp, z, den(z, k)
+
+
+@pytest.mark.parametrize("clip", ["none", "static", "dynamic"])
+def test_the_base_estimate_keeps_the_decomposition_exact_and_zero_auxiliary_channels(clip):
+    for rule in ("rederive", "keep"):
+        model, fp, z, pred = _estimates(clip, rule)
+        k, ab = 9, float(fp.abar[9])
+        assert not pred.z0[:, 1:].any()  # z_0 has no content in the auxiliary channel, whatever the rule
+        start = z if pred.z_t is None else pred.z_t
+        recomposed = ab**0.5 * pred.z0 + fp.injected(pred.enc, k, z) + (1 - ab) ** 0.5 * pred.eps
+        assert torch.allclose(recomposed, start, atol=1e-5)
+        assert (pred.z_t is None) == (rule == "rederive")  # keep: the state moves, its noise stays the network's
+    if clip != "none":
+        assert pred.z0.min() >= -1 and pred.z0.max() <= 1
+
+
+def test_static_clipping_clips_the_network_estimate_and_keep_leaves_its_noise():
+    model, fp, z, raw = _estimates("none")
+    _, _, _, clipped = _estimates("static")
+    _, _, _, kept = _estimates("static", "keep")
+    assert raw.z0[:, :1].abs().max() > 1.5  # the unclipped estimate leaves the data range at this t
+    assert torch.equal(clipped.z0, raw.z0.clamp(-1, 1)) and torch.equal(kept.z0, clipped.z0)
+    t = fp.timesteps[9].expand(4)
+    assert torch.equal(kept.eps, model(z, t).eps) and not torch.equal(clipped.eps, kept.eps)
+    # keep moves the state by exactly the clipped-away part of the estimate; the DDIM step from it is diffusers'
+    z0_hat = fp.z0_from_eps(z, kept.eps, kept.enc, 9)
+    z0_hat[:, 1:] = 0  # the auxiliary channel's estimate, which both rules set to zero, is compared apart
+    ab = float(fp.abar[9])
+    torch.testing.assert_close(kept.z_t[:, :1], z[:, :1] - ab**0.5 * (z0_hat - kept.z0)[:, :1])
+    step = ddim_step(fp, kept.z_t, 9, kept.z0, kept.eps, kept.enc).z_prev
+    want = float(fp.abar[8]) ** 0.5 * kept.z0 + fp.injected(kept.enc, 8, z) + (1 - float(fp.abar[8])) ** 0.5 * kept.eps
+    torch.testing.assert_close(step, want)
+
+
+def test_dynamic_thresholding_rescales_by_the_percentile_and_leaves_estimates_in_range_alone():
+    _, _, _, raw = _estimates("none")
+    _, _, _, dyn = _estimates("dynamic")
+    u = raw.z0[:, :1].flatten(1)
+    s = torch.quantile(u.abs(), 0.995, dim=1).clamp_min(1.0)
+    want = torch.maximum(torch.minimum(u, s[:, None]), -s[:, None]) / s[:, None]
+    torch.testing.assert_close(dyn.z0[:, :1].flatten(1), want)
+    est = BaseEstimate("dynamic")
+    inside = torch.rand(2, 1, 4, 4) * 1.6 - 0.8
+    fp = tiny_model().forward_process
+    z0, _, state = est.apply(fp, inside, 5, inside, torch.zeros_like(inside), {"label": torch.zeros_like(inside)},
+                             BaseRange(channels=1, low=-1.0, high=1.0, name="image"))
+    assert torch.equal(z0, inside) and torch.equal(state, inside)
+
+
+def test_clipping_needs_a_base_with_a_data_range():
+    config = {"modalities": [{"kind": "label", "num_classes": 4, "hidden": 8}], "latent_shape": [1, 8, 8],
+              "diffusion": {"kind": "cosine", "T": 20}}
+    model = MultiTaskModel(TaskSet.from_config(config), "unet", UNET)
+    with pytest.raises(ConfigError, match=r"clip = 'static' needs a base modality; this task set has none"):
+        generate(model, n=2, steps=3, clip="static", progress=False)
+    with pytest.raises(ConfigError, match=r"needs the base modality 'x' to define a data range"):
+        BaseEstimate("dynamic").check(BaseRange(channels=1, low=None, high=1.0, name="x"))
+
+
+# -- conditioning and guidance use consistent encodings ------------------------------------------------------
+def test_exact_conditioning_is_injection_plus_the_heads_own_guidance_at_scale_1():
+    model = tiny_model()
+    model.eval()
+    fp = model.forward_process.respace(respaced_timesteps(T, 10))
+    z = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(6))
+    y = torch.tensor([1, 5, 9])
+    observed = model.encode_some({"label": y}, ["label"])[1]
+    k = 6
+    inject = ModelDenoiser(model, fp, observed, conditioning="inject")(z, k)
+    exact = ModelDenoiser(model, fp, observed, conditioning="exact", observed_data={"label": y})(z, k)
+    guided, _ = guided_eps(model, z, fp.timesteps[k].expand(3), float(fp.abar[k]), [(model.taskset["label"], y, 1.0)])
+    assert torch.equal(exact.enc["label"], observed["label"]) and torch.equal(inject.enc["label"], observed["label"])
+    z0 = fp.z0_from_eps(z, guided, observed, k)
+    z0[:, 1:] = 0
+    torch.testing.assert_close(exact.z0, z0)
+    assert not torch.allclose(exact.z0, inject.z0)
+
+
+def test_guided_generation_steps_with_the_targets_encoding():
+    model = tiny_model()
+    model.eval()
+    fp = model.forward_process.respace(respaced_timesteps(T, 10))
+    z = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(7))
+    y = torch.tensor([2, 2, 2])
+    target = model.encode_some({"label": y}, ["label"])[1]
+    term = [(model.taskset["label"], y, 3.0)]
+    pred = ModelDenoiser(model, fp, {}, guidance=term, targets=target)(z, 6)
+    assert torch.equal(pred.enc["label"], target["label"])
+    off = ModelDenoiser(model, fp, {}, guidance=[(model.taskset["label"], y, 0.0)])(z, 6)
+    assert not torch.equal(off.enc["label"], target["label"])  # scale 0: the head's own encoding, unguided
+
+
+# -- samplers from plugins -----------------------------------------------------------------------------------
+def test_a_plugin_sampler_is_found_by_name_and_gets_its_options(mtd_registry_builtin):
+    calls = []
+
+    def euler_twice(denoise, z, fp, *, generator=None, callback=None, progress=False, repeat: int = 1):
+        calls.append(repeat)
+        return sample_ddim(denoise, z, fp, generator=generator, callback=callback, progress=progress)
+
+    class Plugin:
+        @hookimpl
+        def mtd_register_samplers(self):
+            return {"euler_twice": euler_twice, "spec": Sampler(euler_twice, evals_per_step=2, min_steps=3)}
+
+    mtd_registry_builtin.register(Plugin(), name="my-samplers")
+    assert {"ddim", "ddpm", "heun", "dpmpp_2m", "euler_twice", "spec"} <= set(mtd_registry_builtin.sampler_names())
+    model = tiny_model()
+    out = generate(model, n=2, sampler="euler_twice", steps=3, progress=False, sampler_options={"repeat": 4},
+                   registry=mtd_registry_builtin)
+    assert calls == [4] and out.nfe == 3
+    assert generate(model, n=2, sampler="spec", nfe=7, progress=False, registry=mtd_registry_builtin).nfe == 7
+    with pytest.raises(ConfigError, match=r"sampler 'spec' needs at least 3 steps \(NFE >= 5\); steps = 2"):
+        generate(model, n=2, sampler="spec", steps=2, progress=False, registry=mtd_registry_builtin)

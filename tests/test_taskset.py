@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 from hypothesis import given, settings
@@ -41,13 +42,52 @@ def test_views_and_latent_inferred_from_the_base():
     assert ts.base is not None and ts.base.name == "image"
     assert [m.name for m in ts.aggregated] == ["label", "digit2"]
     assert list(ts.modalities) == ["image", "label", "digit2"]
-    assert ts.latent.shape == (1, 8, 8)
+    assert ts.latent.shape == (2, 8, 8) and ts.aux_channels == 1  # the base's channel, then the encodings'
+    assert ts.base_latent.shape == ts.encoding_latent.shape == (1, 8, 8)
     fp = ts.forward_process()
     assert fp is ts.forward_process()  # built once
     assert fp.names == ("label", "digit2") and fp.T == 50
     assert ts["digit2"].config.num_classes == 3 and "label" in ts and "text" not in ts
     with pytest.raises(KeyError, match="did you mean 'label'"):
         ts["labl"]
+
+
+@pytest.mark.filterwarnings("ignore:taskset. modality 'label' reaches")
+def test_aux_channels_place_the_encodings_and_round_trip():
+    shared = TaskSet([image(), label()], aux_channels=0)
+    assert shared.latent.shape == shared.encoding_latent.shape == (1, 8, 8)
+    wide = TaskSet([image(), label()], aux_channels=3)
+    assert wide.latent.shape == (4, 8, 8) and wide.encoding_latent.shape == (3, 8, 8)
+    for ts in (shared, wide):
+        assert TaskSet.from_config(json.loads(json.dumps(ts.to_config())), registry()) == ts
+    assert TaskSet([image()]).aux_channels == 0 and "aux_channels" not in TaskSet([image()]).to_config()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(aux_channels=-1), r"aux_channels must be an integer >= 0, got -1"),
+    (dict(aux_channels=True), r"aux_channels must be an integer >= 0, got True"),
+    (dict(aux_channels=1.0), r"aux_channels must be an integer >= 0, got 1.0"),
+])
+def test_aux_channels_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TaskSet([image(), label()], **kwargs)
+    with pytest.raises(ConfigError, match=r"aux_channels = 2 needs a base and at least one aggregated modality, but "
+                                          r"there is no aggregated modality"):
+        TaskSet([image()], aux_channels=2)
+
+
+def test_peak_ratios_are_reported_and_warned_about_only_on_shared_channels():
+    ts = TaskSet([image(), label()])  # the default window: lambda_t / sqrt(abar_t) peaks far above 1
+    ratio = ts.peak_ratios()["label"]
+    fp = ts.forward_process()
+    assert ratio == pytest.approx(float((fp.lam[0, 1:] / fp.abar[1:].sqrt()).max()))
+    assert ratio > 4
+    with pytest.warns(UserWarning, match=r"modality 'label' reaches lambda_t / sqrt\(abar_t\) = 4.27 \(above 1\)"):
+        TaskSet([image(), label()], aux_channels=0)
+    bounded = label(weights={"kind": "ratio", "rho": 0.8})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TaskSet([image(), bounded], aux_channels=0).peak_ratios()["label"] == pytest.approx(0.8)
 
 
 def test_default_noise_is_linear_1000():
@@ -71,7 +111,7 @@ def test_malformed_latent_shape(bad):
 
 
 def test_latent_shape_matching_the_base_is_accepted_and_a_conflicting_one_is_an_error():
-    assert TaskSet([image(), label()], latent_shape=(1, 8, 8)).latent.shape == (1, 8, 8)
+    assert TaskSet([image(), label()], latent_shape=(1, 8, 8)).base_latent.shape == (1, 8, 8)
     with pytest.raises(ConfigError, match=r"latent_shape \[1, 4, 4\] contradicts the base modality 'image'.*\[1, 8, 8\]"):
         TaskSet([image(), label()], latent_shape=(1, 4, 4))
 

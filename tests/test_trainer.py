@@ -243,3 +243,16 @@ def test_docs_cover_every_trainer_key_and_dataset_option() -> None:
         assert f"**{name}**" in docs
         for option in factory_defaults(get_registry().dataset(name)):
             assert f"| `{option}` |" in docs, f"dataset {name!r} option {option!r} is not documented"
+
+
+def test_a_checkpoint_from_before_aux_channels_loads_with_the_encodings_on_the_base_channels() -> None:
+    from mtd_core.training.run import _with_aux_channels
+
+    image = {"kind": "image", "role": "base", "size": 8}
+    label = {"kind": "label", "role": "aggregated", "num_classes": 10}
+    old = {"taskset": {"modalities": [image, label]}, "backbone": "unet"}
+    assert _with_aux_channels(old)["taskset"]["aux_channels"] == 0 and "aux_channels" not in old["taskset"]
+    new = {"taskset": {"modalities": [image, label], "aux_channels": 1}}
+    assert _with_aux_channels(new) is new  # written by this version: explicit, kept
+    single = {"taskset": {"modalities": [image]}}
+    assert _with_aux_channels(single) is single  # nothing aggregated: no auxiliary channels either way

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from mtd_core.cli.train import handle_errors
@@ -33,4 +34,19 @@ def show_main(args: argparse.Namespace) -> int:
 
     resolved = resolve_config(read_config(args.config, args.overrides)).to_dict()
     print(json.dumps(resolved, indent=2) if args.json else dumps_toml(resolved), end="" if not args.json else "\n")
+    report = ratio_report(resolved["taskset"])
+    if report:  # TOML comments after the config; on stderr beside JSON, which has no comments
+        print("\n".join(f"# {line}" for line in report), file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def ratio_report(taskset_config: dict[str, Any]) -> list[str]:
+    """One line per aggregated modality: its peak ratio max_t lambda_t / sqrt(abar_t) and where it lives in Z (the
+    task set warns above PEAK_RATIO_BOUND on shared channels; docs/math.md, section 2)."""
+    from mtd_core.taskset import PEAK_RATIO_BOUND, TaskSet
+
+    ts = TaskSet.from_config(taskset_config)
+    where = (f"{ts.aux_channels} auxiliary channel(s) of their own" if ts.aux_channels
+             else f"the base's channels (warned above {PEAK_RATIO_BOUND:g})")
+    return [f"peak lambda_t / sqrt(abar_t) of {name!r}: {ratio:.3g} (encodings on {where})"
+            for name, ratio in ts.peak_ratios().items()]

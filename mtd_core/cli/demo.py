@@ -52,7 +52,7 @@ QUICK_CHANGES: dict[str, dict[str, Any]] = {
     "backbone": {"channels": 16, "groups": 8},
     "trainer": {"steps": 8, "batch_size": 16, "warmup_steps": 2, "checkpoint_every": 0, "log_every": 4},
 }
-SAMPLE_STEPS, QUICK_SAMPLE_STEPS = 50, 4
+QUICK_NFE = 4  # --quick samples with this many network evaluations; the full demo with generate()'s default
 GUIDANCE_SCALE = 3.0  # the label-conditioned grid also follows the model's own label head (classifier guidance)
 PER_CLASS, QUICK_PER_CLASS = 8, 2
 JOINT_N, QUICK_JOINT_N = 64, 8
@@ -112,7 +112,7 @@ def run_demo(cfg: dict[str, Any], out: Path, *, quick: bool = False, seed: int =
              verbose: bool = True) -> dict[str, Any]:
     """Train ``cfg`` (an image + label run config) into ``out/run``, write the grids and reports; the report dict."""
     from mtd_core.cli.eval import evaluate_accuracy
-    from mtd_core.sampling.generate import generate
+    from mtd_core.sampling.generate import DEFAULT_SAMPLER, generate
     from mtd_core.sampling.guidance import GuidanceConfig
     from mtd_core.training import RunConfig, Trainer, build_run
     from mtd_core.training.checkpoint import write_atomic
@@ -141,22 +141,21 @@ def run_demo(cfg: dict[str, Any], out: Path, *, quick: bool = False, seed: int =
     model.eval()
     taskset = model.taskset
     names = run.data.info.get("class_names")
-    sample_steps = QUICK_SAMPLE_STEPS if quick else SAMPLE_STEPS
+    budget = {"nfe": QUICK_NFE} if quick else {}  # generate()'s default sampler and NFE otherwise
     per_class = QUICK_PER_CLASS if quick else PER_CLASS
     joint_n = QUICK_JOINT_N if quick else JOINT_N
     t0 = time.perf_counter()
 
     g = torch.Generator().manual_seed(seed)
-    joint = generate(model, n=joint_n, steps=sample_steps, generator=g, progress=progress)
+    joint = generate(model, n=joint_n, generator=g, progress=progress, **budget)
     joint_png = save_png(out / "joint.png", render_grid(
         sample_cells(taskset, joint.samples, names), ncols=min(8, joint_n), scale=5,
         title="generated together: image and label"))
 
     requested = torch.arange(10).repeat_interleave(per_class)
-    plain = generate(model, given={"label": requested}, steps=sample_steps, generator=g, progress=progress)
+    plain = generate(model, given={"label": requested}, generator=g, progress=progress, **budget)
     guidance = GuidanceConfig("label", requested, GUIDANCE_SCALE)
-    cond = generate(model, given={"label": requested}, steps=sample_steps, guidance=guidance, generator=g,
-                    progress=progress)
+    cond = generate(model, given={"label": requested}, guidance=guidance, generator=g, progress=progress, **budget)
     row_labels = [names[k] if names else str(k) for k in range(10)]
     cond_cells = [GridCell(images=c.images) for c in sample_cells(taskset, cond.samples, names)]
     cond_png = save_png(out / "conditional.png", render_grid(
@@ -201,7 +200,7 @@ def run_demo(cfg: dict[str, Any], out: Path, *, quick: bool = False, seed: int =
         "independent_classifier_test_accuracy": clf_acc,
         "files": {"joint": str(joint_png), "conditional": str(cond_png), "run": str(run_dir),
                   "checkpoint": str(result.checkpoint)},
-        "sampler": {"kind": "ddim", "steps": sample_steps, "weights": "ema" if trainer.ema is not None else "model"},
+        "sampler": {"kind": DEFAULT_SAMPLER, "nfe": joint.nfe, "weights": "ema" if trainer.ema is not None else "model"},
         "config": run.config.to_dict(),
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2))
@@ -233,7 +232,7 @@ def _markdown(r: dict[str, Any]) -> str:
         "| what | value |",
         "| --- | --- |",
         f"| training time | {tm['training']} s ({r['machine']['threads']} CPU threads) |",
-        f"| sampling time | {tm['sampling']} s ({r['sampler']['kind']}, {r['sampler']['steps']} steps, "
+        f"| sampling time | {tm['sampling']} s ({r['sampler']['kind']}, {r['sampler']['nfe']} network evaluations, "
         f"{r['sampler']['weights']} weights) |",
         f"| total time | {tm['total']} s |",
         f"| final training loss | {t['final_loss']:.4f} |" if t["final_loss"] is not None else "| final training loss | - |",

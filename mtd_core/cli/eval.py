@@ -1,6 +1,8 @@
 """``mtd eval RUN_DIR [--n N] [--timesteps K] [--json]``: held-out ELBO (bits/dim) and label-head accuracy.
 
-The ELBO is the multi-modal bound of mtd_core/diffusion/elbo.py on a seeded subsample of the test split. Its sum
+The ELBO is the bound of the base (prior + denoising + reconstruction, mtd_core/diffusion/elbo.py) in bits per
+dimension of the base's data, with each aggregated modality's decoder term beside it in nats, on a seeded subsample
+of the test split. Its sum
 over the T - 1 denoising terms is estimated without bias from K timesteps per example, drawn systematically across
 2..T with each example's own random offset (``stratified_timesteps``; K = T - 1 evaluates every term), so examples
 are independent and the printed standard error covers both the examples and the timestep draws. The accuracy of
@@ -52,7 +54,7 @@ def evaluate_elbo(model: Any, data: Any, n: int, timesteps: int, batch_size: int
     taskset = model.taskset
     fp = taskset.forward_process()
     K = min(max(1, timesteps), fp.T - 1) if fp.T > 1 else 0
-    elbo = MultiModalELBO(fp, taskset.modalities, taskset.latent, model.encode)
+    elbo = MultiModalELBO(fp, taskset.modalities, taskset.base_latent, model.encode)
     idx = _subsample(len(data.splits.test), n, seed)
     g = torch.Generator().manual_seed(seed)
     bpd, terms = [], {"prior": 0.0, "denoise": 0.0, "recon": 0.0}
@@ -127,9 +129,14 @@ def main(args: argparse.Namespace) -> int:
     how = ("all denoising terms" if e["exact"]
            else f"{e['timesteps_per_example']} of {e['T'] - 1} denoising terms per example")
     print(f"mtd eval: {result['checkpoint']} ({result['weights']} weights, step {result['step']})")
-    print(f"  ELBO: {e['bits_per_dim']:.4f} bits/dim (+- {e['std_error']:.4f} s.e.) on {e['n_examples']} of "
-          f"{result['test_size']} test examples, {how}")
-    print("  terms (nats/example): " + ", ".join(f"{k} {v:.2f}" for k, v in e["terms_nats"].items()))
+    print(f"  ELBO of the base (prior + denoise + recon): {e['bits_per_dim']:.4f} bits/dim (+- {e['std_error']:.4f} "
+          f"s.e.) on {e['n_examples']} of {result['test_size']} test examples, {how}")
+    print("  terms (nats/example): " + ", ".join(f"{k} {v:.2f}" for k, v in e["terms_nats"].items()
+                                                 if not k.startswith("decode_")))
+    decoders = {k[len("decode_"):]: v for k, v in e["terms_nats"].items() if k.startswith("decode_")}
+    if decoders:
+        print("  decoder terms, not in the bits/dim (nats/example): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in decoders.items()))
     for name, a in result["accuracy"].items():
         print(f"  {name} head accuracy: {a['accuracy']:.2%} on {a['n_examples']} test examples")
     return 0

@@ -1,7 +1,7 @@
 """``mtd plugins list`` and ``mtd plugins validate``: what is installed, and whether modality plugins work.
 
-    mtd plugins list [--json] [--verbose]     every registered modality, dataset, backbone and metric, with its
-                                              plugin, distribution, version and status, and every plugin problem
+    mtd plugins list [--json] [--verbose]     every registered modality, dataset, backbone, metric and sampler, with
+                                              its plugin, distribution, version and status, and every plugin problem
     mtd plugins validate [KIND ...]           build, run forward and backward, and round-trip each modality
                                               (default: all); exit 1 if any check fails or any plugin failed to load
 """
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = parser.add_subparsers(dest="plugins_command", metavar="ACTION")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
-    p_list = sub.add_parser("list", help="list registered modalities, datasets, backbones and metrics",
+    p_list = sub.add_parser("list", help="list registered modalities, datasets, backbones, metrics and samplers",
                             description="List everything the installed plugins register, and every plugin problem.")
     p_list.add_argument("--json", action="store_true", help="print the records as a JSON list")
     p_list.add_argument("-v", "--verbose", action="store_true", help="also print the traceback of each failure")

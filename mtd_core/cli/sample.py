@@ -1,4 +1,4 @@
-"""``mtd sample RUN_DIR --out DIR [--given name=value ...] [--n N] [--sampler ddim --steps S] [--seed S]``.
+"""``mtd sample RUN_DIR --out DIR [--given name=value ...] [--n N] [--sampler NAME --nfe N] [--seed S]``.
 
 Draws samples from a trained run (EMA weights of its latest checkpoint) and writes ``samples.png`` (a captioned
 grid) and ``samples.npz`` (every modality's raw samples; captions also as strings) into --out.
@@ -25,6 +25,15 @@ import torch
 from mtd_core.cli.train import handle_errors
 from mtd_core.diffusion.noise import RESPACINGS
 from mtd_core.errors import ConfigError, ModalityDataError, closest
+from mtd_core.sampling.estimate import CLIPS, EPS_RULES
+from mtd_core.sampling.generate import (
+    CONDITIONING,
+    DEFAULT_CLIP,
+    DEFAULT_CLIP_EPS,
+    DEFAULT_SAMPLER,
+    DEFAULT_SPACING,
+    DEFAULT_STEPS,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -37,21 +46,34 @@ def register(subparsers: Any) -> None:
     p.add_argument("--given", action="append", default=[], metavar="NAME=VALUE",
                    help="condition on a modality (repeatable), e.g. --given label=3 or --given label=0,1,2")
     p.add_argument("--n", type=int, default=16, help="samples (per given value when a list is given); default 16")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="reverse sampler (default ddim)")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER,
+                   help=f"a registered sampler: ddim, ddpm, heun, dpmpp_2m or a plugin's (default {DEFAULT_SAMPLER})")
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=int, default=None, help=f"sampler steps (default {DEFAULT_STEPS})")
+    steps.add_argument("--nfe", type=int, default=None,
+                       help="network evaluations per sample instead of --steps (Heun takes two per step)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise level (default 0: deterministic)")
-    p.add_argument("--spacing", choices=RESPACINGS, default="uniform",
-                   help="where the sampler steps fall (default uniform: evenly from T to 1; leading: as diffusers' "
-                        "DDIMScheduler)")
+    p.add_argument("--spacing", choices=RESPACINGS, default=DEFAULT_SPACING,
+                   help=f"where the sampler steps fall (default {DEFAULT_SPACING}; see docs/sampling.md)")
+    p.add_argument("--clip", choices=CLIPS, default=None,
+                   help=f"the base estimate of every step: none, static (clipped to the data range) or dynamic "
+                        f"(Imagen's thresholding); default {DEFAULT_CLIP} where the base has a data range")
+    p.add_argument("--clip-eps", choices=EPS_RULES, default=DEFAULT_CLIP_EPS,
+                   help=f"re-derive the step's noise from the clipped estimate, or keep the network's (default "
+                        f"{DEFAULT_CLIP_EPS})")
+    p.add_argument("--clip-percentile", type=float, default=0.995, help="dynamic thresholding's quantile")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further option of the sampler (repeatable), e.g. --option lower_order_final=false")
     p.add_argument("--guidance", type=float, default=0.0, metavar="SCALE",
                    help="also steer towards the given label with the model's own label head (classifier "
                         "guidance at this scale; e.g. 3)")
-    p.add_argument("--conditioning", choices=("replace", "inject"), default="replace",
+    p.add_argument("--conditioning", choices=CONDITIONING, default="replace",
                    help="how given modalities enter each step (default replace; see docs/sampling.md)")
     p.add_argument("--encoding-temperature", action="append", default=[], metavar="NAME=TAU",
                    help="temper a generated label's (or caption's) probabilities behind its encoding in every "
                         "step (repeatable), e.g. --encoding-temperature label=0.125 (see docs/sampling.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.set_defaults(func=main)
@@ -156,6 +178,29 @@ def to_npz_arrays(taskset: Any, samples: dict[str, Any]) -> dict[str, np.ndarray
     return out
 
 
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``--option KEY=VALUE`` as a mapping: true/false become booleans, numbers numbers, the rest strings (the
+    sampler checks the names)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. lower_order_final=false")
+        low = value.strip().lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+            continue
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                pass
+        else:
+            out[key] = value
+    return out
+
+
 def parse_temperatures(items: list[str]) -> dict[str, float]:
     """``--encoding-temperature NAME=TAU`` options as a mapping (generate checks the names and values)."""
     out: dict[str, float] = {}
@@ -193,9 +238,11 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError("--guidance needs a given label (e.g. --given label=3); it steers towards that class")
         guidance = GuidanceConfig(modality=target, target=given[target], scale=args.guidance)
     g = torch.Generator(args.device).manual_seed(args.seed)
-    out = generate(model, n=total, given=given or None, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                   guidance=guidance, generator=g, progress=True, conditioning=args.conditioning,
-                   encoding_temperature=parse_temperatures(args.encoding_temperature), spacing=args.spacing)
+    out = generate(model, n=total, given=given or None, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
+                   eta=args.eta, guidance=guidance, generator=g, progress=not args.no_progress,
+                   conditioning=args.conditioning, encoding_temperature=parse_temperatures(args.encoding_temperature),
+                   spacing=args.spacing, clip=args.clip, clip_eps=args.clip_eps, clip_percentile=args.clip_percentile,
+                   sampler_options=parse_options(args.option))
     samples = dict(out.samples)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +254,7 @@ def main(args: argparse.Namespace) -> int:
     buf = io.BytesIO()
     np.savez(buf, **to_npz_arrays(model.taskset, samples))
     write_atomic(out_dir / "samples.npz", buf.getvalue())
-    print(f"mtd sample: {total} samples ({out.mode}, {args.sampler} {args.steps} steps, {loaded.weights} weights of "
-          f"step {loaded.step})\n  grid: {grid}\n  raw:  {out_dir / 'samples.npz'}")
+    how = "read-out" if out.mode == "readout" else f"{args.sampler}, {out.nfe} network evaluations"
+    print(f"mtd sample: {total} samples ({out.mode}, {how}, {loaded.weights} weights of step {loaded.step})\n"
+          f"  grid: {grid}\n  raw:  {out_dir / 'samples.npz'}")
     return 0

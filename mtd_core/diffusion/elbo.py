@@ -1,13 +1,18 @@
 """The multi-modal variational bound, term by term, for any number of modalities (docs/math.md, section 5).
 
-    -log p(X) <= L = L_T + sum_{t=2}^T L_{t-1} + L_0 + sum_i L_dec^(i)
+    -log p(x_base) <= L_T + sum_{t=2}^T L_{t-1} + L_0                           (the bound of the base)
+    -log p(X)      <= the same + sum_i L_dec^(i)                                  (discrete decoders only)
 
     L_T      = KL(q(z_T | z_0, X) || N(0, I))                                    (prior; includes lambda_T)
     L_{t-1}  = KL(q(z_{t-1} | z_t, z_0, X) || p_theta(z_{t-1} | z_t))            (denoising, t >= 2)
     L_0      = -log p_theta(x_base | z_1)  (discretised Gaussian for 8-bit images, mean mu_theta(z_1, 1))
     L_dec^(i) = -log p_theta(x_i | z_1)    (each aggregated modality's decoding term, from its head at t = 1)
 
-With one modality, or every w = 0, every term equals DDPM's (Ho et al. 2020, eq. 5).
+The first line holds for any task set: q(z_{1:T} | z_0, X) is a valid variational distribution for the reverse chain
+p_theta(z_{0:T}), whatever the aggregated data X it was built from. The decoder terms add -log p(x_i | z_1) only when
+that is a probability (a label, a caption); a continuous decoder (a Gaussian image head) adds a density, which can be
+negative, and a surrogate (the representation's cosine loss) adds neither, so they are reported apart
+(docs/math.md, section 5). With one modality, or every w = 0, every term equals DDPM's (Ho et al. 2020, eq. 5).
 """
 
 from __future__ import annotations
@@ -75,9 +80,9 @@ class Denoiser(Protocol):
 
 @attrs.frozen
 class ELBOTerms:
-    """The bound's terms per example (each shape (B,), nats), their total, and bits per dimension.
+    """The bound's terms per example (each shape (B,), nats), the bound of the base and its bits per dimension.
 
-    ``dims`` is the number of latent dimensions D used for bits/dim: total / (D ln 2).
+    ``dims`` is the number of dimensions D of the base's data: bits/dim = (prior + denoise + recon) / (D ln 2).
     """
 
     prior: torch.Tensor
@@ -87,14 +92,20 @@ class ELBOTerms:
     dims: int
 
     @property
+    def bound(self) -> torch.Tensor:
+        """prior + denoise + recon: the bound on -log p(x_base) in nats per example."""
+        return self.prior + self.denoise + self.recon
+
+    @property
     def total(self) -> torch.Tensor:
-        """L in nats per example."""
-        return self.prior + self.denoise + self.recon + sum(self.decode.values(), torch.zeros_like(self.prior))
+        """The bound plus every decoder term, in nats per example (a bound on -log p(X) only when every decoder
+        term is a discrete probability; see the module docstring)."""
+        return self.bound + sum(self.decode.values(), torch.zeros_like(self.prior))
 
     @property
     def bpd(self) -> torch.Tensor:
-        """L in bits per latent dimension, per example."""
-        return self.total / (self.dims * math.log(2.0))
+        """The bound of the base in bits per dimension of its data, per example."""
+        return self.bound / (self.dims * math.log(2.0))
 
 
 def _sum_dims(x: torch.Tensor) -> torch.Tensor:
@@ -123,10 +134,11 @@ def step_kl(fp: ForwardProcess, t: torch.Tensor, z_t: torch.Tensor, z0: torch.Te
 
 
 def base_prediction(fp: ForwardProcess, z_1: torch.Tensor, eps_theta: torch.Tensor,
-                    enc_hat: Mapping[str, torch.Tensor]) -> BasePrediction:
-    """p_theta(z_0 | z_1) = N(mu_theta(z_1, 1), beta_1 I), the decoder of L_0."""
-    mean = fp.reverse_mean(z_1, eps_theta, enc_hat, 1)
-    return BasePrediction(mean=mean, log_var=torch.log(fp.reverse_variance(1, z_1, "beta")))
+                    enc_hat: Mapping[str, torch.Tensor], channels: int | None = None) -> BasePrediction:
+    """p_theta(z_0 | z_1) = N(mu_theta(z_1, 1), beta_1 I) on the base's first ``channels`` channels (all when
+    None), the decoder of L_0."""
+    mean = fp.reverse_mean(z_1, eps_theta, enc_hat, 1)[:, :channels]
+    return BasePrediction(mean=mean, log_var=torch.log(fp.reverse_variance(1, mean, "beta")))
 
 
 def stratified_timesteps(T: int, K: int, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -151,7 +163,8 @@ class MultiModalELBO:
     Args:
         fp: the forward process (noise schedule and the aggregated modalities' weights).
         modalities: name -> Modality for every modality of the task set (base included).
-        latent: the shared latent space Z.
+        latent: the base's part of Z (TaskSet.base_latent): its first channels are the base's, and its size is the
+            D of bits/dim.
         encode: maps a batch (name -> data) to (z_0, {aggregated name -> E_i(x_i)}).
         var_kind: sigma_t^2 of the reverse process, "beta" or "beta_tilde".
     """
@@ -202,7 +215,7 @@ class MultiModalELBO:
         out = denoiser(z_1, net_t[one])
         recon = z0.new_zeros(B)
         if self.base is not None:
-            pred = base_prediction(fp, z_1, out.eps, denoiser.predicted_encodings(out.preds))
+            pred = base_prediction(fp, z_1, out.eps, denoiser.predicted_encodings(out.preds), self.latent.shape[0])
             recon = self.modalities[self.base].loss(pred, batch[self.base])
         decode = {n: self.modalities[n].loss(out.preds[n], batch[n]) for n in fp.names}
         return ELBOTerms(prior=prior_kl(fp, z0, enc), denoise=denoise, recon=recon, decode=decode,

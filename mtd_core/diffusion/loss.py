@@ -5,8 +5,10 @@ One t ~ U{1..T} and one eps ~ N(0, I) per example, z_t from the closed-form marg
     simple:  ||eps - eps_theta(z_t, t)||^2 / D            + sum_i c_i (-log p_theta(x_i | z_t)) / D_i
     vlb:     T * L_{t-1} / D (t >= 2) or T * L_0 / D (t = 1) + sum_i c_i (-log p_theta(x_i | z_t)) / D_i
 
-D is the latent dimension, D_i the number of elements of one example of modality i and c_i its loss weight, so
-every term is in nats per dimension. The decoding terms are read at the sampled t (the paper's multi-task loss),
+D is the number of elements of one example of the base (the latent dimension without a base), D_i that of
+modality i and c_i its loss weight, so every term is in nats per dimension of its data. The eps error is summed
+over all of Z, auxiliary channels included (TaskSet ``aux_channels``), and divided by the base's D, so the base's
+own term weighs exactly what it weighs in single-task DDPM. The decoding terms are read at the sampled t (the paper's multi-task loss),
 which trains every head across noise levels; the ELBO itself reads them at t = 1 (elbo.py).
 """
 
@@ -72,7 +74,8 @@ def training_loss(
     if kind not in LOSS_KINDS:
         raise ConfigError(f"loss kind must be one of {LOSS_KINDS}, got {kind!r}")
     z0, enc = encode(batch)
-    B, D = z0.shape[0], z0[0].numel()
+    base = next((n for n, m in modalities.items() if m.role is Role.BASE), None)
+    B, D = z0.shape[0], batch[base][0].numel() if base is not None else z0[0].numel()
     if t is None:
         t = torch.randint(1, fp.T + 1, (B,), generator=generator, device=generator.device if generator else "cpu").to(z0.device)
     if eps is None:
@@ -82,13 +85,13 @@ def training_loss(
     out = denoiser(z_t, fp.timesteps.to(t.device)[t])  # the original t (differs from t only after respacing)
     terms: dict[str, torch.Tensor] = {}
     if kind == "simple":
-        terms["eps"] = (out.eps.float() - eps.float()).pow(2).flatten(1).mean(1)
+        terms["eps"] = (out.eps.float() - eps.float()).pow(2).flatten(1).sum(1) / D
     else:
         enc_hat = denoiser.predicted_encodings(out.preds)
         kl = step_kl(fp, t.clamp(min=2), z_t, z0, enc, out.eps.to(z0.dtype), enc_hat) / D
-        base = next((n for n, m in modalities.items() if m.role is Role.BASE), None)
         if base is not None:
-            nll0 = modalities[base].loss(base_prediction(fp, z_t, out.eps.to(z0.dtype), enc_hat), batch[base]) / D
+            pred0 = base_prediction(fp, z_t, out.eps.to(z0.dtype), enc_hat, batch[base].shape[1])
+            nll0 = modalities[base].loss(pred0, batch[base]) / D
         else:
             nll0 = torch.zeros_like(kl)
         terms["vlb"] = fp.T * torch.where(t == 1, nll0, kl)

@@ -182,24 +182,56 @@ def _check_timesteps(timesteps: Sequence[int] | torch.Tensor, T: int) -> torch.T
     return ts
 
 
-RESPACINGS = ("uniform", "quad", "leading")
+RESPACINGS = ("uniform", "quad", "leading", "logsnr", "karras")
+KARRAS_RHO = 7.0  # EDM's rho (Karras et al. 2022, eq. 5)
 
 
-def respaced_timesteps(T: int, steps: int, kind: str = "uniform") -> torch.Tensor:
-    """``steps`` increasing timesteps in 1..T: evenly spaced from 1 to T ("uniform"), quadratic from 1 to T
-    ("quad"), or every T // steps from 1 up, so that the first reverse step is below T ("leading", diffusers'
-    DDIMScheduler default)."""
+def respaced_timesteps(T: int, steps: int, kind: str = "uniform", abar: torch.Tensor | None = None) -> torch.Tensor:
+    """``steps`` strictly increasing timesteps in 1..T, always including T.
+
+    Kinds: "uniform" (evenly spaced from 1 to T), "quad" (quadratic from 1 to T, denser at small t), "leading"
+    (every T // steps from 1, so that the first reverse step is below T: diffusers' DDIMScheduler default), and two
+    kinds placed by the noise level, which need ``abar`` (abar_t for t = 0..T): "logsnr" (evenly spaced in the
+    half log-SNR lam_t = log(sqrt(abar_t) / sqrt(1 - abar_t))) and "karras" (EDM's sigma_i^(1/rho) evenly spaced,
+    sigma_t = sqrt((1 - abar_t) / abar_t), rho = 7; Karras et al. 2022, eq. 5). Both map each target noise level to
+    the nearest integer t between 1 and T; where two targets round to the same t, neighbouring steps move by one
+    so that every step stays distinct.
+    """
     if not 1 <= steps <= T:
         raise ScheduleError(f"respacing: steps must be in 1..{T}, got {steps}")
     if kind == "leading":
         return torch.arange(steps, dtype=torch.long) * (T // steps) + 1
+    if kind in ("logsnr", "karras"):
+        return _by_noise_level(T, steps, kind, abar)
     if kind == "uniform":
         ts = torch.linspace(T, 1, steps, dtype=torch.float64).round().long().flip(0)
     elif kind == "quad":
         ts = (torch.linspace(math.sqrt(T), 1, steps, dtype=torch.float64) ** 2).round().long().flip(0)
     else:
-        raise ScheduleError(f"respacing: kind must be one of {list(RESPACINGS)}, got {kind!r}")
+        raise ScheduleError(f"respacing: spacing must be one of {list(RESPACINGS)}, got {kind!r}")
     ts = torch.unique(ts)
     if ts.numel() != steps:  # rounding merged a few steps: fall back to integer spacing
         ts = torch.unique(torch.linspace(1, T, steps).round().long())
     return ts
+
+
+def _by_noise_level(T: int, steps: int, kind: str, abar: torch.Tensor | None) -> torch.Tensor:
+    """The "logsnr" and "karras" spacings of :func:`respaced_timesteps`."""
+    if abar is None or abar.shape != (T + 1,):
+        raise ScheduleError(f"respacing {kind!r}: needs the schedule's abar_t for t = 0..{T}")
+    ab = abar[1:].to(torch.float64)
+    lam = 0.5 * (torch.log(ab) - torch.log1p(-ab))  # decreasing in t
+    if kind == "logsnr":
+        target = torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64)
+    else:
+        sigma = torch.exp(-lam)
+        lo, hi = float(sigma[0]) ** (1 / KARRAS_RHO), float(sigma[-1]) ** (1 / KARRAS_RHO)
+        target = -KARRAS_RHO * torch.log(torch.linspace(hi, lo, steps, dtype=torch.float64))
+    # nearest t (1-based) for each target log-SNR; targets run from t = T down to t = 1
+    nearest = (lam[None, :] - target[:, None]).abs().argmin(1) + 1
+    ts = nearest.flip(0).tolist()  # increasing in t, ends at T
+    for i in range(len(ts) - 2, -1, -1):  # distinct: move colliding steps down ...
+        ts[i] = min(ts[i], ts[i + 1] - 1)
+    for i in range(len(ts)):  # ... and back up where that left 1..T (steps <= T keeps the last at T)
+        ts[i] = max(ts[i], ts[i - 1] + 1 if i else 1)
+    return torch.tensor(ts, dtype=torch.long)

@@ -142,21 +142,63 @@ class WindowedLambda(WeightSchedule):
     end: float = 0.9
 
     def __attrs_post_init__(self) -> None:
-        if not 0.0 <= self.start < self.center < self.end <= 1.0:
-            raise ScheduleError(
-                f"windowed weight schedule: need 0 <= start < center < end <= 1, got "
-                f"start={self.start}, center={self.center}, end={self.end}"
-            )
+        _check_window("windowed", self.start, self.center, self.end)
         if not math.isfinite(self.peak):
             raise ScheduleError(f"windowed weight schedule: peak must be finite, got {self.peak}")
 
     def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
-        u = torch.arange(noise.T + 1, dtype=torch.float64) / noise.T
-        rise = torch.sin(0.5 * math.pi * (u - self.start) / (self.center - self.start)) ** 2
-        fall = torch.cos(0.5 * math.pi * (u - self.center) / (self.end - self.center)) ** 2
-        lam = torch.where(u <= self.center, rise, fall)
-        lam = torch.where((u <= self.start) | (u >= self.end), torch.zeros_like(u), lam)
-        return self.peak * lam
+        return self.peak * raised_cosine(noise.T, self.start, self.center, self.end)
+
+
+def raised_cosine(T: int, start: float, center: float, end: float) -> torch.Tensor:
+    """The window u_t, t = 0..T: 0 for t/T <= start and t/T >= end, sin^2 rising to 1 at ``center``, cos^2 falling."""
+    u = torch.arange(T + 1, dtype=torch.float64) / T
+    rise = torch.sin(0.5 * math.pi * (u - start) / (center - start)) ** 2
+    fall = torch.cos(0.5 * math.pi * (u - center) / (end - center)) ** 2
+    win = torch.where(u <= center, rise, fall)
+    return torch.where((u <= start) | (u >= end), torch.zeros_like(u), win)
+
+
+def _check_window(kind: str, start: float, center: float, end: float) -> None:
+    if not 0.0 <= start < center < end <= 1.0:
+        raise ScheduleError(f"{kind} weight schedule: need 0 <= start < center < end <= 1, got "
+                            f"start={start}, center={center}, end={end}")
+
+
+@attrs.frozen
+class RatioWindow(WeightSchedule):
+    """lambda_t = rho * sqrt(abar_t) * u_t: the injected part never exceeds ``rho`` times the base's signal.
+
+    ``u_t`` is the raised-cosine window of :class:`WindowedLambda` (peak 1). The ratio lambda_t / sqrt(abar_t) of
+    an aggregated encoding (unit RMS) to the base's signal sqrt(abar_t) z_0 is what decides how far an error of
+    the predicted encoding is amplified in the base estimate z0_hat (docs/math.md, section 2), so this family bounds
+    it by construction: max_t lambda_t / sqrt(abar_t) = rho (at the window's centre). lambda_T = 0 when end <= 1.
+
+    Args:
+        rho: the bound on lambda_t / sqrt(abar_t), in (0, inf).
+        start, center, end: the window, as fractions of T (see :class:`WindowedLambda`).
+    """
+
+    kind: ClassVar[str] = "ratio"
+    defines: ClassVar[str] = "lambda"
+    rho: float = 1.0
+    start: float = 0.0
+    center: float = 0.4
+    end: float = 0.9
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not 0.0 < self.rho < math.inf:
+            raise ScheduleError(f"ratio weight schedule: rho must lie in (0, inf), got {self.rho!r}")
+        _check_window("ratio", self.start, self.center, self.end)
+
+    def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
+        return self.rho * noise.abar.sqrt() * raised_cosine(noise.T, self.start, self.center, self.end)
+
+
+def peak_ratio(lam: torch.Tensor, abar: torch.Tensor) -> float:
+    """max_t |lambda_t| / sqrt(abar_t) over t = 1..T: the largest size of an aggregated encoding's part of z_t
+    relative to the base's signal (docs/math.md, section 2)."""
+    return float((lam[1:].abs() / abar[1:].sqrt()).max()) if lam.numel() > 1 else 0.0
 
 
 @attrs.frozen
@@ -184,7 +226,7 @@ class CustomLambda(WeightSchedule):
 
 
 SCHEDULES: dict[str, type[WeightSchedule]] = {
-    c.kind: c for c in (ZeroWeight, ConstantWeight, WindowedLambda, CustomWeight, CustomLambda)
+    c.kind: c for c in (ZeroWeight, ConstantWeight, WindowedLambda, RatioWindow, CustomWeight, CustomLambda)
 }
 
 
@@ -210,11 +252,14 @@ __all__ = [
     "ConstantWeight",
     "CustomLambda",
     "CustomWeight",
+    "RatioWindow",
     "ResolvedWeights",
     "WeightSchedule",
     "WindowedLambda",
     "ZeroWeight",
     "lambda_from_w",
+    "peak_ratio",
+    "raised_cosine",
     "w_from_lambda",
     "weight_schedule_from_config",
 ]

@@ -30,6 +30,7 @@ from mtd_core.metrics.features import (
 from mtd_core.metrics.fid import FIDResult, GaussianStats, ReferenceFeatures, fid, frechet_distance, reference_features
 from mtd_core.metrics.image import PairedImageScore, psnr, ssim
 from mtd_core.metrics.kid import KIDResult, kid
+from mtd_core.metrics.noise_like import NoiseLikeResult, noise_like_share, total_variation
 from mtd_core.metrics.precision_recall import PrecisionRecallResult, precision_recall
 from mtd_core.metrics.results import MetricReport
 
@@ -51,6 +52,7 @@ __all__ = [
     "MetricError",
     "MetricReport",
     "MetricWarning",
+    "NoiseLikeResult",
     "PairedImageScore",
     "PrecisionRecallResult",
     "ReferenceFeatures",
@@ -64,10 +66,12 @@ __all__ = [
     "joint_coherence",
     "kid",
     "logits",
+    "noise_like_share",
     "precision_recall",
     "psnr",
     "reference_features",
     "run_metrics",
     "ssim",
+    "total_variation",
     "train_feature_net",
 ]

@@ -66,3 +66,17 @@ def mtd_register_metrics() -> Mapping[str, Callable[..., Any]]:
     name, the feature network, ...) and returns a mapping of named float results; see ``docs/metrics.md`` for
     the exact signature. It applies to the task sets for which its ``applies_to(taskset) -> bool`` is true.
     """
+
+
+@hookspec
+def mtd_register_samplers() -> Mapping[str, Callable[..., Any]]:
+    """Return samplers by name.
+
+    A sampler is a :class:`mtd_core.sampling.Sampler` spec (its function, network evaluations per step, fewest
+    steps, whether it draws noise) or a bare function, taken as one evaluation per step. Every sampler function has
+    the signature ``fn(denoise, z, fp, *, generator=None, callback=None, progress=False, **options) ->
+    SamplerOutput``: it walks the respaced process ``fp`` from index K = ``fp.T`` down to 0, asking ``denoise(z_k,
+    k)`` for a :class:`mtd_core.sampling.StepPrediction` (base estimate, noise, encodings), and returns the final
+    state. Its keyword-only options are what ``generate(..., sampler_options=...)`` and ``mtd sample --option``
+    accept. See docs/sampling.md.
+    """

@@ -23,7 +23,7 @@ import threading
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
 import pluggy
@@ -33,12 +33,15 @@ from mtd_core.modality import Modality, Role
 from mtd_core.plugins import hookspecs
 from mtd_core.plugins.hookspecs import hookimpl
 
+if TYPE_CHECKING:
+    from mtd_core.sampling.base import Sampler
+
 logger = logging.getLogger("mtd.plugins")
 
 ENTRY_POINT_GROUP = "mtd"
 BLOCK_ENV = "MTD_BLOCK_PLUGINS"
 
-What = Literal["modality", "dataset", "backbone", "metric", "plugin"]
+What = Literal["modality", "dataset", "backbone", "metric", "sampler", "plugin"]
 Status = Literal["ok", "failed", "blocked"]
 
 # The kind of thing each hook registers, in listing order. "plugin" (records about a whole plugin: import
@@ -48,6 +51,7 @@ HOOKS: dict[str, str] = {
     "dataset": "mtd_register_datasets",
     "backbone": "mtd_register_backbones",
     "metric": "mtd_register_metrics",
+    "sampler": "mtd_register_samplers",
 }
 _ORDER = {**{what: i for i, what in enumerate(HOOKS)}, "plugin": len(HOOKS)}
 _EXPECTED = {
@@ -55,6 +59,7 @@ _EXPECTED = {
     "dataset": "a mapping of dataset names (str) to factories (callables)",
     "backbone": "a mapping of backbone names (str) to factories (callables)",
     "metric": "a mapping of metric names (str) to metrics (callables)",
+    "sampler": "a mapping of sampler names (str) to Sampler specs or sampler functions (callables)",
 }
 
 
@@ -464,7 +469,7 @@ class Registry:
         return list(self._blocked_unmatched)
 
     def names(self, what: str) -> list[str]:
-        """The sorted names registered for ``what`` ("modality", "dataset", "backbone" or "metric")."""
+        """The sorted names registered for ``what`` ("modality", "dataset", "backbone", "metric" or "sampler")."""
         if what not in HOOKS:
             raise ValueError(f"what must be one of {list(HOOKS)}, got {what!r}")
         self.load()
@@ -540,6 +545,18 @@ class Registry:
         """The metric registered under ``name`` (see :meth:`get` for the errors)."""
         return self.get("metric", name)  # type: ignore[no-any-return]
 
+    def sampler_names(self) -> list[str]:
+        """The registered sampler names."""
+        return self.names("sampler")
+
+    def sampler(self, name: str) -> Sampler:
+        """The sampler registered under ``name``, as a :class:`~mtd_core.sampling.base.Sampler` spec (a bare
+        function is taken as one network evaluation per step; see :meth:`get` for the errors)."""
+        from mtd_core.sampling.base import Sampler
+
+        found = self.get("sampler", name)
+        return found if isinstance(found, Sampler) else Sampler(fn=found)
+
     def __repr__(self) -> str:
         if not self._loaded:
             return "Registry(not loaded)"
@@ -547,7 +564,8 @@ class Registry:
         return f"Registry({counts}, {len(self.failures)} failures)"
 
 
-_PLURAL = {"modality": "modalities", "dataset": "datasets", "backbone": "backbones", "metric": "metrics"}
+_PLURAL = {"modality": "modalities", "dataset": "datasets", "backbone": "backbones", "metric": "metrics",
+           "sampler": "samplers"}
 
 
 def _indent(text: str, prefix: str = "    ") -> str:

@@ -1,22 +1,45 @@
-"""Sampling: pure reverse-step functions (ddpm.py, ddim.py), self-guidance (guidance.py) and generate()."""
+"""Sampling: the base estimate (estimate.py), samplers as small pure functions (ddim.py, ddpm.py, heun.py, dpmpp.py),
+self-guidance (guidance.py) and generate()."""
 
-from mtd_core.sampling.base import SamplerOutput, SamplerStep, StepDenoiser, StepPrediction, StepResult
-from mtd_core.sampling.ddim import ddim_sigma, ddim_step, sample_ddim
+from mtd_core.sampling.base import (
+    Sampler,
+    SamplerFn,
+    SamplerOutput,
+    SamplerStep,
+    StepDenoiser,
+    StepPrediction,
+    StepResult,
+)
+from mtd_core.sampling.ddim import ddim_data_step, ddim_sigma, ddim_step, sample_ddim
 from mtd_core.sampling.ddpm import ddpm_step, sample_ddpm
-from mtd_core.sampling.generate import DEFAULT_READ_T, SAMPLERS, GenerationOutput, ModelDenoiser, generate
+from mtd_core.sampling.dpmpp import sample_dpmpp_2m
+from mtd_core.sampling.estimate import BaseEstimate, BaseRange
+from mtd_core.sampling.generate import (
+    CONDITIONING,
+    DEFAULT_READ_T,
+    GenerationOutput,
+    ModelDenoiser,
+    generate,
+)
 from mtd_core.sampling.guidance import GuidanceConfig, guided_eps
+from mtd_core.sampling.heun import sample_heun
 
 __all__ = [
+    "CONDITIONING",
     "DEFAULT_READ_T",
-    "SAMPLERS",
+    "BaseEstimate",
+    "BaseRange",
     "GenerationOutput",
     "GuidanceConfig",
     "ModelDenoiser",
+    "Sampler",
+    "SamplerFn",
     "SamplerOutput",
     "SamplerStep",
     "StepDenoiser",
     "StepPrediction",
     "StepResult",
+    "ddim_data_step",
     "ddim_sigma",
     "ddim_step",
     "ddpm_step",
@@ -24,4 +47,6 @@ __all__ = [
     "guided_eps",
     "sample_ddim",
     "sample_ddpm",
+    "sample_dpmpp_2m",
+    "sample_heun",
 ]

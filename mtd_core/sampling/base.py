@@ -1,13 +1,17 @@
-"""What every sampler shares: the per-step prediction, the callback payload, the output and the loop.
+"""What every sampler shares: the per-step prediction, the callback payload, the output, the registered spec and
+the loop of one-evaluation samplers.
 
 A sampler is a function ``sampler(denoise, z, fp, *, generator=None, callback=None, progress=False, **options)
--> SamplerOutput`` (k-diffusion style). It walks the (respaced) process ``fp`` from index K = fp.T down to 1;
-``denoise(z_k, k)`` returns a :class:`StepPrediction` (eps and the encodings E_i to use at that step), so that
-joint, conditional and guided generation differ only in the denoiser, never in the sampler.
+-> SamplerOutput`` (k-diffusion style). It walks the (respaced) process ``fp`` from index K = fp.T down to 0;
+``denoise(z_k, k)`` returns a :class:`StepPrediction` (the base estimate z0_hat, the noise and the encodings E_i to
+use at that step), so that joint, conditional and guided generation, and the handling of the base estimate
+(clipping, thresholding), differ only in the denoiser, never in the sampler. A plugin registers samplers through
+the ``mtd_register_samplers`` hook as :class:`Sampler` specs (or bare functions).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -20,18 +24,22 @@ from mtd_core.diffusion.forward import ForwardProcess
 
 @attrs.frozen
 class StepPrediction:
-    """The denoiser's answer at one step.
+    """The denoiser's answer at one step: an exact decomposition of the state the step starts from,
+    ``z_t`` (or z_k) = sqrt(abar_k) z0 + sum_i lambda_k^(i) E_i + sqrt(1 - abar_k) eps (mtd_core/sampling/estimate.py).
 
     Attributes:
-        eps: eps_theta(z_k, t_k) (after guidance, if any), shaped and typed like z_k.
-        enc: aggregated name -> the encoding used in the reverse step: E_i(xhat_i) for generated modalities,
-            the true E_j(x_j) for observed ones. Holds every aggregated modality of ``fp``.
+        eps: the noise estimate (eps_theta after guidance, or re-derived from the processed ``z0``), like z_k.
+        z0: the base estimate z0_hat used by the step (clipped or thresholded when asked), like z_k.
+        enc: aggregated name -> the encoding used in the reverse step: the posterior mean E[E_i | z_k] given by the
+            head of a generated modality, the true E_j(x_j) of an observed one. Holds every aggregated modality.
         preds: aggregated name -> the raw head prediction at this step.
-        z_t: the state the step starts from when the denoiser replaced part of z_k (conditional generation by
-            replacement, see :class:`~mtd_core.sampling.generate.ModelDenoiser`); None: z_k itself.
+        z_t: the state the step starts from when the denoiser changed z_k (conditional generation by replacement,
+            or a clipped estimate under the "keep" rule; :class:`~mtd_core.sampling.generate.ModelDenoiser`);
+            None: z_k itself.
     """
 
     eps: torch.Tensor
+    z0: torch.Tensor
     enc: dict[str, torch.Tensor]
     preds: dict[str, Any]
     z_t: torch.Tensor | None = None
@@ -52,8 +60,9 @@ class SamplerStep:
         t: the original timestep t_k the network saw.
         z_t: the state before the step (before any replacement; ``prediction.z_t`` holds the replaced state).
         z_next: the state after the step (z at index k - 1).
-        z0_hat: the step's estimate of z_0 (from eps and the encodings, eq. of ForwardProcess.z0_from_eps).
-        prediction: the denoiser's prediction at this step.
+        z0_hat: the base estimate the step used (the prediction's ``z0``; for multistep and second-order
+            samplers, the combination of several predictions that entered the step).
+        prediction: the denoiser's prediction at z_t (the first of the step's evaluations).
     """
 
     index: int
@@ -88,6 +97,49 @@ class StepResult:
 Callback = Callable[[SamplerStep], None]
 
 
+class SamplerFn(Protocol):
+    """The signature every sampler function shares."""
+
+    def __call__(self, denoise: StepDenoiser, z: torch.Tensor, fp: ForwardProcess, *,
+                 generator: torch.Generator | None = ..., callback: Callback | None = ..., progress: bool = ...,
+                 **options: Any) -> SamplerOutput: ...
+
+
+@attrs.frozen
+class Sampler:
+    """A registered sampler: its function and what :func:`~mtd_core.sampling.generate` needs to know about it.
+
+    Attributes:
+        fn: the sampler function (the shared signature above).
+        evals_per_step: network evaluations per step; the last step (to t = 0) always takes one. NFE for K steps:
+            ``evals_per_step * K - (evals_per_step - 1)``.
+        min_steps: the fewest steps it accepts (a second-order method needs two to be more than DDIM).
+        description: one line for ``mtd plugins list`` and the docs.
+    """
+
+    fn: SamplerFn
+    evals_per_step: int = 1
+    min_steps: int = 1
+    description: str = ""
+
+    def nfe(self, steps: int) -> int:
+        """The network evaluations of ``steps`` steps."""
+        return self.evals_per_step * steps - (self.evals_per_step - 1)
+
+    def steps_for(self, nfe: int) -> int:
+        """The most steps whose NFE does not exceed ``nfe``."""
+        return (nfe + self.evals_per_step - 1) // self.evals_per_step
+
+    def option_names(self) -> list[str]:
+        """The keyword options of ``fn`` beyond the shared ones."""
+        shared = {"denoise", "z", "fp", "generator", "callback", "progress"}
+        params = inspect.signature(self.fn).parameters.values()
+        return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in shared]
+
+    def __call__(self, denoise: StepDenoiser, z: torch.Tensor, fp: ForwardProcess, **kwargs: Any) -> SamplerOutput:
+        return self.fn(denoise, z, fp, **kwargs)
+
+
 def randn_like(z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise shaped like ``z``, drawn on the generator's device (so a seeded CPU generator gives
     the same numbers whatever device sampling runs on) and moved to ``z``'s device."""
@@ -99,7 +151,8 @@ def randn_like(z: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
 def run_steps(step: Callable[[ForwardProcess, torch.Tensor, int, StepPrediction, torch.Tensor | None], StepResult],
               stochastic: Callable[[int], bool], denoise: StepDenoiser, z: torch.Tensor, fp: ForwardProcess, *,
               generator: torch.Generator | None, callback: Callback | None, progress: bool, desc: str) -> SamplerOutput:
-    """The loop every sampler shares: for k = K..1 predict, draw noise if ``stochastic(k)``, step, call back."""
+    """The loop of the one-evaluation samplers: for k = K..1 predict, draw noise if ``stochastic(k)``, step, call
+    back. ``step`` may keep state between calls (a multistep method) or evaluate ``denoise`` again (Heun)."""
     if fp.T < 1:
         raise ValueError(f"{desc}: the process has no steps")
     last: StepPrediction | None = None

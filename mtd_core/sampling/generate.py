@@ -2,23 +2,29 @@
 
 ``given`` maps observed modality names to data; every other modality is generated. Three modes follow:
 
-    joint        nothing given. Reverse diffusion from z_K ~ N(0, I); every step uses E_i(xhat_i) of every head's
-                 prediction (``encoding_temperature`` sharpens a categorical head's probabilities there). The
-                 base comes from z_0, each aggregated modality from its head at the last step.
+    joint        nothing given. Reverse diffusion from z_K ~ N(0, I); every step uses the posterior means
+                 E[E_i | z_t] of every head's prediction (``encoding_temperature`` sharpens a categorical head's
+                 probabilities there). The base comes from z_0, each aggregated modality from its head at the
+                 last step.
     conditional  some aggregated modalities given, the base not. Their part sum_j lambda_t^(j) E_j(x_j) of z_t is
-                 known exactly. Two ways to use it (``conditioning``):
+                 known exactly. Three ways to use it (``conditioning``):
                  "replace" (default): z_0 is estimated from the network's own decomposition of z_t (its eps and
                      the encodings of its heads' predictions, as in joint mode), then the observed modalities'
                      part of z_t, as the heads see it, is replaced by the true one before stepping; every next
                      state thus carries the true encodings (RePaint-style replacement, in the latent).
-                 "inject": the true encodings enter both the z_0 estimate and the step. Exact for an oracle, but
-                     a learned network's error in separating the injected encodings from z_0 is divided by
-                     sqrt(abar_t) in the z_0 estimate; with image-shaped conditions this diverges (docs/sampling.md).
+                 "inject": the true encodings enter both the z_0 estimate and the step, with the network's
+                     unconditional eps = E[eps | z_t]. Not the conditional: that needs E[eps | z_t, y].
+                 "exact": "inject" with E[eps | z_t, y] = E[eps | z_t] - sqrt(1 - abar_t) grad log p(y | z_t), the
+                     model's own guidance at scale 1 for every observed modality (guidance.py); exact for a model
+                     whose eps and heads are exact.
     readout      the base given (classification, representation or caption prediction). No reverse process: the
                  heads are read from z_t = sqrt(abar_t) z_0 + sum_j lambda_t^(j) E_j(x_j) + sqrt(1 - abar_t) eps
                  at the small t = read_t * T (the unknown modalities' injected parts, tiny at small t, are left out).
 
-Observed modalities are returned unchanged (the very objects passed in).
+Guidance towards a target of a generated modality also puts the target's encoding into the steps, as "inject" does
+for an observed one (the steered trajectory carries what it is steered to). Every step's base estimate is clipped,
+thresholded or left as it is (``clip``, estimate.py). Observed modalities are returned unchanged (the very objects
+passed in).
 """
 
 from __future__ import annotations
@@ -33,17 +39,26 @@ from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.noise import respaced_timesteps
 from mtd_core.errors import ConfigError, ModalityDataError, ScheduleError, closest
 from mtd_core.modality import Modality, Role
-from mtd_core.sampling.base import Callback, StepPrediction, randn_like
-from mtd_core.sampling.ddim import sample_ddim
-from mtd_core.sampling.ddpm import sample_ddpm
+from mtd_core.sampling.base import Callback, Sampler, StepPrediction, randn_like
+from mtd_core.sampling.estimate import BaseEstimate, BaseRange
 from mtd_core.sampling.guidance import GuidanceConfig, check_guidance, guided_eps, resolve_target
 
-SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm}
+# The defaults of generate() and `mtd sample`, chosen by measurement on Fashion-MNIST validation samples
+# (docs/sampling.md, "Defaults").
+DEFAULT_SAMPLER = "dpmpp_2m_sde"
+DEFAULT_STEPS = 20
+DEFAULT_SPACING = "karras"
+DEFAULT_CLIP = "static"
+DEFAULT_CLIP_EPS = "keep"
 
 # Read-out at t = 0.02 T by default: small enough that the label (or caption) signal, which the heads were trained to
 # see injected into z_t but is unknown here, is negligible (lambda_t -> 0 as t -> 0 for the default windowed
 # schedule), and large enough to be a noise level the heads saw often in training. See docs/sampling.md.
 DEFAULT_READ_T: tuple[float, ...] = (0.02,)
+
+CONDITIONING = ("replace", "inject", "exact")
+
+GuideTerm = tuple[Modality, torch.Tensor, float]
 
 
 @attrs.frozen
@@ -56,14 +71,13 @@ class GenerationOutput:
         predictions: the raw head prediction of every generated aggregated modality (last sampling step, or
             the read-out), e.g. a label's logits.
         mode: "joint", "conditional" or "readout".
+        nfe: network evaluations per sample (the sampler's, or the read-out's).
     """
 
     samples: dict[str, Any]
     predictions: dict[str, Any]
     mode: str
-
-
-CONDITIONING = ("replace", "inject")
+    nfe: int = 0
 
 
 def _check_conditioning(conditioning: str) -> None:
@@ -71,59 +85,88 @@ def _check_conditioning(conditioning: str) -> None:
         raise ConfigError(f"generate: conditioning must be one of {list(CONDITIONING)}, got {conditioning!r}")
 
 
+def base_range(model: Any) -> BaseRange | None:
+    """Where the model's base lives in z_0 and its data range (None without a base)."""
+    base = model.taskset.base
+    if base is None:
+        return None
+    spec = base.data_spec()
+    return BaseRange(channels=model.taskset.base_latent.shape[0], low=spec.low, high=spec.high, name=base.name)
+
+
 class ModelDenoiser:
-    """The StepDenoiser of a model on a (respaced) process: true encodings for observed modalities, predicted
-    encodings E_i(xhat_i) for the others, eps optionally guided.
+    """The StepDenoiser of a model on a (respaced) process: the base estimate, the noise and the encodings of one
+    step (true encodings for observed modalities, posterior means E[E_i | z_t] for the others).
 
     Args:
         model: the MultiTaskModel (or anything with ``__call__(z_t, t) -> DenoiserOutput``, ``predicted_encodings``).
         fp: the process the sampler walks; ``fp.timesteps[k]`` is the original t fed to the network.
         observed: aggregated name -> true encoding E_j(x_j) of every observed aggregated modality.
-        guidance: (guiding modality, its target batch, scale), or None.
-        conditioning: how observed encodings enter a step, "replace" or "inject" (see the module docstring).
-        temperature: generated modality name -> the temperature of its head's probabilities behind E_i(xhat_i)
+        guidance: (guiding modality, its target batch, scale) terms; a term with scale > 0 on a generated modality
+            puts the target's encoding (``targets``) into the step.
+        conditioning: how observed encodings enter a step, "replace", "inject" or "exact" (module docstring);
+            "exact" also needs ``observed_data``.
+        temperature: generated modality name -> the temperature of its head's probabilities behind its encoding
             (``Modality.temper``); the predictions returned in each StepPrediction stay untempered.
+        estimate: how the base estimate is clipped and the noise re-derived (estimate.py).
+        base: the base's channels and range, for ``estimate`` (default: :func:`base_range` of the model).
+        targets: guided generated modality name -> its target's encoding.
+        observed_data: observed aggregated name -> its data (the targets of "exact" conditioning).
     """
 
     def __init__(self, model: Any, fp: ForwardProcess, observed: Mapping[str, torch.Tensor],
-                 guidance: tuple[Modality, torch.Tensor, float] | None = None, conditioning: str = "replace",
-                 temperature: Mapping[str, float] | None = None) -> None:
+                 guidance: Sequence[GuideTerm] = (), conditioning: str = "replace",
+                 temperature: Mapping[str, float] | None = None, estimate: BaseEstimate | None = None,
+                 base: BaseRange | None = None, targets: Mapping[str, torch.Tensor] | None = None,
+                 observed_data: Mapping[str, torch.Tensor] | None = None) -> None:
         _check_conditioning(conditioning)
-        self.model, self.fp, self.observed, self.guidance = model, fp, dict(observed), guidance
+        self.model, self.fp, self.observed = model, fp, dict(observed)
         self.conditioning, self.temperature = conditioning, dict(temperature or {})
+        self.estimate, self.base = estimate or BaseEstimate(), base if base is not None else base_range(model)
+        self.targets = dict(targets or {})
+        self.terms = [g for g in guidance if g[2] > 0]
+        if conditioning == "exact":
+            data = dict(observed_data or {})
+            missing = [n for n in self.observed if n not in data]
+            if missing:
+                raise ConfigError(f"generate: exact conditioning needs the observed data of {missing}")
+            self.terms += [(model.taskset[n], data[n], 1.0) for n in self.observed]
 
     def _encodings(self, preds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """E_i(xhat_i) of the given predictions, tempered where asked."""
+        """The posterior-mean encodings of the given predictions, tempered where asked."""
         tempered = {n: self.model.taskset[n].temper(p, self.temperature[n]) if n in self.temperature else p
                     for n, p in preds.items()}
         return self.model.predicted_encodings(tempered)
 
     def __call__(self, z: torch.Tensor, k: int) -> StepPrediction:
         t = self.fp.timesteps[k].to(z.device).expand(z.shape[0])
-        if self.guidance is not None and self.guidance[2] > 0:
-            m, target, scale = self.guidance
-            eps, preds = guided_eps(self.model, z, t, float(self.fp.abar[k]), m, target, scale)
+        if self.terms:
+            eps, preds = guided_eps(self.model, z, t, float(self.fp.abar[k]), self.terms)
         else:
             out = self.model(z, t)
             eps, preds = out.eps.to(z.dtype), out.preds
-        if not self.observed or self.conditioning == "inject":
-            generated = {n: p for n, p in preds.items() if n not in self.observed}
-            enc = {n: e.to(z.dtype) for n, e in self._encodings(generated).items()}
-            return StepPrediction(eps=eps, enc={**enc, **self.observed}, preds=preds)
-        # replace: z_t = sqrt(abar) z0_hat + sum_i lambda_i E_i(xhat_i) + sqrt(1 - abar) eps as the network sees it;
-        # swapping the observed E_j(xhat_j) for the true E_j leaves z0_hat unchanged and steps with the truth.
-        enc = {n: e.to(z.dtype) for n, e in self._encodings(preds).items()}
-        delta = {n: self.observed[n] - e if n in self.observed else torch.zeros_like(e) for n, e in enc.items()}
-        z_t = z + self.fp.injected(delta, k, z)
-        return StepPrediction(eps=eps, enc={**enc, **self.observed}, preds=preds, z_t=z_t)
+        enc_hat = {n: e.to(z.dtype) for n, e in self._encodings(preds).items()}
+        known = {**self.targets, **self.observed}
+        # The decomposition z = sqrt(abar) z0_hat + sum_i lambda_i E_i + sqrt(1 - abar) eps the network's eps belongs
+        # to: its own encodings, except those of steered targets and, unless replacing, of observed modalities.
+        enc_dec = {**enc_hat, **self.targets, **({} if self.conditioning == "replace" else self.observed)}
+        enc = {**enc_hat, **known}
+        z0_hat = self.fp.z0_from_eps(z, eps, enc_dec, k)
+        start = z
+        if self.conditioning == "replace" and self.observed:
+            # swapping the observed E_j(xhat_j) for the true E_j leaves z0_hat unchanged and steps with the truth
+            delta = {n: enc[n] - enc_dec[n] for n in enc}
+            start = z + self.fp.injected(delta, k, z)
+        z0, eps, start = self.estimate.apply(self.fp, start, k, z0_hat, eps, enc, self.base)
+        return StepPrediction(eps=eps, z0=z0, enc=enc, preds=preds, z_t=None if start is z else start)
 
 
 def generate(
     model: Any,
     n: int | None = None,
     given: Mapping[str, Any] | None = None,
-    sampler: str = "ddim",
-    steps: int = 50,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int | None = None,
     eta: float = 0.0,
     guidance: GuidanceConfig | None = None,
     generator: torch.Generator | None = None,
@@ -134,7 +177,13 @@ def generate(
     variance: str | None = None,
     conditioning: str = "replace",
     encoding_temperature: Mapping[str, float] | None = None,
-    spacing: str = "uniform",
+    spacing: str = DEFAULT_SPACING,
+    clip: str | None = None,
+    clip_eps: str = DEFAULT_CLIP_EPS,
+    clip_percentile: float = 0.995,
+    nfe: int | None = None,
+    sampler_options: Mapping[str, Any] | None = None,
+    registry: Any = None,
 ) -> GenerationOutput:
     """Generate every modality not in ``given`` (see the module docstring for the three modes).
 
@@ -143,8 +192,10 @@ def generate(
         n: the number of samples; inferred from ``given`` when it is omitted (a ConfigError if they disagree).
         given: observed modality name -> a batch of its data (a tensor, or raw values its ``derive`` turns into
             one, e.g. caption strings).
-        sampler: "ddim" or "ddpm" (ancestral).
-        steps: the number of reverse steps; the process is respaced to ``steps`` timesteps (``spacing``).
+        sampler: a registered sampler: "ddim", "ddpm" (ancestral), "heun" or "dpmpp_2m" built in
+            (``mtd plugins list`` shows every installed one).
+        steps: the number of reverse steps (default DEFAULT_STEPS); the process is respaced to ``steps``
+            timesteps (``spacing``). Give ``nfe`` instead to fix the network evaluations (Heun takes two a step).
         eta: DDIM's noise level (0 = deterministic); only for "ddim".
         guidance: steer towards a target value of an aggregated modality with its own head (not in readout mode).
         generator: the RNG for every random draw; with a seeded CPU generator, generation is bit-for-bit repeatable.
@@ -154,22 +205,30 @@ def generate(
         read_t: readout mode only: the read-out timestep(s) as fractions of T in (0, 1]; with several, the heads'
             tensor predictions (e.g. logits) are averaged over them.
         variance: "ddpm" only: sigma_t^2 = "beta" or "beta_tilde" (default "beta_tilde").
-        conditioning: conditional mode only: "replace" (default) or "inject" (see the module docstring). A
-            stochastic sampler (``"ddpm"``, or ``"ddim"`` with eta > 0) lets replacement correct itself across steps
-            and restores image-shaped conditions much better than deterministic DDIM (docs/sampling.md).
+        conditioning: conditional mode only: "replace" (default), "inject" or "exact" (module docstring).
         encoding_temperature: generated categorical modality name -> temperature of its head's probabilities
-            behind E_i(xhat_i) in every reverse step (``Modality.temper``). Below 1 the trajectory commits to one
-            class (or token) earlier instead of following the probability-weighted mixture of encodings, which
-            made jointly generated images and labels agree more on the digits (docs/sampling.md). Not in
-            readout mode; the returned samples and predictions are the heads' own.
-        spacing: where the ``steps`` timesteps fall: "uniform" (evenly from 1 to T, the default), "quad"
-            (denser at small t) or "leading" (every T // steps from 1, so the first step is below T, as in
-            diffusers' DDIMScheduler; slightly better FID in docs/sampling.md).
+            behind its encoding in every reverse step (``Modality.temper``). Below 1 the trajectory commits to one
+            class (or token) earlier. Not in readout mode; the returned samples and predictions are the heads' own.
+        spacing: where the timesteps fall: "uniform" (evenly from 1 to T), "quad" (denser at small t), "leading"
+            (diffusers' DDIMScheduler), "logsnr" (evenly in log-SNR) or "karras" (EDM's rho = 7 spacing).
+        clip: the base estimate of every step: "none", "static" (clipped to the base's data range) or "dynamic"
+            (Imagen's dynamic thresholding at ``clip_percentile``); estimate.py. None: DEFAULT_CLIP where the base
+            defines a data range, else "none".
+        clip_eps: "rederive" the step's noise from the processed estimate, or "keep" the network's noise and move
+            the state onto the estimate (estimate.py).
+        clip_percentile: the quantile of dynamic thresholding, in (0, 1].
+        nfe: the network evaluations per sample instead of ``steps`` (steps = the most whose NFE fits).
+        sampler_options: further keyword options of the sampler (e.g. ``{"lower_order_final": False}``).
+        registry: the plugin registry that provides the samplers (default: ``get_registry()``).
     """
     modalities: dict[str, Modality] = model.taskset.modalities
     given = dict(given or {})
-    dev = _check_arguments(model, given, sampler, eta, variance, device)
+    dev = _check_device(model, given, device)
     _check_conditioning(conditioning)
+    if clip is None:
+        bounded = base_range(model)
+        clip = DEFAULT_CLIP if bounded is not None and None not in (bounded.low, bounded.high) else "none"
+    estimate = BaseEstimate(clip, clip_eps, clip_percentile)  # type: ignore[arg-type]
     data, B = _observed_data(modalities, given, n, generator)
 
     base = model.taskset.base
@@ -177,10 +236,14 @@ def generate(
     temperature = _check_temperature(modalities, given, mode, encoding_temperature)
     if mode == "readout" and guidance is not None:
         raise ConfigError("generate: guidance needs a reverse process; it does not apply when the base is given")
-    guide = None
+    guide: list[GuideTerm] = []
     if guidance is not None:
         gm = check_guidance(guidance, modalities)
-        guide = (gm, resolve_target(gm, guidance.target, B, dev), float(guidance.scale))
+        guide.append((gm, resolve_target(gm, guidance.target, B, dev), float(guidance.scale)))
+    spec = options = None
+    if mode != "readout":
+        spec, steps, options = _check_sampler(sampler, steps, nfe, eta, variance, sampler_options, registry)
+        estimate.check(base_range(model))
 
     was_training = model.training
     model.eval()
@@ -189,9 +252,19 @@ def generate(
             z0, observed = model.encode_some(data, list(data))
             if mode == "readout":
                 z0, predictions = _readout(model, z0, observed, read_t, generator)
+                used = len(_read_ts(read_t, model.forward_process.T))
             else:
-                z0, predictions = _reverse(model, B, observed, sampler, steps, eta, variance, guide, generator,
-                                           callback, progress, dev, conditioning, temperature, spacing)
+                assert spec is not None and steps is not None and options is not None
+                targets = {}
+                for gm, target, scale in guide:
+                    if scale > 0 and gm.name not in observed:
+                        targets.update(model.encode_some({gm.name: target}, [gm.name])[1])
+                denoiser_args = {"guidance": guide, "conditioning": conditioning, "temperature": temperature,
+                                 "estimate": estimate, "base": base_range(model), "targets": targets,
+                                 "observed_data": {k: v.to(dev) for k, v in data.items()}}
+                z0, predictions = _reverse(model, B, observed, spec, steps, spacing, options, denoiser_args,
+                                           generator, callback, progress, dev)
+                used = spec.nfe(steps)
     finally:
         model.train(was_training)
 
@@ -200,17 +273,16 @@ def generate(
         if name in given:
             samples[name] = given[name]
         elif m.role is Role.BASE:
-            samples[name] = _decode_base(m, z0)
+            samples[name] = _decode_base(m, model.base_part(z0))
         else:
             x = m.sample(predictions[name], greedy=True, generator=generator)
             m.validate(x, where="generated sample")
             samples[name] = x
-    return GenerationOutput(samples=samples, predictions=predictions, mode=mode)
+    return GenerationOutput(samples=samples, predictions=predictions, mode=mode, nfe=used)
 
 
-def _check_arguments(model: Any, given: dict[str, Any], sampler: str, eta: float, variance: str | None,
-                     device: torch.device | str | None) -> torch.device:
-    """Reject unknown modalities, samplers and options that do not apply; return the sampling device."""
+def _check_device(model: Any, given: dict[str, Any], device: torch.device | str | None) -> torch.device:
+    """Reject unknown modalities and a device the model is not on; return the sampling device."""
     modalities = model.taskset.modalities
     for name in given:
         if name not in modalities:
@@ -220,14 +292,43 @@ def _check_arguments(model: Any, given: dict[str, Any], sampler: str, eta: float
     dev = torch.device(device) if device is not None else model_device
     if dev != model_device and not (dev.type == model_device.type and dev.index is None):
         raise ConfigError(f"generate: the model is on {model_device}, not {dev}; move it with model.to({str(dev)!r})")
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"generate: unknown sampler {sampler!r}{closest(str(sampler), list(SAMPLERS))}; "
-                          f"expected one of {list(SAMPLERS)}")
-    if sampler != "ddim" and eta != 0.0:
-        raise ConfigError(f"generate: eta applies to the 'ddim' sampler only, got eta = {eta} with {sampler!r}")
-    if sampler != "ddpm" and variance is not None:
-        raise ConfigError(f"generate: variance applies to the 'ddpm' sampler only, got {variance!r} with {sampler!r}")
     return dev
+
+
+def _check_sampler(name: str, steps: int | None, nfe: int | None, eta: float, variance: str | None,
+                   sampler_options: Mapping[str, Any] | None, registry: Any) -> tuple[Sampler, int, dict[str, Any]]:
+    """The sampler spec, its number of steps and its options, after checking every one of them."""
+    if registry is None:
+        from mtd_core.plugins.registry import get_registry
+
+        registry = get_registry()
+    try:
+        spec: Sampler = registry.sampler(name)
+    except ConfigError as e:
+        raise ConfigError(f"generate: {e}") from None
+    if steps is not None and nfe is not None:
+        raise ConfigError(f"generate: give steps or nfe, not both (got steps = {steps}, nfe = {nfe})")
+    for key, value in (("steps", steps), ("nfe", nfe)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"generate: {key} must be a positive integer, got {value!r}")
+    if nfe is not None:
+        steps = spec.steps_for(nfe)
+    steps = DEFAULT_STEPS if steps is None else steps
+    if steps < spec.min_steps:
+        got = f"nfe = {nfe} gives {steps} step(s)" if nfe is not None else f"steps = {steps}"
+        raise ConfigError(f"generate: sampler {name!r} needs at least {spec.min_steps} steps "
+                          f"(NFE >= {spec.nfe(spec.min_steps)}); {got}")
+    options = dict(sampler_options or {})
+    if eta != 0.0:
+        options["eta"] = eta
+    if variance is not None:
+        options["variance"] = variance
+    accepted = spec.option_names()
+    for key in options:
+        if key not in accepted:
+            raise ConfigError(f"generate: sampler {name!r} has no option {key!r}{closest(key, accepted)}; "
+                              f"its options: {accepted}")
+    return spec, steps, options
 
 
 def _check_temperature(modalities: dict[str, Modality], given: dict[str, Any], mode: str,
@@ -279,24 +380,21 @@ def _observed_data(modalities: dict[str, Modality], given: dict[str, Any], n: in
     return data, B
 
 
-def _reverse(model: Any, B: int, observed: dict[str, torch.Tensor], sampler: str, steps: int, eta: float,
-             variance: str | None, guide: tuple[Modality, torch.Tensor, float] | None,
-             generator: torch.Generator | None, callback: Callback | None, progress: bool, dev: torch.device,
-             conditioning: str, temperature: Mapping[str, float], spacing: str
-             ) -> tuple[torch.Tensor, dict[str, Any]]:
+def _reverse(model: Any, B: int, observed: dict[str, torch.Tensor], spec: Sampler, steps: int, spacing: str,
+             options: dict[str, Any], denoiser_args: dict[str, Any], generator: torch.Generator | None,
+             callback: Callback | None, progress: bool, dev: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
     """Joint or conditional generation: the sampler from z_K down to z_0 on the respaced process."""
     full = model.forward_process
     try:
-        fp = full.respace(respaced_timesteps(full.T, steps, spacing))
+        fp = full.respace(respaced_timesteps(full.T, steps, spacing, full.abar))
     except ScheduleError as e:
         raise ConfigError(f"generate: steps = {steps!r}, spacing = {spacing!r}: {e}") from None
     z = randn_like(torch.empty(B, *model.taskset.latent.shape, device=dev), generator)
     # The observed modalities' part of z_K (lambda_T is ~0 by validation; kept for exactness).
     zeros = {name: torch.zeros_like(z) for name in fp.names if name not in observed}
     z = z + fp.injected({**zeros, **observed}, fp.T, z)
-    denoise = ModelDenoiser(model, fp, observed, guide, conditioning, temperature)
-    options: dict[str, Any] = {"eta": eta} if sampler == "ddim" else {"variance": variance or "beta_tilde"}
-    out = SAMPLERS[sampler](denoise, z, fp, generator=generator, callback=callback, progress=progress, **options)
+    denoise = ModelDenoiser(model, fp, observed, **denoiser_args)
+    out = spec(denoise, z, fp, generator=generator, callback=callback, progress=progress, **options)
     predictions = {n: p for n, p in out.last.preds.items() if n not in observed}
     return out.z0, predictions
 

@@ -5,8 +5,11 @@ every noise level (heads are trained across t). Guidance towards a target y shif
 
     eps_guided = eps_theta(z_t, t) - scale * sqrt(1 - abar_t) * grad_{z_t} log p_theta(y | z_t)
 
-which the DDIM and ancestral updates then use unchanged. For a label this is the gradient of the log-softmax of
-the label head's logits at the target class.
+which every sampler then uses unchanged. For a label this is the gradient of the log-softmax of the label head's
+logits at the target class. At scale 1 it is exact: the network's eps is E[eps | z_t], and Tweedie's formula on
+p(z_t | y) = p(z_t) p(y | z_t) / p(y) gives E[eps | z_t, y] = E[eps | z_t] - sqrt(1 - abar_t) grad log p(y | z_t),
+which is what conditioning = "exact" uses (docs/sampling.md). Several terms (several modalities, or a guided one
+beside exact conditioning) add their gradients.
 """
 
 from __future__ import annotations
@@ -72,24 +75,26 @@ def check_guidance(guidance: GuidanceConfig, modalities: dict[str, Modality]) ->
     return m
 
 
-def guided_eps(model: Any, z_t: torch.Tensor, t: torch.Tensor, abar_t: float, m: Modality, target: torch.Tensor,
-               scale: float) -> tuple[torch.Tensor, dict[str, Any]]:
-    """eps_theta guided towards ``target`` (see the module docstring) and the heads' (detached) predictions.
+def guided_eps(model: Any, z_t: torch.Tensor, t: torch.Tensor, abar_t: float,
+               terms: Sequence[tuple[Modality, torch.Tensor, float]]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """eps_theta guided towards every term's target (see the module docstring) and the heads' (detached)
+    predictions.
 
     Args:
         model: the MultiTaskModel (called as ``model(z_t, t)``).
         z_t: the current state.
         t: the original timesteps (B,).
         abar_t: abar at t (float64 precision).
-        m: the guiding modality.
-        target: its target data, one example per row of z_t.
-        scale: the guidance scale.
+        terms: (modality, its target data with one example per row of z_t, scale) for every guiding modality.
     """
     with torch.enable_grad():
         z = z_t.detach().requires_grad_(True)
         out = model(z, t)
-        log_p = -m.loss(out.preds[m.name], target)
-        (grad,) = torch.autograd.grad(log_p.sum(), z)
-    eps = out.eps.detach().to(z_t.dtype) - scale * math.sqrt(1.0 - abar_t) * grad.to(z_t.dtype)
+        log_p = sum((-m.loss(out.preds[m.name], target) * scale).sum() for m, target, scale in terms)
+        assert isinstance(log_p, torch.Tensor)
+        # a head that does not depend on z_t (a constant prediction) has no gradient: it guides by zero
+        grad = (torch.autograd.grad(log_p, z, allow_unused=True)[0] if log_p.requires_grad else None)
+        grad = torch.zeros_like(z) if grad is None else grad
+    eps = out.eps.detach().to(z_t.dtype) - math.sqrt(1.0 - abar_t) * grad.to(z_t.dtype)
     preds = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.preds.items()}
     return eps, preds

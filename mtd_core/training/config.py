@@ -24,13 +24,19 @@ from mtd_core.tomlio import TOMLDecodeError, loads_toml, plain, read_toml
 SECTIONS = ("dataset", "taskset", "backbone", "trainer")
 LR_SCHEDULES = ("constant", "cosine")
 LOSS_KINDS = ("simple", "vlb")
-SAMPLERS = ("ddim", "ddpm")
 
 
 def _positive(name: str) -> Any:
     def check(_: Any, __: Any, value: Any) -> None:
         if isinstance(value, bool) or value <= 0:
             raise ConfigError(f"trainer.{name} must be positive, got {value!r}")
+    return check
+
+
+def _non_empty_str(name: str) -> Any:
+    def check(_: Any, __: Any, value: Any) -> None:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"trainer.{name} must be a non-empty string, got {value!r}")
     return check
 
 
@@ -72,7 +78,7 @@ class TrainConfig:
         log_every: write a metrics line (and update the progress bar text) every this many steps.
         sample_every: write a sample grid every this many steps (0: only at the end of the run).
         sample_n: samples per grid.
-        sample_sampler: "ddim" or "ddpm" for the grids.
+        sample_sampler: the registered sampler of the grids (checked against the registry by ``resolve_config``).
         sample_steps: sampler steps for the grids.
         checkpoint_every: save a checkpoint every this many steps (0: only at the end and when stopped).
         keep_last: keep the newest this many checkpoints (0: keep all).
@@ -98,7 +104,7 @@ class TrainConfig:
     log_every: int = attrs.field(default=50, validator=_positive("log_every"))
     sample_every: int = attrs.field(default=0, validator=_non_negative("sample_every"))
     sample_n: int = attrs.field(default=16, validator=_non_negative("sample_n"))
-    sample_sampler: str = attrs.field(default="ddim", validator=_one_of("sample_sampler", SAMPLERS))
+    sample_sampler: str = attrs.field(default="ddim", validator=_non_empty_str("sample_sampler"))
     sample_steps: int = attrs.field(default=50, validator=_positive("sample_steps"))
     checkpoint_every: int = attrs.field(default=500, validator=_non_negative("checkpoint_every"))
     keep_last: int = attrs.field(default=3, validator=_non_negative("keep_last"))
@@ -255,6 +261,13 @@ def resolve_config(config: RunConfig, registry: Any = None) -> RunConfig:
     resolved = attrs.asdict(built_config) if attrs.has(type(built_config)) else {}
     backbone = {"name": name, **plain({**resolved, **backbone})}
     taskset = ts.to_config()
+    try:
+        sampler = registry.sampler(config.trainer.sample_sampler)
+    except MTDError as e:
+        raise ConfigError(f"trainer.sample_sampler: {e}") from None
+    if config.trainer.sample_steps < sampler.min_steps:
+        raise ConfigError(f"trainer.sample_steps: sampler {config.trainer.sample_sampler!r} needs at least "
+                          f"{sampler.min_steps} steps, got {config.trainer.sample_steps}")
     return RunConfig(dataset=plain(dataset), taskset=taskset, backbone=backbone, trainer=config.trainer)
 
 

@@ -219,9 +219,13 @@ class Trainer:
         probe = self._local_batch(torch.arange(min(2, len(self.data.splits.train))), torch.Generator().manual_seed(0))
         t = torch.ones(len(next(iter(probe.values()))), dtype=torch.long, device=self.device)
         eps = torch.zeros(len(t), *self.taskset.latent.shape, device=self.device)
+        buffers = {k: v.clone() for k, v in self.model.named_buffers()}  # the probe must leave no trace
         self.loss_module(probe, t, eps).loss.backward()
         unused = any(p.grad is None for p in self.model.parameters() if p.requires_grad)
         self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for k, v in self.model.named_buffers():
+                v.copy_(buffers[k])
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DDP(self.loss_module, device_ids=ids, find_unused_parameters=unused)
 

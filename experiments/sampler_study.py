@@ -1,0 +1,198 @@
+"""The sampler study: FID, noise-like share and joint measures of finished runs under many sampler settings.
+
+Defaults are chosen on the validation protocol and reported on the test protocol (docs/sampling.md, "Defaults"):
+
+    val    reference: 10 000 training images (seeded); sampling seeds 1000 + seed. No test image is read.
+    test   reference: the whole test split; sampling seed = seed (the experiments' own).
+
+Every setting is a dict of ``generate`` options (sampler, nfe, spacing, clip, clip_eps, eta, conditioning, given),
+written as ``key=value,key=value``; the diffusers baseline takes ``sampler=diffusers_ddim`` or
+``sampler=diffusers_dpmpp`` (diffusers' DDIMScheduler and DPMSolverMultistepScheduler at their defaults, on the
+baseline's saved U-Net). Rows are appended to ``--out`` (JSON lines), so a study can be extended and plotted later.
+
+    python -m experiments.sampler_study --preset cpu --experiment single_task --seed 0 --split val \\
+        --setting sampler=ddim,nfe=20,clip=none --setting sampler=ddim,nfe=20,clip=static
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from experiments import common
+from experiments.presets import Preset, get_preset
+from mtd_core.errors import ConfigError, MTDError
+
+VAL_REFERENCE = 10_000
+VAL_SEED_OFFSET = 1000
+CLASSES = 10
+
+
+def parse_setting(text: str) -> dict[str, Any]:
+    """``"sampler=ddim,nfe=20,eta=1"`` -> {"sampler": "ddim", "nfe": 20, "eta": 1.0} (ints and floats parsed)."""
+    out: dict[str, Any] = {}
+    for part in filter(None, text.split(",")):
+        if "=" not in part:
+            raise ConfigError(f"setting {text!r}: expected key=value pairs, got {part!r}")
+        key, value = part.split("=", 1)
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
+
+
+class Study:
+    """A finished run with its evaluation protocol (reference set, seeds) for one split."""
+
+    def __init__(self, preset: Preset, experiment: str, seed: int, split: str, work: Path, variant: str = "") -> None:
+        from mtd_core.data.build import load_dataset
+        from mtd_core.metrics import reference_features
+        from mtd_core.plugins.registry import get_registry
+
+        if split not in ("val", "test"):
+            raise ConfigError(f"split must be 'val' or 'test', got {split!r}")
+        self.preset, self.experiment, self.seed, self.split = preset, experiment, seed, split
+        self.variant = variant
+        self.run_dir = work / preset.name / experiment / (f"variants/{variant}" if variant else "") / f"seed{seed}"
+        self.data = load_dataset(dict(preset.dataset), get_registry())
+        self.ev = common.make_evaluator(self.data, preset)
+        if split == "val":
+            train = common.split_tensors(self.data, "train", fields=("image",))["image"]
+            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345))[:VAL_REFERENCE]
+            self.reference_images = train[pick.sort().values]
+            self.reference = reference_features(self.ev.feature_net, self.reference_images)
+            self.sample_seed = VAL_SEED_OFFSET + seed
+        else:
+            self.reference_images, self.reference = self.ev.test["image"], self.ev.reference
+            self.sample_seed = seed
+        self.model: Any = None
+        self.unet: Any = None
+        if experiment == "diffusers_baseline":
+            self.unet = _load_unet(preset, self.run_dir)
+        else:
+            from mtd_core.training import load_run
+
+            self.model = load_run(self.run_dir, device=common.device_of(preset)).model
+
+    def generate(self, setting: Mapping[str, Any], n: int) -> dict[str, Any]:
+        """``n`` samples of ``setting`` from the split's seed (images in [-1, 1] and any generated modality)."""
+        options = dict(setting)
+        sampler = str(options.pop("sampler", "ddim"))
+        if sampler.startswith("diffusers_"):
+            from experiments.diffusers_baseline import diffusers_samples
+
+            return {"image": diffusers_samples(self.unet, sampler, int(options.pop("nfe")), n, self.sample_seed,
+                                               self.preset, options)}
+        if self.model is None:
+            raise ConfigError(f"{self.experiment}: only the diffusers_* samplers apply to the diffusers baseline")
+        given = {}
+        if options.pop("given", None) == "label":
+            given = {"label": torch.arange(n) % CLASSES}
+        return _generate(self.model, self.preset, n, self.sample_seed, sampler, given, options)
+
+    def score(self, setting: Mapping[str, Any], n: int) -> dict[str, Any]:
+        """FID, KID, noise-like share (and joint coherence or conditional fidelity where they apply)."""
+        from mtd_core.metrics import conditional_fidelity, features, fid, joint_coherence, noise_like_share
+
+        start = time.perf_counter()
+        samples = self.generate(setting, n)
+        wall = time.perf_counter() - start
+        images = samples["image"]
+        row: dict[str, Any] = {"experiment": self.experiment, "variant": self.variant, "seed": self.seed,
+                               "split": self.split,
+                               "setting": dict(setting), "n": n, "sample_wall_s": round(wall, 1)}
+        row["fid"] = fid(features(self.ev.feature_net, images), self.reference, feature_net=self.ev.feature_net).value
+        row["noise_like"] = noise_like_share(images, self.reference_images).share
+        if setting.get("given") == "label":
+            row["conditional_fidelity"] = conditional_fidelity(self.ev.feature_net, images,
+                                                               torch.arange(n) % CLASSES).accuracy
+        elif "label" in samples:
+            row["joint_coherence"] = joint_coherence(self.ev.feature_net, images, samples["label"]).accuracy
+        return row
+
+
+def _generate(model: Any, preset: Preset, n: int, seed: int, sampler: str, given: dict[str, torch.Tensor],
+              options: dict[str, Any]) -> dict[str, Any]:
+    """``generate`` in chunks of ``preset.eval_batch`` with one seeded generator; samples concatenated on CPU."""
+    from mtd_core.sampling import generate
+
+    g = torch.Generator(model.device).manual_seed(seed)
+    parts = []
+    for start in range(0, n, preset.eval_batch):
+        stop = min(n, start + preset.eval_batch)
+        chunk = {k: v[start:stop].to(model.device) for k, v in given.items()}
+        out = generate(model, n=None if chunk else stop - start, given=chunk or None, sampler=sampler, generator=g,
+                       progress=False, **options)
+        parts.append({k: v.detach().cpu() for k, v in out.samples.items() if isinstance(v, torch.Tensor)})
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _load_unet(preset: Preset, run_dir: Path) -> Any:
+    """The diffusers baseline's saved EMA U-Net (experiments/diffusers_baseline.py), in eval mode."""
+    from safetensors.torch import load_file
+
+    from experiments.diffusers_baseline import _baseline_module
+    from mtd_core.model import MultiTaskModel
+    from mtd_core.taskset import TaskSet
+
+    bl = _baseline_module()
+    taskset = TaskSet.from_config({"modalities": [common.image_modality(preset)],
+                                   "diffusion": {"kind": "linear", "T": 1000}})
+    ours = MultiTaskModel(taskset, "unet", dict(preset.backbone))
+    match = bl.match_parameters(bl.mirror_spec(ours.backbone.config, preset.image_size, 1), common.count_parameters(ours))
+    unet = bl.build_unet2d(match.spec, common.device_of(preset))
+    path = run_dir / "unet_ema.safetensors"
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist: train the baseline with experiments.diffusers_baseline first")
+    unet.load_state_dict(load_file(str(path)))
+    return unet.eval()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m experiments.sampler_study``."""
+    p = argparse.ArgumentParser(prog="python -m experiments.sampler_study", description=__doc__)
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--experiment", required=True, help="single_task, image_label, ... or diffusers_baseline")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", default="", help="a design study's run (experiments' --variant)")
+    p.add_argument("--split", default="val", choices=("val", "test"))
+    p.add_argument("--n", type=int, default=None, help="samples per setting (default: the preset's n_samples)")
+    p.add_argument("--setting", action="append", default=[], help="key=value,... (repeatable)")
+    p.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
+    p.add_argument("--out", type=Path, required=True, help="JSON-lines file the rows are appended to")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    try:
+        preset = get_preset(args.preset)
+        torch.set_num_threads(args.threads or preset.threads or torch.get_num_threads())
+        study = Study(preset, args.experiment, args.seed, args.split, args.work, args.variant)
+        n = args.n or preset.n_samples
+        for text in args.setting:
+            row = study.score(parse_setting(text), n)
+            row["threads"] = torch.get_num_threads()
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with args.out.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+            extra = {k: row[k] for k in ("joint_coherence", "conditional_fidelity") if k in row}
+            print(f"{args.experiment}{'/' + args.variant if args.variant else ''} seed {args.seed} {args.split} {text}: FID {row['fid']:.3f}, noise-like "
+                  f"{row['noise_like']:.2%} {extra} ({row['sample_wall_s']} s)", flush=True)
+    except (MTDError, ConfigError) as e:
+        print(f"experiments.sampler_study: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
