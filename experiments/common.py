@@ -164,16 +164,16 @@ def _finished_run(run_dir: Path, config: Mapping[str, Any], steps: int) -> dict[
 
 def trained_module(module: torch.nn.Module, path: Path, key: Mapping[str, Any], fit: Callable[[], float]) -> float:
     """Train ``module`` with ``fit`` (returns its wall time) and save its weights to ``path`` (safetensors, with
-    ``key`` and the wall time in a JSON beside it); under ``--reuse``, load them instead when the JSON's key equals
-    ``key``. For the baselines trained outside the Trainer (the diffusers U-Net, the standalone classifier), so that
-    their rescoring never retrains them. Returns the (original) training wall time."""
+    ``key`` and the wall time in a JSON beside it), or load them when the JSON's key equals ``key`` (the same
+    training, already done). For the baselines trained outside the Trainer (the diffusers U-Net, the standalone
+    classifier), so that re-evaluating never retrains them. Returns the (original) training wall time."""
     from safetensors.torch import load_file, save_file
 
     from mtd_core.training import write_atomic
 
     meta_path = path.with_suffix(".json")
     key = json.loads(json.dumps(key))
-    if REUSE["finished_runs"] and path.exists() and meta_path.exists():
+    if path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("key") == key:
             module.load_state_dict(load_file(str(path), device=str(next(module.parameters()).device)))

@@ -318,7 +318,8 @@ def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float],
     c, real = metric_mean(joint, "joint_coherence"), metric_mean(joint, "feature_net_test_accuracy")
     ceiling = "" if real is None else f"; real test pairs score {real[0]:.1%} (the feature network's accuracy)"
     out.append(Claim(claim, "not run", "no image_label run") if c is None else
-               Claim(claim, "held" if c[0] >= COHERENCE_TARGET else "did not hold", f"joint coherence {_pm(c)}{ceiling}"))
+               Claim(claim, "held" if c[0] >= COHERENCE_TARGET else "did not hold",
+                     f"joint coherence {_pm(c)}{ceiling}"))
 
     claim = f"label-conditioned fidelity >= {FIDELITY_TARGET:.0%}"
     f = metric_mean(joint, "conditional_fidelity")

@@ -36,20 +36,16 @@ CLASSES = 10
 
 
 def parse_setting(text: str) -> dict[str, Any]:
-    """``"sampler=ddim,nfe=20,eta=1"`` -> {"sampler": "ddim", "nfe": 20, "eta": 1.0} (ints and floats parsed)."""
+    """``"sampler=ddim,nfe=20,eta=1"`` -> {"sampler": "ddim", "nfe": 20, "eta": 1} (values as ``mtd sample
+    --option`` reads them)."""
+    from mtd_core.cli.sample import parse_value
+
     out: dict[str, Any] = {}
     for part in filter(None, text.split(",")):
-        if "=" not in part:
+        key, sep, value = part.partition("=")
+        if not sep:
             raise ConfigError(f"setting {text!r}: expected key=value pairs, got {part!r}")
-        key, value = part.split("=", 1)
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = value
+        out[key] = parse_value(value)
     return out
 
 
@@ -151,7 +147,8 @@ def _load_unet(preset: Preset, run_dir: Path) -> Any:
     taskset = TaskSet.from_config({"modalities": [common.image_modality(preset)],
                                    "diffusion": {"kind": "linear", "T": 1000}})
     ours = MultiTaskModel(taskset, "unet", dict(preset.backbone))
-    match = bl.match_parameters(bl.mirror_spec(ours.backbone.config, preset.image_size, 1), common.count_parameters(ours))
+    match = bl.match_parameters(bl.mirror_spec(ours.backbone.config, preset.image_size, 1),
+                                common.count_parameters(ours))
     unet = bl.build_unet2d(match.spec, common.device_of(preset))
     path = run_dir / "unet_ema.safetensors"
     if not path.exists():
@@ -186,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with args.out.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
             extra = {k: row[k] for k in ("joint_coherence", "conditional_fidelity") if k in row}
-            print(f"{args.experiment}{'/' + args.variant if args.variant else ''} seed {args.seed} {args.split} {text}: FID {row['fid']:.3f}, noise-like "
+            name = f"{args.experiment}{'/' + args.variant if args.variant else ''}"
+            print(f"{name} seed {args.seed} {args.split} {text}: FID {row['fid']:.3f}, noise-like "
                   f"{row['noise_like']:.2%} {extra} ({row['sample_wall_s']} s)", flush=True)
     except (MTDError, ConfigError) as e:
         print(f"experiments.sampler_study: error: {e}", file=sys.stderr)

@@ -128,7 +128,7 @@ def test_crash_mid_write_leaves_the_previous_checkpoint(tmp_path: Path, monkeypa
         real(path, data)
 
     monkeypatch.setattr(ckpt_mod, "_write_file", dying_write)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(CheckpointError, match="cannot write the checkpoint of step 2 .simulated crash."):
         save_checkpoint(tmp_path, _ckpt(2, ema=_net().state_dict()))
     monkeypatch.setattr(ckpt_mod, "_write_file", real)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001"]

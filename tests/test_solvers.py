@@ -2,10 +2,11 @@
 marginal of the ancestral sampler, for the aggregated process (docs/math.md, section 9).
 
 Toy: every dimension independent, z_0 ~ N(m0, v0) and one aggregated encoding E ~ N(mE, vE), so that
-z_t = a_t z_0 + l_t E + s_t eps is Gaussian with mean M_t = a_t m0 + l_t mE and variance V_t = a_t^2 v0 + l_t^2 vE + s_t^2,
-and every posterior mean is linear in z_t:
+z_t = a_t z_0 + l_t E + s_t eps is Gaussian with mean M_t = a_t m0 + l_t mE and variance
+V_t = a_t^2 v0 + l_t^2 vE + s_t^2, and every posterior mean is linear in z_t:
 
-    E[z_0 | z_t] = m0 + a_t v0 (z_t - M_t) / V_t,   E[E | z_t] = mE + l_t vE (z_t - M_t) / V_t,   E[eps | z_t] = s_t (z_t - M_t) / V_t.
+    E[z_0 | z_t] = m0 + a_t v0 (z_t - M_t) / V_t,   E[E | z_t] = mE + l_t vE (z_t - M_t) / V_t,
+    E[eps | z_t] = s_t (z_t - M_t) / V_t.
 
 With these as the denoiser, the probability-flow ODE dz/dt = M'_t + V'_t (z - M_t) / (2 V_t) has the solution
 (z_t - M_t) / sqrt(V_t) = const, so every deterministic sampler can be checked against it.

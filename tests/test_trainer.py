@@ -160,10 +160,23 @@ def test_train_config_round_trip_and_errors() -> None:
         TrainConfig.from_dict({"stpes": 1})
     with pytest.raises(ConfigError, match=r"trainer.lr_schedule must be one of \['constant', 'cosine'\]"):
         TrainConfig(lr_schedule="linear")
-    with pytest.raises(ConfigError, match="trainer.steps must be positive"):
-        TrainConfig(steps=0)
-    with pytest.raises(ConfigError, match=r"ema_decay must lie in \[0, 1\)"):
-        TrainConfig(ema_decay=1.0)
+    for kwargs, message in [
+        ({"steps": 0}, r"trainer.steps must be a positive integer, got 0"),
+        ({"steps": 2.5}, r"trainer.steps must be a positive integer, got 2.5"),
+        ({"steps": "abc"}, r"trainer.steps must be a positive integer, got 'abc'"),
+        ({"seed": "abc"}, r"trainer.seed must be an integer >= 0, got 'abc'"),
+        ({"threads": 1.5}, r"trainer.threads must be an integer >= 0, got 1.5"),
+        ({"lr": "abc"}, r"trainer.lr must be a finite number in \(0, inf\), got 'abc'"),
+        ({"lr": float("inf")}, r"trainer.lr must be a finite number in \(0, inf\), got inf"),
+        ({"lr": float("nan")}, r"trainer.lr must be a finite number"),
+        ({"grad_clip": float("nan")}, r"trainer.grad_clip must be a finite number in \[0, inf\), got nan"),
+        ({"ema_decay": 1.0}, r"trainer.ema_decay must be a finite number in \[0, 1\), got 1.0"),
+        ({"betas": [0.9, 1.0]}, r"trainer.betas must be a finite number in \[0, 1\), got 1.0"),
+        ({"betas": 0.9}, r"trainer.betas must be two numbers in \[0, 1\), got 0.9"),
+        ({"bf16": "false"}, r"trainer.bf16 must be true or false, got 'false'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**kwargs)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"unknown table \[trainr\] \(did you mean '\[trainer\]'\?\)|trainr"):
         RunConfig.from_dict({"taskset": {}, "trainr": {}})
 
@@ -256,3 +269,13 @@ def test_a_checkpoint_from_before_aux_channels_loads_with_the_encodings_on_the_b
     assert _with_aux_channels(new) is new  # written by this version: explicit, kept
     single = {"taskset": {"modalities": [image]}}
     assert _with_aux_channels(single) is single  # nothing aggregated: no auxiliary channels either way
+
+
+def test_grid_sampler_and_steps_are_checked_against_the_registry_and_T() -> None:
+    from mtd_core.training.config import resolve_config
+
+    with pytest.raises(ConfigError, match=r"trainer.sample_sampler: unknown sampler 'ddmi' \(did you mean 'ddim'\?\)"):
+        resolve_config(tiny(sample_sampler="ddmi", sample_n=4))
+    with pytest.raises(ConfigError, match=r"trainer.sample_steps must lie in 1..50 \(sampler 'ddim', T = 50\), got 51"):
+        resolve_config(tiny(sample_steps=51, sample_n=4))
+    assert resolve_config(tiny(sample_steps=51, sample_n=0)).trainer.sample_steps == 51  # no grid is drawn

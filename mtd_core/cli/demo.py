@@ -200,7 +200,8 @@ def run_demo(cfg: dict[str, Any], out: Path, *, quick: bool = False, seed: int =
         "independent_classifier_test_accuracy": clf_acc,
         "files": {"joint": str(joint_png), "conditional": str(cond_png), "run": str(run_dir),
                   "checkpoint": str(result.checkpoint)},
-        "sampler": {"kind": DEFAULT_SAMPLER, "nfe": joint.nfe, "weights": "ema" if trainer.ema is not None else "model"},
+        "sampler": {"kind": DEFAULT_SAMPLER, "nfe": joint.nfe,
+                    "weights": "ema" if trainer.ema is not None else "model"},
         "config": run.config.to_dict(),
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2))

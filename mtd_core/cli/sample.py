@@ -178,26 +178,27 @@ def to_npz_arrays(taskset: Any, samples: dict[str, Any]) -> dict[str, np.ndarray
     return out
 
 
+def parse_value(text: str) -> bool | int | float | str:
+    """A command-line value: true/false as booleans, integers and floats as numbers, anything else as it is."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_options(items: list[str]) -> dict[str, Any]:
-    """``--option KEY=VALUE`` as a mapping: true/false become booleans, numbers numbers, the rest strings (the
-    sampler checks the names)."""
+    """``--option KEY=VALUE`` as a mapping of :func:`parse_value` values (the sampler checks the names)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. lower_order_final=false")
-        low = value.strip().lower()
-        if low in ("true", "false"):
-            out[key] = low == "true"
-            continue
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                pass
-        else:
-            out[key] = value
+        out[key] = parse_value(value)
     return out
 
 

@@ -13,7 +13,8 @@ deterministic; eta = 1 equals ancestral sampling with sigma^2 = beta~.
 With eta = 0 and eps re-derived from z0 (:func:`ddim_data_step`) the step is the first-order exponential integrator
 of the probability-flow ODE of the aggregated process (docs/math.md, section 9): in q = z / sqrt(1 - abar),
 
-    dq = z0 dphi + sum_i E_i drho^(i),   phi_t = sqrt(abar_t) / sqrt(1 - abar_t),  rho_t^(i) = lambda_t^(i) / sqrt(1 - abar_t),
+    dq = z0 dphi + sum_i E_i drho^(i),   phi_t = sqrt(abar_t) / sqrt(1 - abar_t),
+                                         rho_t^(i) = lambda_t^(i) / sqrt(1 - abar_t),
 
 integrated with z0 and E_i held at their values at index k. The second-order samplers (heun.py, dpmpp.py) are
 this step with better estimates of z0 and E_i over the interval.

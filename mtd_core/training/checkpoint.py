@@ -15,8 +15,11 @@ A checkpoint is a folder ``step_00001234/`` under a run's ``checkpoints/`` folde
 Nothing is pickled and nothing is unpickled: loading uses ``safetensors`` and ``json`` only. A checkpoint is
 written into a temporary folder beside its final place, every file is fsync'ed, and the folder is renamed into
 place with ``os.replace``; a crash at any point leaves either the complete new checkpoint or none (earlier
-checkpoints are untouched). Loading checks the manifest, so a truncated or altered file is a CheckpointError
-naming the file.
+checkpoints are untouched). Replacing a checkpoint of the same step moves the old one aside first; a crash
+between the two renames leaves both complete folders beside the missing name, and :func:`recover_checkpoints`
+(run before every save and by ``--resume``) puts the newest back instead of deleting it. Loading checks the
+manifest, so a truncated or altered file is a CheckpointError naming the file, and a manifest entry that points
+outside the checkpoint folder is refused before anything is read.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_LEFTOVER = re.compile(r"^\.tmp-(old-|del-)?(step_\d+)-[0-9a-f]{8}$")
 
 
 @attrs.define
@@ -212,17 +216,63 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 # -- saving ----------------------------------------------------------------------------------------
+def recover_checkpoints(root: str | Path) -> list[Path]:
+    """Tidy what a crash during a save left in ``root``; returns the checkpoints it put back.
+
+    A leftover folder ``.tmp-step_<n>-*`` (a new checkpoint being written) or ``.tmp-old-step_<n>-*`` (an old one
+    moved aside while a checkpoint of the same step replaced it) that is complete (it has its manifest) and whose
+    ``step_<n>`` is missing is renamed back into place, the new one before the old; every other leftover, and
+    ``.tmp-del-*`` (a deletion of keep_last in progress), is removed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    restored = []
+    leftovers = sorted((p for p in root.iterdir() if p.is_dir() and _LEFTOVER.match(p.name)),
+                       key=lambda p: (_LEFTOVER.match(p.name).group(1) or "", p.name))  # type: ignore[union-attr]
+    for path in leftovers:
+        kind, name = _LEFTOVER.match(path.name).groups()  # type: ignore[union-attr]
+        final = root / name
+        if kind != "del-" and (path / MANIFEST).is_file() and not final.exists():
+            os.replace(path, final)
+            restored.append(final)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # anything else temporary (never a complete checkpoint)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    if restored:
+        _fsync_dir(root)
+    return restored
+
+
 def save_checkpoint(root: str | Path, ckpt: Checkpoint, keep_last: int = 0) -> Path:
     """Write ``ckpt`` atomically as ``root/step_<step>`` and keep only the newest ``keep_last`` (0: keep all).
 
-    A checkpoint of the same step that already exists is replaced. Returns the checkpoint's folder.
+    A checkpoint of the same step that already exists is replaced (never lost: see :func:`recover_checkpoints`).
+    Returns the checkpoint's folder.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):  # left by a crash; never a valid checkpoint
-        shutil.rmtree(stale, ignore_errors=True)
+    recover_checkpoints(root)
     final = root / f"step_{ckpt.step:08d}"
     tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_checkpoint(root, final, tmp, ckpt)
+    except OSError as e:  # a full disk, a read-only folder: a named error, not a traceback
+        raise CheckpointError(f"{root}: cannot write the checkpoint of step {ckpt.step} ({e}); earlier checkpoints "
+                              "are untouched") from None
+    if keep_last > 0:
+        for old in list_checkpoints(root)[:-keep_last]:
+            doomed = root / f".tmp-del-{old.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(old, doomed)  # out of the listing first, so a crash mid-delete leaves no half checkpoint
+            shutil.rmtree(doomed, ignore_errors=True)
+    ckpt.path = final
+    return final
+
+
+def _write_checkpoint(root: Path, final: Path, tmp: Path, ckpt: Checkpoint) -> None:
+    """Every file into ``tmp``, fsync'ed, manifest last; then ``tmp`` renamed to ``final`` (module docstring)."""
     tmp.mkdir()
     try:
         files: dict[str, bytes] = {"model.safetensors": _tensors_bytes(ckpt.model)}
@@ -261,15 +311,10 @@ def save_checkpoint(root: str | Path, ckpt: Checkpoint, keep_last: int = 0) -> P
             os.replace(tmp, final)
         _fsync_dir(root)
     finally:
-        if tmp.exists():
+        # A complete tmp without a final checkpoint may be the only copy (a crash between the renames of a
+        # replacement): recover_checkpoints puts it back. An incomplete one, or one beside the final, is garbage.
+        if tmp.exists() and (final.exists() or not (tmp / MANIFEST).is_file()):
             shutil.rmtree(tmp, ignore_errors=True)
-    if keep_last > 0:
-        for old in list_checkpoints(root)[:-keep_last]:
-            doomed = root / f".tmp-del-{old.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(old, doomed)  # out of the listing first, so a crash mid-delete leaves no half checkpoint
-            shutil.rmtree(doomed, ignore_errors=True)
-    ckpt.path = final
-    return final
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -286,6 +331,17 @@ def _read_verified(ckpt_dir: Path, rel: str, entry: Mapping[str, Any]) -> bytes:
     if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
         raise CheckpointError(f"{path}: corrupt: its SHA-256 does not match the manifest")
     return data
+
+
+def _check_entry(mpath: Path, rel: Any, entry: Any) -> None:
+    """A manifest entry must name a file inside the checkpoint folder and give its size and SHA-256."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not parts or any(not _SAFE_NAME.match(p) or p in (".", "..") for p in parts):
+        raise CheckpointError(f"{mpath}: the entry {rel!r} is not a plain relative path inside the checkpoint "
+                              "folder (letters, digits, '_', '.', '-' and '/' only, no '..'); nothing was read")
+    if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)):
+        raise CheckpointError(f"{mpath}: the entry {rel!r} must be a table with an integer 'bytes' and a string "
+                              f"'sha256', got {entry!r:.80}")
 
 
 def _json(ckpt_dir: Path, rel: str, data: bytes) -> Any:
@@ -322,10 +378,15 @@ def load_checkpoint(path: str | Path, parts: Iterable[str] = ("model", "ema", "o
         raise CheckpointError(f"{mpath}: unreadable manifest: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"{mpath}: not an mtd checkpoint manifest")
-    if manifest.get("version", 0) > VERSION:
-        raise CheckpointError(f"{mpath}: checkpoint format version {manifest['version']} is newer than this mtd "
+    version = manifest.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{mpath}: 'version' must be an integer, got {version!r}")
+    if version > VERSION:
+        raise CheckpointError(f"{mpath}: checkpoint format version {version} is newer than this mtd "
                               f"supports ({VERSION}); upgrade mtd")
     files = manifest["files"]
+    for rel, entry in files.items():
+        _check_entry(mpath, rel, entry)
 
     def read(rel: str) -> bytes | None:
         return _read_verified(ckpt_dir, rel, files[rel]) if rel in files else None
@@ -335,7 +396,16 @@ def load_checkpoint(path: str | Path, parts: Iterable[str] = ("model", "ema", "o
             raise CheckpointError(f"{mpath}: lists no {required}")
     state = _json(ckpt_dir, "state.json", read("state.json"))  # type: ignore[arg-type]
     config = _json(ckpt_dir, "config.json", read("config.json"))  # type: ignore[arg-type]
-    ckpt = Checkpoint(step=int(state["step"]), model={}, config=config, trainer=state.get("trainer", {}), path=ckpt_dir)
+    for name, value in (("state.json", state), ("config.json", config)):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{ckpt_dir / name}: expected a JSON object, got {type(value).__name__}")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{ckpt_dir / 'state.json'}: 'step' must be a non-negative integer, got {step!r}")
+    trainer = state.get("trainer", {})
+    if not isinstance(trainer, dict):
+        raise CheckpointError(f"{ckpt_dir / 'state.json'}: 'trainer' must be a JSON object, got {trainer!r:.60}")
+    ckpt = Checkpoint(step=step, model={}, config=config, trainer=trainer, path=ckpt_dir)
     if "model" in parts:
         ckpt.model = _tensors(ckpt_dir, "model.safetensors", read("model.safetensors"))  # type: ignore[arg-type]
     if "ema" in parts and "ema.safetensors" in files:

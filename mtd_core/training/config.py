@@ -11,6 +11,8 @@ in) is what ``mtd config show`` prints and what every checkpoint stores.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,31 @@ LR_SCHEDULES = ("constant", "cosine")
 LOSS_KINDS = ("simple", "vlb")
 
 
-def _positive(name: str) -> Any:
+def _int(name: str, low: int) -> Any:
+    """A validator: an integer (not a bool, not a float such as 2.5) of at least ``low``."""
     def check(_: Any, __: Any, value: Any) -> None:
-        if isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"trainer.{name} must be positive, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            what = "a positive integer" if low == 1 else f"an integer >= {low}"
+            raise ConfigError(f"trainer.{name} must be {what}, got {value!r}")
+    return check
+
+
+def _float(name: str, low: float, high: float = math.inf, *, low_open: bool = False) -> Any:
+    """A converter: a finite number in [low, high) (or (low, high) with ``low_open``) as a float, else a
+    ConfigError naming the key and the accepted range."""
+    def convert(value: Any) -> float:
+        v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        if not (math.isfinite(v) and (v > low if low_open else v >= low) and v < high):
+            accepted = f"{'(' if low_open else '['}{low:g}, {high:g})"
+            raise ConfigError(f"trainer.{name} must be a finite number in {accepted}, got {value!r}")
+        return v
+    return convert
+
+
+def _bool(name: str) -> Any:
+    def check(_: Any, __: Any, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise ConfigError(f"trainer.{name} must be true or false, got {value!r}")
     return check
 
 
@@ -40,18 +63,17 @@ def _non_empty_str(name: str) -> Any:
     return check
 
 
-def _non_negative(name: str) -> Any:
-    def check(_: Any, __: Any, value: Any) -> None:
-        if isinstance(value, bool) or value < 0:
-            raise ConfigError(f"trainer.{name} must be >= 0, got {value!r}")
-    return check
-
-
 def _one_of(name: str, options: Sequence[str]) -> Any:
     def check(_: Any, __: Any, value: Any) -> None:
         if value not in options:
             raise ConfigError(f"trainer.{name} must be one of {list(options)}, got {value!r}{closest(str(value), options)}")
     return check
+
+
+def _betas(value: Any) -> tuple[float, float]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ConfigError(f"trainer.betas must be two numbers in [0, 1), got {value!r}")
+    return tuple(_float("betas", 0.0, 1.0)(b) for b in value)  # type: ignore[return-value]
 
 
 @attrs.frozen
@@ -85,36 +107,30 @@ class TrainConfig:
         progress: show a tqdm progress bar (rank 0 only).
     """
 
-    steps: int = attrs.field(default=2000, validator=_positive("steps"))
-    batch_size: int = attrs.field(default=64, validator=_positive("batch_size"))
-    lr: float = attrs.field(default=2e-4, converter=float, validator=_positive("lr"))
-    weight_decay: float = attrs.field(default=0.0, converter=float, validator=_non_negative("weight_decay"))
-    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=lambda v: tuple(float(x) for x in v))
-    warmup_steps: int = attrs.field(default=100, validator=_non_negative("warmup_steps"))
+    steps: int = attrs.field(default=2000, validator=_int("steps", 1))
+    batch_size: int = attrs.field(default=64, validator=_int("batch_size", 1))
+    lr: float = attrs.field(default=2e-4, converter=_float("lr", 0.0, low_open=True))
+    weight_decay: float = attrs.field(default=0.0, converter=_float("weight_decay", 0.0))
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=_betas)
+    warmup_steps: int = attrs.field(default=100, validator=_int("warmup_steps", 0))
     lr_schedule: str = attrs.field(default="constant", validator=_one_of("lr_schedule", LR_SCHEDULES))
-    final_lr_fraction: float = attrs.field(default=0.1, converter=float, validator=_non_negative("final_lr_fraction"))
-    grad_clip: float = attrs.field(default=1.0, converter=float, validator=_non_negative("grad_clip"))
-    ema_decay: float = attrs.field(default=0.999, converter=float, validator=_non_negative("ema_decay"))
-    ema_warmup: bool = True
+    final_lr_fraction: float = attrs.field(default=0.1, converter=_float("final_lr_fraction", 0.0))
+    grad_clip: float = attrs.field(default=1.0, converter=_float("grad_clip", 0.0))
+    ema_decay: float = attrs.field(default=0.999, converter=_float("ema_decay", 0.0, 1.0))
+    ema_warmup: bool = attrs.field(default=True, validator=_bool("ema_warmup"))
     loss: str = attrs.field(default="simple", validator=_one_of("loss", LOSS_KINDS))
-    bf16: bool = False
-    device: str = "auto"
-    seed: int = 0
-    threads: int = attrs.field(default=0, validator=_non_negative("threads"))
-    log_every: int = attrs.field(default=50, validator=_positive("log_every"))
-    sample_every: int = attrs.field(default=0, validator=_non_negative("sample_every"))
-    sample_n: int = attrs.field(default=16, validator=_non_negative("sample_n"))
+    bf16: bool = attrs.field(default=False, validator=_bool("bf16"))
+    device: str = attrs.field(default="auto", validator=_non_empty_str("device"))
+    seed: int = attrs.field(default=0, validator=_int("seed", 0))
+    threads: int = attrs.field(default=0, validator=_int("threads", 0))
+    log_every: int = attrs.field(default=50, validator=_int("log_every", 1))
+    sample_every: int = attrs.field(default=0, validator=_int("sample_every", 0))
+    sample_n: int = attrs.field(default=16, validator=_int("sample_n", 0))
     sample_sampler: str = attrs.field(default="ddim", validator=_non_empty_str("sample_sampler"))
-    sample_steps: int = attrs.field(default=50, validator=_positive("sample_steps"))
-    checkpoint_every: int = attrs.field(default=500, validator=_non_negative("checkpoint_every"))
-    keep_last: int = attrs.field(default=3, validator=_non_negative("keep_last"))
-    progress: bool = True
-
-    def __attrs_post_init__(self) -> None:
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"trainer.betas must be two numbers in [0, 1), got {list(self.betas)}")
-        if self.ema_decay >= 1.0:
-            raise ConfigError(f"trainer.ema_decay must lie in [0, 1), got {self.ema_decay}")
+    sample_steps: int = attrs.field(default=50, validator=_int("sample_steps", 1))
+    checkpoint_every: int = attrs.field(default=500, validator=_int("checkpoint_every", 0))
+    keep_last: int = attrs.field(default=3, validator=_int("keep_last", 0))
+    progress: bool = attrs.field(default=True, validator=_bool("progress"))
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (lists for tuples); :meth:`from_dict` inverts it."""
@@ -265,9 +281,9 @@ def resolve_config(config: RunConfig, registry: Any = None) -> RunConfig:
         sampler = registry.sampler(config.trainer.sample_sampler)
     except MTDError as e:
         raise ConfigError(f"trainer.sample_sampler: {e}") from None
-    if config.trainer.sample_steps < sampler.min_steps:
-        raise ConfigError(f"trainer.sample_steps: sampler {config.trainer.sample_sampler!r} needs at least "
-                          f"{sampler.min_steps} steps, got {config.trainer.sample_steps}")
+    if config.trainer.sample_n and not sampler.min_steps <= config.trainer.sample_steps <= ts.noise.T:
+        raise ConfigError(f"trainer.sample_steps must lie in {sampler.min_steps}..{ts.noise.T} (sampler "
+                          f"{config.trainer.sample_sampler!r}, T = {ts.noise.T}), got {config.trainer.sample_steps}")
     return RunConfig(dataset=plain(dataset), taskset=taskset, backbone=backbone, trainer=config.trainer)
 
 

@@ -40,6 +40,7 @@ from mtd_core.training.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     restore_rng_state,
+    recover_checkpoints,
     save_checkpoint,
     write_atomic,
 )
@@ -150,6 +151,10 @@ class Trainer:
         self.last_grid: Path | None = None
         self._stop: str | None = None
         self.checkpoint_dir = self.out_dir / "checkpoints"
+        self._saved_step: int | None = None  # the step of the checkpoint this trainer last wrote or resumed from
+        if self.dist.is_main:
+            recover_checkpoints(self.checkpoint_dir)  # a crash inside an earlier save: put its checkpoint back
+        self.dist.barrier()
         if resume:
             self._resume()
         elif list_checkpoints(self.checkpoint_dir):
@@ -203,6 +208,7 @@ class Trainer:
         if ckpt.rng is not None:
             restore_rng_state(ckpt.rng)
         self.step = ckpt.step
+        self._saved_step = ckpt.step
         self.elapsed_s = float(ckpt.trainer.get("elapsed_s", 0.0))
         self.examples_seen = int(ckpt.trainer.get("examples_seen", 0))
         self.metrics = dict(ckpt.trainer.get("metrics", {}))
@@ -265,9 +271,24 @@ class Trainer:
             self._diverged(out, grad_norm, loss_bad=bool(loss_bad))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._check_parameters()
         if self.ema is not None:
             self.ema.update(self.model)
         return out, grad_norm
+
+    def _check_parameters(self) -> None:
+        """Stop before anything is saved when the step left a non-finite weight (a finite loss and gradient can
+        still give one, e.g. with an infinite learning rate): the last good checkpoint stays the last one."""
+        params = [p.detach() for p in self.model.parameters()]
+        if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            return
+        bad = next(n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all()))
+        where = (f"the last good checkpoint is {self.last_checkpoint} (continue from it with --resume)"
+                 if self.last_checkpoint is not None else "no checkpoint was saved yet")
+        raise NonFiniteLossError(
+            f"training stopped at step {self.step + 1}: the update made the weights non-finite (first: {bad!r}, "
+            f"learning rate {lr_at(self.config, self.step):.4g}).\nNothing of this step was saved; {where}.\n"
+            "Usual causes: a learning rate too high (trainer.lr) or bf16 overflow (trainer.bf16).")
 
     def _diverged(self, out: LossOutput, grad_norm: float, *, loss_bad: bool) -> None:
         terms = ", ".join(f"{k}={v:.4g}" for k, v in out.terms.items())
@@ -331,7 +352,10 @@ class Trainer:
             restore()
         took = time.perf_counter() - start
         self.elapsed_s += took
-        ckpt = self.save(self.elapsed_s)
+        # A step already saved (--resume of a finished run, a stop right after a periodic save) is not written
+        # again: replacing a checkpoint by an identical one only risks it.
+        saved = self.step == self._saved_step
+        ckpt = self.checkpoint_dir / f"step_{self.step:08d}" if saved else self.save(self.elapsed_s)
         if status == "interrupted" and self.dist.is_main:
             print(f"mtd: stopped by {self._stop} at step {self.step}; checkpoint saved to {ckpt}.\n"
                   f"Continue with the same command plus --resume.")
@@ -399,6 +423,7 @@ class Trainer:
                               rng=capture_rng_state(), trainer=trainer_state,
                               assets=self.model.assets())  # type: ignore[operator]
             self.last_checkpoint = save_checkpoint(self.checkpoint_dir, ckpt, keep_last=self.config.keep_last)
+        self._saved_step = self.step
         self.dist.barrier()
         return self.checkpoint_dir / f"step_{self.step:08d}"
 

@@ -4,8 +4,8 @@ Not built into mtd; it shows every part of the Modality contract a third-party p
 
     data        float32 of shape (B,) in [-1, 1]
     derive      computed from the base image (the mean over its pixels), so no dataset has to store it
-    encoder     E(b) = b * u + v: a learned linear map of the scalar into Z (then RMS-normalised by
-                Modality.encode; the bias v keeps the direction of E(b) dependent on b after normalisation)
+    encoder     E(b) = b * u + v: a learned linear map of the scalar into Z (then scaled to unit RMS by the model;
+                linear, so the encoding of the head's mean brightness is the expected encoding)
     head        an MLP on the backbone's pooled features predicting the mean of a Gaussian
     loss        the Gaussian negative log-likelihood with a fixed std ``sigma``, in nats per example
     sample      the predicted mean (greedy) or a draw from the Gaussian, clipped to [-1, 1]
@@ -33,7 +33,7 @@ class BrightnessConfig:
         source: the name of the base image modality whose mean intensity :meth:`BrightnessModality.derive` reads.
         sigma: the std of the head's Gaussian likelihood, in brightness units (the image range is [-1, 1]).
         hidden: width of the head's hidden layer.
-        normalize: RMS-normalise the encoding so that the weight schedule w_t alone sets its strength.
+        normalize: scale the encoding to unit RMS so that the weight schedule w_t alone sets its strength.
     """
 
     source: str = attrs.field(default="image", validator=attrs.validators.instance_of(str))
