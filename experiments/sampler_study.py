@@ -85,18 +85,17 @@ class Study:
     def generate(self, setting: Mapping[str, Any], n: int) -> dict[str, Any]:
         """``n`` samples of ``setting`` from the split's seed (images in [-1, 1] and any generated modality)."""
         options = dict(setting)
-        sampler = str(options.pop("sampler", "ddim"))
-        if sampler.startswith("diffusers_"):
+        if str(options.get("sampler", "")).startswith("diffusers_"):
             from experiments.diffusers_baseline import diffusers_samples
 
-            return {"image": diffusers_samples(self.unet, sampler, int(options.pop("nfe")), n, self.sample_seed,
-                                               self.preset, options)}
+            return {"image": diffusers_samples(self.unet, options.pop("sampler"), int(options.pop("nfe")), n,
+                                               self.sample_seed, self.preset, options)}
         if self.model is None:
             raise ConfigError(f"{self.experiment}: only the diffusers_* samplers apply to the diffusers baseline")
         given = {}
         if options.pop("given", None) == "label":
             given = {"label": torch.arange(n) % CLASSES}
-        return _generate(self.model, self.preset, n, self.sample_seed, sampler, given, options)
+        return _generate(self.model, self.preset, n, self.sample_seed, given, options)
 
     def score(self, setting: Mapping[str, Any], n: int) -> dict[str, Any]:
         """FID, KID, noise-like share (and joint coherence or conditional fidelity where they apply)."""
@@ -119,9 +118,10 @@ class Study:
         return row
 
 
-def _generate(model: Any, preset: Preset, n: int, seed: int, sampler: str, given: dict[str, torch.Tensor],
+def _generate(model: Any, preset: Preset, n: int, seed: int, given: dict[str, torch.Tensor],
               options: dict[str, Any]) -> dict[str, Any]:
-    """``generate`` in chunks of ``preset.eval_batch`` with one seeded generator; samples concatenated on CPU."""
+    """``generate`` (its defaults where ``options`` are silent) in chunks of ``preset.eval_batch`` with one seeded
+    generator; samples concatenated on CPU."""
     from mtd_core.sampling import generate
 
     g = torch.Generator(model.device).manual_seed(seed)
@@ -129,8 +129,8 @@ def _generate(model: Any, preset: Preset, n: int, seed: int, sampler: str, given
     for start in range(0, n, preset.eval_batch):
         stop = min(n, start + preset.eval_batch)
         chunk = {k: v[start:stop].to(model.device) for k, v in given.items()}
-        out = generate(model, n=None if chunk else stop - start, given=chunk or None, sampler=sampler, generator=g,
-                       progress=False, **options)
+        out = generate(model, n=None if chunk else stop - start, given=chunk or None, generator=g, progress=False,
+                       **options)
         parts.append({k: v.detach().cpu() for k, v in out.samples.items() if isinstance(v, torch.Tensor)})
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 

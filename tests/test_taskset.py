@@ -42,8 +42,8 @@ def test_views_and_latent_inferred_from_the_base():
     assert ts.base is not None and ts.base.name == "image"
     assert [m.name for m in ts.aggregated] == ["label", "digit2"]
     assert list(ts.modalities) == ["image", "label", "digit2"]
-    assert ts.latent.shape == (2, 8, 8) and ts.aux_channels == 1  # the base's channel, then the encodings'
-    assert ts.base_latent.shape == ts.encoding_latent.shape == (1, 8, 8)
+    assert ts.latent.shape == ts.base_latent.shape == ts.encoding_latent.shape == (1, 8, 8)
+    assert ts.aux_channels == 0  # by default the encodings share the base's channel
     fp = ts.forward_process()
     assert fp is ts.forward_process()  # built once
     assert fp.names == ("label", "digit2") and fp.T == 50
@@ -52,7 +52,6 @@ def test_views_and_latent_inferred_from_the_base():
         ts["labl"]
 
 
-@pytest.mark.filterwarnings("ignore:taskset. modality 'label' reaches")
 def test_aux_channels_place_the_encodings_and_round_trip():
     shared = TaskSet([image(), label()], aux_channels=0)
     assert shared.latent.shape == shared.encoding_latent.shape == (1, 8, 8)
@@ -82,12 +81,15 @@ def test_peak_ratios_are_reported_and_warned_about_only_on_shared_channels():
     fp = ts.forward_process()
     assert ratio == pytest.approx(float((fp.lam[0, 1:] / fp.abar[1:].sqrt()).max()))
     assert ratio > 4
-    with pytest.warns(UserWarning, match=r"modality 'label' reaches lambda_t / sqrt\(abar_t\) = 4.27 \(above 1\)"):
-        TaskSet([image(), label()], aux_channels=0)
+    strong = label(weights={"kind": "windowed", "peak": 2.0})
+    with pytest.warns(UserWarning, match=r"modality 'label' reaches lambda_t / sqrt\(abar_t\) = 8.53 \(above 5\)"):
+        TaskSet([image(), strong])
     bounded = label(weights={"kind": "ratio", "rho": 0.8})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert TaskSet([image(), bounded], aux_channels=0).peak_ratios()["label"] == pytest.approx(0.8)
+        assert TaskSet([image(), bounded]).peak_ratios()["label"] == pytest.approx(0.8)
+        TaskSet([image(), label()])  # the default window (4.27) does not warn
+        TaskSet([image(), strong], aux_channels=1)  # in channels of its own the ratio is only reported
 
 
 def test_default_noise_is_linear_1000():
