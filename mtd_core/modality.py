@@ -117,6 +117,10 @@ class Modality(abc.ABC):
         roles: the roles the modality supports.
         head_input: the features its head reads (HeadInput.NONE only for a base-only modality).
         Config: an attrs class of its options; every field documented, every value JSON-representable.
+        exact_sample: ``sample(pred, greedy=False)`` draws from exactly the distribution the head models (a
+            categorical over one value, as a label's), so a draw from the head at t = T is a draw from the model's
+            prior of the modality; ``generate`` may then draw it first and generate the rest given it (joint =
+            "commit"). False for heads that model each element apart (a caption's tokens) or only a mean.
 
     Args:
         name: the instance name, the key of its data in batches (default: ``kind``).
@@ -131,6 +135,7 @@ class Modality(abc.ABC):
     roles: ClassVar[tuple[Role, ...]] = (Role.AGGREGATED,)
     head_input: ClassVar[HeadInput] = HeadInput.POOLED
     Config: ClassVar[type] = NoOptions
+    exact_sample: ClassVar[bool] = False
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
                  weights: WeightSchedule | Mapping[str, Any] | None = None, loss_weight: float = 1.0,

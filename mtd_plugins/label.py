@@ -72,6 +72,7 @@ class LabelModality(Modality):
     kind = "label"
     roles = (Role.AGGREGATED,)
     head_input = HeadInput.POOLED
+    exact_sample = True  # the head's softmax is the whole distribution of the label
     Config = LabelConfig
 
     def data_spec(self) -> DataSpec:

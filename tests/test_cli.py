@@ -144,7 +144,7 @@ def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, caps
     rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "j"), "--n", "3", "--steps", "2")
     assert rc == 0 and "3 samples (joint" in out
     rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "jt"), "--n", "3", "--steps", "2",
-                        "--encoding-temperature", "label=0.125", "--spacing", "leading")
+                        "--encoding-temperature", "label=0.125", "--spacing", "leading", "--joint", "flow")
     assert rc == 0 and "3 samples (joint" in out, err
     rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "x"), "--encoding-temperature", "image=0.5")
     assert rc == 1 and "names 'image', which is not a generated aggregated modality" in err  # reaches generate

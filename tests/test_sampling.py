@@ -208,9 +208,10 @@ def test_encoding_temperature_tempers_only_the_encodings_of_the_step():
 def test_generate_with_an_encoding_temperature_changes_the_trajectory_not_the_contract():
     model = tiny_model()
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    base = generate(model, n=3, steps=5, generator=g(), progress=False)
-    cold = generate(model, n=3, steps=5, generator=g(), progress=False, encoding_temperature={"label": 0.05})
-    same = generate(model, n=3, steps=5, generator=g(), progress=False, encoding_temperature={"label": 1.0})
+    kw = dict(n=3, steps=5, progress=False, joint="flow")  # a committed label has no encoding to temper
+    base = generate(model, generator=g(), **kw)
+    cold = generate(model, generator=g(), encoding_temperature={"label": 0.05}, **kw)
+    same = generate(model, generator=g(), encoding_temperature={"label": 1.0}, **kw)
     assert torch.equal(same.samples["image"], base.samples["image"])
     assert not torch.equal(cold.samples["image"], base.samples["image"])
     assert torch.equal(cold.samples["label"], cold.predictions["label"].argmax(1))
@@ -249,7 +250,8 @@ def test_unknown_conditioning_is_a_config_error():
 def test_the_network_sees_the_original_respaced_timesteps_in_order():
     model = oracle()
     steps = []
-    generate(model, n=4, steps=7, callback=steps.append, progress=False, sampler="ddim", spacing="uniform")
+    generate(model, n=4, steps=7, callback=steps.append, progress=False, sampler="ddim", spacing="uniform",
+             joint="flow")
     want = respaced_timesteps(T, 7).flip(0).tolist()
     assert [t[0].item() for t in model.seen_t] == want
     assert [s.t for s in steps] == want and [s.index for s in steps] == list(range(7, 0, -1))
@@ -260,7 +262,7 @@ def test_the_network_sees_the_original_respaced_timesteps_in_order():
 @pytest.mark.parametrize("spacing", ["leading", "quad", "logsnr", "karras"])
 def test_spacing_chooses_the_timesteps_the_network_sees(spacing):
     model = oracle()
-    out = generate(model, n=4, steps=7, spacing=spacing, progress=False)
+    out = generate(model, n=4, steps=7, spacing=spacing, progress=False, joint="flow")
     want = respaced_timesteps(T, 7, spacing, model.forward_process.abar).flip(0).tolist()
     assert [t[0].item() for t in model.seen_t] == want
     assert torch.allclose(out.samples["image"], model.x0, atol=2e-4)  # the oracle's DDIM is exact anyway
@@ -339,7 +341,7 @@ def test_guidance_with_scale_0_changes_nothing_and_a_positive_scale_changes_the_
     def final_z(guidance):  # z_0 before clipping to the image range
         steps = []
         generate(model, n=3, steps=4, progress=False, generator=torch.Generator().manual_seed(1), guidance=guidance,
-                 callback=steps.append)
+                 callback=steps.append, joint="flow")
         return steps[-1].z_next
 
     plain = final_z(None)
@@ -540,7 +542,35 @@ def test_a_plugin_sampler_is_found_by_name_and_gets_its_options(mtd_registry_bui
     model = tiny_model()
     out = generate(model, n=2, sampler="euler_twice", steps=3, progress=False, sampler_options={"repeat": 4},
                    registry=mtd_registry_builtin)
-    assert calls == [4] and out.nfe == 3
-    assert generate(model, n=2, sampler="spec", nfe=7, progress=False, registry=mtd_registry_builtin).nfe == 7
+    assert calls == [4] and out.nfe == 3 + 1  # and the committed label's draw
+    assert generate(model, n=2, sampler="spec", nfe=7, progress=False, registry=mtd_registry_builtin,
+                    joint="flow").nfe == 7
     with pytest.raises(ConfigError, match=r"sampler 'spec' needs at least 3 steps \(NFE >= 5\); steps = 2"):
         generate(model, n=2, sampler="spec", steps=2, progress=False, registry=mtd_registry_builtin)
+
+
+# -- joint generation: committing a label first ---------------------------------------------------------------
+def test_commit_draws_the_label_from_its_head_at_z_K_then_generates_the_image_given_it():
+    model = oracle(wrong_head=True)  # the head is certain of y + 1: the committed label must be y + 1
+    steps = []
+    out = generate(model, n=4, steps=5, sampler="ddim", spacing="uniform", generator=torch.Generator().manual_seed(0),
+                   progress=False, callback=steps.append)
+    assert torch.equal(out.samples["label"], model.head_y) and out.nfe == 6
+    assert [t[0].item() for t in model.seen_t] == [T] + respaced_timesteps(T, 5).flip(0).tolist()
+    committed = model.encode_some({"label": model.head_y}, ["label"])[1]["label"]
+    assert all(torch.equal(s.prediction.enc["label"], committed) for s in steps)  # observed from then on
+    flow = generate(model, n=4, steps=5, sampler="ddim", spacing="uniform", progress=False, joint="flow")
+    assert flow.nfe == 5 and torch.equal(flow.samples["label"], model.head_y)
+
+
+def test_commit_leaves_guided_and_non_categorical_modalities_to_the_flow_and_refuses_a_temperature():
+    model = tiny_model()
+    out = generate(model, n=3, steps=3, progress=False, guidance=GuidanceConfig("label", 2, 1.0))
+    assert out.nfe == 3  # the guided label is not committed
+    with pytest.raises(ConfigError, match=r"encoding_temperature names \['label'\], which joint = 'commit' draws"):
+        generate(model, n=3, steps=3, progress=False, encoding_temperature={"label": 0.5})
+    with pytest.raises(ConfigError, match=r"joint must be one of \['commit', 'flow'\], got 'both'"):
+        generate(model, n=3, steps=3, progress=False, joint="both")
+    a = generate(model, n=3, steps=3, progress=False, generator=torch.Generator().manual_seed(4))
+    b = generate(model, n=3, steps=3, progress=False, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a.samples["label"], b.samples["label"]) and torch.equal(a.samples["image"], b.samples["image"])

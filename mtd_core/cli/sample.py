@@ -30,9 +30,11 @@ from mtd_core.sampling.generate import (
     CONDITIONING,
     DEFAULT_CLIP,
     DEFAULT_CLIP_EPS,
+    DEFAULT_JOINT,
     DEFAULT_SAMPLER,
     DEFAULT_SPACING,
     DEFAULT_STEPS,
+    JOINT,
 )
 
 
@@ -67,6 +69,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--guidance", type=float, default=0.0, metavar="SCALE",
                    help="also steer towards the given label with the model's own label head (classifier "
                         "guidance at this scale; e.g. 3)")
+    p.add_argument("--joint", choices=JOINT, default=DEFAULT_JOINT,
+                   help=f"commit: draw a label from its head first, then the rest given it; flow: generate it along "
+                        f"(default {DEFAULT_JOINT})")
     p.add_argument("--conditioning", choices=CONDITIONING, default="replace",
                    help="how given modalities enter each step (default replace; see docs/sampling.md)")
     p.add_argument("--encoding-temperature", action="append", default=[], metavar="NAME=TAU",
@@ -243,7 +248,7 @@ def main(args: argparse.Namespace) -> int:
                    eta=args.eta, guidance=guidance, generator=g, progress=not args.no_progress,
                    conditioning=args.conditioning, encoding_temperature=parse_temperatures(args.encoding_temperature),
                    spacing=args.spacing, clip=args.clip, clip_eps=args.clip_eps, clip_percentile=args.clip_percentile,
-                   sampler_options=parse_options(args.option))
+                   sampler_options=parse_options(args.option), joint=args.joint)
     samples = dict(out.samples)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,9 @@
     joint        nothing given. Reverse diffusion from z_K ~ N(0, I); every step uses the posterior means
                  E[E_i | z_t] of every head's prediction (``encoding_temperature`` sharpens a categorical head's
                  probabilities there). The base comes from z_0, each aggregated modality from its head at the
-                 last step.
+                 last step. With ``joint = "commit"`` (the default) a modality whose head is its whole
+                 distribution (``Modality.exact_sample``: a label) is instead drawn from its head at z_K, the
+                 model's prior of it, and everything else is generated given it: p(y) p(x | y), one model.
     conditional  some aggregated modalities given, the base not. Their part sum_j lambda_t^(j) E_j(x_j) of z_t is
                  known exactly. Three ways to use it (``conditioning``):
                  "replace" (default): z_0 is estimated from the network's own decomposition of z_t (its eps and
@@ -50,6 +52,8 @@ DEFAULT_STEPS = 20
 DEFAULT_SPACING = "karras"
 DEFAULT_CLIP = "static"
 DEFAULT_CLIP_EPS = "keep"
+DEFAULT_JOINT = "commit"
+JOINT = ("commit", "flow")
 
 # Read-out at t = 0.02 T by default: small enough that the label (or caption) signal, which the heads were trained to
 # see injected into z_t but is unknown here, is negligible (lambda_t -> 0 as t -> 0 for the default windowed
@@ -184,6 +188,7 @@ def generate(
     nfe: int | None = None,
     sampler_options: Mapping[str, Any] | None = None,
     registry: Any = None,
+    joint: str = DEFAULT_JOINT,
 ) -> GenerationOutput:
     """Generate every modality not in ``given`` (see the module docstring for the three modes).
 
@@ -220,6 +225,9 @@ def generate(
         nfe: the network evaluations per sample instead of ``steps`` (steps = the most whose NFE fits).
         sampler_options: further keyword options of the sampler (e.g. ``{"lower_order_final": False}``).
         registry: the plugin registry that provides the samplers (default: ``get_registry()``).
+        joint: how generated modalities with ``Modality.exact_sample`` (a label) are generated: "commit" draws
+            them from their heads at z_K (one more network evaluation) and generates the rest given them; "flow"
+            lets them follow the reverse process with the others. A guided modality always follows the flow.
     """
     modalities: dict[str, Modality] = model.taskset.modalities
     given = dict(given or {})
@@ -233,7 +241,17 @@ def generate(
 
     base = model.taskset.base
     mode = "readout" if base is not None and base.name in given else ("conditional" if given else "joint")
+    if joint not in JOINT:
+        raise ConfigError(f"generate: joint must be one of {list(JOINT)}, got {joint!r}")
+    guided = {guidance.modality} if guidance is not None else set()
+    commit = [] if mode == "readout" or joint == "flow" else [
+        name for name, m in modalities.items()
+        if m.role is Role.AGGREGATED and m.exact_sample and name not in given and name not in guided]
     temperature = _check_temperature(modalities, given, mode, encoding_temperature)
+    tempered = [name for name in temperature if name in commit]
+    if tempered:
+        raise ConfigError(f"generate: encoding_temperature names {tempered}, which joint = 'commit' draws from the "
+                          "head at the first step (no encoding to temper); pass joint='flow' to temper them")
     if mode == "readout" and guidance is not None:
         raise ConfigError("generate: guidance needs a reverse process; it does not apply when the base is given")
     guide: list[GuideTerm] = []
@@ -252,7 +270,7 @@ def generate(
             z0, observed = model.encode_some(data, list(data))
             if mode == "readout":
                 z0, predictions = _readout(model, z0, observed, read_t, generator)
-                used = len(_read_ts(read_t, model.forward_process.T))
+                used, committed = len(_read_ts(read_t, model.forward_process.T)), {}
             else:
                 assert spec is not None and steps is not None and options is not None
                 targets = {}
@@ -262,9 +280,9 @@ def generate(
                 denoiser_args = {"guidance": guide, "conditioning": conditioning, "temperature": temperature,
                                  "estimate": estimate, "base": base_range(model), "targets": targets,
                                  "observed_data": {k: v.to(dev) for k, v in data.items()}}
-                z0, predictions = _reverse(model, B, observed, spec, steps, spacing, options, denoiser_args,
-                                           generator, callback, progress, dev)
-                used = spec.nfe(steps)
+                z0, predictions, committed = _reverse(model, B, observed, spec, steps, spacing, options,
+                                                      denoiser_args, generator, callback, progress, dev, commit)
+                used = spec.nfe(steps) + (1 if commit else 0)
     finally:
         model.train(was_training)
 
@@ -272,6 +290,8 @@ def generate(
     for name, m in modalities.items():
         if name in given:
             samples[name] = given[name]
+        elif mode != "readout" and name in committed:
+            samples[name] = committed[name]
         elif m.role is Role.BASE:
             samples[name] = _decode_base(m, model.base_part(z0))
         else:
@@ -382,21 +402,29 @@ def _observed_data(modalities: dict[str, Modality], given: dict[str, Any], n: in
 
 def _reverse(model: Any, B: int, observed: dict[str, torch.Tensor], spec: Sampler, steps: int, spacing: str,
              options: dict[str, Any], denoiser_args: dict[str, Any], generator: torch.Generator | None,
-             callback: Callback | None, progress: bool, dev: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Joint or conditional generation: the sampler from z_K down to z_0 on the respaced process."""
+             callback: Callback | None, progress: bool, dev: torch.device, commit: Sequence[str] = ()
+             ) -> tuple[torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]:
+    """Joint or conditional generation: the sampler from z_K down to z_0 on the respaced process. The modalities of
+    ``commit`` are first drawn from their heads at z_K and then treated as observed (returned as the third value)."""
     full = model.forward_process
     try:
         fp = full.respace(respaced_timesteps(full.T, steps, spacing, full.abar))
     except ScheduleError as e:
         raise ConfigError(f"generate: steps = {steps!r}, spacing = {spacing!r}: {e}") from None
     z = randn_like(torch.empty(B, *model.taskset.latent.shape, device=dev), generator)
+    committed: dict[str, torch.Tensor] = {}
+    if commit:
+        preds = model(z, fp.timesteps[fp.T].to(dev).expand(B)).preds
+        committed = {n: model.taskset[n].sample(preds[n], greedy=False, generator=generator) for n in commit}
+        observed = {**observed, **model.encode_some(committed, list(committed))[1]}
+        denoiser_args = {**denoiser_args, "observed_data": {**denoiser_args["observed_data"], **committed}}
     # The observed modalities' part of z_K (lambda_T is ~0 by validation; kept for exactness).
     zeros = {name: torch.zeros_like(z) for name in fp.names if name not in observed}
     z = z + fp.injected({**zeros, **observed}, fp.T, z)
     denoise = ModelDenoiser(model, fp, observed, **denoiser_args)
     out = spec(denoise, z, fp, generator=generator, callback=callback, progress=progress, **options)
-    predictions = {n: p for n, p in out.last.preds.items() if n not in observed}
-    return out.z0, predictions
+    predictions = {n: p for n, p in out.last.preds.items() if n not in observed or n in committed}
+    return out.z0, predictions, committed
 
 
 def _read_ts(read_t: float | Sequence[float], T: int) -> list[int]:
