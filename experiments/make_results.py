@@ -401,10 +401,13 @@ def load_study(results: Path, preset: str) -> list[dict[str, Any]]:
 
 def study_fid(rows: Sequence[Mapping[str, Any]], experiment: str, sampler: str | None, nfe: int
               ) -> tuple[float, float, int] | None:
-    """Mean FID over seeds of ``experiment`` with ``sampler`` (None: the defaults, a setting of nfe alone) at
-    ``nfe``, among settings that change nothing else."""
-    want = {"nfe": nfe} if sampler is None else {"sampler": sampler, "nfe": nfe}
-    by_seed = {r["seed"]: float(r["fid"]) for r in rows if r["experiment"] == experiment and r["setting"] == want}
+    """Mean FID over seeds of ``experiment`` with ``sampler`` (None: mtd's default sampler) at ``nfe``, among
+    settings that change nothing else."""
+    from mtd_core.sampling.generate import DEFAULT_SAMPLER
+
+    wants = [{"nfe": nfe}, {"sampler": sampler or DEFAULT_SAMPLER, "nfe": nfe}] if sampler is None else [
+        {"sampler": sampler, "nfe": nfe}]
+    by_seed = {r["seed"]: float(r["fid"]) for r in rows if r["experiment"] == experiment and r["setting"] in wants}
     if not by_seed:
         return None
     m, s = mean_std(list(by_seed.values()))
