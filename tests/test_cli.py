@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,7 @@ def test_bad_data_fails_before_training_naming_the_file(tmp_path: Path, capsys: 
     (tmp_path / "c.toml").write_text(dumps_toml(cfg))
     rc, _, err = _run(capsys, "train", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run"))
     assert rc == 1
-    assert "d.npz: modality 'label'" in err and "has value 12" in err
+    assert "d.npz, row 7: modality 'label'" in err and "has value 12" in err
     assert not (tmp_path / "run").exists()
 
 
@@ -259,3 +260,70 @@ def test_docs_cover_every_command_option() -> None:
                 for opt in action.option_strings:
                     if opt.startswith("--") and opt != "--help":
                         assert opt in docs, f"mtd {command} {opt} is not documented in docs/cli.md"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli_errors")
+    (root / "tiny.toml").write_text(dumps_toml(TINY))
+    assert main(["train", str(root / "tiny.toml"), "--out", str(root / "run"), "--no-progress"]) == 0
+    return root
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "{cfg}", "--out", "{file}"], r"--out '.*a_file' is an existing file; it must name a folder"),
+    (["sample", "{run}", "--out", "{file}", "--n", "1"], r"--out '.*a_file' is an existing file"),
+    (["sample", "{run}", "--out", "{tmp}/s", "--device", "cuda"],
+     r"--device 'cuda': no CUDA device is available on this machine; use cpu"),
+    (["eval", "{run}", "--device", "cuda:0"], r"--device 'cuda:0': no CUDA device is available"),
+    (["sample", "{run}", "--out", "{tmp}/s", "--given", "label=99999999999999999999"],
+     r"--given label=99999999999999999999: class index out of range; modality 'label' has classes 0..9"),
+    (["sample", "{run}", "--out", "{tmp}/s", "--given", "image={tmp}/missing.npy"],
+     r"--given image=.*missing.npy: file not found"),
+    (["eval", "{run}", "--n", "-5"], r"--n must be at least 0 \(0 = all\), got -5"),
+    (["eval", "{run}", "--timesteps", "0"], r"--timesteps must be at least 1, got 0"),
+    (["train", "{cfg}", "--out", "{tmp}/t", "--set", "taskset.diffusion.T=100000000000"],
+     r"T must be an integer in 1..100000, got 100000000000"),
+    (["train", "{cfg}", "--out", "{tmp}/t", "--set", "backbone.channels=1000000"],
+     r"about .* parameters .* above the 2e\+09 this build refuses to allocate"),
+    (["train", "{cfg}", "--out", "{tmp}/t", "--set", "trainer.seed=\"abc\""],
+     r"trainer.seed must be an integer >= 0, got 'abc'"),
+])
+def test_cli_failures_are_one_line_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          argv: list[str], message: str) -> None:
+    (tmp_path / "a_file").write_text("not a folder")
+    values = {"cfg": str(tiny_run / "tiny.toml"), "run": str(tiny_run / "run"), "tmp": str(tmp_path),
+              "file": str(tmp_path / "a_file")}
+    rc, out, err = _run(capsys, *[a.format(**values) for a in argv])
+    assert rc == 1 and re.search(message, err), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_an_unexpected_failure_is_one_line_unless_mtd_debug(tiny_run: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug somewhere")
+
+    monkeypatch.setattr("mtd_core.training.run.load_run", broken)
+    rc, _, err = _run(capsys, "sample", str(tiny_run / "run"), "--out", str(tmp_path / "s"))
+    assert rc == 1 and err.strip() == "mtd sample: error: RuntimeError: a bug somewhere (set MTD_DEBUG=1 for the " \
+                                      "traceback)"
+    monkeypatch.setenv("MTD_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="a bug somewhere"):
+        main(["sample", str(tiny_run / "run"), "--out", str(tmp_path / "s")])
+
+
+def test_resume_drops_the_metrics_lines_a_killed_run_wrote_after_its_checkpoint(tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture[str]
+                                                                               ) -> None:
+    cfg = copy.deepcopy(TINY)
+    cfg["trainer"].update(steps=4, log_every=1)
+    (tmp_path / "c.toml").write_text(dumps_toml(cfg))
+    run = tmp_path / "run"
+    assert _run(capsys, "train", str(tmp_path / "c.toml"), "--out", str(run), "--set", "trainer.steps=2")[0] == 0
+    with open(run / "metrics.jsonl", "a") as fh:  # what a run killed after step 3, before any checkpoint, leaves
+        fh.write(json.dumps({"step": 3, "loss": 9.0}) + "\n" + '{"step": 4, "lo')
+    assert _run(capsys, "train", str(tmp_path / "c.toml"), "--out", str(run), "--resume")[0] == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

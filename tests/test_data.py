@@ -4,6 +4,7 @@ resumable distributed sampler."""
 from __future__ import annotations
 
 import gzip
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -162,9 +163,11 @@ def test_npz_channels_last_and_separate_test_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("arrays,pattern", [
-    ({"image": np.where(np.arange(5 * 64).reshape(5, 8, 8) == 130, np.nan, 0.0)}, r"field 'image': example 2 contains NaN"),
-    ({"image": np.full((3, 8, 8), 0.0)[[0, 0, 0]] + np.array([0, 0, 3.0])[:, None, None]}, r"example 2 has values in \[3"),
-    ({"label": np.array([0, 1, -4, 2])}, r"field 'label': example 2 has label -4"),
+    ({"image": np.where(np.arange(5 * 64).reshape(5, 8, 8) == 130, np.nan, 0.0)},
+     r"bad.npz, row 2: field 'image' contains NaN"),
+    ({"image": np.full((3, 8, 8), 0.0)[[0, 0, 0]] + np.array([0, 0, 3.0])[:, None, None]},
+     r"bad.npz, row 2: field 'image' has values in \[3"),
+    ({"label": np.array([0, 1, -4, 2])}, r"bad.npz, row 2: field 'label' has label -4"),
     ({"label": np.array([0.0, 1.5])}, r"'label' has dtype float64; 1-D arrays are class labels"),
     ({"image": np.zeros((4, 8, 8)), "label": np.arange(3)}, r"one entry per example, got lengths"),
 ])
@@ -222,14 +225,14 @@ def test_png_folder_split_column(tmp_path: Path) -> None:
 def test_png_folder_errors_name_the_file(tmp_path: Path) -> None:
     _png_folder(tmp_path)
     (tmp_path / "img3.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    with pytest.raises(ModalityDataError, match=r"img3.png: cannot read the image"):
+    with pytest.raises(ModalityDataError, match=r"img3.png \(.*labels.csv, line 5\): cannot read the image"):
         load_png_folder(str(tmp_path))
     _png_folder(tmp_path)
     Image.fromarray(np.zeros((9, 8), dtype=np.uint8)).save(tmp_path / "img4.png")
     with pytest.raises(ModalityDataError, match=r"img4.png: image has shape \(9, 8\)"):
         load_png_folder(str(tmp_path))
     _png_folder(tmp_path, extra_rows="\nmissing.png,1,x")
-    with pytest.raises(ModalityDataError, match=r"missing.png: file not found"):
+    with pytest.raises(ModalityDataError, match=r"missing.png \(.*labels.csv, line 8\): file not found"):
         load_png_folder(str(tmp_path))
     _png_folder(tmp_path, extra_rows="\nimg0.png,seven,x")
     with pytest.raises(ModalityDataError, match=r"labels.csv, line 8: label 'seven' is not an integer"):
@@ -284,13 +287,13 @@ def test_edges_transform_gives_an_image_in_range_on_the_outline() -> None:
 def test_check_against_taskset_names_source_and_index() -> None:
     ts = _taskset({"kind": "label", "num_classes": 5})
     labels = torch.tensor([0, 1, 4, 7, 2])
-    with pytest.raises(ModalityDataError, match=r"mine.npz: modality 'label'.*example 3 has value 7.*\[0, 4\]"):
+    with pytest.raises(ModalityDataError, match=r"mine.npz, example 3: modality 'label'.*has value 7.*\[0, 4\]"):
         check_against_taskset(ts, {"image": torch.zeros(5, 1, 8, 8), "label": labels}, "mine.npz")
     with pytest.raises(ModalityDataError, match=r"modality 'image'.*shape \(1, 8, 8\), the dataset has \(1, 9, 9\)"):
         check_against_taskset(ts, {"image": torch.zeros(5, 1, 9, 9)}, "mine.npz")
     x = torch.zeros(5, 1, 8, 8)
     x[4, 0, 1, 1] = float("nan")
-    with pytest.raises(ModalityDataError, match=r"example 4 contains NaN"):
+    with pytest.raises(ModalityDataError, match=r"mine.npz, example 4: modality 'image' .*contains NaN"):
         check_against_taskset(ts, {"image": x}, "mine.npz")
 
 
@@ -343,3 +346,41 @@ def test_sampler_ranks_split_the_global_batch() -> None:
 def test_array_dataset_rejects_ragged_fields() -> None:
     with pytest.raises(ModalityDataError, match="src: every field"):
         ArrayDataset({"a": torch.zeros(3), "b": torch.zeros(4)}, "src")
+
+
+def test_a_bad_value_is_named_by_its_row_in_the_file_whatever_the_split() -> None:
+    """Issue 14: a label out of range in file row 199 was reported by its index in the shuffled train split."""
+    from mtd_core.training import RunConfig, build_run
+
+    labels = np.arange(300) % 10
+    labels[199] = 12
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "data.npz"
+        np.savez(path, image=np.zeros((300, 8, 8), dtype=np.uint8), label=labels)
+        cfg = RunConfig.from_dict({"dataset": {"name": "npz", "path": str(path)},
+                                   "taskset": {"modalities": [{"kind": "image", "role": "base", "size": 8},
+                                                              {"kind": "label", "num_classes": 10}],
+                                               "diffusion": {"kind": "linear", "T": 50}},
+                                   "backbone": {"name": "unet", "channels": 8, "channel_mult": [1], "groups": 4},
+                                   "trainer": {"steps": 1, "sample_n": 0}})
+        with pytest.raises(ModalityDataError, match=r"data.npz, row 199: modality 'label' .*has value 12"):
+            build_run(cfg)
+
+
+def test_png_folder_reads_a_csv_with_a_byte_order_mark_and_names_one_that_is_not_utf8(tmp_path: Path) -> None:
+    _png_folder(tmp_path)
+    text = (tmp_path / "labels.csv").read_text()
+    (tmp_path / "labels.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert len(load_png_folder(str(tmp_path)).train) > 0  # the BOM is not part of the column name 'filename'
+    (tmp_path / "labels.csv").write_bytes(text.replace("caption", "l\xe9gende").encode("latin-1"))
+    with pytest.raises(ModalityDataError, match=r"labels.csv: the labels CSV is not UTF-8 text .*save it as UTF-8"):
+        load_png_folder(str(tmp_path))
+
+
+def test_png_folder_refuses_a_decompression_bomb_naming_the_file_and_line(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _png_folder(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)  # an 8x8 image is then "too large" (64 > 2 x 20 pixels)
+    with pytest.raises(ModalityDataError, match=r"img0.png \(.*labels.csv, line 2\): refused: the image is too "
+                                                r"large to decode safely"):
+        load_png_folder(str(tmp_path))

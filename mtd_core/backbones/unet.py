@@ -33,6 +33,10 @@ def _int_tuple(v: Any) -> tuple[int, ...]:
     return tuple(v)
 
 
+MAX_PARAMETERS = 2e9
+"""The largest U-Net the factory builds (an estimate, checked before allocating): 8 GiB of float32 weights."""
+
+
 @attrs.frozen
 class UNetConfig:
     """Options of the U-Net (the ``[backbone]`` table of a config, minus ``name``).
@@ -84,6 +88,18 @@ class UNetConfig:
             raise ConfigError(f"backbone 'unet': dropout must lie in [0, 1), got {self.dropout!r}")
         if not float(self.max_period) > 1.0:
             raise ConfigError(f"backbone 'unet': max_period must be > 1, got {self.max_period!r}")
+        estimate = self.estimated_parameters()
+        if estimate > MAX_PARAMETERS:
+            raise ConfigError(f"backbone 'unet': these options make about {estimate:.3g} parameters "
+                              f"({4 * estimate / 2**30:.3g} GiB of float32 weights), above the {MAX_PARAMETERS:.0e} "
+                              "this build refuses to allocate; lower channels, channel_mult or num_res_blocks")
+
+    def estimated_parameters(self) -> float:
+        """A rough count of the network's weights (the 3x3 convolutions of its residual blocks dominate), cheap
+        enough to check before anything is allocated."""
+        widths = [self.channels * m for m in self.channel_mult]
+        per_level = sum(2 * 9 * w * w for w in widths) * (2 * self.num_res_blocks + 1)
+        return float(per_level + (self.time_embed_dim or 4 * self.channels) ** 2)
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a plain JSON-representable dict (lists for tuples)."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mtd_core.cli.train import handle_errors
+from mtd_core.cli.train import check_device, handle_errors
 from mtd_core.errors import ConfigError
 
 
@@ -112,8 +112,11 @@ def main(args: argparse.Namespace) -> int:
     """Run ``mtd eval``."""
     from mtd_core.training.run import load_run, load_run_data
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
+    for option, value, low in (("--batch-size", args.batch_size, 1), ("--timesteps", args.timesteps, 1),
+                               ("--n", args.n, 0), ("--accuracy-n", args.accuracy_n, 0)):
+        if value < low:
+            raise ConfigError(f"{option} must be at least {low}{' (0 = all)' if low == 0 else ''}, got {value}")
+    check_device(args.device)
     loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
     data = load_run_data(loaded)
     model = loaded.model

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtd_core.cli.train import handle_errors
+from mtd_core.cli.train import check_device, check_out_dir, handle_errors
 from mtd_core.diffusion.noise import RESPACINGS
 from mtd_core.errors import ConfigError, ModalityDataError, closest
 from mtd_core.sampling.estimate import CLIPS, EPS_RULES
@@ -85,19 +85,23 @@ def register(subparsers: Any) -> None:
 
 
 def _load_image(path: Path, spec: Any, name: str) -> torch.Tensor:
-    from PIL import Image
+    from mtd_core.data.png_folder import read_image
 
     c, h, w = spec.shape
-    try:
-        with Image.open(path) as im:
-            a = np.asarray(im.convert("L" if c == 1 else "RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise ModalityDataError(f"--given {name}={path}: cannot read the image: {e}") from None
-    if a.shape[:2] != (h, w):
-        raise ModalityDataError(f"--given {name}={path}: the image is {a.shape[1]}x{a.shape[0]}, modality {name!r} "
+    a = read_image(path, c, f"--given {name}")
+    if a.shape[1:] != (h, w):
+        raise ModalityDataError(f"--given {name}={path}: the image is {a.shape[2]}x{a.shape[1]}, modality {name!r} "
                                 f"needs {w}x{h}")
-    x = torch.from_numpy(a.copy()).float().div(127.5).sub(1.0)
-    return (x[None] if c == 1 else x.permute(2, 0, 1))[None]
+    return torch.from_numpy(a.copy()).float().div(127.5).sub(1.0)[None]
+
+
+def _load_npy(path: str, name: str) -> torch.Tensor:
+    try:
+        return torch.from_numpy(np.load(path, allow_pickle=False))
+    except FileNotFoundError:
+        raise ModalityDataError(f"--given {name}={path}: file not found") from None
+    except (OSError, ValueError) as e:
+        raise ModalityDataError(f"--given {name}={path}: cannot read the .npy file: {e}") from None
 
 
 def parse_given(model: Any, items: list[str], n: int, dataset_names: list[str] | None = None
@@ -128,6 +132,9 @@ def parse_given(model: Any, items: list[str], n: int, dataset_names: list[str] |
             for v in value.split(","):
                 v = v.strip()
                 if v.lstrip("-").isdigit():
+                    if not 0 <= int(v) < len(names):
+                        raise ConfigError(f"--given {name}={v}: class index out of range; modality {name!r} has "
+                                          f"classes 0..{len(names) - 1}: {display[name]}")
                     vals.append(int(v))
                 elif v.lower() in names:
                     vals.append(names.index(v.lower()))
@@ -138,7 +145,7 @@ def parse_given(model: Any, items: list[str], n: int, dataset_names: list[str] |
         elif hasattr(m, "tokenize"):
             raw[name] = [[value]]
         elif value.endswith(".npy"):
-            a = torch.from_numpy(np.load(value, allow_pickle=False))
+            a = _load_npy(value, name)
             a = a if a.ndim == len(spec.shape) + 1 else a[None]
             raw[name] = [a.to(spec.torch_dtype)]
         elif len(spec.shape) == 3 and spec.dtype.startswith("float"):
@@ -232,6 +239,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n must be positive, got {args.n}")
+    check_device(args.device)
+    out_dir = check_out_dir(args.out)
     loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
     model = loaded.model
     given, total, row_labels = parse_given(model, args.given, args.n, loaded.dataset_info.get("class_names"))
@@ -250,7 +259,6 @@ def main(args: argparse.Namespace) -> int:
                    spacing=args.spacing, clip=args.clip, clip_eps=args.clip_eps, clip_percentile=args.clip_percentile,
                    sampler_options=parse_options(args.option), joint=args.joint)
     samples = dict(out.samples)
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = sample_cells(model.taskset, samples, loaded.dataset_info.get("class_names"))
     ncols = args.n if row_labels else max(1, math.ceil(math.sqrt(total)))

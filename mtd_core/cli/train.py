@@ -8,26 +8,60 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mtd_core.errors import MTDError
+from mtd_core.errors import ConfigError, MTDError
+
+
+DEBUG_ENV = "MTD_DEBUG"
 
 
 def handle_errors(command: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    """Turn an MTDError into ``mtd COMMAND: error: ...`` on stderr and exit code 1 (no traceback)."""
+    """Turn any failure into ``mtd COMMAND: error: ...`` on stderr and exit code 1, without a traceback: an
+    MTDError's own message, anything else with its type (a bug or an environment problem). With MTD_DEBUG=1 the
+    exception propagates, traceback and all."""
     def wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
         @functools.wraps(fn)
         def run(args: argparse.Namespace) -> int:
             try:
                 return fn(args)
             except MTDError as e:
+                if os.environ.get(DEBUG_ENV):
+                    raise
                 print(f"mtd {command}: error: {e}", file=sys.stderr)
+                return 1
+            except Exception as e:  # noqa: BLE001 - the command line's last line of defence
+                if os.environ.get(DEBUG_ENV):
+                    raise
+                print(f"mtd {command}: error: {type(e).__name__}: {e} (set {DEBUG_ENV}=1 for the traceback)",
+                      file=sys.stderr)
                 return 1
         return run
     return wrap
+
+
+def check_device(device: str, option: str = "--device") -> None:
+    """A ConfigError unless ``device`` can be used here (a CUDA device needs CUDA)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"{option} {device!r}: not a device ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{option} {device!r}: no CUDA device is available on this machine; use cpu")
+
+
+def check_out_dir(path: str | Path, option: str = "--out") -> Path:
+    """``path`` as a folder to write into: a ConfigError when it names an existing file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option} {str(out)!r} is an existing file; it must name a folder (new or existing)")
+    return out
 
 
 # --quick: a few steps, a tiny grid, one checkpoint at the end
@@ -59,7 +93,10 @@ def main(args: argparse.Namespace) -> int:
 
     overrides = (list(QUICK) if args.quick else []) + list(args.overrides)
     overrides += ["trainer.progress=false"] if args.no_progress else []
+    check_out_dir(args.out)
     config = read_config(args.config, overrides)
+    if config.trainer.device != "auto":
+        check_device(config.trainer.device, "trainer.device")
     ctx: DistContext = init_distributed(config.trainer.device)
     try:
         assets = None

@@ -1,8 +1,11 @@
-"""Checks of loaded data that name the file and the first bad example (before any training step runs)."""
+"""Checks of loaded data that name the file and the first bad example's row in it (before any training step runs).
+
+``where(i)`` gives the location of example ``i`` ("data.npz, row 199", "labels.csv, line 12 (shirt.png)"); without
+it the message says "example i"."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -15,7 +18,14 @@ def _first(mask: torch.Tensor) -> int:
     return int(torch.nonzero(mask.reshape(mask.shape[0], -1).any(1))[0])
 
 
-def check_images(x: torch.Tensor, source: str, field: str = "image") -> None:
+Where = Callable[[int], str]
+
+
+def _at(source: str, where: Where | None, i: int) -> str:
+    return where(i) if where is not None else f"{source}, example {i}"
+
+
+def check_images(x: torch.Tensor, source: str, field: str = "image", where: Where | None = None) -> None:
     """Raise unless ``x`` is a finite float32 (N, C, H, W) tensor with values in [-1, 1]."""
     who = f"{source}: field {field!r}"
     if x.ndim != 4:
@@ -24,17 +34,19 @@ def check_images(x: torch.Tensor, source: str, field: str = "image") -> None:
         raise ModalityDataError(f"{who}: expected float images, got dtype {x.dtype}")
     bad = ~torch.isfinite(x)
     if bad.any():
-        raise ModalityDataError(f"{who}: example {_first(bad)} contains NaN or infinity")
+        raise ModalityDataError(f"{_at(source, where, _first(bad))}: field {field!r} contains NaN or infinity")
     out = (x < -1.0) | (x > 1.0)
     if out.any():
         i = _first(out)
         raise ModalityDataError(
-            f"{who}: example {i} has values in [{float(x[i].min()):.4g}, {float(x[i].max()):.4g}]; "
-            "images must lie in [-1, 1] (uint8 arrays are scaled from [0, 255] automatically)"
+            f"{_at(source, where, i)}: field {field!r} has values in [{float(x[i].min()):.4g}, "
+            f"{float(x[i].max()):.4g}]; images must lie in [-1, 1] (uint8 arrays are scaled from [0, 255] "
+            "automatically)"
         )
 
 
-def check_labels(y: torch.Tensor, source: str, field: str = "label", num_classes: int | None = None) -> None:
+def check_labels(y: torch.Tensor, source: str, field: str = "label", num_classes: int | None = None,
+                 where: Where | None = None) -> None:
     """Raise unless ``y`` is a 1-D integer tensor with values in [0, num_classes - 1] (or >= 0)."""
     who = f"{source}: field {field!r}"
     if y.ndim != 1:
@@ -44,19 +56,18 @@ def check_labels(y: torch.Tensor, source: str, field: str = "label", num_classes
     neg = y < 0
     if neg.any():
         i = int(torch.nonzero(neg)[0])
-        raise ModalityDataError(f"{who}: example {i} has label {int(y[i])}; labels must be >= 0")
+        raise ModalityDataError(f"{_at(source, where, i)}: field {field!r} has label {int(y[i])}; labels must be >= 0")
     if num_classes is not None and (y >= num_classes).any():
         i = int(torch.nonzero(y >= num_classes)[0])
-        raise ModalityDataError(
-            f"{who}: example {i} has label {int(y[i])}, out of range for {num_classes} classes (expected 0..{num_classes - 1})"
-        )
+        raise ModalityDataError(f"{_at(source, where, i)}: field {field!r} has label {int(y[i])}, out of range for "
+                                f"{num_classes} classes (expected 0..{num_classes - 1})")
 
 
-def check_against_taskset(taskset: Any, fields: Mapping[str, Any], source: str) -> None:
+def check_against_taskset(taskset: Any, fields: Mapping[str, Any], source: str, where: Where | None = None) -> None:
     """Check every field named like a task-set modality against that modality's DataSpec.
 
-    Unlike ``Modality.validate`` on a batch, the message names ``source`` and the index of the first bad example
-    in the whole dataset. Fields the task set does not use and non-tensor fields (raw captions) are skipped.
+    Unlike ``Modality.validate`` on a batch, the message names ``source`` and the row of the first bad example in
+    it (``where``). Fields the task set does not use and non-tensor fields (raw captions) are skipped.
     """
     for name, m in taskset.modalities.items():
         x = fields.get(name)
@@ -74,13 +85,13 @@ def check_against_taskset(taskset: Any, fields: Mapping[str, Any], source: str) 
         if x.is_floating_point():
             bad = ~torch.isfinite(x)
             if bad.any():
-                raise ModalityDataError(f"{who}: example {_first(bad)} contains NaN or infinity")
+                raise ModalityDataError(f"{_at(source, where, _first(bad))}: modality {name!r} (kind {m.kind!r}) "
+                                        "contains NaN or infinity")
         low = torch.zeros_like(x, dtype=torch.bool) if spec.low is None else x < spec.low
         high = torch.zeros_like(x, dtype=torch.bool) if spec.high is None else x > spec.high
         out = low | high
         if out.any():
             i = _first(out)
             value = x[i].flatten()[out[i].flatten()][0]
-            raise ModalityDataError(
-                f"{who}: example {i} has value {float(value):.6g}, outside the allowed range [{spec.low}, {spec.high}]"
-            )
+            raise ModalityDataError(f"{_at(source, where, i)}: modality {name!r} (kind {m.kind!r}) has value "
+                                    f"{float(value):.6g}, outside the allowed range [{spec.low}, {spec.high}]")

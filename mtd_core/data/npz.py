@@ -44,7 +44,7 @@ def _field(path: Path, name: str, a: np.ndarray, channels_last: bool) -> Field:
             x = x.to(torch.float32)
         else:
             raise ModalityDataError(f"{src}: image array {name!r} has dtype {a.dtype}; use float in [-1, 1] or uint8")
-        check_images(x, src, name)
+        check_images(x, src, name, lambda i: f"{src}, row {i}")
         return x
     if a.ndim == 1:
         if a.dtype.kind not in "iu":
@@ -52,15 +52,15 @@ def _field(path: Path, name: str, a: np.ndarray, channels_last: bool) -> Field:
                 f"{src}: 1-D array {name!r} has dtype {a.dtype}; 1-D arrays are class labels and must be integers"
             )
         y = torch.from_numpy(a.astype(np.int64))
-        check_labels(y, src, name)
+        check_labels(y, src, name, where=lambda i: f"{src}, row {i}")
         return y
     if a.ndim == 2:
         if a.dtype.kind == "f":
             x = torch.from_numpy(a.astype(np.float32))
             bad = ~torch.isfinite(x)
             if bad.any():
-                raise ModalityDataError(f"{src}: field {name!r}: example {int(torch.nonzero(bad.any(1))[0])} contains "
-                                        "NaN or infinity")
+                raise ModalityDataError(f"{src}, row {int(torch.nonzero(bad.any(1))[0])}: field {name!r} contains NaN "
+                                        "or infinity")
             return x
         if a.dtype.kind in "iu":
             return torch.from_numpy(a.astype(np.int64))

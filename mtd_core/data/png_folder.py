@@ -9,6 +9,7 @@ same size.
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +22,23 @@ from mtd_core.errors import ModalityDataError
 REQUIRED_COLUMNS = ("filename", "label")
 
 
-def _read_image(path: Path, channels: int) -> np.ndarray:
+def read_image(path: Path, channels: int, where: str = "") -> np.ndarray:
+    """A PNG (or any image Pillow reads) as uint8 (channels, H, W); a missing, unreadable or oversized file
+    (a decompression bomb: more than Pillow's MAX_IMAGE_PIXELS) is a ModalityDataError naming it and ``where``
+    (e.g. the CSV line that lists it)."""
+    at = f" ({where})" if where else ""
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("L" if channels == 1 else "RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                rgb = im.convert("L" if channels == 1 else "RGB")
     except FileNotFoundError:
-        raise ModalityDataError(f"{path}: file not found (listed in the labels CSV)") from None
+        raise ModalityDataError(f"{path}{at}: file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ModalityDataError(f"{path}{at}: refused: the image is too large to decode safely ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ModalityDataError(f"{path}: cannot read the image: {e}") from None
+        raise ModalityDataError(f"{path}{at}: cannot read the image: {e}") from None
     a = np.asarray(rgb, dtype=np.uint8)
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 
@@ -52,11 +61,14 @@ def load_png_folder(folder: str, labels: str = "labels.csv", channels: int = 1, 
     if channels not in (1, 3):
         raise ModalityDataError(f"png_folder {root}: channels must be 1 or 3, got {channels}")
     csv_path = Path(labels) if Path(labels).is_absolute() else root / labels
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as fh:
+    try:  # utf-8-sig: a byte-order mark, as spreadsheet programs write it, is not part of the first column's name
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
             columns = rows[0].keys() if rows else []
-    except OSError as e:
+    except UnicodeDecodeError as e:
+        raise ModalityDataError(f"{csv_path}: the labels CSV is not UTF-8 text (byte {e.start}: {e.reason}); save it "
+                                "as UTF-8") from None
+    except (OSError, csv.Error) as e:
         raise ModalityDataError(f"{csv_path}: cannot read the labels CSV: {e}") from None
     if not rows:
         raise ModalityDataError(f"{csv_path}: the labels CSV has no rows")
@@ -73,7 +85,7 @@ def load_png_folder(folder: str, labels: str = "labels.csv", channels: int = 1, 
         if label < 0:
             raise ModalityDataError(f"{csv_path}, line {line}: label {label} is negative")
         path = root / row["filename"]
-        img = _read_image(path, channels)
+        img = read_image(path, channels, f"{csv_path}, line {line}")
         if images and img.shape != images[0].shape:
             raise ModalityDataError(f"{path}: image has shape {img.shape[1:]} (H, W), but {root / rows[0]['filename']}"
                                     f" has {images[0].shape[1:]}; all images must have the same size")
@@ -88,7 +100,8 @@ def load_png_folder(folder: str, labels: str = "labels.csv", channels: int = 1, 
                     "label": torch.tensor(label_list, dtype=torch.long)}
     if "caption" in columns:
         fields["caption"] = captions
-    data = ArrayDataset(fields, str(csv_path))
+    rows_named = [f"line {line} ({row['filename']})" for line, row in enumerate(rows, start=2)]
+    data = ArrayDataset(fields, str(csv_path), rows_named)
     if "split" in columns:
         tr = torch.tensor([i for i, s in enumerate(splits) if s == "train"], dtype=torch.long)
         te = torch.tensor([i for i, s in enumerate(splits) if s == "test"], dtype=torch.long)

@@ -25,9 +25,11 @@ class ArrayDataset(Dataset):
     Args:
         fields: field name -> a tensor whose first dimension indexes examples, or a list of strings (captions).
         source: where the data came from (a file, folder or built-in name), quoted in every error message.
+        rows: where each example sits in ``source`` ("row 199", "line 12 (shirt.png)"), so that an error names
+            the file's own row whatever split or order the example is in now; default "row <its index>".
     """
 
-    def __init__(self, fields: Mapping[str, Field], source: str) -> None:
+    def __init__(self, fields: Mapping[str, Field], source: str, rows: Sequence[str] | None = None) -> None:
         if not fields:
             raise ModalityDataError(f"{source}: a dataset needs at least one field")
         lengths = {k: len(v) for k, v in fields.items()}
@@ -37,6 +39,14 @@ class ArrayDataset(Dataset):
             )
         self.fields: dict[str, Field] = dict(fields)
         self.source = source
+        n = next(iter(lengths.values()))
+        self.rows: list[str] = list(rows) if rows is not None else [f"row {i}" for i in range(n)]
+        if len(self.rows) != n:
+            raise ModalityDataError(f"{source}: {len(self.rows)} row names for {n} examples")
+
+    def where(self, index: int) -> str:
+        """The source and the row of example ``index``, as error messages name it."""
+        return f"{self.source}, {self.rows[index]}"
 
     def __len__(self) -> int:
         return len(next(iter(self.fields.values())))
@@ -53,8 +63,9 @@ class ArrayDataset(Dataset):
         return out
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> ArrayDataset:
-        """A new dataset holding only ``indices`` (in that order)."""
-        return ArrayDataset(self.get_batch(torch.as_tensor(indices, dtype=torch.long)), self.source)
+        """A new dataset holding only ``indices`` (in that order); each example keeps its row name."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return ArrayDataset(self.get_batch(idx), self.source, [self.rows[i] for i in idx.tolist()])
 
     def renamed(self, keys: Mapping[str, str]) -> ArrayDataset:
         """The same data with fields renamed by ``keys`` (dataset field -> batch key); others keep their name."""
@@ -67,7 +78,7 @@ class ArrayDataset(Dataset):
         out = {keys.get(k, k): v for k, v in self.fields.items()}
         if len(out) != len(self.fields):
             raise ModalityDataError(f"{self.source}: the 'keys' mapping {dict(keys)} maps two fields to one name")
-        return ArrayDataset(out, self.source)
+        return ArrayDataset(out, self.source, self.rows)
 
 
 @attrs.frozen

@@ -165,9 +165,14 @@ class NoiseSchedule:
         return hash(tuple(self.betas.tolist()))
 
 
+MAX_T = 100_000
+"""The most diffusion steps a schedule may have (its tables are float64 vectors of T + 1 values, gathered per step;
+DDPM uses 1000)."""
+
+
 def _check_T(T: int) -> None:
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ScheduleError(f"noise schedule: T must be a positive int, got {T!r}")
+    if not isinstance(T, int) or isinstance(T, bool) or not 1 <= T <= MAX_T:
+        raise ScheduleError(f"noise schedule: T must be an integer in 1..{MAX_T}, got {T!r}")
 
 
 def _check_timesteps(timesteps: Sequence[int] | torch.Tensor, T: int) -> torch.Tensor:

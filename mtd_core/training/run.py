@@ -82,7 +82,7 @@ def build_run(config: RunConfig, registry: Any = None, *, check_data: bool = Tru
     if check_data:
         for split in (data.splits.train, data.splits.test):
             if isinstance(split, ArrayDataset):
-                check_against_taskset(taskset, split.fields, split.source)
+                check_against_taskset(taskset, split.fields, split.source, split.where)
     batches: list[dict[str, Any]] | None = None
     for name, m in taskset.modalities.items():
         if assets and name in assets:

@@ -165,6 +165,24 @@ class Trainer:
             self.loss_module = self._wrap_ddp()
 
     # -- setup -----------------------------------------------------------------------------------------
+    def _trim_metrics(self, step: int) -> None:
+        """Drop the metrics lines a killed run wrote after its last checkpoint: the resumed run logs those steps
+        again, and each step should appear once."""
+        path = self.out_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = []
+        for line in lines:
+            try:
+                if int(json.loads(line).get("step", 0)) > step:
+                    continue
+            except (ValueError, TypeError, AttributeError):  # a line cut short by the kill
+                continue
+            kept.append(line)
+        if len(kept) != len(lines):
+            write_atomic(path, "".join(line + "\n" for line in kept))
+
     def _checkpoint_config(self) -> dict[str, Any]:
         return {"model": self.model.config(), "run": self.run_config,  # type: ignore[operator]
                 "dataset_info": self.data.info, "world_size": self.dist.world_size}
@@ -209,6 +227,8 @@ class Trainer:
             restore_rng_state(ckpt.rng)
         self.step = ckpt.step
         self._saved_step = ckpt.step
+        if self.dist.is_main:
+            self._trim_metrics(ckpt.step)
         self.elapsed_s = float(ckpt.trainer.get("elapsed_s", 0.0))
         self.examples_seen = int(ckpt.trainer.get("examples_seen", 0))
         self.metrics = dict(ckpt.trainer.get("metrics", {}))
@@ -346,16 +366,17 @@ class Trainer:
                     self.sample_grid()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step != target:
                     self.save(self.elapsed_s + time.perf_counter() - start)
+            took = time.perf_counter() - start
+            self.elapsed_s += took
+            # A step already saved (--resume of a finished run, a stop right after a periodic save) is not written
+            # again: replacing a checkpoint by an identical one only risks it. The signal handlers stay in place
+            # until the checkpoint is written, so a second Ctrl-C during the save aborts it cleanly (exit 130).
+            saved = self.step == self._saved_step
+            ckpt = self.checkpoint_dir / f"step_{self.step:08d}" if saved else self.save(self.elapsed_s)
         finally:
             if bar is not None:
                 bar.close()
             restore()
-        took = time.perf_counter() - start
-        self.elapsed_s += took
-        # A step already saved (--resume of a finished run, a stop right after a periodic save) is not written
-        # again: replacing a checkpoint by an identical one only risks it.
-        saved = self.step == self._saved_step
-        ckpt = self.checkpoint_dir / f"step_{self.step:08d}" if saved else self.save(self.elapsed_s)
         if status == "interrupted" and self.dist.is_main:
             print(f"mtd: stopped by {self._stop} at step {self.step}; checkpoint saved to {ckpt}.\n"
                   f"Continue with the same command plus --resume.")
