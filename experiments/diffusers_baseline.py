@@ -76,7 +76,7 @@ class DiffusersDenoiser(torch.nn.Module):
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> Any:
         """eps_theta(z_t, t) for our t in 1..T."""
-        from mtd_core.diffusion.elbo import DenoiserOutput
+        from mtd_core.types import DenoiserOutput
 
         return DenoiserOutput(eps=self.unet(z_t, t - 1).sample, preds={})
 

@@ -8,13 +8,13 @@ decoder head) are ``nn.Module`` objects it builds and the model owns.
     role BASE        its encoding is z_0 (an image: the identity on [-1, 1]); at most one per task set.
     role AGGREGATED  injected into z_t through E_i with weights w_t^(i); predicted back by its head.
 
-This module imports only torch and attrs and builds nothing at import time.
+The shared types (Role, DataSpec, LatentSpec, ...) live in mtd_core/types.py and are re-exported here. This module
+builds nothing at import time.
 """
 
 from __future__ import annotations
 
 import abc
-import enum
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -24,74 +24,10 @@ from torch import nn
 
 from mtd_core.diffusion.weights import WeightSchedule, ZeroWeight, weight_schedule_from_config
 from mtd_core.errors import ConfigError, ModalityDataError, closest
+from mtd_core.types import BasePrediction, DataSpec, FeatureSpec, HeadInput, LatentSpec, Role
 
-
-class Role(str, enum.Enum):
-    """Where a modality enters the forward process."""
-
-    BASE = "base"
-    AGGREGATED = "aggregated"
-
-
-class HeadInput(str, enum.Enum):
-    """Which backbone features a decoder head reads."""
-
-    POOLED = "pooled"  # a (B, pooled_dim) vector from the bottleneck
-    MAP = "map"  # the (B, map_channels, H, W) last full-resolution feature map
-    NONE = "none"  # no head (the base modality: the backbone's eps prediction is its decoder)
-
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8,
-           "bool": torch.bool}
-
-
-@attrs.frozen
-class DataSpec:
-    """What one example of a modality looks like (without the batch dimension).
-
-    Args:
-        shape: per-example shape; ``()`` for a scalar such as a class index.
-        dtype: torch dtype name: "float32", "int64", ...
-        low: smallest allowed value (inclusive), or None for unbounded.
-        high: largest allowed value (inclusive), or None for unbounded.
-    """
-
-    shape: tuple[int, ...] = attrs.field(converter=tuple)
-    dtype: str = "float32"
-    low: float | None = None
-    high: float | None = None
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        """The dtype as a ``torch.dtype``."""
-        return _DTYPES[self.dtype]
-
-
-@attrs.frozen
-class LatentSpec:
-    """The shared diffusion space Z: every encoding and z_t is (B, C, H, W) with ``shape = (C, H, W)``."""
-
-    shape: tuple[int, int, int] = attrs.field(converter=tuple)
-
-    @property
-    def numel(self) -> int:
-        """Dimensions per example (for bits per dimension)."""
-        c, h, w = self.shape
-        return c * h * w
-
-
-@attrs.frozen
-class FeatureSpec:
-    """The features a backbone exposes to heads.
-
-    Args:
-        pooled_dim: width of the pooled bottleneck vector (HeadInput.POOLED).
-        map_channels: channels of the last full-resolution feature map (HeadInput.MAP), spatially like Z.
-    """
-
-    pooled_dim: int
-    map_channels: int
+__all__ = ["BasePrediction", "DataSpec", "FeatureSpec", "HeadInput", "LatentSpec", "Modality", "NoOptions", "Role",
+           "rms_normalize"]
 
 
 def rms_normalize(e: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -324,11 +260,3 @@ class Modality(abc.ABC):
     @abc.abstractmethod
     def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Turn a head prediction into data matching :meth:`data_spec` (``greedy``: the mode, else a draw)."""
-
-
-@attrs.frozen
-class BasePrediction:
-    """What the base modality's reconstruction term reads: z_0 ~ N(mean, exp(log_var)) at t = 1."""
-
-    mean: torch.Tensor
-    log_var: torch.Tensor

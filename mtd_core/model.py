@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtd_core.diffusion.elbo import DenoiserOutput
+from mtd_core.types import DenoiserOutput
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.loss import LossOutput, training_loss
 from mtd_core.errors import ConfigError, ModalityDataError, closest

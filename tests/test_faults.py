@@ -193,20 +193,23 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(tmp_path: Path
     """A run that checkpoints every step (keep_last 1) is killed at random moments (a minute's worth), each time
     resumed; its end equals an uninterrupted run's, and no kill ever left it without a complete checkpoint."""
     steps = 12
-    reference = tmp_path / "reference"
-    _train(reference, steps=steps)
     cfg_path = tmp_path / "c.toml"
     cfg_path.write_text(dumps_toml(_config(steps=steps)))
-    out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the reference and the killed run reduce in the same order
+
+    def train(out: Path, resume: bool) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "mtd_core.cli", "train", str(cfg_path), "--out", str(out), "--no-progress"]
+        return subprocess.Popen(cmd + ["--resume"] * resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    _, err = train(reference, resume=False).communicate(timeout=300)
+    assert load_checkpoint(reference).step == steps, err.decode()[-2000:]
     rng = random.Random(0)
     deadline, kills = time.monotonic() + 60, 0
     done = False
     while not done:
-        cmd = [sys.executable, "-m", "mtd_core.cli", "train", str(cfg_path), "--out", str(out), "--no-progress"]
-        if list_checkpoints(out / "checkpoints") or any((out / "checkpoints").glob(".tmp-*")):
-            cmd.append("--resume")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        proc = train(out, resume=bool(list_checkpoints(out / "checkpoints"))
+                     or any((out / "checkpoints").glob(".tmp-*")))
         if time.monotonic() < deadline:
             time.sleep(rng.uniform(2.0, 6.0))  # import and start-up take about 2 s; then a step every ~0.1 s
         if proc.poll() is None and time.monotonic() < deadline:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtd_core.backbones import build_unet
-from mtd_core.diffusion.elbo import DenoiserOutput
+from mtd_core.types import DenoiserOutput
 from mtd_core.diffusion.loss import training_loss
 from mtd_core.diffusion.noise import NoiseSchedule
 from mtd_core.errors import ConfigError, ModalityDataError

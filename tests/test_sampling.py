@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtd_core.diffusion.elbo import DenoiserOutput
+from mtd_core.types import DenoiserOutput
 from mtd_core.diffusion.noise import respaced_timesteps
 from mtd_core.errors import ConfigError, ModalityDataError
 from mtd_core.model import MultiTaskModel

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mtd_core.diffusion.elbo import DenoiserOutput
+from mtd_core.types import DenoiserOutput
 from mtd_core.errors import CheckpointError, ConfigError
 from mtd_core.training import (
     EMA,

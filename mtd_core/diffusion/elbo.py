@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.errors import ScheduleError
-from mtd_core.modality import BasePrediction, LatentSpec, Modality
+from mtd_core.types import BasePrediction, Denoiser, DenoiserOutput, LatentSpec
+
+if TYPE_CHECKING:
+    from mtd_core.modality import Modality
 
 
 def gaussian_kl(mean1: torch.Tensor, var1: torch.Tensor, mean2: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
@@ -55,27 +58,6 @@ def discretised_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_var: torch
         torch.where(x > 1.0 - half, log_one_minus_cdf_min, torch.log((cdf_plus - cdf_minus).clamp(min=1e-12))),
     )
     return -log_probs
-
-
-@attrs.frozen
-class DenoiserOutput:
-    """One forward pass of a multi-task denoiser at (z_t, t).
-
-    Attributes:
-        eps: eps_theta(z_t, t), shaped like z_t.
-        preds: aggregated modality name -> its head's prediction xhat_i(z_t, t) (a modality-specific object).
-    """
-
-    eps: torch.Tensor
-    preds: dict[str, Any]
-
-
-class Denoiser(Protocol):
-    """What the ELBO and the losses need from a model; the MultiTaskModel implements it."""
-
-    def __call__(self, z_t: torch.Tensor, t: torch.Tensor) -> DenoiserOutput: ...
-
-    def predicted_encodings(self, preds: Mapping[str, Any]) -> dict[str, torch.Tensor]: ...
 
 
 @attrs.frozen

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
 
-from mtd_core.diffusion.elbo import Denoiser, base_prediction, step_kl
+from mtd_core.diffusion.elbo import base_prediction, step_kl
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.errors import ConfigError
-from mtd_core.modality import Modality, Role
+from mtd_core.types import Denoiser, Role
+
+if TYPE_CHECKING:
+    from mtd_core.modality import Modality
 
 LOSS_KINDS = ("simple", "vlb")
 

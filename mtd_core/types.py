@@ -1,0 +1,114 @@
+"""The types every layer shares: roles, data and latent specs, head inputs and the denoiser's output.
+
+The bottom layer of mtd_core: it imports only torch and attrs, so the math (mtd_core/diffusion), the Modality
+contract, the model and the samplers can all use it without importing one another.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import attrs
+import torch
+
+
+class Role(str, enum.Enum):
+    """Where a modality enters the forward process."""
+
+    BASE = "base"
+    AGGREGATED = "aggregated"
+
+
+class HeadInput(str, enum.Enum):
+    """Which backbone features a decoder head reads."""
+
+    POOLED = "pooled"  # a (B, pooled_dim) vector from the bottleneck
+    MAP = "map"  # the (B, map_channels, H, W) last full-resolution feature map
+    NONE = "none"  # no head (the base modality: the backbone's eps prediction is its decoder)
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8,
+           "bool": torch.bool}
+
+
+@attrs.frozen
+class DataSpec:
+    """What one example of a modality looks like (without the batch dimension).
+
+    Args:
+        shape: per-example shape; ``()`` for a scalar such as a class index.
+        dtype: torch dtype name: "float32", "int64", ...
+        low: smallest allowed value (inclusive), or None for unbounded.
+        high: largest allowed value (inclusive), or None for unbounded.
+    """
+
+    shape: tuple[int, ...] = attrs.field(converter=tuple)
+    dtype: str = "float32"
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The dtype as a ``torch.dtype``."""
+        return _DTYPES[self.dtype]
+
+
+@attrs.frozen
+class LatentSpec:
+    """The shared diffusion space Z: every encoding and z_t is (B, C, H, W) with ``shape = (C, H, W)``."""
+
+    shape: tuple[int, int, int] = attrs.field(converter=tuple)
+
+    @property
+    def numel(self) -> int:
+        """Dimensions per example (for bits per dimension)."""
+        c, h, w = self.shape
+        return c * h * w
+
+
+@attrs.frozen
+class FeatureSpec:
+    """The features a backbone exposes to heads.
+
+    Args:
+        pooled_dim: width of the pooled bottleneck vector (HeadInput.POOLED).
+        map_channels: channels of the last full-resolution feature map (HeadInput.MAP), spatially like Z.
+    """
+
+    pooled_dim: int
+    map_channels: int
+
+
+@attrs.frozen
+class BasePrediction:
+    """What the base modality's reconstruction term reads: z_0 ~ N(mean, exp(log_var)) at t = 1."""
+
+    mean: torch.Tensor
+    log_var: torch.Tensor
+
+
+@attrs.frozen
+class DenoiserOutput:
+    """One forward pass of a multi-task denoiser at (z_t, t).
+
+    Attributes:
+        eps: eps_theta(z_t, t), shaped like z_t.
+        preds: aggregated modality name -> its head's prediction xhat_i(z_t, t) (a modality-specific object).
+    """
+
+    eps: torch.Tensor
+    preds: dict[str, Any]
+
+
+class Denoiser(Protocol):
+    """What the ELBO and the losses need from a model; the MultiTaskModel implements it."""
+
+    def __call__(self, z_t: torch.Tensor, t: torch.Tensor) -> DenoiserOutput: ...
+
+    def predicted_encodings(self, preds: Mapping[str, Any]) -> dict[str, torch.Tensor]: ...
+
+
+__all__ = ["BasePrediction", "DataSpec", "Denoiser", "DenoiserOutput", "FeatureSpec", "HeadInput", "LatentSpec", "Role"]
