@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class MTDError(Exception):
     """Base class of every error mtd raises on purpose."""
@@ -35,7 +37,7 @@ class CheckpointError(MTDError):
     """A checkpoint is missing, truncated, corrupt or does not match the model."""
 
 
-def closest(name: str, candidates: list[str] | tuple[str, ...] | set[str]) -> str:
+def closest(name: str, candidates: Iterable[str]) -> str:
     """A ``did you mean 'x'?`` suffix for ``name`` among ``candidates`` ('' when nothing is close)."""
     import difflib
 

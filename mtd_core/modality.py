@@ -132,7 +132,7 @@ class Modality(abc.ABC):
         return cls(**config)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.to_config() == self.to_config()  # type: ignore[attr-defined]
+        return isinstance(other, Modality) and type(other) is type(self) and other.to_config() == self.to_config()
 
     def __hash__(self) -> int:
         return hash((self.kind, self.name))

@@ -7,7 +7,7 @@ contract, the model and the samplers can all use it without importing one anothe
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -56,11 +56,19 @@ class DataSpec:
         return _DTYPES[self.dtype]
 
 
+def _shape3(shape: Iterable[int]) -> tuple[int, int, int]:
+    """A converter: any (C, H, W) sequence as a tuple."""
+    s = tuple(shape)
+    if len(s) != 3:
+        raise ValueError(f"the diffusion space Z has shape (C, H, W), got {s}")
+    return s[0], s[1], s[2]
+
+
 @attrs.frozen
 class LatentSpec:
     """The shared diffusion space Z: every encoding and z_t is (B, C, H, W) with ``shape = (C, H, W)``."""
 
-    shape: tuple[int, int, int] = attrs.field(converter=tuple)
+    shape: tuple[int, int, int] = attrs.field(converter=_shape3)
 
     @property
     def numel(self) -> int:

@@ -236,9 +236,13 @@ class RepresentationConsistencyMetric(Metric):
     def compute(self, ctx: EvalContext) -> MetricReport:
         """Cosine consistency of the first representation that has a target."""
         found = self._target(ctx)
-        assert found is not None and (found[1] == "targets" or ctx.base is not None)  # guaranteed by missing()
+        assert found is not None  # guaranteed by missing()
         name, source = found
-        target = ctx.targets[name] if source == "targets" else ctx.extractors[name](ctx.generated[ctx.base])
+        if source == "targets":
+            target = ctx.targets[name]
+        else:
+            assert ctx.base is not None  # _target gives "extractor" only with generated base images
+            target = ctx.extractors[name](ctx.generated[ctx.base])
         r = cosine_consistency(ctx.generated[name], target)
         return MetricReport(metric=self.name, scores=r.scores(), n_generated=r.n_generated, detail=r)
 

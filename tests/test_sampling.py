@@ -574,3 +574,15 @@ def test_commit_leaves_guided_and_non_categorical_modalities_to_the_flow_and_ref
     a = generate(model, n=3, steps=3, progress=False, generator=torch.Generator().manual_seed(4))
     b = generate(model, n=3, steps=3, progress=False, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a.samples["label"], b.samples["label"]) and torch.equal(a.samples["image"], b.samples["image"])
+
+
+def test_every_builtin_sampler_has_the_shared_signature(mtd_registry_builtin):
+    """SamplerFn is Callable[..., SamplerOutput] to a type checker; the shared part of the signature is checked here."""
+    import inspect
+
+    for name in mtd_registry_builtin.sampler_names():
+        params = inspect.signature(mtd_registry_builtin.sampler(name).fn).parameters
+        positional = [p.name for p in params.values() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        assert positional == ["denoise", "z", "fp"], name
+        for keyword in ("generator", "callback", "progress"):
+            assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY, (name, keyword)

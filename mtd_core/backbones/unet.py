@@ -164,7 +164,8 @@ class AttentionBlock(nn.Module):
         self.heads = heads
         self.norm = nn.GroupNorm(groups, ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
-        self.proj = _zero(nn.Conv2d(ch, ch, 1))
+        self.proj = nn.Conv2d(ch, ch, 1)
+        _zero(self.proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The 1x1 convolutions run as F.linear on (B, H*W, C) tokens, and q, k, v are laid out so that
@@ -211,7 +212,7 @@ class Upsample(nn.Module):
 class _Stage(nn.ModuleList):
     """A sequence of layers; residual blocks get the time embedding, an upsampler the target size."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor,  # type: ignore[override]
+    def forward(self, x: torch.Tensor, emb: torch.Tensor,
                 size: tuple[int, int] | None = None) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):

@@ -141,21 +141,21 @@ def run_demo(cfg: dict[str, Any], out: Path, *, quick: bool = False, seed: int =
     model.eval()
     taskset = model.taskset
     names = run.data.info.get("class_names")
-    budget = {"nfe": QUICK_NFE} if quick else {}  # generate()'s default sampler and NFE otherwise
+    nfe = QUICK_NFE if quick else None  # generate()'s default sampler and NFE otherwise
     per_class = QUICK_PER_CLASS if quick else PER_CLASS
     joint_n = QUICK_JOINT_N if quick else JOINT_N
     t0 = time.perf_counter()
 
     g = torch.Generator().manual_seed(seed)
-    joint = generate(model, n=joint_n, generator=g, progress=progress, **budget)
+    joint = generate(model, n=joint_n, generator=g, progress=progress, nfe=nfe)
     joint_png = save_png(out / "joint.png", render_grid(
         sample_cells(taskset, joint.samples, names), ncols=min(8, joint_n), scale=5,
         title="generated together: image and label"))
 
     requested = torch.arange(10).repeat_interleave(per_class)
-    plain = generate(model, given={"label": requested}, generator=g, progress=progress, **budget)
+    plain = generate(model, given={"label": requested}, generator=g, progress=progress, nfe=nfe)
     guidance = GuidanceConfig("label", requested, GUIDANCE_SCALE)
-    cond = generate(model, given={"label": requested}, guidance=guidance, generator=g, progress=progress, **budget)
+    cond = generate(model, given={"label": requested}, guidance=guidance, generator=g, progress=progress, nfe=nfe)
     row_labels = [names[k] if names else str(k) for k in range(10)]
     cond_cells = [GridCell(images=c.images) for c in sample_cells(taskset, cond.samples, names)]
     cond_png = save_png(out / "conditional.png", render_grid(
@@ -222,7 +222,8 @@ def run_demo(cfg: dict[str, Any], out: Path, *, quick: bool = False, seed: int =
 
 def _markdown(r: dict[str, Any]) -> str:
     t, tm = r["trained"], r["time_s"]
-    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    def pct(v: float) -> str:
+        return f"{100 * v:.1f}%"
     return "\n".join([
         "# mtd demo report",
         "",

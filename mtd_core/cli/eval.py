@@ -120,15 +120,14 @@ def main(args: argparse.Namespace) -> int:
     loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
     data = load_run_data(loaded)
     model = loaded.model
-    result = {"checkpoint": str(loaded.checkpoint.path), "step": loaded.step, "weights": loaded.weights,
-              "test_size": len(data.splits.test)}
     with torch.no_grad():
-        result["elbo"] = evaluate_elbo(model, data, args.n, args.timesteps, args.batch_size, args.seed)
-    result["accuracy"] = evaluate_accuracy(model, data, args.accuracy_n, args.batch_size, args.seed)
+        e = evaluate_elbo(model, data, args.n, args.timesteps, args.batch_size, args.seed)
+    accuracy = evaluate_accuracy(model, data, args.accuracy_n, args.batch_size, args.seed)
+    result = {"checkpoint": str(loaded.checkpoint.path), "step": loaded.step, "weights": loaded.weights,
+              "test_size": len(data.splits.test), "elbo": e, "accuracy": accuracy}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    e = result["elbo"]
     how = ("all denoising terms" if e["exact"]
            else f"{e['timesteps_per_example']} of {e['T'] - 1} denoising terms per example")
     print(f"mtd eval: {result['checkpoint']} ({result['weights']} weights, step {result['step']})")
@@ -140,6 +139,6 @@ def main(args: argparse.Namespace) -> int:
     if decoders:
         print("  decoder terms, not in the bits/dim (nats/example): "
               + ", ".join(f"{k} {v:.2f}" for k, v in decoders.items()))
-    for name, a in result["accuracy"].items():
+    for name, a in accuracy.items():
         print(f"  {name} head accuracy: {a['accuracy']:.2%} on {a['n_examples']} test examples")
     return 0

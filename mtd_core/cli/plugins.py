@@ -20,7 +20,7 @@ from mtd_core.plugins.registry import BLOCK_ENV, PluginRecord, Registry, get_reg
 COLUMNS = ("name", "what", "roles", "plugin", "distribution", "version", "status", "error")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``plugins`` with its ``list`` and ``validate`` sub-commands."""
     parser = subparsers.add_parser("plugins", help="list and validate installed plugins",
                                    description="List and validate the installed mtd plugins.")

@@ -128,7 +128,7 @@ def parse_given(model: Any, items: list[str], n: int, dataset_names: list[str] |
         if hasattr(m, "display_names") and spec.shape == ():
             display[name] = class_names_for(m, dataset_names) or list(m.display_names())
             names = [s.lower() for s in display[name]]
-            vals = []
+            vals: list[int] = []
             for v in value.split(","):
                 v = v.strip()
                 if v.lstrip("-").isdigit():
@@ -154,18 +154,17 @@ def parse_given(model: Any, items: list[str], n: int, dataset_names: list[str] |
             raise ConfigError(f"--given {name}={value}: give modality {name!r} (kind {m.kind!r}) as a .npy file")
     rows = max((len(v) for v in raw.values()), default=1)
     given: dict[str, Any] = {}
-    for name, vals in raw.items():
-        if len(vals) not in (1, rows):
-            raise ConfigError(f"--given: lists must have the same length; {name!r} has {len(vals)}, another {rows}")
-        parts = []
+    for name, given_vals in raw.items():
+        if len(given_vals) not in (1, rows):
+            raise ConfigError(f"--given: lists must have the same length; {name!r} has {len(given_vals)}, another {rows}")
+        parts: list[Any] = []
         for r in range(rows):
-            v = vals[r if len(vals) > 1 else 0]
-            if isinstance(v, list):
-                count = n
-                parts.append(v * count)
+            val = given_vals[r if len(given_vals) > 1 else 0]
+            if isinstance(val, list):
+                parts.append(val * n)
             else:
-                reps = n if len(v) == 1 else 1
-                parts.append(v.repeat(reps, *([1] * (v.ndim - 1))))
+                reps = n if len(val) == 1 else 1
+                parts.append(val.repeat(reps, *([1] * (val.ndim - 1))))
         given[name] = sum(parts, []) if isinstance(parts[0], list) else torch.cat(parts)
     total = len(next(iter(given.values()))) if given else n
     labels = None
@@ -266,7 +265,7 @@ def main(args: argparse.Namespace) -> int:
     import io
 
     buf = io.BytesIO()
-    np.savez(buf, **to_npz_arrays(model.taskset, samples))
+    np.savez(buf, **to_npz_arrays(model.taskset, samples))  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
     write_atomic(out_dir / "samples.npz", buf.getvalue())
     how = "read-out" if out.mode == "readout" else f"{args.sampler}, {out.nfe} network evaluations"
     print(f"mtd sample: {total} samples ({out.mode}, {how}, {loaded.weights} weights of step {loaded.step})\n"

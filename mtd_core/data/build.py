@@ -15,9 +15,8 @@ from typing import Any
 
 import attrs
 import torch
-from torch.utils.data import Dataset
 
-from mtd_core.data.splits import ArrayDataset, DatasetSplits
+from mtd_core.data.splits import ArrayDataset, DatasetSplits, Examples
 from mtd_core.data.transforms import apply_transforms, build_transform
 from mtd_core.errors import ConfigError, ModalityDataError, closest
 
@@ -99,7 +98,7 @@ class LoadedData:
         """The factory's info dict."""
         return self.splits.info
 
-    def batch(self, dataset: Dataset, indices: torch.Tensor) -> dict[str, Any]:
+    def batch(self, dataset: Examples, indices: torch.Tensor) -> dict[str, Any]:
         """The examples at ``indices`` of ``dataset`` (train or test), collated and transformed."""
         return apply_transforms(self.transforms, fetch(dataset, indices))
 
@@ -118,7 +117,7 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def fetch(dataset: Dataset, indices: torch.Tensor) -> dict[str, Any]:
+def fetch(dataset: Examples, indices: torch.Tensor) -> dict[str, Any]:
     """A collated batch of ``dataset`` at ``indices`` (in-memory datasets stack directly)."""
     if isinstance(dataset, ArrayDataset):
         return dataset.get_batch(indices)

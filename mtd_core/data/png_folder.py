@@ -76,7 +76,10 @@ def load_png_folder(folder: str, labels: str = "labels.csv", channels: int = 1, 
     if missing:
         raise ModalityDataError(f"{csv_path}: missing column(s) {missing}; the header must include "
                                 f"{list(REQUIRED_COLUMNS)} (optional: caption, split), got {list(columns)}")
-    images, label_list, captions, splits = [], [], [], []
+    images: list[np.ndarray] = []
+    label_list: list[int] = []
+    captions: list[str] = []
+    splits: list[str] = []
     for line, row in enumerate(rows, start=2):
         try:
             label = int(row["label"])

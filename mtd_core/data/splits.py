@@ -8,7 +8,7 @@ names, so a batch can go straight to the model.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -81,6 +81,16 @@ class ArrayDataset(Dataset):
         return ArrayDataset(out, self.source, self.rows)
 
 
+@runtime_checkable
+class Examples(Protocol):
+    """What a split must be: a map-style dataset with a length (a torch ``Dataset`` defining ``__len__``, such as
+    :class:`ArrayDataset`), whose items are dicts keyed by field name."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+
+
 @attrs.frozen
 class DatasetSplits:
     """What a dataset factory returns.
@@ -92,8 +102,8 @@ class DatasetSplits:
             "class_names", "image_shape". Used for captions in sample grids and for reports.
     """
 
-    train: Dataset
-    test: Dataset
+    train: Examples
+    test: Examples
     info: dict[str, Any] = attrs.field(factory=dict)
 
 

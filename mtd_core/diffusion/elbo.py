@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
 
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.errors import ScheduleError
-from mtd_core.types import BasePrediction, Denoiser, DenoiserOutput, LatentSpec
+from mtd_core.types import BasePrediction, Denoiser, LatentSpec
 
 if TYPE_CHECKING:
     from mtd_core.modality import Modality

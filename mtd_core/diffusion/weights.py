@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -201,13 +202,18 @@ def peak_ratio(lam: torch.Tensor, abar: torch.Tensor) -> float:
     return float((lam[1:].abs() / abar[1:].sqrt()).max()) if lam.numel() > 1 else 0.0
 
 
+def _floats(v: Sequence[float] | torch.Tensor) -> tuple[float, ...]:
+    """A list or tensor of schedule values as a flat tuple of floats."""
+    return tuple(float(x) for x in torch.as_tensor(v).flatten())
+
+
 @attrs.frozen
 class CustomWeight(WeightSchedule):
     """w_1..w_T given explicitly (a list or 1-D tensor of length T)."""
 
     kind: ClassVar[str] = "custom_w"
     defines: ClassVar[str] = "w"
-    values: tuple[float, ...] = attrs.field(converter=lambda v: tuple(float(x) for x in torch.as_tensor(v).flatten()))
+    values: tuple[float, ...] = attrs.field(converter=_floats)
 
     def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
         return torch.tensor((0.0, *self.values), dtype=torch.float64)
@@ -219,7 +225,7 @@ class CustomLambda(WeightSchedule):
 
     kind: ClassVar[str] = "custom_lambda"
     defines: ClassVar[str] = "lambda"
-    values: tuple[float, ...] = attrs.field(converter=lambda v: tuple(float(x) for x in torch.as_tensor(v).flatten()))
+    values: tuple[float, ...] = attrs.field(converter=_floats)
 
     def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
         return torch.tensor((0.0, *self.values), dtype=torch.float64)

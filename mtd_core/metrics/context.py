@@ -34,6 +34,11 @@ def _modalities(taskset: Any) -> list[Any]:
     return list(mods.values()) if isinstance(mods, Mapping) else list(mods)
 
 
+def _str_dict(kinds: Mapping[str, str]) -> dict[str, str]:
+    """A converter: a fresh dict, so a context never shares the caller's mapping."""
+    return dict(kinds)
+
+
 def modality_kinds(taskset: Any) -> dict[str, str]:
     """Modality name -> kind for a TaskSet (anything whose ``modalities`` holds Modality objects)."""
     return {m.name: m.kind for m in _modalities(taskset)}
@@ -73,7 +78,7 @@ class EvalContext:
         use_cache: read and write the reference-feature cache.
     """
 
-    kinds: dict[str, str] = attrs.field(converter=dict)
+    kinds: dict[str, str] = attrs.field(converter=_str_dict)
     base: str | None = None
     generated: dict[str, torch.Tensor] = attrs.field(factory=dict, converter=_tensor_dict)
     given: dict[str, torch.Tensor] = attrs.field(factory=dict, converter=_tensor_dict)

@@ -299,7 +299,7 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor, *, test: tuple
     if not (isinstance(test, (tuple, list)) and len(test) == 2):
         raise MetricError("test must be a pair (images, labels) of the test split, got "
                           f"{type(test).__name__}{f' of length {len(test)}' if isinstance(test, (tuple, list)) else ''}")
-    test_images = check_images(test[0], "feature net test images", channels=images.shape[1], size=tuple(images.shape[2:]))
+    test_images = check_images(test[0], "feature net test images", channels=images.shape[1], size=(images.shape[2], images.shape[3]))
     if test_images.shape[0] < 1:
         raise MetricError("feature net test images: need at least 1 image, got 0")
     test_labels = check_labels(test[1], "feature net test labels", n=test_images.shape[0])

@@ -207,7 +207,7 @@ class ModalityConformance:
                 n = len(next(iter(inputs.values())))
                 assert len(out) == n, f"derive gave {len(out)} examples from inputs of {n}"
             again = m.derive(dict(inputs), torch.Generator().manual_seed(1))
-            assert torch.equal(out, again), "derive is not repeatable for the same generator seed"
+            assert again is not None and torch.equal(out, again), "derive is not repeatable for the same generator seed"
 
     def test_derive_without_inputs(self) -> None:
         """derive on a batch missing its inputs returns None or raises a ModalityDataError naming the modality."""

@@ -268,7 +268,7 @@ class Registry:
             for ep in eps:
                 dist, version = _dist_of(ep)
                 info = PluginInfo(ep.name, str(ep.value), dist, version)
-                hit = {ep.name, dist} & set(blocked)
+                hit = {n for n in (ep.name, dist) if n is not None} & set(blocked)
                 if hit:
                     matched |= hit
                     self._problems.append(self._record(info, "plugin", info.name, "blocked"))
@@ -516,7 +516,7 @@ class Registry:
 
     def modality_class(self, kind: str) -> type[Modality]:
         """The Modality subclass registered under ``kind`` (see :meth:`get` for the errors)."""
-        return self.get("modality", kind)  # type: ignore[no-any-return]
+        return self.get("modality", kind)
 
     def build_modality(self, config: Mapping[str, Any]) -> Modality:
         """Build a modality from its config dict (``Modality.to_config`` output): the ``kind`` key picks the class.
@@ -535,15 +535,15 @@ class Registry:
 
     def dataset(self, name: str) -> Callable[..., Any]:
         """The dataset factory registered under ``name`` (see :meth:`get` for the errors)."""
-        return self.get("dataset", name)  # type: ignore[no-any-return]
+        return self.get("dataset", name)
 
     def backbone(self, name: str) -> Callable[..., Any]:
         """The backbone factory registered under ``name`` (see :meth:`get` for the errors)."""
-        return self.get("backbone", name)  # type: ignore[no-any-return]
+        return self.get("backbone", name)
 
     def metric(self, name: str) -> Callable[..., Any]:
         """The metric registered under ``name`` (see :meth:`get` for the errors)."""
-        return self.get("metric", name)  # type: ignore[no-any-return]
+        return self.get("metric", name)
 
     def sampler_names(self) -> list[str]:
         """The registered sampler names."""

@@ -153,7 +153,7 @@ def _static_checks(cls: Any, c: _Checker) -> None:
     config = getattr(cls, "Config", None)
     c.expect("Config", inspect.isclass(config) and attrs.has(config), "an attrs class of options", repr(config))
     docs = (inspect.getdoc(config) or "") + (inspect.getdoc(cls) or "")
-    undocumented = [f.name for f in attrs.fields(config) if f.name not in docs]
+    undocumented = [f.name for f in attrs.fields(config) if f.name not in docs] if inspect.isclass(config) and attrs.has(config) else []
     c.expect("Config documented", not undocumented, "every Config field named in the Config or class docstring",
              f"undocumented {undocumented}")
 
@@ -182,6 +182,7 @@ def _role_checks(cls: type[Modality], role: Role, options: Mapping[str, Any], la
         shape = c.run("latent_shape", m.latent_shape)
         good = isinstance(shape, tuple) and len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape)
         c.expect("latent_shape", good, "a (C, H, W) tuple of positive ints as the base", repr(shape))
+        assert shape is not None  # expect() raised otherwise
         latent = LatentSpec(shape)
 
     # data

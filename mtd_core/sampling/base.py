@@ -97,12 +97,14 @@ class StepResult:
 Callback = Callable[[SamplerStep], None]
 
 
-class SamplerFn(Protocol):
-    """The signature every sampler function shares."""
+SamplerFn = Callable[..., SamplerOutput]
+"""The signature every sampler function shares::
 
-    def __call__(self, denoise: StepDenoiser, z: torch.Tensor, fp: ForwardProcess, *,
-                 generator: torch.Generator | None = ..., callback: Callback | None = ..., progress: bool = ...,
-                 **options: Any) -> SamplerOutput: ...
+    fn(denoise: StepDenoiser, z: Tensor, fp: ForwardProcess, *, generator: Generator | None = None,
+       callback: Callback | None = None, progress: bool = True, **its_own_options) -> SamplerOutput
+
+Written ``Callable[..., SamplerOutput]``: a Protocol with ``**options`` would refuse every sampler whose own
+options are named keywords (``eta``, ``variance``); tests/test_sampling.py checks each registered one."""
 
 
 @attrs.frozen

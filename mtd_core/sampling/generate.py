@@ -270,7 +270,7 @@ def generate(
             z0, observed = model.encode_some(data, list(data))
             if mode == "readout":
                 z0, predictions = _readout(model, z0, observed, read_t, generator)
-                used, committed = len(_read_ts(read_t, model.forward_process.T)), {}
+                used, committed = len(_read_ts(read_t, model.forward_process.T)), dict[str, torch.Tensor]()
             else:
                 assert spec is not None and steps is not None and options is not None
                 targets = {}

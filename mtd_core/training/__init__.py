@@ -16,7 +16,8 @@ from mtd_core.training.distributed import DistContext, init_distributed, shutdow
 from mtd_core.training.ema import EMA
 from mtd_core.training.grids import GridCell, render_grid, sample_cells, save_png
 from mtd_core.training.run import LoadedRun, Run, build_run, load_run, load_run_data
-from mtd_core.training.trainer import NonFiniteLossError, Trainer, TrainResult, lr_at
+from mtd_core.errors import NonFiniteLossError
+from mtd_core.training.trainer import Trainer, TrainResult, lr_at
 
 __all__ = [
     "EMA",

@@ -292,12 +292,13 @@ def _write_checkpoint(root: Path, final: Path, tmp: Path, ckpt: Checkpoint) -> N
                 if not (_SAFE_NAME.match(modality) and _SAFE_NAME.match(name)):
                     raise CheckpointError(f"asset {modality}/{name}: names may hold only letters, digits, '_', '.', '-'")
                 files[f"assets/{modality}/{name}"] = bytes(data)
-        manifest = {"format": FORMAT, "version": VERSION, "step": ckpt.step, "files": {}}
+        entries: dict[str, dict[str, Any]] = {}
+        manifest = {"format": FORMAT, "version": VERSION, "step": ckpt.step, "files": entries}
         for rel, data in files.items():
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             _write_file(target, data)
-            manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            entries[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         for sub in {(tmp / rel).parent for rel in files}:
             _fsync_dir(sub)
         _write_file(tmp / MANIFEST, _json_bytes(manifest))

@@ -37,16 +37,26 @@ def _int(name: str, low: int) -> Any:
     return check
 
 
-def _float(name: str, low: float, high: float = math.inf, *, low_open: bool = False) -> Any:
-    """A converter: a finite number in [low, high) (or (low, high) with ``low_open``) as a float, else a
+def _in_range(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False) -> float:
+    """``value`` as a float when it is a finite number in [low, high) (or (low, high) with ``low_open``), else a
     ConfigError naming the key and the accepted range."""
-    def convert(value: Any) -> float:
-        v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-        if not (math.isfinite(v) and (v > low if low_open else v >= low) and v < high):
-            accepted = f"{'(' if low_open else '['}{low:g}, {high:g})"
-            raise ConfigError(f"trainer.{name} must be a finite number in {accepted}, got {value!r}")
-        return v
-    return convert
+    v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(v) and (v > low if low_open else v >= low) and v < high):
+        accepted = f"{'(' if low_open else '['}{low:g}, {high:g})"
+        raise ConfigError(f"trainer.{name} must be a finite number in {accepted}, got {value!r}")
+    return v
+
+
+def _to_float(value: Any) -> Any:
+    """A converter: an int (not a bool) as a float; anything else is left for the validator to name."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _float(name: str, low: float, high: float = math.inf, *, low_open: bool = False) -> Any:
+    """A validator: a finite float in [low, high) (or (low, high) with ``low_open``)."""
+    def check(_: Any, __: Any, value: Any) -> None:
+        _in_range(name, value, low, high, low_open=low_open)
+    return check
 
 
 def _bool(name: str) -> Any:
@@ -73,7 +83,7 @@ def _one_of(name: str, options: Sequence[str]) -> Any:
 def _betas(value: Any) -> tuple[float, float]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
         raise ConfigError(f"trainer.betas must be two numbers in [0, 1), got {value!r}")
-    return tuple(_float("betas", 0.0, 1.0)(b) for b in value)  # type: ignore[return-value]
+    return _in_range("betas", value[0], 0.0, 1.0), _in_range("betas", value[1], 0.0, 1.0)
 
 
 @attrs.frozen
@@ -109,14 +119,14 @@ class TrainConfig:
 
     steps: int = attrs.field(default=2000, validator=_int("steps", 1))
     batch_size: int = attrs.field(default=64, validator=_int("batch_size", 1))
-    lr: float = attrs.field(default=2e-4, converter=_float("lr", 0.0, low_open=True))
-    weight_decay: float = attrs.field(default=0.0, converter=_float("weight_decay", 0.0))
+    lr: float = attrs.field(default=2e-4, converter=_to_float, validator=_float("lr", 0.0, low_open=True))
+    weight_decay: float = attrs.field(default=0.0, converter=_to_float, validator=_float("weight_decay", 0.0))
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=_betas)
     warmup_steps: int = attrs.field(default=100, validator=_int("warmup_steps", 0))
     lr_schedule: str = attrs.field(default="constant", validator=_one_of("lr_schedule", LR_SCHEDULES))
-    final_lr_fraction: float = attrs.field(default=0.1, converter=_float("final_lr_fraction", 0.0))
-    grad_clip: float = attrs.field(default=1.0, converter=_float("grad_clip", 0.0))
-    ema_decay: float = attrs.field(default=0.999, converter=_float("ema_decay", 0.0, 1.0))
+    final_lr_fraction: float = attrs.field(default=0.1, converter=_to_float, validator=_float("final_lr_fraction", 0.0))
+    grad_clip: float = attrs.field(default=1.0, converter=_to_float, validator=_float("grad_clip", 0.0))
+    ema_decay: float = attrs.field(default=0.999, converter=_to_float, validator=_float("ema_decay", 0.0, 1.0))
     ema_warmup: bool = attrs.field(default=True, validator=_bool("ema_warmup"))
     loss: str = attrs.field(default="simple", validator=_one_of("loss", LOSS_KINDS))
     bf16: bool = attrs.field(default=False, validator=_bool("bf16"))
@@ -273,8 +283,7 @@ def resolve_config(config: RunConfig, registry: Any = None) -> RunConfig:
     check_options(f"backbone {name!r}", factory, backbone)
     # Build it once (cheap; no data): validates every option, and an attrs `config` attribute gives the defaults.
     built = factory(ts.latent, **backbone)
-    built_config = getattr(built, "config", None)
-    resolved = attrs.asdict(built_config) if attrs.has(type(built_config)) else {}
+    resolved = attrs.asdict(built.config) if attrs.has(type(getattr(built, "config", None))) else {}
     backbone = {"name": name, **plain({**resolved, **backbone})}
     taskset = ts.to_config()
     try:

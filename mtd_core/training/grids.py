@@ -47,7 +47,7 @@ def _to_pil(x: torch.Tensor, scale: int) -> Image.Image:
         img = Image.fromarray(np.ascontiguousarray(a[0])).convert("RGB")
     else:
         img = Image.fromarray(np.ascontiguousarray(a[:3].transpose(1, 2, 0)))
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
 
 
 def _wrap(text: str, width: int, draw: ImageDraw.ImageDraw, font: Any) -> list[str]:
@@ -159,6 +159,7 @@ def sample_cells(taskset: Any, samples: Mapping[str, Any], class_names: Sequence
         for n in texts:
             m = taskset.modalities[n]
             v = samples[n]
+            text: str | None
             if isinstance(v, list):
                 text = str(v[i])
             elif isinstance(v, torch.Tensor):

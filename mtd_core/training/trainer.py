@@ -34,6 +34,7 @@ from mtd_core.data.sampler import ResumableSampler
 from mtd_core.data.splits import DatasetSplits
 from mtd_core.diffusion.loss import LossOutput
 from mtd_core.errors import CheckpointError, ConfigError, NonFiniteLossError
+from mtd_core.model import MultiTaskModel
 from mtd_core.training.checkpoint import (
     Checkpoint,
     capture_rng_state,
@@ -101,7 +102,7 @@ def lr_at(config: TrainConfig, step: int) -> float:
 class _LossModule(nn.Module):
     """The model's loss as a module forward, so DistributedDataParallel sees every parameter used by a step."""
 
-    def __init__(self, model: nn.Module, kind: str) -> None:
+    def __init__(self, model: MultiTaskModel, kind: str) -> None:
         super().__init__()
         self.model, self.kind = model, kind
 
@@ -124,14 +125,14 @@ class Trainer:
         class_names: display names of label values in sample grids (default: the dataset info's).
     """
 
-    def __init__(self, model: nn.Module, data: LoadedData | DatasetSplits, config: TrainConfig,
+    def __init__(self, model: MultiTaskModel, data: LoadedData | DatasetSplits, config: TrainConfig,
                  out_dir: str | Path, *, run_config: Mapping[str, Any] | None = None, resume: bool = False,
                  dist: DistContext | None = None, class_names: list[str] | None = None) -> None:
         self.config = config
         self.dist = dist or DistContext()
         self.out_dir = Path(out_dir)
         self.data = data if isinstance(data, LoadedData) else LoadedData(splits=data)
-        self.taskset = model.taskset  # type: ignore[attr-defined]
+        self.taskset = model.taskset
         self.class_names = class_names or self.data.info.get("class_names")
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -184,7 +185,7 @@ class Trainer:
             write_atomic(path, "".join(line + "\n" for line in kept))
 
     def _checkpoint_config(self) -> dict[str, Any]:
-        return {"model": self.model.config(), "run": self.run_config,  # type: ignore[operator]
+        return {"model": self.model.config(), "run": self.run_config,
                 "dataset_info": self.data.info, "world_size": self.dist.world_size}
 
     def _resume(self) -> None:
@@ -193,8 +194,8 @@ class Trainer:
                                   f"{self.checkpoint_dir}); start the run without --resume")
         ckpt = load_checkpoint(self.checkpoint_dir)
         saved_model = ckpt.config.get("model")
-        if saved_model != json.loads(json.dumps(self.model.config())):  # type: ignore[operator]
-            diff = config_diff(saved_model, json.loads(json.dumps(self.model.config())))  # type: ignore[operator]
+        if saved_model != json.loads(json.dumps(self.model.config())):
+            diff = config_diff(saved_model, json.loads(json.dumps(self.model.config())))
             raise CheckpointError(f"{ckpt.path}: the checkpoint's model differs from this run's at {diff[:8]}; "
                                   "resume with the config the run was started with")
         saved_trainer = (ckpt.config.get("run") or {}).get("trainer", {})
@@ -442,7 +443,7 @@ class Trainer:
             ckpt = Checkpoint(step=self.step, model=self.model.state_dict(), config=self._checkpoint_config(),
                               ema=self.ema.state_dict() if self.ema else None, optimizer=self.optimizer.state_dict(),
                               rng=capture_rng_state(), trainer=trainer_state,
-                              assets=self.model.assets())  # type: ignore[operator]
+                              assets=self.model.assets())
             self.last_checkpoint = save_checkpoint(self.checkpoint_dir, ckpt, keep_last=self.config.keep_last)
         self._saved_step = self.step
         self.dist.barrier()
