@@ -64,7 +64,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
 NAN_ON_ONE_RANK = """
 import sys
 import torch
-from mtd_core.model import DenoiserOutput
+from mtd_core.types import DenoiserOutput
 from mtd_core.tomlio import loads_toml
 from mtd_core.training import NonFiniteLossError, RunConfig, Trainer, build_run, init_distributed
 

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from test_math_forward import Case, Inputs, close, inputs_for, processes, random_t
 
 from mtd_core.diffusion.elbo import (
-    DenoiserOutput,
     ELBOTerms,
     MultiModalELBO,
     base_prediction,
@@ -34,6 +33,7 @@ from mtd_core.diffusion.noise import NoiseSchedule
 from mtd_core.diffusion.weights import WindowedLambda
 from mtd_core.errors import ScheduleError
 from mtd_core.modality import BasePrediction, DataSpec, HeadInput, LatentSpec, Modality, Role
+from mtd_core.types import DenoiserOutput
 
 # -- test modalities and a toy denoiser (shared with test_math_loss.py) -------------------------------------------
 

@@ -106,6 +106,25 @@ class WarmTemper(Scalar):
         return pred + 1.0  # temperature 1 should leave the prediction as it is
 
 
+class Float64Encoder(Scalar):
+    def build_encoder(self, latent: LatentSpec) -> nn.Module:
+        return super().build_encoder(latent).double()
+
+    def encode(self, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return encoder(x.double())
+
+
+class InfiniteAtTheEdge(Scalar):
+    """log(1 - x): infinite at x = 1, a value in the data range that the first example batch happens to miss."""
+
+    def example_batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        x = torch.rand(batch_size, 1, generator=generator) * 0.5
+        return {self.name: x if generator.initial_seed() != 1001 else torch.ones(batch_size, 1)}
+
+    def encode(self, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return encoder(torch.log1p(-x))
+
+
 class Abstract(Modality):
     kind = "abstract"
 
@@ -113,7 +132,9 @@ class Abstract(Modality):
 @pytest.mark.parametrize(("cls", "options", "check", "detail"), [
     (WrongEncodingShape, {}, "encode shape", "expected shape (4, 1, 8, 8), got (4, 3)"),
     (NaNLoss, {}, "loss finite", "expected finite values"),
-    (LossNotPerExample, {}, "loss shape", "expected a float tensor of shape (4,), got ()"),
+    (LossNotPerExample, {}, "loss shape", "expected shape (4,), got ()"),
+    (Float64Encoder, {}, "encode dtype", "expected torch.float32 (the dtype of Z and the backbone), got torch.float64"),
+    (InfiniteAtTheEdge, {}, "random batch 2 finite", "expected finite encodings and losses"),
     (DetachedHead, {}, "head gradient", "no gradient at all"),
     (InvalidSamples, {}, "validate(sample(greedy=True))", "values must lie in [0.0, 1.0]"),
     (RaisingHead, {}, "build_head", "raised RuntimeError: head exploded"),

@@ -152,21 +152,65 @@ def _static_checks(cls: Any, c: _Checker) -> None:
              "a non-empty tuple of Role", repr(roles))
     config = getattr(cls, "Config", None)
     c.expect("Config", inspect.isclass(config) and attrs.has(config), "an attrs class of options", repr(config))
+    assert inspect.isclass(config) and attrs.has(config)  # expect() raised otherwise
     docs = (inspect.getdoc(config) or "") + (inspect.getdoc(cls) or "")
-    undocumented = [f.name for f in attrs.fields(config) if f.name not in docs] if inspect.isclass(config) and attrs.has(config) else []
+    undocumented = [f.name for f in attrs.fields(config) if f.name not in docs]
     c.expect("Config documented", not undocumented, "every Config field named in the Config or class docstring",
              f"undocumented {undocumented}")
+
+
+def _float32(c: _Checker, check: str, t: Any, shape: tuple[int, ...]) -> None:
+    """A network output: a float32 CPU tensor of ``shape`` with finite values (validation runs on the CPU; a float64
+    encoder would otherwise pass here and fail in the backbone's first convolution)."""
+    c.expect(f"{check} shape", isinstance(t, torch.Tensor) and tuple(t.shape) == shape, f"shape {shape}", _shape(t))
+    c.expect(f"{check} dtype", t.dtype == torch.float32, "torch.float32 (the dtype of Z and the backbone)", t.dtype)
+    c.expect(f"{check} device", t.device == torch.device("cpu"), "the device of its input (cpu)", t.device)
+    c.expect(f"{check} finite", _finite(t), "finite values", "NaN or infinity")
+
+
+@attrs.define
+class _Case:
+    """One modality in one role under validation, and what each step of _role_checks has built so far."""
+
+    m: Modality
+    latent: LatentSpec
+    features: FeatureSpec
+    B: int
+    gen: torch.Generator
+    c: _Checker
+    x: Any = None
+    encoder: Any = None
+    head: Any = None
 
 
 def _role_checks(cls: type[Modality], role: Role, options: Mapping[str, Any], latent: LatentSpec,
                  features: FeatureSpec, batch_size: int, seed: int, c: _Checker) -> None:
     """Build the modality in ``role`` and exercise data, networks, loss, gradients, sampling and round-trips."""
-    B = batch_size
-    gen = torch.Generator().manual_seed(seed)
     m = c.run("construct", lambda: cls(**{"role": role, **options}))
     c.ok("construct")
+    m2 = _check_config_round_trip(m, c)
+    if role is Role.BASE:
+        shape = c.run("latent_shape", m.latent_shape)
+        good = isinstance(shape, tuple) and len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape)
+        c.expect("latent_shape", good, "a (C, H, W) tuple of positive ints as the base", repr(shape))
+        assert shape is not None  # expect() raised otherwise
+        latent = LatentSpec(shape)
+    case = _Case(m, latent, features, batch_size, torch.Generator().manual_seed(seed), c)
+    _check_data(case)
+    _check_networks(case)
+    pred, leaf, loss, enc_hat, z = _check_prediction(case)
+    _check_gradients(case, loss, z, enc_hat, leaf)
+    _check_random_batches(case)
+    for greedy in (True, False):
+        check = f"sample(greedy={greedy})"
+        sample = c.run(check, lambda: m.sample(pred, greedy=greedy, generator=case.gen))
+        c.run(f"validate({check})", lambda: m.validate(sample))
+        c.ok(check)
+    _check_assets(case, m2, z)
 
-    # configuration round-trip through JSON
+
+def _check_config_round_trip(m: Modality, c: _Checker) -> Modality:
+    """to_config is JSON and from_config rebuilds an equal modality; returns the rebuilt twin."""
     config = c.run("to_config", m.to_config)
     text = c.run("to_config is JSON", lambda: json.dumps(config))
     c.ok("to_config is JSON")
@@ -176,72 +220,78 @@ def _role_checks(cls: type[Modality], role: Role, options: Mapping[str, Any], la
             "loss_weight": m2.loss_weight == m.loss_weight}
     c.expect("config round-trip", all(same.values()), "from_config(to_config()) to rebuild an equal modality",
              f"differences in {[k for k, v in same.items() if not v]}: {m.config} vs {getattr(m2, 'config', None)}")
+    return m2
 
-    # the latent space
-    if role is Role.BASE:
-        shape = c.run("latent_shape", m.latent_shape)
-        good = isinstance(shape, tuple) and len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape)
-        c.expect("latent_shape", good, "a (C, H, W) tuple of positive ints as the base", repr(shape))
-        assert shape is not None  # expect() raised otherwise
-        latent = LatentSpec(shape)
 
-    # data
-    batch = c.run("example_batch", lambda: m.example_batch(B, gen))
+def _check_data(case: _Case) -> None:
+    """example_batch (after fit) gives ``{name: B examples}`` that validate() accepts."""
+    m, c, B = case.m, case.c, case.B
+    batch = c.run("example_batch", lambda: m.example_batch(B, case.gen))
     c.run("fit", lambda: m.fit([batch]))
-    batch = c.run("example_batch", lambda: m.example_batch(B, gen))
+    batch = c.run("example_batch", lambda: m.example_batch(B, case.gen))
     c.expect("example_batch", isinstance(batch, Mapping) and m.name in batch,
              f"a dict holding the key {m.name!r}",
              sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__)
-    x = batch[m.name]
-    c.run("validate(example_batch)", lambda: m.validate(x))
-    n = len(x)
-    c.expect("example_batch size", n == B, f"{B} examples", n)
+    case.x = batch[m.name]
+    c.run("validate(example_batch)", lambda: m.validate(case.x))
+    c.expect("example_batch size", len(case.x) == B, f"{B} examples", len(case.x))
     c.ok("validate(example_batch)")
 
-    # networks
-    encoder = c.run("build_encoder", lambda: m.build_encoder(latent))
-    c.expect("build_encoder", isinstance(encoder, nn.Module), "an nn.Module", type(encoder).__name__)
+
+def _check_networks(case: _Case) -> None:
+    """build_encoder / build_head give modules (no head when head_input is NONE)."""
+    m, c = case.m, case.c
+    case.encoder = c.run("build_encoder", lambda: m.build_encoder(case.latent))
+    c.expect("build_encoder", isinstance(case.encoder, nn.Module), "an nn.Module", type(case.encoder).__name__)
     head_input = m.head_input
     c.expect("head_input", isinstance(head_input, HeadInput), "a HeadInput", repr(head_input))
-    head = c.run("build_head", lambda: m.build_head(latent, features))
+    case.head = c.run("build_head", lambda: m.build_head(case.latent, case.features))
     if head_input is HeadInput.NONE:
-        c.expect("build_head", head is None, "None (head_input is NONE)", type(head).__name__)
+        c.expect("build_head", case.head is None, "None (head_input is NONE)", type(case.head).__name__)
     else:
-        c.expect("build_head", isinstance(head, nn.Module), f"an nn.Module (head_input is {head_input.value})",
-                 type(head).__name__)
+        c.expect("build_head", isinstance(case.head, nn.Module), f"an nn.Module (head_input is {head_input.value})",
+                 type(case.head).__name__)
 
-    z = c.run("encode", lambda: m.encode(encoder, x))
-    c.expect("encode shape", isinstance(z, torch.Tensor) and tuple(z.shape) == (B, *latent.shape),
-             f"shape {(B, *latent.shape)}", _shape(z))
-    c.expect("encode finite", _finite(z), "finite values", "NaN or infinity")
 
-    # prediction and loss
-    C, H, W = latent.shape
-    leaf: torch.Tensor | None = None
-    if head is None:
-        leaf = torch.randn((B, *latent.shape), generator=gen).requires_grad_(True)
-        pred: Any = BasePrediction(mean=leaf, log_var=torch.full_like(leaf, math.log(1e-4)))
-    elif head_input is HeadInput.POOLED:
-        pred = c.run("head forward", lambda: head(torch.randn(B, features.pooled_dim, generator=gen)))
+def _predict(case: _Case) -> tuple[Any, torch.Tensor | None]:
+    """The head's prediction from random backbone features (a random BasePrediction without a head), and the leaf
+    tensor the loss gradient is checked on when there is no head."""
+    B, gen, (C, H, W) = case.B, case.gen, case.latent.shape
+    if case.head is None:
+        leaf = torch.randn((B, C, H, W), generator=gen).requires_grad_(True)
+        return BasePrediction(mean=leaf, log_var=torch.full_like(leaf, math.log(1e-4))), leaf
+    if case.m.head_input is HeadInput.POOLED:
+        features = torch.randn(B, case.features.pooled_dim, generator=gen)
     else:
-        pred = c.run("head forward", lambda: head(torch.randn(B, features.map_channels, H, W, generator=gen)))
-    loss = c.run("loss", lambda: m.loss(pred, x))
-    c.expect("loss shape", isinstance(loss, torch.Tensor) and tuple(loss.shape) == (B,) and loss.is_floating_point(),
-             f"a float tensor of shape ({B},)", _shape(loss))
-    c.expect("loss finite", _finite(loss), "finite values", loss.detach().tolist())
+        features = torch.randn(B, case.features.map_channels, H, W, generator=gen)
+    return case.c.run("head forward", lambda: case.head(features)), None
 
-    enc_hat = c.run("predicted_encoding", lambda: m.predicted_encoding(encoder, pred))
-    c.expect("predicted_encoding shape",
-             isinstance(enc_hat, torch.Tensor) and tuple(enc_hat.shape) == (B, *latent.shape),
-             f"shape {(B, *latent.shape)}", _shape(enc_hat))
-    c.expect("predicted_encoding finite", _finite(enc_hat), "finite values", "NaN or infinity")
+
+def _check_prediction(case: _Case) -> tuple[Any, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """encode, the head's prediction, loss and predicted_encoding: shapes, float32 on the input's device, finite."""
+    m, c, B, latent = case.m, case.c, case.B, case.latent
+    z = c.run("encode", lambda: m.encode(case.encoder, case.x))
+    _float32(c, "encode", z, (B, *latent.shape))
+    pred, leaf = _predict(case)
+    if isinstance(pred, torch.Tensor):
+        c.expect("head output dtype", pred.dtype == torch.float32, "torch.float32", pred.dtype)
+    loss = c.run("loss", lambda: m.loss(pred, case.x))
+    _float32(c, "loss", loss, (B,))
+    enc_hat = c.run("predicted_encoding", lambda: m.predicted_encoding(case.encoder, pred))
+    _float32(c, "predicted_encoding", enc_hat, (B, *latent.shape))
     if type(m).temper is not Modality.temper:  # a categorical modality: temperature 1 must change nothing
-        warm = c.run("temper", lambda: m.predicted_encoding(encoder, m.temper(pred, 1.0)))
+        warm = c.run("temper", lambda: m.predicted_encoding(case.encoder, m.temper(pred, 1.0)))
         c.expect("temper(pred, 1) leaves predicted_encoding unchanged",
-                 isinstance(warm, torch.Tensor) and isinstance(enc_hat, torch.Tensor) and warm.shape == enc_hat.shape
+                 isinstance(warm, torch.Tensor) and warm.shape == enc_hat.shape
                  and torch.allclose(warm, enc_hat, atol=1e-5), "the same encoding", "a different one")
+    return pred, leaf, loss, enc_hat, z
 
-    # gradients reach the trainable parts
+
+def _check_gradients(case: _Case, loss: torch.Tensor, z: torch.Tensor, enc_hat: torch.Tensor,
+                     leaf: torch.Tensor | None) -> None:
+    """Gradients reach the trainable parts of encoder and head, finite."""
+    c, gen = case.c, case.gen
+
     def backward() -> None:
         total = loss.sum()
         for t in (z, enc_hat):
@@ -251,7 +301,7 @@ def _role_checks(cls: type[Modality], role: Role, options: Mapping[str, Any], la
             total.backward()
 
     c.run("backward", backward)
-    for part, module in (("encoder", encoder), ("head", head)):
+    for part, module in (("encoder", case.encoder), ("head", case.head)):
         params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
         if not params:
             continue
@@ -262,14 +312,24 @@ def _role_checks(cls: type[Modality], role: Role, options: Mapping[str, Any], la
         c.expect("loss gradient", leaf.grad is not None and _finite(leaf.grad),
                  "a finite gradient w.r.t. the BasePrediction mean", "none or non-finite")
 
-    # sampling
-    for greedy in (True, False):
-        check = f"sample(greedy={greedy})"
-        s = c.run(check, lambda: m.sample(pred, greedy=greedy, generator=gen))
-        c.run(f"validate({check})", lambda: m.validate(s))
-        c.ok(check)
 
-    # assets and a rebuilt modality compute the same encoding
+def _check_random_batches(case: _Case, n: int = 3) -> None:
+    """``n`` more example batches (other seeds): encoding, prediction and loss stay finite on each."""
+    m, c = case.m, case.c
+    for i in range(n):
+        g = torch.Generator().manual_seed(1000 + i)
+        x = c.run("example_batch", lambda: m.example_batch(case.B, g)[m.name])
+        with torch.no_grad():
+            z = c.run("encode", lambda: m.encode(case.encoder, x))
+            pred, _ = _predict(case)
+            loss = c.run("loss", lambda: m.loss(pred, x))
+        c.expect(f"random batch {i + 1} finite", _finite(z) and _finite(loss), "finite encodings and losses",
+                 "NaN or infinity")
+
+
+def _check_assets(case: _Case, m2: Modality, z: torch.Tensor) -> None:
+    """assets() round-trips through load_assets, and the rebuilt twin computes the same encoding."""
+    m, c = case.m, case.c
     assets = c.run("assets", m.assets)
     c.expect("assets", isinstance(assets, dict) and all(isinstance(k, str) and isinstance(v, bytes)
                                                          for k, v in assets.items()),
@@ -280,9 +340,9 @@ def _role_checks(cls: type[Modality], role: Role, options: Mapping[str, Any], la
              f"keys {sorted(again)}")
 
     def rebuilt_encoding() -> torch.Tensor:
-        enc2 = m2.build_encoder(latent)
-        enc2.load_state_dict(encoder.state_dict())
-        return m2.encode(enc2, x)
+        enc2 = m2.build_encoder(case.latent)
+        enc2.load_state_dict(case.encoder.state_dict())
+        return m2.encode(enc2, case.x)
 
     z2 = c.run("rebuilt encode", rebuilt_encoding)
     c.expect("rebuilt encode", isinstance(z2, torch.Tensor) and z2.shape == z.shape and torch.equal(z2, z.detach()),
