@@ -267,6 +267,18 @@ def test_duplicate_names_fail_for_both_distributions(dists: FakeDists) -> None:
         reg.build_modality({"kind": "toy"})
 
 
+def test_a_clash_with_a_builtin_keeps_the_builtin_and_names_the_newcomer(dists: FakeDists) -> None:
+    dists.add("mtd", "0.1.0", {"mtd-toy": GOOD_PLUGIN})  # the distribution the built-ins ship in
+    dists.add("their-dist", "2.0", {"theirs": GOOD_PLUGIN.replace('"toyset"', '"their_set"')})
+    reg = dists.registry()
+    assert reg.modality_kinds() == ["toy"] and reg.modality_class("toy").__module__.startswith("fake_mtd_mtd_toy")
+    assert reg.dataset_names() == ["their_set", "toyset"]  # the newcomer's other names still load
+    failed = [r for r in reg.failures if r.name == "toy"]
+    assert [(r.plugin, r.distribution) for r in failed] == [("theirs", "their-dist")]
+    assert "already provided by the built-in plugin 'mtd-toy'" in failed[0].error
+    assert "block the plugin with MTD_BLOCK_PLUGINS=theirs" in failed[0].error
+
+
 def test_duplicate_entry_point_names_are_reported(dists: FakeDists) -> None:
     dists.add("first-dist", "1.0", {"same": GOOD_PLUGIN})
     dists.add("second-dist", "1.0", {"same": "raise SystemExit('must never be imported')\n"})

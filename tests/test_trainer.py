@@ -126,6 +126,19 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     assert load_checkpoint(tmp_path).step == 4
 
 
+def test_a_non_finite_modality_loss_names_the_modality_its_plugin_and_distribution(tmp_path: Path) -> None:
+    cfg = tiny(steps=3, checkpoint_every=0)
+    run = build_run(cfg)
+    label = run.model.taskset.modalities["label"]
+    loss = label.loss
+    label.loss = lambda pred, x: loss(pred, x) * float("nan")  # type: ignore[method-assign]
+    with pytest.raises(NonFiniteLossError) as e:
+        Trainer(run.model, run.data, cfg.trainer, tmp_path, run_config=run.config.to_dict()).fit()
+    assert ("The loss of modality 'label' (kind 'label', from plugin 'mtd-label' (distribution mtd "
+            in str(e.value)), str(e.value)
+    assert "modality 'image'" not in str(e.value)
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
     cfg = copy.deepcopy(TINY)
     cfg["trainer"].update(steps=100000, checkpoint_every=0, log_every=1)

@@ -102,6 +102,10 @@ def blocked_from_env() -> tuple[str, ...]:
     return tuple(s.strip() for s in os.environ.get(BLOCK_ENV, "").split(",") if s.strip())
 
 
+BUILTIN_DISTRIBUTION = "mtd"
+"""The distribution whose entry points are the built-ins: a name one of them provides stays theirs in a clash."""
+
+
 @attrs.frozen
 class PluginInfo:
     """Where a plugin comes from.
@@ -117,6 +121,11 @@ class PluginInfo:
     source: str
     distribution: str | None = None
     version: str | None = None
+
+    @property
+    def builtin(self) -> bool:
+        """Shipped with mtd itself (an entry point of the ``mtd`` distribution)."""
+        return self.distribution == BUILTIN_DISTRIBUTION
 
     def describe(self) -> str:
         """``plugin 'x' (distribution d 1.0, entry point x = pkg.mod)`` or ``... (registered explicitly: obj)``."""
@@ -250,6 +259,7 @@ class Registry:
         self._problems: list[PluginRecord] = []
         self._tables: dict[str, dict[str, Any]] = {what: {} for what in HOOKS}
         self._conflicts: dict[tuple[str, str], list[PluginInfo]] = {}
+        self._shadowed: dict[tuple[str, str], PluginInfo] = {}  # (what, name) -> the built-in that keeps it
         self._blocked_unmatched: list[str] = []
         self._infos: dict[str, PluginInfo] = {}  # every plugin that was loaded or tried, by plugin name
 
@@ -365,15 +375,22 @@ class Registry:
         return provisions, []
 
     def _resolve(self) -> None:
-        """Rebuild the lookup tables from the provisions: a name provided by two plugins is registered under none."""
+        """Rebuild the lookup tables from the provisions. A name two plugins provide is registered under none of
+        them, unless one is a built-in: the built-in keeps it (so `mtd demo` survives any installed plugin) and
+        each newcomer is reported as failed for that name."""
         groups: dict[tuple[str, str], list[_Provision]] = defaultdict(list)
         for p in self._provisions:
             groups[(p.what, p.name)].append(p)
         self._tables = {what: {} for what in HOOKS}
         self._conflicts = {}
+        self._shadowed = {}
         for (what, name), provs in groups.items():
-            if len(provs) == 1:
-                self._tables[what][name] = provs[0].obj
+            builtins = [p for p in provs if p.info.builtin]
+            if len(provs) == 1 or len(builtins) == 1:
+                kept = provs[0] if len(provs) == 1 else builtins[0]
+                self._tables[what][name] = kept.obj
+                if len(provs) > 1:
+                    self._shadowed[(what, name)] = kept.info
             else:
                 self._conflicts[(what, name)] = [p.info for p in provs]
 
@@ -453,6 +470,9 @@ class Registry:
             for p in self._provisions:
                 infos = self._conflicts.get((p.what, p.name))
                 error = None if infos is None else _clash_message(p.what, p.name, infos)
+                kept = self._shadowed.get((p.what, p.name))
+                if kept is not None and kept != p.info:
+                    error = _shadowed_message(p.what, p.name, p.info, kept)
                 out.append(self._record(p.info, p.what, p.name, "ok" if error is None else "failed", error,
                                         roles=p.roles))
         return sorted(out, key=lambda r: (_ORDER[r.what], r.name, r.plugin))
@@ -513,6 +533,14 @@ class Registry:
             lines.append("note: these plugins did not load (one may provide it):")
             lines += [_indent(r.message()) for r in related]
         raise ConfigError("\n".join(lines))
+
+    def provider(self, what: str, name: str) -> PluginInfo | None:
+        """The plugin whose ``what`` is registered under ``name`` (None when nothing registered provides it)."""
+        self.load()
+        with self._lock:
+            obj = self._tables.get(what, {}).get(name)
+            return next((p.info for p in self._provisions if (p.what, p.name) == (what, name) and p.obj is obj),
+                        None) if obj is not None else None
 
     def modality_class(self, kind: str) -> type[Modality]:
         """The Modality subclass registered under ``kind`` (see :meth:`get` for the errors)."""
@@ -577,6 +605,13 @@ def _clash_message(what: str, name: str, infos: list[PluginInfo]) -> str:
     who = "\n".join(f"    {info.describe()}" for info in infos)
     return (f"{what} {name!r} is provided by {len(infos)} plugins, so it is registered for none of them:\n{who}\n"
             f"uninstall one of the distributions, or block one plugin with {BLOCK_ENV}={infos[-1].name}")
+
+
+def _shadowed_message(what: str, name: str, newcomer: PluginInfo, builtin: PluginInfo) -> str:
+    """Why a plugin's name is not registered for it: a built-in provides the same name and keeps it."""
+    return (f"{what} {name!r} is already provided by the built-in {builtin.describe()}, which keeps it; this "
+            f"{newcomer.describe()} is not used for it\nrename it in that plugin, or block the plugin with "
+            f"{BLOCK_ENV}={newcomer.name}")
 
 
 def _validate_result(what: str, hook: str, result: Any) -> tuple[list[tuple[str, Any, tuple[str, ...]]],

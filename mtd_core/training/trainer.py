@@ -320,11 +320,25 @@ class Trainer:
                 else "the loss is not finite on another process" if loss_bad
                 else f"the gradient norm is {grad_norm}")
         raise NonFiniteLossError(
-            f"training stopped at step {self.step + 1}: {what} (terms: {terms}).\n"
+            f"training stopped at step {self.step + 1}: {what} (terms: {terms}).\n{self._culprits(out)}"
             f"The update of that step was discarded and nothing was saved; {where}.\n"
             "Usual causes: a learning rate too high (trainer.lr), no gradient clipping (trainer.grad_clip = 0), "
             "bf16 overflow (trainer.bf16), or extreme data values."
         )
+
+    def _culprits(self, out: LossOutput) -> str:
+        """A line per modality whose loss term is not finite, naming its kind, plugin and distribution."""
+        from mtd_core.plugins.registry import get_registry
+
+        lines = []
+        for name, value in out.terms.items():
+            m = self.taskset.modalities.get(name)
+            if m is None or math.isfinite(float(value)):
+                continue
+            info = get_registry().provider("modality", m.kind)
+            source = info.describe() if info is not None else "a modality class not registered as a plugin"
+            lines.append(f"The loss of modality {name!r} (kind {m.kind!r}, from {source}) is {float(value):.4g}.\n")
+        return "".join(lines)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def fit(self, until: int | None = None) -> TrainResult:
