@@ -15,7 +15,7 @@ builds nothing at import time.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -24,6 +24,7 @@ from torch import nn
 
 from mtd_core.diffusion.weights import WeightSchedule, ZeroWeight, weight_schedule_from_config
 from mtd_core.errors import ConfigError, ModalityDataError, closest
+from mtd_core import values
 from mtd_core.types import BasePrediction, DataSpec, FeatureSpec, HeadInput, LatentSpec, Role
 
 __all__ = ["BasePrediction", "DataSpec", "FeatureSpec", "HeadInput", "LatentSpec", "Modality", "NoOptions", "Role",
@@ -260,3 +261,30 @@ class Modality(abc.ABC):
     @abc.abstractmethod
     def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Turn a head prediction into data matching :meth:`data_spec` (``greedy``: the mode, else a draw)."""
+
+    # -- showing, parsing and scoring values (the defaults live in mtd_core/values.py) ----------------------
+    def class_names(self) -> list[str] | None:
+        """Display names of the classes when this modality's values are class indices, else None (the default).
+
+        Sample grids and ``mtd sample --given`` use them; without them, a dataset's class names are used where
+        their number matches the modality's range.
+        """
+        return None
+
+    def describe(self, value: torch.Tensor, class_names: Sequence[str] | None = None) -> str | None:
+        """One example (no batch dimension) as a short text for sample grids and ``mtd sample``, or None when it is
+        drawn instead (an image). Default: :func:`mtd_core.values.describe` (class names, or a few numbers)."""
+        return values.describe(self, value, class_names)
+
+    def parse(self, text: str, class_names: Sequence[str] | None = None) -> Any:
+        """Examples from a command-line string (``mtd sample --given NAME=TEXT``): a batch, one row per example,
+        in a form :func:`~mtd_core.sampling.generate` takes as given data (a tensor, or raw values that
+        :meth:`derive` turns into one). Default: :func:`mtd_core.values.parse` (.npy, image files, class names,
+        numbers); raises ModalityDataError naming the modality and what it accepts."""
+        return values.parse(self, text, class_names)
+
+    def readout_scores(self, predicted: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-example scores of this modality read out from the base (``predicted``: the head's greedy sample)
+        against the truth ``x``; ``mtd eval`` reports their means. Default: :func:`mtd_core.values.readout_scores`
+        (accuracy for integer data, mean squared error for float data)."""
+        return values.readout_scores(self, predicted, x)

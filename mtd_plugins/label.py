@@ -78,10 +78,9 @@ class LabelModality(Modality):
     def data_spec(self) -> DataSpec:
         return DataSpec((), "int64", 0, self.config.num_classes - 1)
 
-    def display_names(self) -> list[str]:
-        """One display name per class: ``class_names`` if given, else "0".."K-1"."""
-        names = self.config.class_names
-        return list(names) if names is not None else [str(k) for k in range(self.config.num_classes)]
+    def class_names(self) -> list[str] | None:
+        """The ``class_names`` option (None when not given: grids then use the dataset's names, or the index)."""
+        return list(self.config.class_names) if self.config.class_names is not None else None
 
     def build_encoder(self, latent: LatentSpec) -> nn.Module:
         """A LabelEncoder: one learned latent-shaped vector per class."""

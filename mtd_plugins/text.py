@@ -164,6 +164,14 @@ class TextModality(Modality):
             )
         return self._sp
 
+    def describe(self, value: torch.Tensor, class_names: Sequence[str] | None = None) -> str | None:
+        """The caption the token ids spell."""
+        return self.detokenize(value.unsqueeze(0).cpu())[0]
+
+    def parse(self, text: str, class_names: Sequence[str] | None = None) -> list[str]:
+        """A caption from the command line, as given (``derive`` tokenizes it)."""
+        return [text]
+
     def class_nouns(self) -> list[str]:
         """The noun for each class in synthesised captions."""
         return list(self.config.class_names) if self.config.class_names is not None else list(DIGIT_NAMES)

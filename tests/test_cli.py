@@ -156,7 +156,7 @@ def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, caps
     assert rc == 0, err
     assert np.load(tmp_path / "g" / "samples.npz")["label"].tolist() == [3, 3]
     rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "g"), "--guidance", "2")
-    assert rc == 1 and "--guidance needs a given label" in err
+    assert rc == 1 and "--guidance needs exactly one given aggregated modality" in err
     rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "x"), "--given", "labl=3")
     assert rc == 1 and "no modality 'labl' (did you mean 'label'?)" in err
     rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "x"), "--given", "label=eleven")
@@ -168,9 +168,10 @@ def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, caps
     elbo = result["elbo"]
     assert elbo["n_examples"] == 20 and elbo["timesteps_per_example"] == 4 and elbo["T"] == 40
     assert np.isfinite(elbo["bits_per_dim"]) and elbo["bits_per_dim"] > 0
-    assert result["accuracy"]["label"]["n_examples"] == 30 and 0 <= result["accuracy"]["label"]["accuracy"] <= 1
+    assert result["readout"]["label"]["n_examples"] == 30 and 0 <= result["readout"]["label"]["accuracy"] <= 1
     rc, out, _ = _run(capsys, "eval", str(run), "--n", "10", "--timesteps", "39", "--accuracy-n", "10")
-    assert rc == 0 and "on 10 of 359 test examples, all denoising terms" in out and "label head accuracy" in out
+    assert rc == 0 and "on 10 of 359 test examples, all denoising terms" in out
+    assert re.search(r"label read-out from the test images: accuracy \d+\.\d\d% on 10 test examples", out), out
 
 
 def test_train_resume_continues_and_refuses_a_reused_folder(tiny_toml: Path, tmp_path: Path,
@@ -277,9 +278,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
      r"--device 'cuda': no CUDA device is available on this machine; use cpu"),
     (["eval", "{run}", "--device", "cuda:0"], r"--device 'cuda:0': no CUDA device is available"),
     (["sample", "{run}", "--out", "{tmp}/s", "--given", "label=99999999999999999999"],
-     r"--given label=99999999999999999999: class index out of range; modality 'label' has classes 0..9"),
+     r"--given label: 99999999999999999999: class index out of range; modality 'label' has classes 0..9"),
     (["sample", "{run}", "--out", "{tmp}/s", "--given", "image={tmp}/missing.npy"],
-     r"--given image=.*missing.npy: file not found"),
+     r"--given image: .*missing.npy: file not found"),
     (["eval", "{run}", "--n", "-5"], r"--n must be at least 0 \(0 = all\), got -5"),
     (["eval", "{run}", "--timesteps", "0"], r"--timesteps must be at least 1, got 0"),
     (["train", "{cfg}", "--out", "{tmp}/t", "--set", "taskset.diffusion.T=100000000000"],

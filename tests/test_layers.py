@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ALLOWED = {
     "mtd_core.types": set(),
     "mtd_core.diffusion": {"mtd_core.types"},
-    "mtd_core.modality": {"mtd_core.types", "mtd_core.diffusion"},
+    "mtd_core.imageio": set(),
+    "mtd_core.values": {"mtd_core.types", "mtd_core.imageio"},
+    "mtd_core.modality": {"mtd_core.types", "mtd_core.diffusion", "mtd_core.values"},
 }
 
 
@@ -63,7 +65,7 @@ def _top_level_imports(path: Path) -> set[str]:
     out: set[str] = set()
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)  # a name may be a module: from mtd_core import x
         elif isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
     return {m for m in out if m.startswith("mtd_core")}

@@ -80,10 +80,17 @@ def test_out_of_range_labels_name_the_modality() -> None:
 
 def test_class_names_round_trip_and_must_match_num_classes() -> None:
     m = LabelModality(num_classes=3, class_names=["cat", "dog", "cow"])
-    assert m.display_names() == ["cat", "dog", "cow"]
+    assert m.class_names() == ["cat", "dog", "cow"]
+    assert m.describe(torch.tensor(1)) == "dog" and m.describe(torch.tensor(1), ["a", "b", "c"]) == "b"
+    assert m.parse("0, Cow,dog").tolist() == [0, 2, 1]
     assert m.to_config()["class_names"] == ["cat", "dog", "cow"]
     assert LabelModality.from_config(m.to_config()) == m
-    assert LabelModality(num_classes=2).display_names() == ["0", "1"]
+    assert LabelModality(num_classes=2).class_names() is None and LabelModality(num_classes=2).describe(
+        torch.tensor(1)) == "1"
+    with pytest.raises(ModalityDataError, match="3: class index out of range; modality 'label' has classes 0..2"):
+        m.parse("3")
+    with pytest.raises(ModalityDataError, match="did you mean 'cow'"):
+        m.parse("cwo")
     with pytest.raises(ConfigError, match="class_names has 2 entries, expected num_classes = 3"):
         LabelModality(num_classes=3, class_names=["a", "b"])
     with pytest.raises(ConfigError, match="list of non-empty strings"):

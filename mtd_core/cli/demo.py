@@ -111,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
 def run_demo(cfg: dict[str, Any], out: Path, *, quick: bool = False, seed: int = 0, progress: bool = True,
              verbose: bool = True) -> dict[str, Any]:
     """Train ``cfg`` (an image + label run config) into ``out/run``, write the grids and reports; the report dict."""
-    from mtd_core.cli.eval import evaluate_accuracy
+    from mtd_core.cli.eval import evaluate_readout
     from mtd_core.sampling.generate import DEFAULT_SAMPLER, generate
     from mtd_core.sampling.guidance import GuidanceConfig
     from mtd_core.training import RunConfig, Trainer, build_run
@@ -163,7 +163,7 @@ def run_demo(cfg: dict[str, Any], out: Path, *, quick: bool = False, seed: int =
         title=f"generated for a requested label (guidance {GUIDANCE_SCALE:g})"))
     sample_s = time.perf_counter() - t0
 
-    head = evaluate_accuracy(model, run.data, 0, 256, seed)["label"]
+    head = evaluate_readout(model, run.data, 0, 256, seed)["label"]
     train_fields = run.data.splits.train.fields  # type: ignore[attr-defined]
     test_fields = run.data.splits.test.fields  # type: ignore[attr-defined]
     clf, clf_acc = _independent_classifier(train_fields["image"], train_fields["label"], test_fields["image"],

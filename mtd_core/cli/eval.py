@@ -1,12 +1,14 @@
-"""``mtd eval RUN_DIR [--n N] [--timesteps K] [--json]``: held-out ELBO (bits/dim) and label-head accuracy.
+"""``mtd eval RUN_DIR [--n N] [--timesteps K] [--json]``: held-out ELBO (bits/dim) and every head's read-out.
 
 The ELBO is the bound of the base (prior + denoising + reconstruction, mtd_core/diffusion/elbo.py) in bits per
 dimension of the base's data, with each aggregated modality's decoder term beside it in nats, on a seeded subsample
 of the test split. Its sum
 over the T - 1 denoising terms is estimated without bias from K timesteps per example, drawn systematically across
 2..T with each example's own random offset (``stratified_timesteps``; K = T - 1 evaluates every term), so examples
-are independent and the printed standard error covers both the examples and the timestep draws. The accuracy of
-every label modality's head is read off the real test images (``generate`` with the base given: the read-out mode).
+are independent and the printed standard error covers both the examples and the timestep draws. Every aggregated
+modality with a head is read off the real test images (``generate`` with the base given: the read-out mode) and
+scored by its ``readout_scores`` (accuracy for labels and other integer data, mean squared error for float data,
+or what the modality defines).
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ def register(subparsers: Any) -> None:
     """Add ``mtd eval``."""
     p = subparsers.add_parser("eval", help="evaluate a trained run on its test split",
                               description="Held-out ELBO in bits/dim (on a test subsample, count printed) and the "
-                                          "accuracy of every label head on the test split.")
+                                          "read-out of every aggregated modality's head on the test split.")
     p.add_argument("run", help="the run folder (or one checkpoint folder)")
     p.add_argument("--n", type=int, default=256, help="test examples for the ELBO (default 256; 0 = all)")
     p.add_argument("--timesteps", type=int, default=50,
                    help="denoising terms evaluated per example, stratified over 2..T (default 50; T - 1 = exact)")
-    p.add_argument("--accuracy-n", type=int, default=0, help="test examples for label accuracy (default 0 = all)")
+    p.add_argument("--readout-n", "--accuracy-n", dest="readout_n", type=int, default=0,
+                   help="test examples for the heads' read-out (default 0 = all)")
     p.add_argument("--batch-size", type=int, default=128, help="examples per forward pass (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subsample, timesteps and noise (default 0)")
     p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
@@ -84,27 +87,30 @@ def _device_gen(model: Any, g: torch.Generator) -> torch.Generator:
     return torch.Generator(dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
 
 
-def evaluate_accuracy(model: Any, data: Any, n: int, batch_size: int, seed: int) -> dict[str, Any]:
-    """Accuracy of every label modality's head on real test images (read-out from the given base)."""
+def evaluate_readout(model: Any, data: Any, n: int, batch_size: int, seed: int) -> dict[str, Any]:
+    """Every aggregated modality with a head, read off real test examples of the base and scored by its
+    ``readout_scores``: modality name -> {score name: mean, ..., "n_examples": count}."""
     from mtd_core.data.derive import derive_batch, model_inputs
+    from mtd_core.modality import HeadInput
     from mtd_core.sampling.generate import generate
 
     taskset = model.taskset
     base = taskset.base
-    labels = [m.name for m in taskset.aggregated
-              if m.data_spec().shape == () and not m.data_spec().torch_dtype.is_floating_point]
-    if base is None or not labels:
+    heads = [m for m in taskset.aggregated if m.head_input is not HeadInput.NONE]
+    if base is None or not heads:
         return {}
     idx = _subsample(len(data.splits.test), n, seed)
     g = torch.Generator().manual_seed(seed)
-    correct = {name: 0 for name in labels}
+    sums: dict[str, dict[str, float]] = {m.name: {} for m in heads}
     for start in range(0, len(idx), batch_size):
         batch = model_inputs(taskset, derive_batch(taskset, data.batch(data.splits.test, idx[start:start + batch_size]), g))
         out = generate(model, given={base.name: batch[base.name].to(model.device)}, generator=_device_gen(model, g),
                        progress=False)
-        for name in labels:
-            correct[name] += int((out.samples[name].cpu() == batch[name]).sum())
-    return {name: {"accuracy": c / len(idx), "n_examples": len(idx)} for name, c in correct.items()}
+        for m in heads:
+            for score, values in m.readout_scores(out.samples[m.name], batch[m.name].to(model.device)).items():
+                sums[m.name][score] = sums[m.name].get(score, 0.0) + float(values.double().sum())
+    return {name: {**{k: v / len(idx) for k, v in scores.items()}, "n_examples": len(idx)}
+            for name, scores in sums.items()}
 
 
 @handle_errors("eval")
@@ -113,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
     from mtd_core.training.run import load_run, load_run_data
 
     for option, value, low in (("--batch-size", args.batch_size, 1), ("--timesteps", args.timesteps, 1),
-                               ("--n", args.n, 0), ("--accuracy-n", args.accuracy_n, 0)):
+                               ("--n", args.n, 0), ("--readout-n", args.readout_n, 0)):
         if value < low:
             raise ConfigError(f"{option} must be at least {low}{' (0 = all)' if low == 0 else ''}, got {value}")
     check_device(args.device)
@@ -122,9 +128,9 @@ def main(args: argparse.Namespace) -> int:
     model = loaded.model
     with torch.no_grad():
         e = evaluate_elbo(model, data, args.n, args.timesteps, args.batch_size, args.seed)
-    accuracy = evaluate_accuracy(model, data, args.accuracy_n, args.batch_size, args.seed)
+    readout = evaluate_readout(model, data, args.readout_n, args.batch_size, args.seed)
     result = {"checkpoint": str(loaded.checkpoint.path), "step": loaded.step, "weights": loaded.weights,
-              "test_size": len(data.splits.test), "elbo": e, "accuracy": accuracy}
+              "test_size": len(data.splits.test), "elbo": e, "readout": readout}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -139,6 +145,9 @@ def main(args: argparse.Namespace) -> int:
     if decoders:
         print("  decoder terms, not in the bits/dim (nats/example): "
               + ", ".join(f"{k} {v:.2f}" for k, v in decoders.items()))
-    for name, a in accuracy.items():
-        print(f"  {name} head accuracy: {a['accuracy']:.2%} on {a['n_examples']} test examples")
+    for name, scores in readout.items():
+        shown = ", ".join(f"{k} {v:.2%}" if "accuracy" in k else f"{k} {v:.4g}" for k, v in scores.items()
+                          if k != "n_examples")
+        print(f"  {name} read-out from the test {model.taskset.base.name}s: {shown} on {scores['n_examples']} "
+              "test examples")
     return 0

@@ -1,15 +1,18 @@
 """``mtd sample RUN_DIR --out DIR [--given name=value ...] [--n N] [--sampler NAME --nfe N] [--seed S]``.
 
 Draws samples from a trained run (EMA weights of its latest checkpoint) and writes ``samples.png`` (a captioned
-grid) and ``samples.npz`` (every modality's raw samples; captions also as strings) into --out.
+grid) and ``samples.npz`` (every modality's raw samples; values that read as text, such as captions and class
+names, also as strings) into --out.
 
-``--given`` values, by modality:
-    label        a class index or class name; several comma-separated values give one grid row per value
-                 (``--given label=0,1,2`` with ``--n 8``: 8 samples of each)
-    text         a caption (quote it)
-    image-like   a PNG file (converted to the modality's channels, same size) or a .npy file of shape (C, H, W)
-                 or (B, C, H, W); giving the base image reads the other modalities off it (classification)
-    other        a .npy file holding one example or a batch
+``--given NAME=VALUE`` is read by the modality's ``parse`` (docs/plugins.md); by default:
+    class indices   an index or class name; several comma-separated values give one grid row per value
+                    (``--given label=0,1,2`` with ``--n 8``: 8 samples of each)
+    text            a caption (quote it)
+    image-like      a PNG file (converted to the modality's channels, same size) or a .npy file of shape (C, H, W);
+                    giving the base image reads the other modalities off it (classification)
+    vectors         numbers separated by commas or spaces (``--given attributes=0,1,1,0``)
+    anything        a .npy file holding one example, or a batch (each example a grid row of ``--n``)
+``--guidance S`` steers towards the one given aggregated modality with its own head (any modality, not only labels).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 from mtd_core.cli.train import check_device, check_out_dir, handle_errors
 from mtd_core.diffusion.noise import RESPACINGS
 from mtd_core.errors import ConfigError, ModalityDataError, closest
+from mtd_core.modality import Role
 from mtd_core.sampling.estimate import CLIPS, EPS_RULES
 from mtd_core.sampling.generate import (
     CONDITIONING,
@@ -84,38 +88,18 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=main)
 
 
-def _load_image(path: Path, spec: Any, name: str) -> torch.Tensor:
-    from mtd_core.data.png_folder import read_image
-
-    c, h, w = spec.shape
-    a = read_image(path, c, f"--given {name}")
-    if a.shape[1:] != (h, w):
-        raise ModalityDataError(f"--given {name}={path}: the image is {a.shape[2]}x{a.shape[1]}, modality {name!r} "
-                                f"needs {w}x{h}")
-    return torch.from_numpy(a.copy()).float().div(127.5).sub(1.0)[None]
-
-
-def _load_npy(path: str, name: str) -> torch.Tensor:
-    try:
-        return torch.from_numpy(np.load(path, allow_pickle=False))
-    except FileNotFoundError:
-        raise ModalityDataError(f"--given {name}={path}: file not found") from None
-    except (OSError, ValueError) as e:
-        raise ModalityDataError(f"--given {name}={path}: cannot read the .npy file: {e}") from None
-
-
 def parse_given(model: Any, items: list[str], n: int, dataset_names: list[str] | None = None
                 ) -> tuple[dict[str, Any], int, list[str] | None]:
     """The ``given`` dict for generate(), the total sample count, and row labels (one per given value).
 
-    Every given modality is repeated to the same batch; a comma-separated label list makes rows of ``n``. Labels
-    may be given by index or by name (the label modality's ``class_names``, else the dataset's).
+    Each value is read by its modality's ``parse`` (docs/plugins.md); every given modality is repeated to the same
+    batch, and a value that parses to several rows (``--given label=0,1,2``) makes one grid row of ``n`` per row.
     """
     from mtd_core.training.grids import class_names_for
 
     modalities = model.taskset.modalities
-    display: dict[str, list[str]] = {}
     raw: dict[str, list[Any]] = {}
+    names: dict[str, list[str] | None] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--given {item!r}: expected NAME=VALUE, e.g. label=3")
@@ -124,66 +108,44 @@ def parse_given(model: Any, items: list[str], n: int, dataset_names: list[str] |
             raise ConfigError(f"--given {item!r}: the run has no modality {name!r}{closest(name, list(modalities))}; "
                               f"it has {list(modalities)}")
         m = modalities[name]
-        spec = m.data_spec()
-        if hasattr(m, "display_names") and spec.shape == ():
-            display[name] = class_names_for(m, dataset_names) or list(m.display_names())
-            names = [s.lower() for s in display[name]]
-            vals: list[int] = []
-            for v in value.split(","):
-                v = v.strip()
-                if v.lstrip("-").isdigit():
-                    if not 0 <= int(v) < len(names):
-                        raise ConfigError(f"--given {name}={v}: class index out of range; modality {name!r} has "
-                                          f"classes 0..{len(names) - 1}: {display[name]}")
-                    vals.append(int(v))
-                elif v.lower() in names:
-                    vals.append(names.index(v.lower()))
-                else:
-                    raise ConfigError(f"--given {name}={v}: not a class index or name{closest(v.lower(), names)}; "
-                                      f"classes: {display[name]}")
-            raw[name] = [torch.tensor([v]) for v in vals]
-        elif hasattr(m, "tokenize"):
-            raw[name] = [[value]]
-        elif value.endswith(".npy"):
-            a = _load_npy(value, name)
-            a = a if a.ndim == len(spec.shape) + 1 else a[None]
-            raw[name] = [a.to(spec.torch_dtype)]
-        elif len(spec.shape) == 3 and spec.dtype.startswith("float"):
-            raw[name] = [_load_image(Path(value), spec, name)]
-        else:
-            raise ConfigError(f"--given {name}={value}: give modality {name!r} (kind {m.kind!r}) as a .npy file")
-    rows = max((len(v) for v in raw.values()), default=1)
+        names[name] = class_names_for(m, dataset_names)
+        try:
+            rows = m.parse(value, names[name])
+        except ModalityDataError as e:
+            raise ModalityDataError(f"--given {name}: {e}") from None
+        raw[name] = [rows[i:i + 1] for i in range(len(rows))]
+    rows_n = max((len(v) for v in raw.values()), default=1)
     given: dict[str, Any] = {}
-    for name, given_vals in raw.items():
-        if len(given_vals) not in (1, rows):
-            raise ConfigError(f"--given: lists must have the same length; {name!r} has {len(given_vals)}, another {rows}")
-        parts: list[Any] = []
-        for r in range(rows):
-            val = given_vals[r if len(given_vals) > 1 else 0]
-            if isinstance(val, list):
-                parts.append(val * n)
-            else:
-                reps = n if len(val) == 1 else 1
-                parts.append(val.repeat(reps, *([1] * (val.ndim - 1))))
-        given[name] = sum(parts, []) if isinstance(parts[0], list) else torch.cat(parts)
+    for name, given_rows in raw.items():
+        if len(given_rows) not in (1, rows_n):
+            raise ConfigError(f"--given: lists must have the same length; {name!r} has {len(given_rows)}, another "
+                              f"{rows_n}")
+        parts = [given_rows[r if len(given_rows) > 1 else 0] for r in range(rows_n)]
+        if isinstance(parts[0], list):
+            given[name] = [v for part in parts for v in part * n]
+        else:
+            given[name] = torch.cat([part.repeat(n, *([1] * (part.ndim - 1))) for part in parts])
     total = len(next(iter(given.values()))) if given else n
     labels = None
-    if rows > 1:
-        label_mod = next(name for name, vals in raw.items() if len(vals) == rows)
-        labels = [display[label_mod][int(v)] if label_mod in display else str(r)
-                  for r, v in enumerate(raw[label_mod])]
+    if rows_n > 1:
+        name = next(k for k, v in raw.items() if len(v) == rows_n)
+        m = modalities[name]
+        labels = [(m.describe(row[0], names[name]) if isinstance(row, torch.Tensor) else None) or str(r)
+                  for r, row in enumerate(raw[name])]
     return given, total, labels
 
 
 def to_npz_arrays(taskset: Any, samples: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Raw samples as numpy arrays (text modalities also decoded to strings under ``<name>_text``)."""
+    """Raw samples as numpy arrays; integer-valued modalities whose examples ``describe`` as text (captions, class
+    names) also as strings under ``<name>_text``."""
     out: dict[str, np.ndarray] = {}
     for name, v in samples.items():
         m = taskset.modalities[name]
         if isinstance(v, torch.Tensor):
             out[name] = v.detach().cpu().numpy()
-            if hasattr(m, "detokenize") and not v.is_floating_point():
-                out[f"{name}_text"] = np.array(m.detokenize(v.cpu()), dtype=str)
+            texts = [m.describe(row) for row in v.cpu()] if not v.is_floating_point() else []
+            if texts and all(t is not None for t in texts):
+                out[f"{name}_text"] = np.array(texts, dtype=str)
         else:
             out[name] = np.array([str(x) for x in v], dtype=str)
     return out
@@ -247,10 +209,11 @@ def main(args: argparse.Namespace) -> int:
     if args.guidance:
         from mtd_core.sampling.guidance import GuidanceConfig
 
-        target = next((k for k, m in model.taskset.modalities.items() if hasattr(m, "display_names") and k in given), None)
-        if target is None:
-            raise ConfigError("--guidance needs a given label (e.g. --given label=3); it steers towards that class")
-        guidance = GuidanceConfig(modality=target, target=given[target], scale=args.guidance)
+        heads = [k for k, m in model.taskset.modalities.items() if k in given and m.role is Role.AGGREGATED]
+        if len(heads) != 1:
+            raise ConfigError("--guidance needs exactly one given aggregated modality (e.g. --given label=3): its "
+                              f"head steers towards the given value; given {sorted(given)}")
+        guidance = GuidanceConfig(modality=heads[0], target=given[heads[0]], scale=args.guidance)
     g = torch.Generator(args.device).manual_seed(args.seed)
     out = generate(model, n=total, given=given or None, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
                    eta=args.eta, guidance=guidance, generator=g, progress=not args.no_progress,

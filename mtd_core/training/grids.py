@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from mtd_core.modality import Modality
 from mtd_core.training.checkpoint import write_atomic
 
 BACKGROUND = (255, 255, 255)
@@ -119,24 +120,16 @@ def save_png(path: str | Path, image: Image.Image) -> Path:
     return Path(path)
 
 
-def class_names_for(modality: Any, dataset_names: Sequence[str] | None = None) -> list[str] | None:
-    """Display names of a label modality: its own ``class_names`` option, else the dataset's, else None."""
-    own = getattr(getattr(modality, "config", None), "class_names", None)
+def class_names_for(modality: Modality, dataset_names: Sequence[str] | None = None) -> list[str] | None:
+    """Display names of a modality's classes: its own ``class_names()``, else the dataset's when their number
+    matches the modality's range of class indices, else None."""
+    own = modality.class_names()
     if own:
-        return list(own)
-    k = getattr(getattr(modality, "config", None), "num_classes", None)
+        return own
+    spec = modality.data_spec()
+    k = int(spec.high) + 1 if spec.high is not None and spec.shape == () else None
     if dataset_names and (k is None or len(dataset_names) == k):
         return list(dataset_names)
-    return None
-
-
-def describe_value(modality: Any, value: torch.Tensor, class_names: Sequence[str] | None = None) -> str | None:
-    """A short text for one sample of a non-image modality: a class name, a caption; None if not textual."""
-    if hasattr(modality, "detokenize"):
-        return str(modality.detokenize(value.unsqueeze(0).cpu())[0])
-    if value.ndim == 0 and not value.is_floating_point():
-        k = int(value)
-        return class_names[k] if class_names and 0 <= k < len(class_names) else str(k)
     return None
 
 
@@ -163,7 +156,7 @@ def sample_cells(taskset: Any, samples: Mapping[str, Any], class_names: Sequence
             if isinstance(v, list):
                 text = str(v[i])
             elif isinstance(v, torch.Tensor):
-                text = describe_value(m, v[i], class_names_for(m, class_names))
+                text = m.describe(v[i], class_names_for(m, class_names))
             else:
                 text = None
             if text is not None:
