@@ -206,3 +206,38 @@ def test_blocked_plugins_are_listed_and_not_failures(monkeypatch: pytest.MonkeyP
 def test_plugins_without_action_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(capsys, "plugins")
     assert code == 2 and "list" in out and "validate" in out
+
+
+# -- mtd plugins new -----------------------------------------------------------------------------------------
+def test_new_writes_a_plugin_that_registers_validates_and_passes_its_kit(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+    import tomllib
+
+    code, out = run(capsys, "plugins", "new", "mtd-star-count", "--out", str(tmp_path))
+    root = tmp_path / "mtd-star-count"
+    assert code == 0 and f"wrote {root}" in out
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert project["project"]["entry-points"]["mtd"] == {"mtd-star-count": "mtd_star_count"}
+    # installed as pip would: the package on the path and a dist-info declaring the entry point
+    site = tmp_path / "site"
+    info = site / "mtd_star_count-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mtd-star-count\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[mtd]\nmtd-star-count = mtd_star_count\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(root / "src"))
+    code, out = run(capsys, "plugins", "validate", "star_count")
+    assert code == 0 and out.startswith("star_count: ok"), out
+    code, out = run(capsys, "plugins", "list")
+    assert re.search(r"star_count\s+modality\s+aggregated\s+mtd-star-count\s+mtd-star-count\s+0\.1\.0\s+ok", out), out
+    env = {**__import__("os").environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    kit = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+                         capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert kit.returncode == 0 and " passed" in kit.stdout, kit.stdout[-3000:] + kit.stderr[-2000:]
+
+    code = main(["plugins", "new", "mtd-star-count", "--out", str(tmp_path)])
+    assert code == 1 and "already exists" in capsys.readouterr().err
+    code = main(["plugins", "new", "Stars!", "--out", str(tmp_path)])
+    assert code == 1 and "is not a distribution name" in capsys.readouterr().err

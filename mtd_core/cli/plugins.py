@@ -4,6 +4,8 @@
                                               its plugin, distribution, version and status, and every plugin problem
     mtd plugins validate [KIND ...]           build, run forward and backward, and round-trip each modality
                                               (default: all); exit 1 if any check fails or any plugin failed to load
+    mtd plugins new NAME [--out DIR]          write a plugin package (entry point, modality, conformance test)
+                                              that installs, validates and passes its kit as it is
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import sys
 from typing import Any, TextIO
 
+from mtd_core.cli.train import handle_errors
 from mtd_core.errors import MTDError
 from mtd_core.plugins.registry import BLOCK_ENV, PluginRecord, Registry, get_registry
 
@@ -42,6 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "repeatable; applies to every named kind")
     p_val.add_argument("--json", action="store_true", help="print the validation reports as a JSON list")
     p_val.set_defaults(func=cmd_validate)
+
+    p_new = sub.add_parser("new", help="write a new modality plugin package",
+                           description="Write NAME/ (a pyproject with the entry point, a modality skeleton and a "
+                                       "conformance test) that installs, validates and passes its kit unchanged.")
+    p_new.add_argument("name", help="the distribution name, e.g. mtd-stars")
+    p_new.add_argument("--kind", default=None, help="the modality kind (default: NAME without 'mtd-', '-' -> '_')")
+    p_new.add_argument("--out", default=".", help="the folder to write NAME/ into (default: here)")
+    p_new.set_defaults(func=cmd_new)
 
 
 def _quiet_registry() -> Registry:
@@ -164,3 +175,14 @@ def cmd_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out.write(f"\n{len(results) - n_bad} of {len(results)} modalities passed"
               + (f"; {len(failures)} plugin load failures" if failures else "") + "\n")
     return 0 if ok else 1
+
+
+@handle_errors("plugins new")
+def cmd_new(args: argparse.Namespace) -> int:
+    """Write the plugin package and say what to do next."""
+    from mtd_core.cli.scaffold import write_plugin
+
+    root = write_plugin(args.name, args.out, args.kind)
+    print(f"mtd plugins new: wrote {root}\nnext: pip install -e \"{root}[test]\" && mtd plugins validate && "
+          f"pytest {root}")
+    return 0
