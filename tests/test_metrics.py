@@ -433,8 +433,11 @@ def test_cosine_consistency() -> None:
 
 # ---------------------------------------------------------------------------------------------- plugins and context
 def _taskset(*mods: tuple[str, str, str]) -> SimpleNamespace:
-    """A stand-in task set: name, kind, role per modality (applies_to reads only these)."""
-    return SimpleNamespace(modalities={n: SimpleNamespace(name=n, kind=k, role=SimpleNamespace(value=r)) for n, k, r in mods})
+    """A stand-in task set of built-in modalities: name, kind, role per modality (applies_to reads only these)."""
+    from mtd_core.plugins.registry import get_registry
+
+    build = get_registry().build_modality
+    return SimpleNamespace(modalities={n: build({"kind": k, "name": n, "role": r}) for n, k, r in mods})
 
 
 def test_builtin_metrics_are_registered_and_declare_what_they_apply_to(mtd_registry_builtin) -> None:  # noqa: ANN001

@@ -26,7 +26,7 @@ import torch
 
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.errors import ScheduleError
-from mtd_core.types import BasePrediction, Denoiser, LatentSpec
+from mtd_core.types import BasePrediction, Denoiser, LatentSpec, Role
 
 if TYPE_CHECKING:
     from mtd_core.modality import Modality
@@ -155,7 +155,7 @@ class MultiModalELBO:
                  encode: Callable[[Mapping[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]],
                  var_kind: str = "beta") -> None:
         self.fp, self.modalities, self.latent, self.encode, self.var_kind = fp, dict(modalities), latent, encode, var_kind
-        bases = [n for n, m in self.modalities.items() if m.role.value == "base"]
+        bases = [n for n, m in self.modalities.items() if m.role is Role.BASE]
         self.base = bases[0] if bases else None
 
     @torch.no_grad()

@@ -14,9 +14,10 @@ from typing import Any, ClassVar
 
 import attrs
 
-from mtd_core.metrics.context import EvalContext, base_name, modality_kinds
+from mtd_core.metrics.context import EvalContext
 from mtd_core.metrics.errors import MetricError
 from mtd_core.metrics.results import MetricReport
+from mtd_core.types import Role
 
 
 class Metric(abc.ABC):
@@ -59,9 +60,14 @@ class Metric(abc.ABC):
 
 
 def has_base_image(taskset: Any) -> bool:
-    """Whether the task set's base modality is an image (the images FID and the label metrics look at)."""
-    base = base_name(taskset)
-    return base is not None and modality_kinds(taskset)[base] == "image"
+    """Whether the task set's base modality holds images (float (C, H, W) data with 1 or 3 channels, whatever
+    its kind): the images FID and the label metrics look at."""
+    mods = taskset.modalities
+    base = next((m for m in (mods.values() if isinstance(mods, Mapping) else mods) if m.role is Role.BASE), None)
+    if base is None:
+        return False
+    spec = base.data_spec()
+    return len(spec.shape) == 3 and spec.torch_dtype.is_floating_point and spec.shape[0] in (1, 3)
 
 
 @attrs.frozen

@@ -23,6 +23,7 @@ import attrs
 import torch
 
 from mtd_core.metrics.errors import MetricError
+from mtd_core.types import Role
 from mtd_core.metrics.features import FeatureNetResult, features
 from mtd_core.metrics.fid import ReferenceFeatures, reference_features
 
@@ -47,7 +48,7 @@ def modality_kinds(taskset: Any) -> dict[str, str]:
 def base_name(taskset: Any) -> str | None:
     """The name of the task set's base modality, or None when it has none."""
     for m in _modalities(taskset):
-        if getattr(m.role, "value", m.role) == "base":
+        if m.role is Role.BASE:
             return str(m.name)
     return None
 

@@ -19,13 +19,13 @@ from typing import Any
 
 import attrs
 
+from mtd_core.diffusion.loss import LOSS_KINDS
 from mtd_core.errors import ConfigError, MTDError, closest
 from mtd_core.tomlio import TOMLDecodeError, loads_toml, plain, read_toml
 
 
 SECTIONS = ("dataset", "taskset", "backbone", "trainer")
 LR_SCHEDULES = ("constant", "cosine")
-LOSS_KINDS = ("simple", "vlb")
 
 
 def _int(name: str, low: int) -> Any:
