@@ -111,113 +111,142 @@ def main(args: argparse.Namespace) -> int:
 def run_demo(cfg: dict[str, Any], out: Path, *, quick: bool = False, seed: int = 0, progress: bool = True,
              verbose: bool = True) -> dict[str, Any]:
     """Train ``cfg`` (an image + label run config) into ``out/run``, write the grids and reports; the report dict."""
-    from mtd_core.cli.eval import evaluate_readout
-    from mtd_core.sampling.generate import DEFAULT_SAMPLER, generate
-    from mtd_core.sampling.guidance import GuidanceConfig
-    from mtd_core.training import RunConfig, Trainer, build_run
     from mtd_core.training.checkpoint import write_atomic
-    from mtd_core.training.grids import render_grid, sample_cells, save_png
 
     t_start = time.perf_counter()
-    run_dir = out / "run"
+    run, trainer, result = _train(cfg, out / "run", quick, verbose)
+    model = run.model
+    if trainer.ema is not None:
+        trainer.ema.copy_to(model)
+    model.eval()
+    drawn = _draw(model, run.data.info.get("class_names"), out, quick, seed, progress)
+    scores = _score(model, run.data, drawn, seed)
+    report = _report(run, trainer, result, drawn, scores, quick, time.perf_counter() - t_start)
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
+    write_atomic(out / "report.md", _markdown(report))
+    if verbose:
+        _print_summary(report, out)
+    return report
+
+
+def _train(cfg: dict[str, Any], run_dir: Path, quick: bool, verbose: bool) -> tuple[Any, Any, Any]:
+    """Train the demo's run from scratch in ``run_dir``: (run, trainer, train result)."""
+    from mtd_core.training import RunConfig, Trainer, build_run
+
     if run_dir.exists() and any(run_dir.glob("checkpoints/step_*")):
         import shutil
 
         shutil.rmtree(run_dir)  # the demo always starts fresh; its folder holds only what it wrote
     run = build_run(RunConfig.from_dict(cfg))
     tc = run.config.trainer
-    n_params = sum(p.numel() for p in run.model.parameters())
     if verbose:
+        n_params = sum(p.numel() for p in run.model.parameters())
         print(f"mtd demo: training image + label on the digits ({len(run.data.splits.train)} train / "
               f"{len(run.data.splits.test)} test, 8x8) for {tc.steps} steps on the CPU ({torch.get_num_threads()} "
               f"threads, {n_params / 1e6:.2f}M parameters)" + (" [--quick]" if quick else "") + " ...", flush=True)
     trainer = Trainer(run.model, run.data, tc, run_dir, run_config=run.config.to_dict())
-    result = trainer.fit()
-    train_s = result.elapsed_s
+    return run, trainer, trainer.fit()
 
-    model = run.model
-    if trainer.ema is not None:
-        trainer.ema.copy_to(model)
-    model.eval()
-    taskset = model.taskset
-    names = run.data.info.get("class_names")
+
+def _draw(model: Any, names: list[str] | None, out: Path, quick: bool, seed: int, progress: bool
+          ) -> dict[str, Any]:
+    """Joint samples, label-conditioned samples with and without guidance, and their two grids."""
+    from mtd_core.sampling.generate import generate
+    from mtd_core.sampling.guidance import GuidanceConfig
+    from mtd_core.training.grids import render_grid, sample_cells, save_png
+
     nfe = QUICK_NFE if quick else None  # generate()'s default sampler and NFE otherwise
     per_class = QUICK_PER_CLASS if quick else PER_CLASS
     joint_n = QUICK_JOINT_N if quick else JOINT_N
     t0 = time.perf_counter()
-
     g = torch.Generator().manual_seed(seed)
     joint = generate(model, n=joint_n, generator=g, progress=progress, nfe=nfe)
     joint_png = save_png(out / "joint.png", render_grid(
-        sample_cells(taskset, joint.samples, names), ncols=min(8, joint_n), scale=5,
+        sample_cells(model.taskset, joint.samples, names), ncols=min(8, joint_n), scale=5,
         title="generated together: image and label"))
-
     requested = torch.arange(10).repeat_interleave(per_class)
     plain = generate(model, given={"label": requested}, generator=g, progress=progress, nfe=nfe)
     guidance = GuidanceConfig("label", requested, GUIDANCE_SCALE)
     cond = generate(model, given={"label": requested}, guidance=guidance, generator=g, progress=progress, nfe=nfe)
     row_labels = [names[k] if names else str(k) for k in range(10)]
-    cond_cells = [GridCell(images=c.images) for c in sample_cells(taskset, cond.samples, names)]
+    cond_cells = [GridCell(images=c.images) for c in sample_cells(model.taskset, cond.samples, names)]
     cond_png = save_png(out / "conditional.png", render_grid(
         cond_cells, ncols=per_class, scale=5, row_labels=row_labels,
         title=f"generated for a requested label (guidance {GUIDANCE_SCALE:g})"))
-    sample_s = time.perf_counter() - t0
+    return {"joint": joint, "plain": plain, "cond": cond, "requested": requested, "joint_png": joint_png,
+            "cond_png": cond_png, "sample_s": time.perf_counter() - t0}
 
-    head = evaluate_readout(model, run.data, 0, 256, seed)["label"]
-    train_fields = run.data.splits.train.fields  # type: ignore[attr-defined]
-    test_fields = run.data.splits.test.fields  # type: ignore[attr-defined]
+
+def _score(model: Any, data: Any, drawn: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The label head's read-out accuracy, and joint coherence and conditional fidelity by an independent classifier."""
+    from mtd_core.cli.eval import evaluate_readout
+
+    head = evaluate_readout(model, data, 0, 256, seed)["label"]
+    train_fields, test_fields = data.splits.train.fields, data.splits.test.fields
     clf, clf_acc = _independent_classifier(train_fields["image"], train_fields["label"], test_fields["image"],
                                            test_fields["label"], seed)
-    joint_pred = torch.from_numpy(clf.predict(joint.samples["image"].flatten(1).cpu().numpy()))
-    coherence = float((joint_pred == joint.samples["label"].cpu()).float().mean())
-    def recognised(images: torch.Tensor) -> float:
-        pred = torch.from_numpy(clf.predict(images.flatten(1).cpu().numpy()))
-        return float((pred == requested).float().mean())
 
-    fidelity, fidelity_plain = recognised(cond.samples["image"]), recognised(plain.samples["image"])
-    total_s = time.perf_counter() - t_start
+    def predicted(images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(clf.predict(images.flatten(1).cpu().numpy()))
 
-    report = {
+    joint = drawn["joint"].samples
+    return {"head": head, "classifier_accuracy": clf_acc,
+            "coherence": float((predicted(joint["image"]) == joint["label"].cpu()).float().mean()),
+            "fidelity": float((predicted(drawn["cond"].samples["image"]) == drawn["requested"]).float().mean()),
+            "fidelity_plain": float((predicted(drawn["plain"].samples["image"]) == drawn["requested"]).float().mean())}
+
+
+def _report(run: Any, trainer: Any, result: Any, drawn: dict[str, Any], scores: dict[str, Any], quick: bool,
+            total_s: float) -> dict[str, Any]:
+    """The report.json dict: what was trained, the timings, the scores and what each means, the files."""
+    from mtd_core.sampling.generate import DEFAULT_SAMPLER
+
+    tc, head, n_req = run.config.trainer, scores["head"], len(drawn["requested"])
+    return {
         "trained": {"dataset": "digits (sklearn.datasets.load_digits, 8x8, 10 classes)",
                     "train_examples": len(run.data.splits.train), "test_examples": len(run.data.splits.test),
-                    "modalities": [f"{m.name} ({m.kind}, {m.role.value})" for m in taskset.modalities.values()],
-                    "parameters": n_params, "steps": result.step, "batch_size": tc.batch_size,
-                    "final_loss": result.metrics.get("loss"), "quick": bool(quick)},
-        "time_s": {"training": round(train_s, 1), "sampling": round(sample_s, 1), "total": round(total_s, 1)},
+                    "modalities": [f"{m.name} ({m.kind}, {m.role.value})"
+                                   for m in run.model.taskset.modalities.values()],
+                    "parameters": sum(p.numel() for p in run.model.parameters()), "steps": result.step,
+                    "batch_size": tc.batch_size, "final_loss": result.metrics.get("loss"), "quick": bool(quick)},
+        "time_s": {"training": round(result.elapsed_s, 1), "sampling": round(drawn["sample_s"], 1),
+                   "total": round(total_s, 1)},
         "machine": {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "torch": torch.__version__},
         "label_head_accuracy": {"value": head["accuracy"], "n_test": head["n_examples"],
                                 "what": "the model's label head reading real held-out digits (read-out at small t)"},
-        "joint_coherence": {"value": coherence, "n": joint_n,
+        "joint_coherence": {"value": scores["coherence"], "n": len(drawn["joint"].samples["label"]),
                             "what": "share of jointly generated (image, label) pairs whose image an independent "
                                     "pixel logistic regression assigns to the generated label"},
-        "conditional_fidelity": {"value": fidelity, "n": len(requested), "guidance_scale": GUIDANCE_SCALE,
+        "conditional_fidelity": {"value": scores["fidelity"], "n": n_req, "guidance_scale": GUIDANCE_SCALE,
                                  "what": "share of label-conditioned images (conditioned on the label and guided by "
                                          "the model's own label head, as in conditional.png) the same classifier "
                                          "assigns to the requested label"},
-        "conditional_fidelity_unguided": {"value": fidelity_plain, "n": len(requested),
+        "conditional_fidelity_unguided": {"value": scores["fidelity_plain"], "n": n_req,
                                           "what": "the same for conditioning on the label alone (no guidance)"},
-        "independent_classifier_test_accuracy": clf_acc,
-        "files": {"joint": str(joint_png), "conditional": str(cond_png), "run": str(run_dir),
-                  "checkpoint": str(result.checkpoint)},
-        "sampler": {"kind": DEFAULT_SAMPLER, "nfe": joint.nfe,
+        "independent_classifier_test_accuracy": scores["classifier_accuracy"],
+        "files": {"joint": str(drawn["joint_png"]), "conditional": str(drawn["cond_png"]),
+                  "run": str(trainer.out_dir), "checkpoint": str(result.checkpoint)},
+        "sampler": {"kind": DEFAULT_SAMPLER, "nfe": drawn["joint"].nfe,
                     "weights": "ema" if trainer.ema is not None else "model"},
         "config": run.config.to_dict(),
     }
-    write_atomic(out / "report.json", json.dumps(report, indent=2))
-    write_atomic(out / "report.md", _markdown(report))
-    if verbose:
-        print(f"mtd demo: done in {total_s:.0f} s (training {train_s:.0f} s).\n"
-              f"  label head accuracy on {head['n_examples']} held-out digits: {head['accuracy']:.1%}\n"
-              f"  joint coherence (independent classifier agrees with the generated label): {coherence:.1%} of "
-              f"{joint_n}\n"
-              f"  conditional fidelity (classifier recognises the requested label): {fidelity:.1%} of "
-              f"{len(requested)} with guidance {GUIDANCE_SCALE:g} ({fidelity_plain:.1%} without)\n"
-              f"  jointly generated images + labels: {joint_png}\n"
-              f"  label-conditioned images (one row per class): {cond_png}\n"
-              f"  report: {out / 'report.md'} (and report.json); training run: {run_dir}\n"
-              f"Next: mtd sample {run_dir} --given label=3 --out {out / 'threes'}   |   mtd eval {run_dir}")
-    return report
+
+
+def _print_summary(r: dict[str, Any], out: Path) -> None:
+    run_dir = r["files"]["run"]
+    fid = r["conditional_fidelity"]
+    print(f"mtd demo: done in {r['time_s']['total']:.0f} s (training {r['time_s']['training']:.0f} s).\n"
+          f"  label head accuracy on {r['label_head_accuracy']['n_test']} held-out digits: "
+          f"{r['label_head_accuracy']['value']:.1%}\n"
+          f"  joint coherence (independent classifier agrees with the generated label): "
+          f"{r['joint_coherence']['value']:.1%} of {r['joint_coherence']['n']}\n"
+          f"  conditional fidelity (classifier recognises the requested label): {fid['value']:.1%} of "
+          f"{fid['n']} with guidance {GUIDANCE_SCALE:g} ({r['conditional_fidelity_unguided']['value']:.1%} without)\n"
+          f"  jointly generated images + labels: {r['files']['joint']}\n"
+          f"  label-conditioned images (one row per class): {r['files']['conditional']}\n"
+          f"  report: {out / 'report.md'} (and report.json); training run: {run_dir}\n"
+          f"Next: mtd sample {run_dir} --given label=3 --out {out / 'threes'}   |   mtd eval {run_dir}")
 
 
 def _markdown(r: dict[str, Any]) -> str:

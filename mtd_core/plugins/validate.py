@@ -5,8 +5,8 @@ what `mtd plugins validate` runs, and what a plugin author runs before publishin
 one precise problem string ("<kind> (role <role>): <check>: expected ..., got ..."); a plugin's exception is caught
 into a problem, never raised, so one broken plugin cannot stop the validation of the others.
 
-The option validators (``option(...)`` and the ready-made ones below) are attrs field validators for a modality's
-Config; the ValueError they raise becomes a ConfigError naming the modality, the option, and expected vs received.
+The option validators for a modality's Config (``option(...)``, ``positive_int``, ...) live in
+mtd_core/plugins/options.py and are re-exported here, where plugins have always imported them from.
 """
 
 from __future__ import annotations
@@ -22,48 +22,20 @@ import torch
 from torch import nn
 
 from mtd_core.modality import BasePrediction, FeatureSpec, HeadInput, LatentSpec, Modality, Role
+from mtd_core.plugins.options import (
+    is_bool,
+    modality_name,
+    non_negative_int,
+    one_of,
+    option,
+    optional_names,
+    pixel_value,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 
 T = TypeVar("T")
-
-
-# -- Config field validators ---------------------------------------------------------------------------------
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def option(expected: str, test: Callable[[Any], bool]) -> Callable[[Any, attrs.Attribute, Any], None]:
-    """An attrs validator raising "option 'x' must be <expected>, got <value>" unless ``test(value)``."""
-
-    def validator(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if not test(value):
-            raise ValueError(f"option {attribute.name!r} must be {expected}, got {value!r}")
-
-    return validator
-
-
-def one_of(*choices: Any) -> Callable[[Any, attrs.Attribute, Any], None]:
-    """An attrs validator accepting exactly one of ``choices``."""
-    return option(f"one of {list(choices)}", lambda v: v in choices)
-
-
-positive_int = option("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-non_negative_int = option("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0)
-positive_float = option("a finite number > 0", lambda v: _number(v) and v > 0)
-unit_interval = option("a number in [0, 1]", lambda v: _number(v) and 0.0 <= v <= 1.0)
-pixel_value = option("a pixel value in [-1, 1]", lambda v: _number(v) and -1.0 <= v <= 1.0)
-is_bool = option("true or false", lambda v: isinstance(v, bool))
-modality_name = option("a modality name (an identifier)", lambda v: isinstance(v, str) and v.isidentifier())
-
-
-def optional_names(value: Any) -> tuple[str, ...] | None:
-    """An attrs converter for optional display names: None, or a list of non-empty str kept as a tuple (so the
-    frozen Config stays hashable; ``attrs.asdict`` gives a list back). Anything else is a ValueError."""
-    if value is None:
-        return None
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v
-                                                                                  for v in value):
-        raise ValueError(f"option 'class_names' must be a list of non-empty strings, got {value!r}")
-    return tuple(value)
 
 
 # -- validate_modality ---------------------------------------------------------------------------------------
