@@ -190,15 +190,13 @@ def trained_module(module: torch.nn.Module, path: Path, key: Mapping[str, Any], 
 
 def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ema: Any, cfg: Any, step: int,
                    loss: torch.Tensor) -> None:
-    """One step of the recipe every run shares (the Trainer's): the scheduled lr, backward, gradient clipping at 1,
-    the optimiser step and the EMA update. For the baselines that train outside the Trainer."""
-    from mtd_core.training import lr_at
+    """One step of the recipe every run shares, with the Trainer's own pieces (the scheduled lr, backward, gradient
+    clipping at ``cfg.grad_clip``), then the optimiser step and the EMA update. For the baselines that train outside
+    the Trainer."""
+    from mtd_core.training import backward_and_clip, lr_at
 
-    for group in opt.param_groups:
-        group["lr"] = lr_at(cfg, step)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    backward_and_clip(model, opt, loss, lr_at(cfg, step), cfg.grad_clip)
     opt.step()
     ema.update(model)
 

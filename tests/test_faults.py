@@ -25,7 +25,7 @@ from mtd_core.tomlio import dumps_toml
 from mtd_core.training import RunConfig, Trainer, build_run, list_checkpoints, load_checkpoint, recover_checkpoints
 from mtd_core.training import checkpoint as ckpt_mod
 from mtd_core.training.checkpoint import Checkpoint, save_checkpoint
-from mtd_core.training.trainer import NonFiniteLossError
+from mtd_core.errors import NonFiniteLossError
 
 TINY: dict[str, Any] = {
     "dataset": {"name": "digits"},

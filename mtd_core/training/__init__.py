@@ -17,7 +17,8 @@ from mtd_core.training.ema import EMA
 from mtd_core.training.grids import GridCell, render_grid, sample_cells, save_png
 from mtd_core.training.run import LoadedRun, Run, build_run, load_run, load_run_data
 from mtd_core.errors import NonFiniteLossError
-from mtd_core.training.trainer import Trainer, TrainResult, lr_at
+from mtd_core.training.step import backward_and_clip, lr_at
+from mtd_core.training.trainer import Trainer, TrainResult
 
 __all__ = [
     "EMA",
@@ -32,6 +33,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "apply_override",
+    "backward_and_clip",
     "build_run",
     "capture_rng_state",
     "find_checkpoint",

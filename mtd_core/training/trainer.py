@@ -33,7 +33,7 @@ from mtd_core.data.derive import derive_batch, model_inputs
 from mtd_core.data.sampler import ResumableSampler
 from mtd_core.data.splits import DatasetSplits
 from mtd_core.diffusion.loss import LossOutput
-from mtd_core.errors import CheckpointError, ConfigError, NonFiniteLossError
+from mtd_core.errors import CheckpointError, ConfigError
 from mtd_core.model import MultiTaskModel
 from mtd_core.training.checkpoint import (
     Checkpoint,
@@ -45,10 +45,13 @@ from mtd_core.training.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
-from mtd_core.training.config import TrainConfig, config_diff
+from mtd_core.training.config import TrainConfig
 from mtd_core.training.distributed import DistContext, device_for
 from mtd_core.training.ema import EMA
 from mtd_core.training.grids import render_grid, sample_cells, save_png
+from mtd_core.training.guard import check_parameters, diverged
+from mtd_core.training.resume import check_resumable, trim_metrics
+from mtd_core.training.step import backward_and_clip, lr_at, mix_seed
 
 
 BAR_EVERY = 10  # steps between progress-bar text updates
@@ -75,28 +78,6 @@ class TrainResult:
     elapsed_s: float
     examples_per_s: float
     grid: Path | None = None
-
-
-def _mix(*values: int) -> int:
-    """A 63-bit seed from integers (splitmix64), so nearby (seed, step, stream) triples give unrelated streams."""
-    x = 0x9E3779B97F4A7C15
-    for v in values:
-        x = (x ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 29
-    return x & 0x7FFFFFFFFFFFFFFF
-
-
-def lr_at(config: TrainConfig, step: int) -> float:
-    """The learning rate of step ``step`` (0-based): linear warm-up, then constant or cosine decay."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    if config.lr_schedule == "cosine":
-        span = max(1, config.steps - config.warmup_steps)
-        progress = min(1.0, (step - config.warmup_steps) / span)
-        f = config.final_lr_fraction
-        return config.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * progress)))
-    return config.lr
 
 
 class _LossModule(nn.Module):
@@ -166,24 +147,6 @@ class Trainer:
             self.loss_module = self._wrap_ddp()
 
     # -- setup -----------------------------------------------------------------------------------------
-    def _trim_metrics(self, step: int) -> None:
-        """Drop the metrics lines a killed run wrote after its last checkpoint: the resumed run logs those steps
-        again, and each step should appear once."""
-        path = self.out_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = []
-        for line in lines:
-            try:
-                if int(json.loads(line).get("step", 0)) > step:
-                    continue
-            except (ValueError, TypeError, AttributeError):  # a line cut short by the kill
-                continue
-            kept.append(line)
-        if len(kept) != len(lines):
-            write_atomic(path, "".join(line + "\n" for line in kept))
-
     def _checkpoint_config(self) -> dict[str, Any]:
         return {"model": self.model.config(), "run": self.run_config,
                 "dataset_info": self.data.info, "world_size": self.dist.world_size}
@@ -193,21 +156,7 @@ class Trainer:
             raise CheckpointError(f"nothing to resume: {self.out_dir} holds no complete checkpoint (looked in "
                                   f"{self.checkpoint_dir}); start the run without --resume")
         ckpt = load_checkpoint(self.checkpoint_dir)
-        saved_model = ckpt.config.get("model")
-        if saved_model != json.loads(json.dumps(self.model.config())):
-            diff = config_diff(saved_model, json.loads(json.dumps(self.model.config())))
-            raise CheckpointError(f"{ckpt.path}: the checkpoint's model differs from this run's at {diff[:8]}; "
-                                  "resume with the config the run was started with")
-        saved_trainer = (ckpt.config.get("run") or {}).get("trainer", {})
-        now = self.config.to_dict()
-        changed = [k for k in config_diff(saved_trainer, now) if k not in TrainConfig.RESUMABLE_CHANGES]
-        if changed:
-            raise CheckpointError(f"{ckpt.path}: trainer options {changed} differ from the checkpoint's; only "
-                                  f"{list(TrainConfig.RESUMABLE_CHANGES)} may change on --resume")
-        saved_data = (ckpt.config.get("run") or {}).get("dataset")
-        if saved_data is not None and self.run_config.get("dataset") is not None and saved_data != self.run_config["dataset"]:
-            raise CheckpointError(f"{ckpt.path}: the dataset config differs from the checkpoint's at "
-                                  f"{config_diff(saved_data, self.run_config['dataset'])[:8]}")
+        check_resumable(ckpt, self.model.config(), self.config, self.run_config)
         try:
             self.model.load_state_dict(ckpt.model)
         except RuntimeError as e:
@@ -226,10 +175,9 @@ class Trainer:
         self.sampler.load_state_dict(ckpt.trainer["sampler"])
         if ckpt.rng is not None:
             restore_rng_state(ckpt.rng)
-        self.step = ckpt.step
-        self._saved_step = ckpt.step
+        self.step = self._saved_step = ckpt.step
         if self.dist.is_main:
-            self._trim_metrics(ckpt.step)
+            trim_metrics(self.out_dir / "metrics.jsonl", ckpt.step)
         self.elapsed_s = float(ckpt.trainer.get("elapsed_s", 0.0))
         self.examples_seen = int(ckpt.trainer.get("examples_seen", 0))
         self.metrics = dict(ckpt.trainer.get("metrics", {}))
@@ -264,9 +212,9 @@ class Trainer:
     def _train_step(self) -> tuple[LossOutput, float]:
         cfg, rank, world = self.config, self.dist.rank, self.dist.world_size
         seed, n = cfg.seed, self.step
-        torch.manual_seed(_mix(seed, n, 1000 + rank))  # dropout and anything else on the global RNG
-        noise_gen = torch.Generator().manual_seed(_mix(seed, n, 0))
-        derive_gen = torch.Generator().manual_seed(_mix(seed, n, 1 + rank))
+        torch.manual_seed(mix_seed(seed, n, 1000 + rank))  # dropout and anything else on the global RNG
+        noise_gen = torch.Generator().manual_seed(mix_seed(seed, n, 0))
+        derive_gen = torch.Generator().manual_seed(mix_seed(seed, n, 1 + rank))
         global_idx = self.sampler.next_global()
         b = cfg.batch_size // world
         local = slice(rank * b, (rank + 1) * b)
@@ -275,70 +223,22 @@ class Trainer:
         T = self.taskset.forward_process().T
         t = torch.randint(1, T + 1, (cfg.batch_size,), generator=noise_gen)[local].to(self.device)
         eps = torch.randn(cfg.batch_size, *self.taskset.latent.shape, generator=noise_gen)[local].to(self.device)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(cfg, n)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             out = self.loss_module(batch, t, eps)
-        out.loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros((), device=self.device)
+        norm = backward_and_clip(self.model, self.optimizer, out.loss, lr_at(cfg, n), cfg.grad_clip)
         # One host-device synchronisation per step, after backward so that every rank reaches the gradient
         # all-reduce: whether the loss is finite on every rank, and the gradient norm (the same on every rank).
         loss_bad, norm_bad, grad_norm = self.dist.all_max(torch.stack([
             (~torch.isfinite(out.loss.detach())).float(), (~torch.isfinite(norm)).float(), norm.float()])).tolist()
         if loss_bad or norm_bad:  # the update of this step is discarded
             self.optimizer.zero_grad(set_to_none=True)
-            self._diverged(out, grad_norm, loss_bad=bool(loss_bad))
+            raise diverged(self.taskset, out, grad_norm, self.step, bool(loss_bad), self.last_checkpoint)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._check_parameters()
+        check_parameters(self.model, self.step, lr_at(self.config, self.step), self.last_checkpoint)
         if self.ema is not None:
             self.ema.update(self.model)
         return out, grad_norm
-
-    def _check_parameters(self) -> None:
-        """Stop before anything is saved when the step left a non-finite weight (a finite loss and gradient can
-        still give one, e.g. with an infinite learning rate): the last good checkpoint stays the last one."""
-        params = [p.detach() for p in self.model.parameters()]
-        if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
-            return
-        bad = next(n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all()))
-        where = (f"the last good checkpoint is {self.last_checkpoint} (continue from it with --resume)"
-                 if self.last_checkpoint is not None else "no checkpoint was saved yet")
-        raise NonFiniteLossError(
-            f"training stopped at step {self.step + 1}: the update made the weights non-finite (first: {bad!r}, "
-            f"learning rate {lr_at(self.config, self.step):.4g}).\nNothing of this step was saved; {where}.\n"
-            "Usual causes: a learning rate too high (trainer.lr) or bf16 overflow (trainer.bf16).")
-
-    def _diverged(self, out: LossOutput, grad_norm: float, *, loss_bad: bool) -> None:
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in out.terms.items())
-        where = (f"the last good checkpoint is {self.last_checkpoint} (continue from it with --resume)"
-                 if self.last_checkpoint is not None else "no checkpoint was saved yet")
-        loss = float(out.loss.detach())
-        what = (f"the loss is {loss:.4g}" if not math.isfinite(loss)
-                else "the loss is not finite on another process" if loss_bad
-                else f"the gradient norm is {grad_norm}")
-        raise NonFiniteLossError(
-            f"training stopped at step {self.step + 1}: {what} (terms: {terms}).\n{self._culprits(out)}"
-            f"The update of that step was discarded and nothing was saved; {where}.\n"
-            "Usual causes: a learning rate too high (trainer.lr), no gradient clipping (trainer.grad_clip = 0), "
-            "bf16 overflow (trainer.bf16), or extreme data values."
-        )
-
-    def _culprits(self, out: LossOutput) -> str:
-        """A line per modality whose loss term is not finite, naming its kind, plugin and distribution."""
-        from mtd_core.plugins.registry import get_registry
-
-        lines = []
-        for name, value in out.terms.items():
-            m = self.taskset.modalities.get(name)
-            if m is None or math.isfinite(float(value)):
-                continue
-            info = get_registry().provider("modality", m.kind)
-            source = info.describe() if info is not None else "a modality class not registered as a plugin"
-            lines.append(f"The loss of modality {name!r} (kind {m.kind!r}, from {source}) is {float(value):.4g}.\n")
-        return "".join(lines)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def fit(self, until: int | None = None) -> TrainResult:
