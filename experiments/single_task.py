@@ -37,7 +37,7 @@ def sdedit(model: torch.nn.Module, x_masked: torch.Tensor, preset: Preset, seed:
     from mtd_core.diffusion.noise import respaced_timesteps
     from mtd_core.plugins.registry import get_registry
     from mtd_core.sampling.estimate import BaseEstimate
-    from mtd_core.sampling.generate import ModelDenoiser
+    from mtd_core.sampling.denoiser import ModelDenoiser
 
     opts = {**common.sampler_protocol(preset)["sampler"]}
     spec = get_registry().sampler(opts.pop("sampler"))

@@ -31,7 +31,7 @@ from mtd_core.sampling import (
     guided_eps,
     sample_ddim,
 )
-from mtd_core.sampling.generate import base_range
+from mtd_core.sampling.denoiser import base_range
 from mtd_core.taskset import TaskSet
 
 T = 100

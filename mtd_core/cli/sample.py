@@ -29,8 +29,8 @@ from mtd_core.diffusion.noise import RESPACINGS
 from mtd_core.errors import ConfigError, ModalityDataError, closest
 from mtd_core.modality import Role
 from mtd_core.sampling.estimate import CLIPS, EPS_RULES
+from mtd_core.sampling.denoiser import CONDITIONING
 from mtd_core.sampling.generate import (
-    CONDITIONING,
     DEFAULT_CLIP,
     DEFAULT_CLIP_EPS,
     DEFAULT_JOINT,

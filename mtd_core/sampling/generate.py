@@ -37,13 +37,14 @@ from typing import Any
 import attrs
 import torch
 
-from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.noise import respaced_timesteps
 from mtd_core.errors import ConfigError, ModalityDataError, ScheduleError, closest
 from mtd_core.modality import Modality, Role
-from mtd_core.sampling.base import Callback, Sampler, StepPrediction, randn_like
-from mtd_core.sampling.estimate import BaseEstimate, BaseRange
-from mtd_core.sampling.guidance import GuidanceConfig, check_guidance, guided_eps, resolve_target
+from mtd_core.sampling.base import Callback, Sampler, randn_like
+from mtd_core.sampling.estimate import BaseEstimate
+from mtd_core.sampling.denoiser import GuideTerm, ModelDenoiser, base_range, check_conditioning
+from mtd_core.sampling.guidance import GuidanceConfig, check_guidance, resolve_target
+from mtd_core.sampling.readout import read_ts, readout
 
 # The defaults of generate() and `mtd sample`, chosen by measurement on Fashion-MNIST validation samples
 # (docs/sampling.md, "Defaults").
@@ -59,11 +60,6 @@ JOINT = ("commit", "flow")
 # see injected into z_t but is unknown here, is negligible (lambda_t -> 0 as t -> 0 for the default windowed
 # schedule), and large enough to be a noise level the heads saw often in training. See docs/sampling.md.
 DEFAULT_READ_T: tuple[float, ...] = (0.02,)
-
-CONDITIONING = ("replace", "inject", "exact")
-
-GuideTerm = tuple[Modality, torch.Tensor, float]
-
 
 @attrs.frozen
 class GenerationOutput:
@@ -82,87 +78,6 @@ class GenerationOutput:
     predictions: dict[str, Any]
     mode: str
     nfe: int = 0
-
-
-def _check_conditioning(conditioning: str) -> None:
-    if conditioning not in CONDITIONING:
-        raise ConfigError(f"generate: conditioning must be one of {list(CONDITIONING)}, got {conditioning!r}")
-
-
-def base_range(model: Any) -> BaseRange | None:
-    """Where the model's base lives in z_0 and its data range (None without a base)."""
-    base = model.taskset.base
-    if base is None:
-        return None
-    spec = base.data_spec()
-    return BaseRange(channels=model.taskset.base_latent.shape[0], low=spec.low, high=spec.high, name=base.name)
-
-
-class ModelDenoiser:
-    """The StepDenoiser of a model on a (respaced) process: the base estimate, the noise and the encodings of one
-    step (true encodings for observed modalities, posterior means E[E_i | z_t] for the others).
-
-    Args:
-        model: the MultiTaskModel (or anything with ``__call__(z_t, t) -> DenoiserOutput``, ``predicted_encodings``).
-        fp: the process the sampler walks; ``fp.timesteps[k]`` is the original t fed to the network.
-        observed: aggregated name -> true encoding E_j(x_j) of every observed aggregated modality.
-        guidance: (guiding modality, its target batch, scale) terms; a term with scale > 0 on a generated modality
-            puts the target's encoding (``targets``) into the step.
-        conditioning: how observed encodings enter a step, "replace", "inject" or "exact" (module docstring);
-            "exact" also needs ``observed_data``.
-        temperature: generated modality name -> the temperature of its head's probabilities behind its encoding
-            (``Modality.temper``); the predictions returned in each StepPrediction stay untempered.
-        estimate: how the base estimate is clipped and the noise re-derived (estimate.py).
-        base: the base's channels and range, for ``estimate`` (default: :func:`base_range` of the model).
-        targets: guided generated modality name -> its target's encoding.
-        observed_data: observed aggregated name -> its data (the targets of "exact" conditioning).
-    """
-
-    def __init__(self, model: Any, fp: ForwardProcess, observed: Mapping[str, torch.Tensor],
-                 guidance: Sequence[GuideTerm] = (), conditioning: str = "replace",
-                 temperature: Mapping[str, float] | None = None, estimate: BaseEstimate | None = None,
-                 base: BaseRange | None = None, targets: Mapping[str, torch.Tensor] | None = None,
-                 observed_data: Mapping[str, torch.Tensor] | None = None) -> None:
-        _check_conditioning(conditioning)
-        self.model, self.fp, self.observed = model, fp, dict(observed)
-        self.conditioning, self.temperature = conditioning, dict(temperature or {})
-        self.estimate, self.base = estimate or BaseEstimate(), base if base is not None else base_range(model)
-        self.targets = dict(targets or {})
-        self.terms = [g for g in guidance if g[2] > 0]
-        if conditioning == "exact":
-            data = dict(observed_data or {})
-            missing = [n for n in self.observed if n not in data]
-            if missing:
-                raise ConfigError(f"generate: exact conditioning needs the observed data of {missing}")
-            self.terms += [(model.taskset[n], data[n], 1.0) for n in self.observed]
-
-    def _encodings(self, preds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """The posterior-mean encodings of the given predictions, tempered where asked."""
-        tempered = {n: self.model.taskset[n].temper(p, self.temperature[n]) if n in self.temperature else p
-                    for n, p in preds.items()}
-        return self.model.predicted_encodings(tempered)
-
-    def __call__(self, z: torch.Tensor, k: int) -> StepPrediction:
-        t = self.fp.timesteps[k].to(z.device).expand(z.shape[0])
-        if self.terms:
-            eps, preds = guided_eps(self.model, z, t, float(self.fp.abar[k]), self.terms)
-        else:
-            out = self.model(z, t)
-            eps, preds = out.eps.to(z.dtype), out.preds
-        enc_hat = {n: e.to(z.dtype) for n, e in self._encodings(preds).items()}
-        known = {**self.targets, **self.observed}
-        # The decomposition z = sqrt(abar) z0_hat + sum_i lambda_i E_i + sqrt(1 - abar) eps the network's eps belongs
-        # to: its own encodings, except those of steered targets and, unless replacing, of observed modalities.
-        enc_dec = {**enc_hat, **self.targets, **({} if self.conditioning == "replace" else self.observed)}
-        enc = {**enc_hat, **known}
-        z0_hat = self.fp.z0_from_eps(z, eps, enc_dec, k)
-        start = z
-        if self.conditioning == "replace" and self.observed:
-            # swapping the observed E_j(xhat_j) for the true E_j leaves z0_hat unchanged and steps with the truth
-            delta = {n: enc[n] - enc_dec[n] for n in enc}
-            start = z + self.fp.injected(delta, k, z)
-        z0, eps, start = self.estimate.apply(self.fp, start, k, z0_hat, eps, enc, self.base)
-        return StepPrediction(eps=eps, z0=z0, enc=enc, preds=preds, z_t=None if start is z else start)
 
 
 def generate(
@@ -229,16 +144,61 @@ def generate(
             them from their heads at z_K (one more network evaluation) and generates the rest given them; "flow"
             lets them follow the reverse process with the others. A guided modality always follows the flow.
     """
-    modalities: dict[str, Modality] = model.taskset.modalities
     given = dict(given or {})
     dev = _check_device(model, given, device)
-    _check_conditioning(conditioning)
+    plan = _plan(model, given, n, generator, conditioning, clip, clip_eps, clip_percentile, joint,
+                 encoding_temperature, guidance, dev)
+    spec = options = None
+    if plan.mode != "readout":
+        spec, steps, options = _check_sampler(sampler, steps, nfe, eta, variance, sampler_options, registry)
+        plan.estimate.check(base_range(model))
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            z0, observed = model.encode_some(plan.data, list(plan.data))
+            if plan.mode == "readout":
+                z0, predictions = readout(model, z0, observed, read_t, generator)
+                used, committed = len(read_ts(read_t, model.forward_process.T)), dict[str, torch.Tensor]()
+            else:
+                assert spec is not None and steps is not None and options is not None
+                z0, predictions, committed = _reverse(model, plan.B, observed, spec, steps, spacing, options,
+                                                      _denoiser_args(model, plan, observed, conditioning, dev),
+                                                      generator, callback, progress, dev, plan.commit)
+                used = spec.nfe(steps) + (1 if plan.commit else 0)
+    finally:
+        model.train(was_training)
+    samples = _samples(model, given, plan.mode, committed, z0, predictions, generator)
+    return GenerationOutput(samples=samples, predictions=predictions, mode=plan.mode, nfe=used)
+
+
+@attrs.frozen
+class _Plan:
+    """What generate() checked and resolved before sampling."""
+
+    mode: str
+    B: int
+    data: dict[str, torch.Tensor]
+    estimate: BaseEstimate
+    commit: list[str]
+    temperature: dict[str, float]
+    guide: list[GuideTerm]
+
+
+def _plan(model: Any, given: dict[str, Any], n: int | None, generator: torch.Generator | None, conditioning: str,
+          clip: str | None, clip_eps: str, clip_percentile: float, joint: str,
+          encoding_temperature: Mapping[str, float] | None, guidance: GuidanceConfig | None,
+          dev: torch.device) -> _Plan:
+    """Check generate()'s options against each other and the task set: the mode, the observed data, the base
+    estimate, the modalities committed first, the temperatures and the guidance terms."""
+    modalities: dict[str, Modality] = model.taskset.modalities
+    check_conditioning(conditioning)
     if clip is None:
         bounded = base_range(model)
         clip = DEFAULT_CLIP if bounded is not None and None not in (bounded.low, bounded.high) else "none"
     estimate = BaseEstimate(clip, clip_eps, clip_percentile)  # type: ignore[arg-type]
     data, B = _observed_data(modalities, given, n, generator)
-
     base = model.taskset.base
     mode = "readout" if base is not None and base.name in given else ("conditional" if given else "joint")
     if joint not in JOINT:
@@ -258,36 +218,26 @@ def generate(
     if guidance is not None:
         gm = check_guidance(guidance, modalities)
         guide.append((gm, resolve_target(gm, guidance.target, B, dev), float(guidance.scale)))
-    spec = options = None
-    if mode != "readout":
-        spec, steps, options = _check_sampler(sampler, steps, nfe, eta, variance, sampler_options, registry)
-        estimate.check(base_range(model))
+    return _Plan(mode, B, data, estimate, commit, temperature, guide)
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            z0, observed = model.encode_some(data, list(data))
-            if mode == "readout":
-                z0, predictions = _readout(model, z0, observed, read_t, generator)
-                used, committed = len(_read_ts(read_t, model.forward_process.T)), dict[str, torch.Tensor]()
-            else:
-                assert spec is not None and steps is not None and options is not None
-                targets = {}
-                for gm, target, scale in guide:
-                    if scale > 0 and gm.name not in observed:
-                        targets.update(model.encode_some({gm.name: target}, [gm.name])[1])
-                denoiser_args = {"guidance": guide, "conditioning": conditioning, "temperature": temperature,
-                                 "estimate": estimate, "base": base_range(model), "targets": targets,
-                                 "observed_data": {k: v.to(dev) for k, v in data.items()}}
-                z0, predictions, committed = _reverse(model, B, observed, spec, steps, spacing, options,
-                                                      denoiser_args, generator, callback, progress, dev, commit)
-                used = spec.nfe(steps) + (1 if commit else 0)
-    finally:
-        model.train(was_training)
 
+def _denoiser_args(model: Any, plan: _Plan, observed: dict[str, torch.Tensor], conditioning: str,
+                   dev: torch.device) -> dict[str, Any]:
+    """The keyword arguments of every step's ModelDenoiser (the guidance targets' encodings included)."""
+    targets: dict[str, torch.Tensor] = {}
+    for gm, target, scale in plan.guide:
+        if scale > 0 and gm.name not in observed:
+            targets.update(model.encode_some({gm.name: target}, [gm.name])[1])
+    return {"guidance": plan.guide, "conditioning": conditioning, "temperature": plan.temperature,
+            "estimate": plan.estimate, "base": base_range(model), "targets": targets,
+            "observed_data": {k: v.to(dev) for k, v in plan.data.items()}}
+
+
+def _samples(model: Any, given: dict[str, Any], mode: str, committed: dict[str, torch.Tensor], z0: torch.Tensor,
+             predictions: dict[str, Any], generator: torch.Generator | None) -> dict[str, Any]:
+    """Every modality's samples: the given data as given, committed draws, the decoded base, the heads' reads."""
     samples: dict[str, Any] = {}
-    for name, m in modalities.items():
+    for name, m in model.taskset.modalities.items():
         if name in given:
             samples[name] = given[name]
         elif mode != "readout" and name in committed:
@@ -298,7 +248,7 @@ def generate(
             x = m.sample(predictions[name], greedy=True, generator=generator)
             m.validate(x, where="generated sample")
             samples[name] = x
-    return GenerationOutput(samples=samples, predictions=predictions, mode=mode, nfe=used)
+    return samples
 
 
 def _check_device(model: Any, given: dict[str, Any], device: torch.device | str | None) -> torch.device:
@@ -425,38 +375,6 @@ def _reverse(model: Any, B: int, observed: dict[str, torch.Tensor], spec: Sample
     out = spec(denoise, z, fp, generator=generator, callback=callback, progress=progress, **options)
     predictions = {n: p for n, p in out.last.preds.items() if n not in observed or n in committed}
     return out.z0, predictions, committed
-
-
-def _read_ts(read_t: float | Sequence[float], T: int) -> list[int]:
-    us = [read_t] if isinstance(read_t, (int, float)) else list(read_t)
-    if not us or not all(isinstance(u, (int, float)) and 0 < u <= 1 for u in us):
-        raise ConfigError("generate: read_t must be a fraction of T in (0, 1] or a non-empty list of them, "
-                          f"got {read_t!r}")
-    return [max(1, round(float(u) * T)) for u in us]
-
-
-def _readout(model: Any, z0: torch.Tensor, observed: dict[str, torch.Tensor], read_t: float | Sequence[float],
-             generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Read the heads of the unobserved modalities from the noised base at t = read_t * T (averaged over several)."""
-    fp = model.forward_process
-    zeros = {name: torch.zeros_like(z0) for name in fp.names if name not in observed}
-    enc = {**zeros, **observed}
-    runs: list[dict[str, Any]] = []
-    for t in _read_ts(read_t, fp.T):
-        tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=z0.device)
-        z_t = fp.q_sample(z0, enc, tt, randn_like(z0, generator))
-        preds = model(z_t, tt).preds
-        runs.append({n: p for n, p in preds.items() if n not in observed})
-    if len(runs) == 1:
-        return z0, runs[0]
-    averaged = {}
-    for name in runs[0]:
-        ps = [r[name] for r in runs]
-        if not all(isinstance(p, torch.Tensor) for p in ps):
-            raise ConfigError(f"generate: modality {name!r} predicts {type(ps[0]).__name__}, which cannot be averaged "
-                              "over several read_t; pass a single read_t")
-        averaged[name] = torch.stack(ps).mean(0)
-    return z0, averaged
 
 
 def _decode_base(m: Modality, z0: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,103 @@
+"""One network evaluation as a sampler sees it: ModelDenoiser turns the model's eps and heads at (z_t, t) into the
+step's prediction (the base estimate, the predicted or observed encodings, guidance and conditioning applied)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from mtd_core.diffusion.forward import ForwardProcess
+from mtd_core.errors import ConfigError
+from mtd_core.modality import Modality
+from mtd_core.sampling.base import StepPrediction
+from mtd_core.sampling.estimate import BaseEstimate, BaseRange
+from mtd_core.sampling.guidance import guided_eps
+
+CONDITIONING = ("replace", "inject", "exact")
+
+GuideTerm = tuple[Modality, torch.Tensor, float]
+
+
+def check_conditioning(conditioning: str) -> None:
+    if conditioning not in CONDITIONING:
+        raise ConfigError(f"generate: conditioning must be one of {list(CONDITIONING)}, got {conditioning!r}")
+
+
+def base_range(model: Any) -> BaseRange | None:
+    """Where the model's base lives in z_0 and its data range (None without a base)."""
+    base = model.taskset.base
+    if base is None:
+        return None
+    spec = base.data_spec()
+    return BaseRange(channels=model.taskset.base_latent.shape[0], low=spec.low, high=spec.high, name=base.name)
+
+
+class ModelDenoiser:
+    """The StepDenoiser of a model on a (respaced) process: the base estimate, the noise and the encodings of one
+    step (true encodings for observed modalities, posterior means E[E_i | z_t] for the others).
+
+    Args:
+        model: the MultiTaskModel (or anything with ``__call__(z_t, t) -> DenoiserOutput``, ``predicted_encodings``).
+        fp: the process the sampler walks; ``fp.timesteps[k]`` is the original t fed to the network.
+        observed: aggregated name -> true encoding E_j(x_j) of every observed aggregated modality.
+        guidance: (guiding modality, its target batch, scale) terms; a term with scale > 0 on a generated modality
+            puts the target's encoding (``targets``) into the step.
+        conditioning: how observed encodings enter a step, "replace", "inject" or "exact" (module docstring);
+            "exact" also needs ``observed_data``.
+        temperature: generated modality name -> the temperature of its head's probabilities behind its encoding
+            (``Modality.temper``); the predictions returned in each StepPrediction stay untempered.
+        estimate: how the base estimate is clipped and the noise re-derived (estimate.py).
+        base: the base's channels and range, for ``estimate`` (default: :func:`base_range` of the model).
+        targets: guided generated modality name -> its target's encoding.
+        observed_data: observed aggregated name -> its data (the targets of "exact" conditioning).
+    """
+
+    def __init__(self, model: Any, fp: ForwardProcess, observed: Mapping[str, torch.Tensor],
+                 guidance: Sequence[GuideTerm] = (), conditioning: str = "replace",
+                 temperature: Mapping[str, float] | None = None, estimate: BaseEstimate | None = None,
+                 base: BaseRange | None = None, targets: Mapping[str, torch.Tensor] | None = None,
+                 observed_data: Mapping[str, torch.Tensor] | None = None) -> None:
+        check_conditioning(conditioning)
+        self.model, self.fp, self.observed = model, fp, dict(observed)
+        self.conditioning, self.temperature = conditioning, dict(temperature or {})
+        self.estimate, self.base = estimate or BaseEstimate(), base if base is not None else base_range(model)
+        self.targets = dict(targets or {})
+        self.terms = [g for g in guidance if g[2] > 0]
+        if conditioning == "exact":
+            data = dict(observed_data or {})
+            missing = [n for n in self.observed if n not in data]
+            if missing:
+                raise ConfigError(f"generate: exact conditioning needs the observed data of {missing}")
+            self.terms += [(model.taskset[n], data[n], 1.0) for n in self.observed]
+
+    def _encodings(self, preds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The posterior-mean encodings of the given predictions, tempered where asked."""
+        tempered = {n: self.model.taskset[n].temper(p, self.temperature[n]) if n in self.temperature else p
+                    for n, p in preds.items()}
+        return self.model.predicted_encodings(tempered)
+
+    def __call__(self, z: torch.Tensor, k: int) -> StepPrediction:
+        t = self.fp.timesteps[k].to(z.device).expand(z.shape[0])
+        if self.terms:
+            eps, preds = guided_eps(self.model, z, t, float(self.fp.abar[k]), self.terms)
+        else:
+            out = self.model(z, t)
+            eps, preds = out.eps.to(z.dtype), out.preds
+        enc_hat = {n: e.to(z.dtype) for n, e in self._encodings(preds).items()}
+        known = {**self.targets, **self.observed}
+        # The decomposition z = sqrt(abar) z0_hat + sum_i lambda_i E_i + sqrt(1 - abar) eps the network's eps belongs
+        # to: its own encodings, except those of steered targets and, unless replacing, of observed modalities.
+        enc_dec = {**enc_hat, **self.targets, **({} if self.conditioning == "replace" else self.observed)}
+        enc = {**enc_hat, **known}
+        z0_hat = self.fp.z0_from_eps(z, eps, enc_dec, k)
+        start = z
+        if self.conditioning == "replace" and self.observed:
+            # swapping the observed E_j(xhat_j) for the true E_j leaves z0_hat unchanged and steps with the truth
+            delta = {n: enc[n] - enc_dec[n] for n in enc}
+            start = z + self.fp.injected(delta, k, z)
+        z0, eps, start = self.estimate.apply(self.fp, start, k, z0_hat, eps, enc, self.base)
+        return StepPrediction(eps=eps, z0=z0, enc=enc, preds=preds, z_t=None if start is z else start)
+
+
