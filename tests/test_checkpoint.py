@@ -20,15 +20,14 @@ from mtd_core.errors import CheckpointError
 from mtd_core.training import checkpoint as ckpt_mod
 from mtd_core.training.checkpoint import (
     Checkpoint,
-    capture_rng_state,
     find_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    restore_rng_state,
     save_checkpoint,
     write_atomic,
 )
 from mtd_core.training.ema import EMA
+from mtd_core.training.state import capture_rng_state, restore_rng_state
 
 
 def _net() -> nn.Module:

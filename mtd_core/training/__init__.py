@@ -1,22 +1,31 @@
 """Training: the Trainer, safe checkpoints, the EMA, data-parallel helpers, run configs and sample grids."""
 
+from mtd_core.errors import NonFiniteLossError
 from mtd_core.training.checkpoint import (
     Checkpoint,
-    capture_rng_state,
     find_checkpoint,
     list_checkpoints,
     load_checkpoint,
     recover_checkpoints,
-    restore_rng_state,
     save_checkpoint,
     write_atomic,
 )
-from mtd_core.training.config import RunConfig, TrainConfig, apply_override, read_config, resolve_config
-from mtd_core.training.distributed import DistContext, init_distributed, shutdown_distributed
+from mtd_core.training.config import (
+    RunConfig,
+    TrainConfig,
+    apply_override,
+    read_config,
+    resolve_config,
+)
+from mtd_core.training.distributed import (
+    DistContext,
+    init_distributed,
+    shutdown_distributed,
+)
 from mtd_core.training.ema import EMA
 from mtd_core.training.grids import GridCell, render_grid, sample_cells, save_png
 from mtd_core.training.run import LoadedRun, Run, build_run, load_run, load_run_data
-from mtd_core.errors import NonFiniteLossError
+from mtd_core.training.state import capture_rng_state, restore_rng_state
 from mtd_core.training.step import backward_and_clip, lr_at
 from mtd_core.training.trainer import Trainer, TrainResult
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import uuid
@@ -36,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from mtd_core.errors import CheckpointError
+from mtd_core.training.state import optimizer_from_parts, optimizer_to_parts
 
 FORMAT = "mtd-checkpoint"
 VERSION = 1
@@ -122,64 +121,6 @@ def _json_bytes(obj: Any) -> bytes:
 def _tensors_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
     # clone: safetensors refuses tensors that share storage; contiguous CPU copies are always accepted
     return st_save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
-
-
-# -- optimizer and RNG state without pickle ----------------------------------------------------------
-def optimizer_to_parts(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer ``state_dict()`` into tensors (for safetensors) and a JSON-representable rest."""
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in state["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"state.{pid}.{k}"] = v
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state["param_groups"]]
-    return tensors, {"scalars": scalars, "param_groups": groups}
-
-
-def optimizer_from_parts(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`optimizer_to_parts`."""
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = v
-    for pid, st in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(st)
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The global RNG states: torch CPU (and every CUDA device, if initialised), python ``random``, numpy."""
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"torch_cuda_{i}"] = s
-    version, internal, gauss = random.getstate()
-    np_state = np.random.get_state(legacy=False)
-    np_json = {**np_state, "state": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                                      for k, v in np_state["state"].items()}}
-    return {"tensors": tensors, "python": [version, list(internal), gauss], "numpy": np_json}
-
-
-def restore_rng_state(rng: Mapping[str, Any]) -> None:
-    """Restore what :func:`capture_rng_state` returned (CUDA states only for devices that exist)."""
-    tensors = rng.get("tensors", {})
-    if "torch_cpu" in tensors:
-        torch.set_rng_state(tensors["torch_cpu"])
-    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("torch_cuda_")),
-                                       key=lambda k: int(k.rsplit("_", 1)[1]))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
-    if rng.get("python") is not None:
-        version, internal, gauss = rng["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if rng.get("numpy") is not None:
-        s = dict(rng["numpy"])
-        s["state"] = {k: (np.asarray(v, dtype=np.uint32) if k == "key" else v) for k, v in s["state"].items()}
-        np.random.set_state(s)
 
 
 # -- listing -----------------------------------------------------------------------------------------
@@ -359,6 +300,29 @@ def _tensors(ckpt_dir: Path, rel: str, data: bytes) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{ckpt_dir / rel}: not a valid safetensors file: {e}") from None
 
 
+def _read_manifest(mpath: Path) -> dict[str, Any]:
+    """The manifest's file table, after checking the manifest's format, version and every entry."""
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{mpath}: unreadable manifest: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{mpath}: not an mtd checkpoint manifest")
+    version = manifest.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{mpath}: 'version' must be an integer, got {version!r}")
+    if version > VERSION:
+        raise CheckpointError(f"{mpath}: checkpoint format version {version} is newer than this mtd "
+                              f"supports ({VERSION}); upgrade mtd")
+    files: dict[str, Any] = manifest["files"]
+    for rel, entry in files.items():
+        _check_entry(mpath, rel, entry)
+    for required in ("model.safetensors", "state.json", "config.json"):
+        if required not in files:
+            raise CheckpointError(f"{mpath}: lists no {required}")
+    return files
+
+
 def load_checkpoint(path: str | Path, parts: Iterable[str] = ("model", "ema", "optimizer", "rng", "assets")) -> Checkpoint:
     """Read and verify a checkpoint (``path``: a checkpoint folder, a run folder, or a checkpoints folder).
 
@@ -373,28 +337,11 @@ def load_checkpoint(path: str | Path, parts: Iterable[str] = ("model", "ema", "o
     ckpt_dir = find_checkpoint(path)
     parts = set(parts)
     mpath = ckpt_dir / MANIFEST
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{mpath}: unreadable manifest: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
-        raise CheckpointError(f"{mpath}: not an mtd checkpoint manifest")
-    version = manifest.get("version", 0)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise CheckpointError(f"{mpath}: 'version' must be an integer, got {version!r}")
-    if version > VERSION:
-        raise CheckpointError(f"{mpath}: checkpoint format version {version} is newer than this mtd "
-                              f"supports ({VERSION}); upgrade mtd")
-    files = manifest["files"]
-    for rel, entry in files.items():
-        _check_entry(mpath, rel, entry)
+    files = _read_manifest(mpath)
 
     def read(rel: str) -> bytes | None:
         return _read_verified(ckpt_dir, rel, files[rel]) if rel in files else None
 
-    for required in ("model.safetensors", "state.json", "config.json"):
-        if required not in files:
-            raise CheckpointError(f"{mpath}: lists no {required}")
     state = _json(ckpt_dir, "state.json", read("state.json"))  # type: ignore[arg-type]
     config = _json(ckpt_dir, "config.json", read("config.json"))  # type: ignore[arg-type]
     for name, value in (("state.json", state), ("config.json", config)):

@@ -12,7 +12,6 @@ in) is what ``mtd config show`` prints and what every checkpoint stores.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ import attrs
 from mtd_core.diffusion.loss import LOSS_KINDS
 from mtd_core.errors import ConfigError, MTDError, closest
 from mtd_core.tomlio import TOMLDecodeError, loads_toml, plain, read_toml
-
 
 SECTIONS = ("dataset", "taskset", "backbone", "trainer")
 LR_SCHEDULES = ("constant", "cosine")

@@ -37,10 +37,8 @@ from mtd_core.errors import CheckpointError, ConfigError
 from mtd_core.model import MultiTaskModel
 from mtd_core.training.checkpoint import (
     Checkpoint,
-    capture_rng_state,
     list_checkpoints,
     load_checkpoint,
-    restore_rng_state,
     recover_checkpoints,
     save_checkpoint,
     write_atomic,
@@ -51,8 +49,8 @@ from mtd_core.training.ema import EMA
 from mtd_core.training.grids import render_grid, sample_cells, save_png
 from mtd_core.training.guard import check_parameters, diverged
 from mtd_core.training.resume import check_resumable, trim_metrics
+from mtd_core.training.state import capture_rng_state, restore_rng_state
 from mtd_core.training.step import backward_and_clip, lr_at, mix_seed
-
 
 BAR_EVERY = 10  # steps between progress-bar text updates
 

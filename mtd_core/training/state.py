@@ -1,0 +1,67 @@
+"""Optimizer and RNG state as tensors plus JSON, so that a checkpoint never needs pickle to hold them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def optimizer_to_parts(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer ``state_dict()`` into tensors (for safetensors) and a JSON-representable rest."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in state["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{pid}.{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"scalars": scalars, "param_groups": groups}
+
+
+def optimizer_from_parts(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`optimizer_to_parts`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, st in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(st)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global RNG states: torch CPU (and every CUDA device, if initialised), python ``random``, numpy."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    np_json = {**np_state, "state": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                      for k, v in np_state["state"].items()}}
+    return {"tensors": tensors, "python": [version, list(internal), gauss], "numpy": np_json}
+
+
+def restore_rng_state(rng: Mapping[str, Any]) -> None:
+    """Restore what :func:`capture_rng_state` returned (CUDA states only for devices that exist)."""
+    tensors = rng.get("tensors", {})
+    if "torch_cpu" in tensors:
+        torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("torch_cuda_")),
+                                       key=lambda k: int(k.rsplit("_", 1)[1]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    if rng.get("python") is not None:
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if rng.get("numpy") is not None:
+        s = dict(rng["numpy"])
+        s["state"] = {k: (np.asarray(v, dtype=np.uint32) if k == "key" else v) for k, v in s["state"].items()}
+        np.random.set_state(s)
