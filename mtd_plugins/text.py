@@ -22,27 +22,25 @@ from torch import nn
 
 from mtd_core.diffusion.weights import WeightSchedule
 from mtd_core.errors import CheckpointError, ConfigError, ModalityDataError
-from mtd_core.modality import DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role
+from mtd_core.modality import (
+    DataSpec,
+    FeatureSpec,
+    HeadInput,
+    LatentSpec,
+    Modality,
+    Role,
+)
 from mtd_core.plugins import hookimpl
-from mtd_core.plugins.validate import modality_name, option, optional_names, positive_int
+from mtd_core.plugins.validate import (
+    modality_name,
+    option,
+    optional_names,
+    positive_int,
+)
+from mtd_plugins.captions import DIGIT_NAMES, caption_grid, synthesise
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# Caption adjectives from image statistics; thresholds are the medians over scikit-learn's digits in [-1, 1].
-BRIGHT_INK = 0.68  # mean value of the ink pixels (> 0) above this: "bright", else "faint"
-THICK_INK = 0.30  # fraction of ink pixels above this: "thick", else "thin"
 ASSET = "tokenizer.model"
-
-
-def _article(word: str) -> str:
-    """The indefinite article before ``word`` ("an eight", "a one")."""
-    w = word.lower()
-    return "an" if w[:1] in "aeiou" and not w.startswith(("one", "uni", "use", "eu")) else "a"
-
-
-def _caption(noun: str, brightness: str | None, thickness: str | None) -> str:
-    words = [w for w in (brightness, thickness, noun) if w]
-    return f"{_article(words[0])} {' '.join(words)}"
 
 
 def _clean(ids: torch.Tensor) -> torch.Tensor:
@@ -178,11 +176,7 @@ class TextModality(Modality):
 
     def caption_grid(self) -> list[str]:
         """Every caption :meth:`synthesise` can produce (the tokenizer's training set when no captions are given)."""
-        out = []
-        for noun in [*self.class_nouns(), "shape"]:
-            out.append(_caption(noun, None, None))
-            out += [_caption(noun, b, t) for b in ("bright", "faint") for t in ("thick", "thin")]
-        return out
+        return caption_grid(self.class_nouns())
 
     def _train(self, captions: list[str]) -> None:
         import sentencepiece as spm
@@ -281,37 +275,19 @@ class TextModality(Modality):
             out.append(sp.decode([i for i in row if i not in (PAD, BOS, EOS)]))
         return out
 
-    # -- synthesised captions ---------------------------------------------------------------------------
+    # -- synthesised captions (mtd_plugins/captions.py) ---------------------------------------------------
     def synthesise(self, labels: torch.Tensor | None, images: torch.Tensor | None) -> list[str]:
-        """Captions "a [bright|faint] [thick|thin] <class noun>" from labels (B,) and/or images (B, C, H, W) in
-        [-1, 1]: brightness is the mean of the ink pixels (> 0), thickness the fraction of ink pixels."""
+        """Captions "a [bright|faint] [thick|thin] <class noun>" from labels (B,) and/or images (B, C, H, W)."""
         if labels is None and images is None:
             raise ModalityDataError(
                 f"modality {self.name!r} (text): the batch has no captions under {self.name!r} and neither the label "
                 f"{self.config.source_label!r} nor the image {self.config.source_image!r} to synthesise them from"
             )
-        n = len(labels) if labels is not None else len(images)  # type: ignore[arg-type]
-        nouns = ["shape"] * n
-        if labels is not None:
-            names = self.class_nouns()
-            values = torch.as_tensor(labels).reshape(-1).tolist()
-            bad = [v for v in values if not (isinstance(v, int) and 0 <= v < len(names))]
-            if bad:
-                raise ModalityDataError(
-                    f"modality {self.name!r} (text): label {bad[0]!r} from {self.config.source_label!r} has no class "
-                    f"name; the names cover 0..{len(names) - 1} ({names[0]!r}..{names[-1]!r}); set class_names"
-                )
-            nouns = [names[v] for v in values]
-        bright: list[str | None] = [None] * n
-        thick: list[str | None] = [None] * n
-        if images is not None:
-            x = images.detach().float().flatten(1)
-            ink = x > 0
-            frac = ink.float().mean(1)
-            level = (x * ink).sum(1) / ink.sum(1).clamp_min(1)
-            bright = ["bright" if v > BRIGHT_INK else "faint" for v in level.tolist()]
-            thick = ["thick" if v > THICK_INK else "thin" for v in frac.tolist()]
-        return [_caption(nouns[i], bright[i], thick[i]) for i in range(n)]
+        try:
+            return synthesise(self.class_nouns(), labels, images)
+        except ValueError as e:
+            raise ModalityDataError(f"modality {self.name!r} (text): label from {self.config.source_label!r}: {e}; "
+                                    "set class_names") from None
 
     def derive(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
         """Token ids for the batch: its raw captions (list of str) tokenised, its ids unchanged, or captions
