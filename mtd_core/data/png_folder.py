@@ -21,6 +21,26 @@ from mtd_core.imageio import read_image
 REQUIRED_COLUMNS = ("filename", "label")
 
 
+def _read_csv(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The labels CSV's rows and columns, after checking its encoding and required columns."""
+    try:  # utf-8-sig: a byte-order mark, as spreadsheet programs write it, is not part of the first column's name
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+            columns = list(rows[0].keys()) if rows else []
+    except UnicodeDecodeError as e:
+        raise ModalityDataError(f"{csv_path}: the labels CSV is not UTF-8 text (byte {e.start}: {e.reason}); save it "
+                                "as UTF-8") from None
+    except (OSError, csv.Error) as e:
+        raise ModalityDataError(f"{csv_path}: cannot read the labels CSV: {e}") from None
+    if not rows:
+        raise ModalityDataError(f"{csv_path}: the labels CSV has no rows")
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ModalityDataError(f"{csv_path}: missing column(s) {missing}; the header must include "
+                                f"{list(REQUIRED_COLUMNS)} (optional: caption, split), got {columns}")
+    return rows, columns
+
+
 def load_png_folder(folder: str, labels: str = "labels.csv", channels: int = 1, test_fraction: float = 0.1,
                     seed: int = 0, class_names: list[str] | None = None) -> DatasetSplits:
     """Images and labels (and captions) from a folder of PNG files and a CSV.
@@ -39,21 +59,7 @@ def load_png_folder(folder: str, labels: str = "labels.csv", channels: int = 1, 
     if channels not in (1, 3):
         raise ModalityDataError(f"png_folder {root}: channels must be 1 or 3, got {channels}")
     csv_path = Path(labels) if Path(labels).is_absolute() else root / labels
-    try:  # utf-8-sig: a byte-order mark, as spreadsheet programs write it, is not part of the first column's name
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-            columns = rows[0].keys() if rows else []
-    except UnicodeDecodeError as e:
-        raise ModalityDataError(f"{csv_path}: the labels CSV is not UTF-8 text (byte {e.start}: {e.reason}); save it "
-                                "as UTF-8") from None
-    except (OSError, csv.Error) as e:
-        raise ModalityDataError(f"{csv_path}: cannot read the labels CSV: {e}") from None
-    if not rows:
-        raise ModalityDataError(f"{csv_path}: the labels CSV has no rows")
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise ModalityDataError(f"{csv_path}: missing column(s) {missing}; the header must include "
-                                f"{list(REQUIRED_COLUMNS)} (optional: caption, split), got {list(columns)}")
+    rows, columns = _read_csv(csv_path)
     images: list[np.ndarray] = []
     label_list: list[int] = []
     captions: list[str] = []

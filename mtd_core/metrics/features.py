@@ -270,6 +270,23 @@ def _from_cache(cache: TensorCache, key: str) -> tuple[FeatureNet, dict[str, Any
     return net.eval(), entry.meta
 
 
+def _check_training_data(images: torch.Tensor, labels: torch.Tensor, test: Any
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The checked training labels, test images and test labels (MetricError naming what is wrong)."""
+    check_images(images, "feature net training images")
+    if images.shape[0] < 2:
+        raise MetricError(f"feature net training images: need at least 2 images, got {images.shape[0]}")
+    labels = check_labels(labels, "feature net training labels", n=images.shape[0])
+    if not (isinstance(test, (tuple, list)) and len(test) == 2):
+        raise MetricError("test must be a pair (images, labels) of the test split, got "
+                          f"{type(test).__name__}{f' of length {len(test)}' if isinstance(test, (tuple, list)) else ''}")
+    test_images = check_images(test[0], "feature net test images", channels=images.shape[1],
+                               size=(images.shape[2], images.shape[3]))
+    if test_images.shape[0] < 1:
+        raise MetricError("feature net test images: need at least 1 image, got 0")
+    return labels, test_images, check_labels(test[1], "feature net test labels", n=test_images.shape[0])
+
+
 def train_feature_net(images: torch.Tensor, labels: torch.Tensor, *, test: tuple[torch.Tensor, torch.Tensor],
                       recipe: FeatureRecipe | None = None, num_classes: int | None = None,
                       cache_dir: str | Path | None = None, use_cache: bool = True,
@@ -292,17 +309,7 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor, *, test: tuple
     recipe = recipe if recipe is not None else FeatureRecipe()
     if not isinstance(recipe, FeatureRecipe):
         raise MetricError(f"recipe must be a FeatureRecipe, got {type(recipe).__name__}")
-    check_images(images, "feature net training images")
-    if images.shape[0] < 2:
-        raise MetricError(f"feature net training images: need at least 2 images, got {images.shape[0]}")
-    labels = check_labels(labels, "feature net training labels", n=images.shape[0])
-    if not (isinstance(test, (tuple, list)) and len(test) == 2):
-        raise MetricError("test must be a pair (images, labels) of the test split, got "
-                          f"{type(test).__name__}{f' of length {len(test)}' if isinstance(test, (tuple, list)) else ''}")
-    test_images = check_images(test[0], "feature net test images", channels=images.shape[1], size=(images.shape[2], images.shape[3]))
-    if test_images.shape[0] < 1:
-        raise MetricError("feature net test images: need at least 1 image, got 0")
-    test_labels = check_labels(test[1], "feature net test labels", n=test_images.shape[0])
+    labels, test_images, test_labels = _check_training_data(images, labels, test)
     k_data = 1 + max(int(labels.max()), int(test_labels.max()))
     if num_classes is None:
         num_classes = k_data
