@@ -6,7 +6,7 @@ The public API is curated here; heavier parts (models, samplers, training) are i
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mtd_core.diffusion import (
     ConstantWeight,
@@ -37,7 +37,19 @@ from mtd_core.modality import BasePrediction, DataSpec, FeatureSpec, HeadInput, 
 
 __version__ = "0.1.0"
 
-# name -> module that defines it; imported on first attribute access so `import mtd_core` stays fast.
+if TYPE_CHECKING:  # what a type checker sees for the lazily imported names below
+    from mtd_core.backbones import BackboneOutput, UNet  # noqa: F401
+    from mtd_core.data import DatasetSplits, load_dataset  # noqa: F401
+    from mtd_core.metrics import EvalContext  # noqa: F401
+    from mtd_core.model import MultiTaskModel  # noqa: F401
+    from mtd_core.plugins import Registry, get_registry, hookimpl  # noqa: F401
+    from mtd_core.sampling import GenerationOutput, GuidanceConfig  # noqa: F401
+    from mtd_core.sampling.generate import generate  # noqa: F401
+    from mtd_core.taskset import TaskSet  # noqa: F401
+    from mtd_core.training import RunConfig, TrainConfig, Trainer, build_run, load_run, read_config  # noqa: F401
+
+# name -> module that defines it; imported on first attribute access, so that `import mtd_core` does not load the
+# model, samplers, training and metrics (the TYPE_CHECKING block above gives a type checker the same names).
 _LAZY: dict[str, str] = {
     "TaskSet": "mtd_core.taskset",
     "MultiTaskModel": "mtd_core.model",

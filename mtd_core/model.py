@@ -18,7 +18,7 @@ device of the model's parameters.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from mtd_core.errors import ConfigError, ModalityDataError, closest
 from mtd_core.modality import HeadInput, Modality, Role
 from mtd_core.taskset import TaskSet
 from mtd_core.tomlio import plain
+
+if TYPE_CHECKING:
+    from mtd_core.plugins.registry import Registry
 
 CONFIG_KEYS = ("taskset", "backbone", "backbone_options")
 
@@ -92,7 +95,7 @@ class MultiTaskModel(nn.Module):
     """
 
     def __init__(self, taskset: TaskSet, backbone: str | nn.Module = "unet",
-                 backbone_options: Mapping[str, Any] | None = None, registry: Any = None) -> None:
+                 backbone_options: Mapping[str, Any] | None = None, registry: Registry | None = None) -> None:
         super().__init__()
         if not isinstance(taskset, TaskSet):
             raise ConfigError(f"MultiTaskModel: taskset must be a TaskSet, got {type(taskset).__name__}")
@@ -266,7 +269,7 @@ class MultiTaskModel(nn.Module):
         return {k: v for k, v in out.items() if v}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], registry: Any = None,
+    def from_config(cls, config: Mapping[str, Any], registry: Registry | None = None,
                     assets: Mapping[str, Mapping[str, bytes]] | None = None) -> MultiTaskModel:
         """Rebuild a model (freshly initialised) from :meth:`config`'s dict.
 

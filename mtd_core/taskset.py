@@ -19,7 +19,7 @@ import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.noise import KINDS as NOISE_KINDS
@@ -28,6 +28,9 @@ from mtd_core.diffusion.weights import peak_ratio
 from mtd_core.errors import ConfigError, MTDError, PluginError, ScheduleError, closest
 from mtd_core.modality import LatentSpec, Modality, Role
 from mtd_core.tomlio import dumps_toml, read_toml
+
+if TYPE_CHECKING:
+    from mtd_core.plugins.registry import Registry
 
 
 CONFIG_KEYS = ("modalities", "diffusion", "latent_shape", "aux_channels")
@@ -224,7 +227,7 @@ class TaskSet:
         return out
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], registry: Any = None) -> TaskSet:
+    def from_config(cls, config: Mapping[str, Any], registry: Registry | None = None) -> TaskSet:
         """Build a task set from :meth:`to_config`'s format.
 
         Args:
@@ -271,7 +274,7 @@ class TaskSet:
                    config.get("aux_channels"))
 
     @classmethod
-    def from_toml(cls, path: str | Path, registry: Any = None) -> TaskSet:
+    def from_toml(cls, path: str | Path, registry: Registry | None = None) -> TaskSet:
         """Read a task set from a TOML file: either the task set at the top level or in a ``[taskset]`` table."""
         path = Path(path)
         data = read_toml(path, "taskset")

@@ -21,12 +21,15 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mtd_core.cli.train import handle_errors
 from mtd_core.training.grids import GridCell
+
+if TYPE_CHECKING:
+    from mtd_core.model import MultiTaskModel
 
 # The demo's run config: small enough for ~3 minutes on 2 CPU cores, large enough for recognisable digits.
 DEMO_CONFIG: dict[str, Any] = {
@@ -148,7 +151,7 @@ def _train(cfg: dict[str, Any], run_dir: Path, quick: bool, verbose: bool) -> tu
     return run, trainer, trainer.fit()
 
 
-def _draw(model: Any, names: list[str] | None, out: Path, quick: bool, seed: int, progress: bool
+def _draw(model: MultiTaskModel, names: list[str] | None, out: Path, quick: bool, seed: int, progress: bool
           ) -> dict[str, Any]:
     """Joint samples, label-conditioned samples with and without guidance, and their two grids."""
     from mtd_core.sampling.generate import generate
@@ -177,7 +180,7 @@ def _draw(model: Any, names: list[str] | None, out: Path, quick: bool, seed: int
             "cond_png": cond_png, "sample_s": time.perf_counter() - t0}
 
 
-def _score(model: Any, data: Any, drawn: dict[str, Any], seed: int) -> dict[str, Any]:
+def _score(model: MultiTaskModel, data: Any, drawn: dict[str, Any], seed: int) -> dict[str, Any]:
     """The label head's read-out accuracy, and joint coherence and conditional fidelity by an independent classifier."""
     from mtd_core.cli.eval import evaluate_readout
 

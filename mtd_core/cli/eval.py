@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mtd_core.cli.train import check_device, handle_errors
 from mtd_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mtd_core.model import MultiTaskModel
 
 
 def register(subparsers: Any) -> None:
@@ -49,7 +52,8 @@ def _subsample(size: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def evaluate_elbo(model: Any, data: Any, n: int, timesteps: int, batch_size: int, seed: int) -> dict[str, Any]:
+def evaluate_elbo(model: MultiTaskModel, data: Any, n: int, timesteps: int, batch_size: int, seed: int
+                  ) -> dict[str, Any]:
     """The ELBO in bits/dim on ``n`` test examples (see the module docstring), with its terms in nats."""
     from mtd_core.data.derive import derive_batch, model_inputs
     from mtd_core.diffusion.elbo import MultiModalELBO, stratified_timesteps
@@ -79,7 +83,7 @@ def evaluate_elbo(model: Any, data: Any, n: int, timesteps: int, batch_size: int
             "terms_nats": {k: v / count for k, v in terms.items()}}
 
 
-def _device_gen(model: Any, g: torch.Generator) -> torch.Generator:
+def _device_gen(model: MultiTaskModel, g: torch.Generator) -> torch.Generator:
     """A generator on the model's device, seeded from ``g`` (CUDA draws need a CUDA generator)."""
     dev = model.device
     if dev.type == "cpu":
@@ -87,7 +91,7 @@ def _device_gen(model: Any, g: torch.Generator) -> torch.Generator:
     return torch.Generator(dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
 
 
-def evaluate_readout(model: Any, data: Any, n: int, batch_size: int, seed: int) -> dict[str, Any]:
+def evaluate_readout(model: MultiTaskModel, data: Any, n: int, batch_size: int, seed: int) -> dict[str, Any]:
     """Every aggregated modality with a head, read off real test examples of the base and scored by its
     ``readout_scores``: modality name -> {score name: mean, ..., "n_examples": count}."""
     from mtd_core.data.derive import derive_batch, model_inputs
@@ -103,7 +107,8 @@ def evaluate_readout(model: Any, data: Any, n: int, batch_size: int, seed: int) 
     g = torch.Generator().manual_seed(seed)
     sums: dict[str, dict[str, float]] = {m.name: {} for m in heads}
     for start in range(0, len(idx), batch_size):
-        batch = model_inputs(taskset, derive_batch(taskset, data.batch(data.splits.test, idx[start:start + batch_size]), g))
+        raw = data.batch(data.splits.test, idx[start:start + batch_size])
+        batch = model_inputs(taskset, derive_batch(taskset, raw, g))
         out = generate(model, given={base.name: batch[base.name].to(model.device)}, generator=_device_gen(model, g),
                        progress=False)
         for m in heads:
@@ -145,9 +150,9 @@ def main(args: argparse.Namespace) -> int:
     if decoders:
         print("  decoder terms, not in the bits/dim (nats/example): "
               + ", ".join(f"{k} {v:.2f}" for k, v in decoders.items()))
+    base = model.taskset.base.name if model.taskset.base is not None else "base"
     for name, scores in readout.items():
         shown = ", ".join(f"{k} {v:.2%}" if "accuracy" in k else f"{k} {v:.4g}" for k, v in scores.items()
                           if k != "n_examples")
-        print(f"  {name} read-out from the test {model.taskset.base.name}s: {shown} on {scores['n_examples']} "
-              "test examples")
+        print(f"  {name} read-out from the test {base}s: {shown} on {scores['n_examples']} test examples")
     return 0

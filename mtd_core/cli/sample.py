@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,10 @@ from mtd_core.sampling.generate import (
     DEFAULT_STEPS,
     JOINT,
 )
+
+if TYPE_CHECKING:
+    from mtd_core.model import MultiTaskModel
+    from mtd_core.taskset import TaskSet
 
 
 def register(subparsers: Any) -> None:
@@ -87,7 +91,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=main)
 
 
-def parse_given(model: Any, items: list[str], n: int, dataset_names: list[str] | None = None
+def parse_given(model: MultiTaskModel, items: list[str], n: int, dataset_names: list[str] | None = None
                 ) -> tuple[dict[str, Any], int, list[str] | None]:
     """The ``given`` dict for generate(), the total sample count, and row labels (one per given value).
 
@@ -134,7 +138,7 @@ def parse_given(model: Any, items: list[str], n: int, dataset_names: list[str] |
     return given, total, labels
 
 
-def to_npz_arrays(taskset: Any, samples: dict[str, Any]) -> dict[str, np.ndarray]:
+def to_npz_arrays(taskset: TaskSet, samples: dict[str, Any]) -> dict[str, np.ndarray]:
     """Raw samples as numpy arrays; integer-valued modalities whose examples ``describe`` as text (captions, class
     names) also as strings under ``<name>_text``."""
     out: dict[str, np.ndarray] = {}

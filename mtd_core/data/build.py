@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -19,6 +19,9 @@ import torch
 from mtd_core.data.splits import ArrayDataset, DatasetSplits, Examples
 from mtd_core.data.transforms import apply_transforms, build_transform
 from mtd_core.errors import ConfigError, ModalityDataError, closest
+
+if TYPE_CHECKING:
+    from mtd_core.plugins.registry import Registry
 
 RESERVED = ("name", "keys", "transforms")
 
@@ -124,7 +127,7 @@ def fetch(dataset: Examples, indices: torch.Tensor) -> dict[str, Any]:
     return collate([dataset[int(i)] for i in indices])
 
 
-def resolve_dataset_config(config: Mapping[str, Any], registry: Any) -> DatasetConfig:
+def resolve_dataset_config(config: Mapping[str, Any], registry: Registry) -> DatasetConfig:
     """The dataset config with every factory option present (defaults filled in), validated."""
     dc = DatasetConfig.from_dict(config)
     factory = _factory(dc.name, registry)
@@ -134,14 +137,14 @@ def resolve_dataset_config(config: Mapping[str, Any], registry: Any) -> DatasetC
     return DatasetConfig(name=dc.name, keys=dc.keys, transforms=transforms, options=options)
 
 
-def _factory(name: str, registry: Any) -> Callable[..., DatasetSplits]:
+def _factory(name: str, registry: Registry) -> Callable[..., DatasetSplits]:
     try:
         return registry.dataset(name)
     except Exception as e:  # the registry's own error lists the known names
         raise ConfigError(f"dataset.name: {e}") from None
 
 
-def load_dataset(config: Mapping[str, Any] | DatasetConfig, registry: Any) -> LoadedData:
+def load_dataset(config: Mapping[str, Any] | DatasetConfig, registry: Registry) -> LoadedData:
     """Call the dataset's factory with its options, rename fields by ``keys``, and build the transforms."""
     dc = config if isinstance(config, DatasetConfig) else DatasetConfig.from_dict(config)
     factory = _factory(dc.name, registry)

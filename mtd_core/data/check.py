@@ -6,11 +6,14 @@ it the message says "example i"."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mtd_core.errors import ModalityDataError
+
+if TYPE_CHECKING:
+    from mtd_core.taskset import TaskSet
 
 
 def _first(mask: torch.Tensor) -> int:
@@ -63,7 +66,7 @@ def check_labels(y: torch.Tensor, source: str, field: str = "label", num_classes
                                 f"{num_classes} classes (expected 0..{num_classes - 1})")
 
 
-def check_against_taskset(taskset: Any, fields: Mapping[str, Any], source: str, where: Where | None = None) -> None:
+def check_against_taskset(taskset: TaskSet, fields: Mapping[str, Any], source: str, where: Where | None = None) -> None:
     """Check every field named like a task-set modality against that modality's DataSpec.
 
     Unlike ``Modality.validate`` on a batch, the message names ``source`` and the row of the first bad example in

@@ -4,7 +4,7 @@ step's prediction (the base estimate, the predicted or observed encodings, guida
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,9 @@ from mtd_core.modality import Modality
 from mtd_core.sampling.base import StepPrediction
 from mtd_core.sampling.estimate import BaseEstimate, BaseRange
 from mtd_core.sampling.guidance import guided_eps
+
+if TYPE_CHECKING:
+    from mtd_core.model import MultiTaskModel
 
 CONDITIONING = ("replace", "inject", "exact")
 
@@ -25,7 +28,7 @@ def check_conditioning(conditioning: str) -> None:
         raise ConfigError(f"generate: conditioning must be one of {list(CONDITIONING)}, got {conditioning!r}")
 
 
-def base_range(model: Any) -> BaseRange | None:
+def base_range(model: MultiTaskModel) -> BaseRange | None:
     """Where the model's base lives in z_0 and its data range (None without a base)."""
     base = model.taskset.base
     if base is None:
@@ -54,7 +57,7 @@ class ModelDenoiser:
         observed_data: observed aggregated name -> its data (the targets of "exact" conditioning).
     """
 
-    def __init__(self, model: Any, fp: ForwardProcess, observed: Mapping[str, torch.Tensor],
+    def __init__(self, model: MultiTaskModel, fp: ForwardProcess, observed: Mapping[str, torch.Tensor],
                  guidance: Sequence[GuideTerm] = (), conditioning: str = "replace",
                  temperature: Mapping[str, float] | None = None, estimate: BaseEstimate | None = None,
                  base: BaseRange | None = None, targets: Mapping[str, torch.Tensor] | None = None,

@@ -32,7 +32,7 @@ passed in).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -45,6 +45,10 @@ from mtd_core.sampling.estimate import BaseEstimate
 from mtd_core.sampling.denoiser import GuideTerm, ModelDenoiser, base_range, check_conditioning
 from mtd_core.sampling.guidance import GuidanceConfig, check_guidance, resolve_target
 from mtd_core.sampling.readout import read_ts, readout
+
+if TYPE_CHECKING:
+    from mtd_core.model import MultiTaskModel
+    from mtd_core.plugins.registry import Registry
 
 # The defaults of generate() and `mtd sample`, chosen by measurement on Fashion-MNIST validation samples
 # (docs/sampling.md, "Defaults").
@@ -81,7 +85,7 @@ class GenerationOutput:
 
 
 def generate(
-    model: Any,
+    model: MultiTaskModel,
     n: int | None = None,
     given: Mapping[str, Any] | None = None,
     sampler: str = DEFAULT_SAMPLER,
@@ -102,7 +106,7 @@ def generate(
     clip_percentile: float = 0.995,
     nfe: int | None = None,
     sampler_options: Mapping[str, Any] | None = None,
-    registry: Any = None,
+    registry: Registry | None = None,
     joint: str = DEFAULT_JOINT,
 ) -> GenerationOutput:
     """Generate every modality not in ``given`` (see the module docstring for the three modes).
@@ -186,7 +190,7 @@ class _Plan:
     guide: list[GuideTerm]
 
 
-def _plan(model: Any, given: dict[str, Any], n: int | None, generator: torch.Generator | None, conditioning: str,
+def _plan(model: MultiTaskModel, given: dict[str, Any], n: int | None, generator: torch.Generator | None, conditioning: str,
           clip: str | None, clip_eps: str, clip_percentile: float, joint: str,
           encoding_temperature: Mapping[str, float] | None, guidance: GuidanceConfig | None,
           dev: torch.device) -> _Plan:
@@ -221,7 +225,7 @@ def _plan(model: Any, given: dict[str, Any], n: int | None, generator: torch.Gen
     return _Plan(mode, B, data, estimate, commit, temperature, guide)
 
 
-def _denoiser_args(model: Any, plan: _Plan, observed: dict[str, torch.Tensor], conditioning: str,
+def _denoiser_args(model: MultiTaskModel, plan: _Plan, observed: dict[str, torch.Tensor], conditioning: str,
                    dev: torch.device) -> dict[str, Any]:
     """The keyword arguments of every step's ModelDenoiser (the guidance targets' encodings included)."""
     targets: dict[str, torch.Tensor] = {}
@@ -233,7 +237,7 @@ def _denoiser_args(model: Any, plan: _Plan, observed: dict[str, torch.Tensor], c
             "observed_data": {k: v.to(dev) for k, v in plan.data.items()}}
 
 
-def _samples(model: Any, given: dict[str, Any], mode: str, committed: dict[str, torch.Tensor], z0: torch.Tensor,
+def _samples(model: MultiTaskModel, given: dict[str, Any], mode: str, committed: dict[str, torch.Tensor], z0: torch.Tensor,
              predictions: dict[str, Any], generator: torch.Generator | None) -> dict[str, Any]:
     """Every modality's samples: the given data as given, committed draws, the decoded base, the heads' reads."""
     samples: dict[str, Any] = {}
@@ -251,7 +255,7 @@ def _samples(model: Any, given: dict[str, Any], mode: str, committed: dict[str, 
     return samples
 
 
-def _check_device(model: Any, given: dict[str, Any], device: torch.device | str | None) -> torch.device:
+def _check_device(model: MultiTaskModel, given: dict[str, Any], device: torch.device | str | None) -> torch.device:
     """Reject unknown modalities and a device the model is not on; return the sampling device."""
     modalities = model.taskset.modalities
     for name in given:
@@ -266,7 +270,8 @@ def _check_device(model: Any, given: dict[str, Any], device: torch.device | str 
 
 
 def _check_sampler(name: str, steps: int | None, nfe: int | None, eta: float, variance: str | None,
-                   sampler_options: Mapping[str, Any] | None, registry: Any) -> tuple[Sampler, int, dict[str, Any]]:
+                   sampler_options: Mapping[str, Any] | None, registry: Registry | None
+                   ) -> tuple[Sampler, int, dict[str, Any]]:
     """The sampler spec, its number of steps and its options, after checking every one of them."""
     if registry is None:
         from mtd_core.plugins.registry import get_registry
@@ -350,7 +355,7 @@ def _observed_data(modalities: dict[str, Modality], given: dict[str, Any], n: in
     return data, B
 
 
-def _reverse(model: Any, B: int, observed: dict[str, torch.Tensor], spec: Sampler, steps: int, spacing: str,
+def _reverse(model: MultiTaskModel, B: int, observed: dict[str, torch.Tensor], spec: Sampler, steps: int, spacing: str,
              options: dict[str, Any], denoiser_args: dict[str, Any], generator: torch.Generator | None,
              callback: Callback | None, progress: bool, dev: torch.device, commit: Sequence[str] = ()
              ) -> tuple[torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]:

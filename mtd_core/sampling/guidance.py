@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
 from mtd_core.errors import ConfigError, closest
 from mtd_core.modality import Modality, Role
+
+if TYPE_CHECKING:
+    from mtd_core.model import MultiTaskModel
 
 
 @attrs.frozen
@@ -75,7 +78,7 @@ def check_guidance(guidance: GuidanceConfig, modalities: dict[str, Modality]) ->
     return m
 
 
-def guided_eps(model: Any, z_t: torch.Tensor, t: torch.Tensor, abar_t: float,
+def guided_eps(model: MultiTaskModel, z_t: torch.Tensor, t: torch.Tensor, abar_t: float,
                terms: Sequence[tuple[Modality, torch.Tensor, float]]) -> tuple[torch.Tensor, dict[str, Any]]:
     """eps_theta guided towards every term's target (see the module docstring) and the heads' (detached)
     predictions.

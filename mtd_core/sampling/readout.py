@@ -4,12 +4,15 @@ noise level t = read_t * T (docs/sampling.md, "Read-out"). No reverse process.""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mtd_core.errors import ConfigError
 from mtd_core.sampling.base import randn_like
+
+if TYPE_CHECKING:
+    from mtd_core.model import MultiTaskModel
 
 
 def read_ts(read_t: float | Sequence[float], T: int) -> list[int]:
@@ -20,7 +23,7 @@ def read_ts(read_t: float | Sequence[float], T: int) -> list[int]:
     return [max(1, round(float(u) * T)) for u in us]
 
 
-def readout(model: Any, z0: torch.Tensor, observed: dict[str, torch.Tensor], read_t: float | Sequence[float],
+def readout(model: MultiTaskModel, z0: torch.Tensor, observed: dict[str, torch.Tensor], read_t: float | Sequence[float],
              generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Read the heads of the unobserved modalities from the noised base at t = read_t * T (averaged over several)."""
     fp = model.forward_process

@@ -14,13 +14,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from mtd_core.diffusion.loss import LOSS_KINDS
 from mtd_core.errors import ConfigError, MTDError, closest
 from mtd_core.tomlio import TOMLDecodeError, loads_toml, plain, read_toml
+
+if TYPE_CHECKING:
+    from mtd_core.plugins.registry import Registry
 
 SECTIONS = ("dataset", "taskset", "backbone", "trainer")
 LR_SCHEDULES = ("constant", "cosine")
@@ -260,7 +263,7 @@ def read_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
         raise type(e)(f"{path}: {e}") from e
 
 
-def resolve_config(config: RunConfig, registry: Any = None) -> RunConfig:
+def resolve_config(config: RunConfig, registry: Registry | None = None) -> RunConfig:
     """The config with every default filled in and every part validated (dataset and backbone options against
     their factories, the task set and the backbone by building them once). Loads no data and trains nothing."""
     from mtd_core.data.build import check_options, resolve_dataset_config

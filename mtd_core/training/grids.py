@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -15,6 +15,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mtd_core.modality import Modality
 from mtd_core.training.checkpoint import write_atomic
+
+if TYPE_CHECKING:
+    from mtd_core.taskset import TaskSet
 
 BACKGROUND = (255, 255, 255)
 MAX_CAPTION_WIDTH = 150  # pixels
@@ -133,7 +136,7 @@ def class_names_for(modality: Modality, dataset_names: Sequence[str] | None = No
     return None
 
 
-def sample_cells(taskset: Any, samples: Mapping[str, Any], class_names: Sequence[str] | None = None,
+def sample_cells(taskset: TaskSet, samples: Mapping[str, Any], class_names: Sequence[str] | None = None,
                  prefix: Mapping[str, str] | None = None) -> list[GridCell]:
     """Grid cells for generated (or real) samples of a task set: image-like modalities (float (B, C, H, W) with
     C in {1, 3}) drawn side by side, base first; labels and captions as text (``prefix``: e.g. {"label": "y="})."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -24,6 +24,10 @@ from mtd_core.data.splits import ArrayDataset
 from mtd_core.errors import CheckpointError, MTDError
 from mtd_core.training.checkpoint import Checkpoint, find_checkpoint, load_checkpoint
 from mtd_core.training.config import RunConfig, resolve_config
+
+if TYPE_CHECKING:
+    from mtd_core.model import MultiTaskModel
+    from mtd_core.plugins.registry import Registry
 
 FIT_EXAMPLES = 4096  # examples shown to Modality.fit (e.g. to train a tokenizer)
 FIT_BATCH = 256
@@ -42,7 +46,7 @@ class Run:
 
     config: RunConfig
     data: LoadedData
-    model: Any
+    model: MultiTaskModel
 
     @property
     def taskset(self) -> Any:
@@ -57,7 +61,7 @@ def fit_batches(data: LoadedData, limit: int = FIT_EXAMPLES, batch: int = FIT_BA
         yield data.batch(data.splits.train, torch.arange(start, min(n, start + batch)))
 
 
-def build_run(config: RunConfig, registry: Any = None, *, check_data: bool = True,
+def build_run(config: RunConfig, registry: Registry | None = None, *, check_data: bool = True,
               assets: dict[str, dict[str, bytes]] | None = None) -> Run:
     """Resolve ``config``, load its data, fit data-dependent modalities, and build the model.
 
@@ -111,7 +115,7 @@ class LoadedRun:
         weights: "ema" or "model".
     """
 
-    model: Any
+    model: MultiTaskModel
     checkpoint: Checkpoint
     run_config: RunConfig | None
     weights: str
@@ -142,7 +146,7 @@ def _with_aux_channels(model_config: dict[str, Any]) -> dict[str, Any]:
     return model_config
 
 
-def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu", registry: Any = None) -> LoadedRun:
+def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu", registry: Registry | None = None) -> LoadedRun:
     """Rebuild the model of a run folder (or of one checkpoint folder) with its trained weights.
 
     Args:
@@ -181,7 +185,7 @@ def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device =
                      weights="ema" if ema and ckpt.ema is not None else "model")
 
 
-def load_run_data(loaded: LoadedRun, registry: Any = None) -> LoadedData:
+def load_run_data(loaded: LoadedRun, registry: Registry | None = None) -> LoadedData:
     """The dataset a run was trained on (from its stored run config)."""
     if loaded.run_config is None:
         raise CheckpointError(f"{loaded.checkpoint.path}: stores no run config (dataset), so its data cannot be "
