@@ -17,14 +17,13 @@ from __future__ import annotations
 import inspect
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtd_core.diffusion.forward import ForwardProcess
-from mtd_core.diffusion.noise import KINDS as NOISE_KINDS
 from mtd_core.diffusion.noise import NoiseSchedule
-from mtd_core.diffusion.weights import peak_ratio
+from mtd_core.diffusion.weights import peak_ratio, weight_schedule_from_config
 from mtd_core.errors import ConfigError, MTDError, PluginError, ScheduleError, closest
 from mtd_core.modality import LatentSpec, Modality, Role
 from mtd_core.tomlio import dumps_toml, read_toml
@@ -264,11 +263,15 @@ class TaskSet:
                 raise ConfigError(f"taskset: modalities[{i}] must be a table/dict, got {type(mc).__name__}")
             if "kind" not in mc:
                 raise ConfigError(f"taskset: modalities[{i}] has no 'kind' (e.g. kind = \"image\"); keys: {sorted(mc)}")
+            mc = dict(mc)
             try:
-                mods.append(registry.build_modality(dict(mc)))
+                if isinstance(mc.get("weights"), Mapping):  # by the registry's weight schedules, plugins' included
+                    mc["weights"] = weight_schedule_from_config(dict(mc["weights"]), str(mc.get("name", mc["kind"])),
+                                                                registry.table("weight_schedule"))
+                mods.append(registry.build_modality(mc))
             except (ConfigError, ScheduleError, PluginError) as e:
                 raise type(e)(f"taskset: modalities[{i}] (kind {mc['kind']!r}): {e}") from e
-        noise = _noise_from_config(config.get("diffusion"))
+        noise = _noise_from_config(config.get("diffusion"), registry.table("noise_schedule"))
         latent = config.get("latent_shape")
         return cls(mods, noise, None if latent is None else _latent_shape(latent, "taskset: latent_shape"),
                    config.get("aux_channels"))
@@ -293,8 +296,9 @@ class TaskSet:
         return text
 
 
-def _noise_from_config(config: Any) -> NoiseSchedule:
-    """The noise schedule of a ``diffusion`` table, checking its keys against the schedule kind's parameters."""
+def _noise_from_config(config: Any, kinds: Mapping[str, Callable[..., NoiseSchedule]]) -> NoiseSchedule:
+    """The noise schedule of a ``diffusion`` table (``kinds``: the registered noise schedules), checking its keys
+    against the schedule kind's parameters."""
     if config is None:
         return NoiseSchedule.linear(1000)
     if isinstance(config, NoiseSchedule):
@@ -302,10 +306,10 @@ def _noise_from_config(config: Any) -> NoiseSchedule:
     if not isinstance(config, Mapping):
         raise ConfigError(f"taskset: 'diffusion' must be a table/dict, got {type(config).__name__}")
     kind = config.get("kind", "linear")
-    if kind not in NOISE_KINDS:
-        raise ConfigError(f"taskset: diffusion.kind must be one of {list(NOISE_KINDS)}, "
-                          f"got {kind!r}{closest(str(kind), NOISE_KINDS)}")
-    params = list(inspect.signature(getattr(NoiseSchedule, kind)).parameters)
+    if kind not in kinds:
+        raise ConfigError(f"taskset: diffusion.kind must be one of {sorted(kinds)}, "
+                          f"got {kind!r}{closest(str(kind), kinds)}")
+    params = list(inspect.signature(kinds[kind]).parameters)
     for key in config:
         if key != "kind" and key not in params:
             raise ConfigError(
@@ -313,7 +317,7 @@ def _noise_from_config(config: Any) -> NoiseSchedule:
                 f"valid keys: {['kind', *params]}"
             )
     try:
-        return NoiseSchedule.from_config(dict(config))
+        return NoiseSchedule.from_config(dict(config), kinds)
     except ScheduleError as e:
         raise ConfigError(f"taskset: diffusion: {e}") from None
 

@@ -514,4 +514,71 @@ def test_every_hook_is_documented_in_docs_plugins_md() -> None:
     headings = set(re.findall(r"^#+ .*?`(\w+)", docs, flags=re.M))
     missing = [name for name in _hookspec_names() if name not in headings]
     assert not missing, f"docs/plugins.md has no section for the hooks {missing}"
-    assert len(_hookspec_names()) == 5
+    assert len(_hookspec_names()) == 8
+
+
+def test_schedules_and_transforms_are_registry_kinds_a_plugin_can_add(mtd_registry_builtin: Registry) -> None:
+    import attrs
+    import torch
+
+    from mtd_core.data.build import load_dataset
+    from mtd_core.diffusion.noise import NoiseSchedule
+    from mtd_core.diffusion.weights import WeightSchedule
+    from mtd_core.taskset import TaskSet
+
+    @attrs.frozen
+    class Tent(WeightSchedule):
+        """lambda_t rising linearly to ``peak`` at T / 2 and back to 0 at T."""
+
+        kind = "tent"
+        defines = "lambda"
+        peak: float = 0.5
+
+        def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
+            u = torch.arange(noise.T + 1, dtype=torch.float64) / noise.T
+            return self.peak * (1 - (2 * u - 1).abs())
+
+    def flat(T: int = 100, beta: float = 0.02) -> NoiseSchedule:
+        return NoiseSchedule.custom([beta] * T)
+
+    @attrs.frozen
+    class Invert:
+        """The image, negated, as a new field."""
+
+        source: str = "image"
+
+        def __call__(self, batch: dict) -> dict:
+            return {**batch, "negative": -batch[self.source]}
+
+        def to_config(self) -> dict:
+            return {"kind": "invert", **attrs.asdict(self)}
+
+    class Plugin:
+        @hookimpl
+        def mtd_register_weight_schedules(self):
+            return {"tent": Tent}
+
+        @hookimpl
+        def mtd_register_noise_schedules(self):
+            return {"flat": flat}
+
+        @hookimpl
+        def mtd_register_transforms(self):
+            return {"invert": Invert}
+
+    reg = mtd_registry_builtin
+    reg.register(Plugin(), name="my-schedules")
+    ts = TaskSet.from_config({"modalities": [{"kind": "image", "role": "base", "size": 8},
+                                             {"kind": "label", "num_classes": 10, "weights": {"kind": "tent"}}],
+                              "diffusion": {"kind": "flat", "T": 50}}, reg)
+    assert isinstance(ts.modalities["label"].weights, Tent) and ts.forward_process().T == 50
+    assert {"tent", "windowed"} <= set(reg.names("weight_schedule"))
+    assert {"flat", "linear"} <= set(reg.names("noise_schedule")) and {"invert", "edges"} <= set(reg.names("transform"))
+    assert {(r.what, r.name, r.plugin) for r in reg.records} >= {("weight_schedule", "tent", "my-schedules"),
+                                                                ("transform", "invert", "my-schedules")}
+    data = load_dataset({"name": "digits", "transforms": [{"kind": "invert"}]}, reg)
+    batch = data.batch(data.splits.test, torch.arange(3))
+    assert torch.equal(batch["negative"], -batch["image"])
+    with pytest.raises(ConfigError, match=r"diffusion.kind must be one of \[.*'flat'.*\], got 'flta' \(did you mean"):
+        TaskSet.from_config({"modalities": [{"kind": "image", "role": "base", "size": 8}],
+                             "diffusion": {"kind": "flta"}}, reg)

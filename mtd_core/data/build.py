@@ -132,7 +132,7 @@ def resolve_dataset_config(config: Mapping[str, Any], registry: Registry) -> Dat
     dc = DatasetConfig.from_dict(config)
     factory = _factory(dc.name, registry)
     check_options(f"dataset {dc.name!r}", factory, dc.options)
-    transforms = [build_transform(t).to_config() for t in dc.transforms]
+    transforms = [build_transform(t, registry.table("transform")).to_config() for t in dc.transforms]
     options = {**factory_defaults(factory), **dc.options}
     return DatasetConfig(name=dc.name, keys=dc.keys, transforms=transforms, options=options)
 
@@ -158,4 +158,5 @@ def load_dataset(config: Mapping[str, Any] | DatasetConfig, registry: Registry) 
             raise ConfigError(f"dataset {dc.name!r}: the 'keys' option needs an in-memory dataset (ArrayDataset)")
         splits = DatasetSplits(train=splits.train.renamed(dc.keys), test=splits.test.renamed(dc.keys),
                                info=splits.info)
-    return LoadedData(splits=splits, transforms=[build_transform(t) for t in dc.transforms], config=dc)
+    kinds = registry.table("transform")
+    return LoadedData(splits=splits, transforms=[build_transform(t, kinds) for t in dc.transforms], config=dc)

@@ -63,14 +63,16 @@ class EdgesTransform:
 TRANSFORMS: dict[str, type] = {"edges": EdgesTransform}
 
 
-def build_transform(config: Mapping[str, Any]) -> EdgesTransform:
-    """A transform from ``{"kind": ..., **options}``; unknown kinds or options are ConfigErrors with a suggestion."""
+def build_transform(config: Mapping[str, Any], kinds: Mapping[str, type] | None = None) -> Any:
+    """A transform from ``{"kind": ..., **options}``; unknown kinds or options are ConfigErrors with a suggestion.
+    ``kinds``: kind -> class (default: the built-in TRANSFORMS; datasets pass the registry's, plugins' included)."""
     config = dict(config)
+    table = TRANSFORMS if kinds is None else kinds
     kind = config.pop("kind", None)
-    if kind not in TRANSFORMS:
-        raise ConfigError(f"dataset.transforms: unknown transform kind {kind!r}{closest(str(kind), TRANSFORMS)}; "
-                          f"known kinds: {sorted(TRANSFORMS)}")
-    cls = TRANSFORMS[kind]
+    if kind not in table:
+        raise ConfigError(f"dataset.transforms: unknown transform kind {kind!r}{closest(str(kind), table)}; "
+                          f"known kinds: {sorted(table)}")
+    cls = table[kind]
     fields = {f.name for f in attrs.fields(cls)}
     for key in config:
         if key not in fields:

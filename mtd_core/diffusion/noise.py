@@ -7,7 +7,7 @@ alpha_0 = abar_0 = 1) and index T is the last step, so ``abar[t]`` reads as abar
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -94,14 +94,17 @@ class NoiseSchedule:
         return cls(b, "custom", {"betas": b.tolist()})
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> NoiseSchedule:
-        """Inverse of :meth:`to_config`."""
+    def from_config(cls, config: dict[str, Any], kinds: Mapping[str, Callable[..., NoiseSchedule]] | None = None
+                    ) -> NoiseSchedule:
+        """Inverse of :meth:`to_config`. ``kinds``: kind -> factory (default: the built-in KINDS; a task set
+        passes the registry's noise schedules, plugins' included)."""
         config = dict(config)
+        table = kinds if kinds is not None else {k: getattr(cls, k) for k in KINDS}
         kind = config.pop("kind", "linear")
-        if kind not in KINDS:
-            raise ScheduleError(f"noise schedule: unknown kind {kind!r}; expected one of {KINDS}")
+        if kind not in table:
+            raise ScheduleError(f"noise schedule: unknown kind {kind!r}; expected one of {sorted(table)}")
         try:
-            return getattr(cls, kind)(**config)
+            return table[kind](**config)
         except TypeError as e:
             raise ScheduleError(f"noise schedule {kind!r}: bad arguments {config!r}: {e}") from None
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -236,18 +236,21 @@ SCHEDULES: dict[str, type[WeightSchedule]] = {
 }
 
 
-def weight_schedule_from_config(config: dict[str, Any] | WeightSchedule, modality: str = "<unnamed>") -> WeightSchedule:
-    """Build a schedule from ``{"kind": ..., **params}`` (or pass a schedule through)."""
+def weight_schedule_from_config(config: dict[str, Any] | WeightSchedule, modality: str = "<unnamed>",
+                                kinds: Mapping[str, Callable[..., WeightSchedule]] | None = None) -> WeightSchedule:
+    """Build a schedule from ``{"kind": ..., **params}`` (or pass a schedule through). ``kinds``: kind -> class
+    (default: the built-in SCHEDULES; a task set passes the registry's weight schedules, plugins' included)."""
     if isinstance(config, WeightSchedule):
         return config
     if not isinstance(config, dict) or "kind" not in config:
         raise ScheduleError(f"modality {modality!r}: a weight schedule config needs a 'kind' key, got {config!r}")
     params = dict(config)
     kind = params.pop("kind")
-    if kind not in SCHEDULES:
-        raise ScheduleError(f"modality {modality!r}: unknown weight schedule {kind!r}; expected one of {sorted(SCHEDULES)}")
+    table = SCHEDULES if kinds is None else kinds
+    if kind not in table:
+        raise ScheduleError(f"modality {modality!r}: unknown weight schedule {kind!r}; expected one of {sorted(table)}")
     try:
-        return SCHEDULES[kind](**params)
+        return table[kind](**params)
     except ScheduleError as e:  # the schedule's own validation does not know which modality it belongs to
         raise ScheduleError(f"modality {modality!r}: {e}") from None
     except (TypeError, ValueError) as e:

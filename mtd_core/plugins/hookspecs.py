@@ -80,3 +80,29 @@ def mtd_register_samplers() -> Mapping[str, Callable[..., Any]]:
     state. Its keyword-only options are what ``generate(..., sampler_options=...)`` and ``mtd sample --option``
     accept. See docs/sampling.md.
     """
+
+
+@hookspec
+def mtd_register_weight_schedules() -> Mapping[str, Callable[..., Any]]:
+    """Return aggregation weight schedules by kind: ``kind -> cls`` with ``cls(**params)`` a
+    :class:`mtd_core.diffusion.WeightSchedule` (w_t^(i) or lambda_t^(i) of one modality, lambda_T = 0 checked).
+
+    A modality's ``weights = {kind = "...", ...}`` in a task-set config names one.
+    """
+
+
+@hookspec
+def mtd_register_noise_schedules() -> Mapping[str, Callable[..., Any]]:
+    """Return noise schedules by kind: ``kind -> factory`` with ``factory(T=..., **params)`` a
+    :class:`mtd_core.diffusion.NoiseSchedule` (beta_1..beta_T in (0, 1)).
+
+    A task set's ``diffusion = {kind = "...", T = ..., ...}`` names one.
+    """
+
+
+@hookspec
+def mtd_register_transforms() -> Mapping[str, Callable[..., Any]]:
+    """Return dataset transforms by kind: ``kind -> cls``, an attrs class whose instances are called on a collated
+    batch (``dict`` of fields) and return it with fields added or changed, and whose ``to_config()`` gives
+    ``{"kind": ..., **options}`` back. A dataset config's ``transforms = [{kind = "...", ...}]`` names them.
+    """

@@ -9,7 +9,8 @@ import attrs
 
 BLOCK_ENV = "MTD_BLOCK_PLUGINS"
 
-What = Literal["modality", "dataset", "backbone", "metric", "sampler", "plugin"]
+What = Literal["modality", "dataset", "backbone", "metric", "sampler", "weight_schedule", "noise_schedule",
+               "transform", "plugin"]
 Status = Literal["ok", "failed", "blocked"]
 
 # The kind of thing each hook registers, in listing order. "plugin" (records about a whole plugin: import
@@ -20,6 +21,9 @@ HOOKS: dict[str, str] = {
     "backbone": "mtd_register_backbones",
     "metric": "mtd_register_metrics",
     "sampler": "mtd_register_samplers",
+    "weight_schedule": "mtd_register_weight_schedules",
+    "noise_schedule": "mtd_register_noise_schedules",
+    "transform": "mtd_register_transforms",
 }
 ORDER = {**{what: i for i, what in enumerate(HOOKS)}, "plugin": len(HOOKS)}
 EXPECTED = {
@@ -28,6 +32,9 @@ EXPECTED = {
     "backbone": "a mapping of backbone names (str) to factories (callables)",
     "metric": "a mapping of metric names (str) to metrics (callables)",
     "sampler": "a mapping of sampler names (str) to Sampler specs or sampler functions (callables)",
+    "weight_schedule": "a mapping of weight schedule kinds (str) to WeightSchedule classes (callables)",
+    "noise_schedule": "a mapping of noise schedule kinds (str) to NoiseSchedule factories (callables)",
+    "transform": "a mapping of transform kinds (str) to transform classes (callables)",
 }
 
 
@@ -132,7 +139,8 @@ def record(info: PluginInfo, what: str, name: str, status: str, error: str | Non
 
 
 PLURAL = {"modality": "modalities", "dataset": "datasets", "backbone": "backbones", "metric": "metrics",
-           "sampler": "samplers"}
+          "sampler": "samplers", "weight_schedule": "weight schedules", "noise_schedule": "noise schedules",
+          "transform": "transforms"}
 
 
 def indent(text: str, prefix: str = "    ") -> str:

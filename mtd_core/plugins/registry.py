@@ -298,6 +298,12 @@ class Registry:
             lines += [indent(r.message()) for r in related]
         raise ConfigError("\n".join(lines))
 
+    def table(self, what: str) -> dict[str, Any]:
+        """Everything registered for ``what``, by name (a copy): the kinds a schedule or transform config may name."""
+        self.names(what)  # checks ``what`` and loads
+        with self._lock:
+            return dict(self._tables[what])
+
     def provider(self, what: str, name: str) -> PluginInfo | None:
         """The plugin whose ``what`` is registered under ``name`` (None when nothing registered provides it)."""
         self.load()

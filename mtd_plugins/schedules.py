@@ -1,0 +1,33 @@
+"""Registers the built-in weight schedules, noise schedules and dataset transforms through the ``mtd`` entry-point
+group, exactly as a third party would add its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mtd_core.plugins import hookimpl
+
+
+@hookimpl
+def mtd_register_weight_schedules() -> Mapping[str, Callable[..., Any]]:
+    """windowed, ratio, constant, zero, custom_w, custom_lambda (mtd_core/diffusion/weights.py, docs/math.md)."""
+    from mtd_core.diffusion.weights import SCHEDULES
+
+    return dict(SCHEDULES)
+
+
+@hookimpl
+def mtd_register_noise_schedules() -> Mapping[str, Callable[..., Any]]:
+    """linear, cosine and custom betas (mtd_core/diffusion/noise.py)."""
+    from mtd_core.diffusion.noise import KINDS, NoiseSchedule
+
+    return {kind: getattr(NoiseSchedule, kind) for kind in KINDS}
+
+
+@hookimpl
+def mtd_register_transforms() -> Mapping[str, Callable[..., Any]]:
+    """edges: an edge map of an image field (mtd_core/data/transforms.py)."""
+    from mtd_core.data.transforms import TRANSFORMS
+
+    return dict(TRANSFORMS)
