@@ -225,3 +225,28 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(tmp_path: Path
     want, got = _weights(reference), _weights(out)
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     assert kills >= 3
+
+
+@pytest.mark.slow
+def test_two_ctrl_c_in_quick_succession_exit_0_or_130_never_by_the_signal(tmp_path: Path) -> None:
+    """The first Ctrl-C asks for a checkpoint after the step, the second aborts at once: the exit status is 0 (the
+    checkpoint was written) or 130 (aborted), never death by SIGINT, and no traceback."""
+    cfg = _config(steps=100000, checkpoint_every=0, log_every=1)
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text(dumps_toml(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for gap in (0.05, 0.3):
+        out = tmp_path / f"run{gap}"
+        proc = subprocess.Popen([sys.executable, "-m", "mtd_core.cli", "train", str(cfg_path), "--out", str(out),
+                                 "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        metrics = out / "metrics.jsonl"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(gap)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, 130), (proc.returncode, err[-2000:])
+        assert "Traceback" not in err, err[-2000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -36,5 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The ``mtd`` console script and ``python -m mtd_core.cli``: :func:`main`, then exit with its status. A Ctrl-C
+    that arrives once the command is done (the second of two in quick succession, after the checkpoint was written)
+    is ignored, so the process exits with that status instead of dying by SIGINT."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

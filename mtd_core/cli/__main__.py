@@ -1,5 +1,3 @@
-import sys
+from mtd_core.cli import run
 
-from mtd_core.cli import main
-
-sys.exit(main())
+run()
