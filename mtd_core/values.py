@@ -47,6 +47,7 @@ def parse(m: Modality, text: str, class_names: Sequence[str] | None = None) -> t
     - a ``.npy`` file: one example or a batch (never unpickled);
     - an image file, for (C, H, W) float data: converted to C channels, scaled to [-1, 1], the size checked;
     - class indices or names separated by commas, for scalar integer data: one row each (``0,3,shoe``);
+    - numbers separated by commas, for scalar float data: one row each (``0.2,-0.5``);
     - numbers separated by commas or spaces, for 1-D data: one example (``0,1,1,0``).
 
     Raises:
@@ -68,6 +69,11 @@ def parse(m: Modality, text: str, class_names: Sequence[str] | None = None) -> t
         return torch.from_numpy(a.copy()).float().div(127.5).sub(1.0)[None]
     if spec.shape == () and not spec.torch_dtype.is_floating_point:
         return torch.tensor([_class_index(m, v.strip(), class_names) for v in text.split(",")])
+    if spec.shape == ():
+        try:
+            return torch.tensor([float(v) for v in text.split(",")], dtype=spec.torch_dtype)
+        except ValueError:
+            raise ModalityDataError(f"{text!r}: {who} takes numbers separated by commas (one row each)") from None
     if len(spec.shape) == 1:
         parts = text.replace(",", " ").split()
         try:

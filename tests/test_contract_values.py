@@ -79,6 +79,14 @@ def test_default_describe_and_parse_of_a_vector() -> None:
         m.parse("0,1")
     with pytest.raises(ModalityDataError, match="takes 4 int64 numbers separated by commas or spaces"):
         m.parse("yes,no,no,yes")
+    class Light(Attributes):
+        def data_spec(self) -> DataSpec:
+            return DataSpec((), "float32", -1.0, 1.0)
+
+    b = Light(name="light")
+    assert b.parse("0.25,-0.5").tolist() == [0.25, -0.5] and b.describe(torch.tensor(0.25)) == "0.25"
+    with pytest.raises(ModalityDataError, match="'light' .* takes numbers separated by commas"):
+        b.parse("bright")
 
 
 def test_its_values_appear_in_grids_and_in_the_samples_file() -> None:

@@ -47,7 +47,7 @@ class ModelDenoiser:
         observed: aggregated name -> true encoding E_j(x_j) of every observed aggregated modality.
         guidance: (guiding modality, its target batch, scale) terms; a term with scale > 0 on a generated modality
             puts the target's encoding (``targets``) into the step.
-        conditioning: how observed encodings enter a step, "replace", "inject" or "exact" (module docstring);
+        conditioning: how observed encodings enter a step, "replace", "inject" or "exact" (generate.py, docs);
             "exact" also needs ``observed_data``.
         temperature: generated modality name -> the temperature of its head's probabilities behind its encoding
             (``Modality.temper``); the predictions returned in each StepPrediction stay untempered.
