@@ -175,7 +175,7 @@ def trained_module(module: torch.nn.Module, path: Path, key: Mapping[str, Any], 
     key = json.loads(json.dumps(key))
     if path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("key") == key:
+        if _training_part(meta.get("key")) == _training_part(key):
             module.load_state_dict(load_file(str(path), device=str(next(module.parameters()).device)))
             print(f"  reusing the trained weights {path}")
             return float(meta["train_wall_s"])
@@ -186,6 +186,19 @@ def trained_module(module: torch.nn.Module, path: Path, key: Mapping[str, Any], 
     tmp.replace(path)
     write_atomic(meta_path, json.dumps({"key": key, "train_wall_s": wall}, indent=1))
     return wall
+
+
+EVALUATION_ONLY = ("n_samples", "n_reference", "n_curve", "n_paired", "nfe", "sampling", "sampler", "sampler_steps",
+                   "cond_eta", "sdedit_t", "read_t", "mask_ratios", "elbo_n", "elbo_timesteps", "elbo_batch",
+                   "feature_epochs", "eval_batch")
+"""Preset fields (present or past) that only change how a trained module is evaluated, never its weights."""
+
+
+def _training_part(key: Any) -> Any:
+    """``key`` without the preset's evaluation-only fields: a change of sampler or sample count reuses the weights."""
+    if not isinstance(key, Mapping) or not isinstance(key.get("preset"), Mapping):
+        return key
+    return {**key, "preset": {k: v for k, v in key["preset"].items() if k not in EVALUATION_ONLY}}
 
 
 def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ema: Any, cfg: Any, step: int,

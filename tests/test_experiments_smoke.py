@@ -228,3 +228,20 @@ def test_presets_round_trip_and_reject_unknown_keys() -> None:
         Preset.from_dict({**get_preset("smoke").to_dict(), "stepz": 3})
     with pytest.raises(ConfigError, match="presets"):
         get_preset("cpuu")
+
+
+def test_a_trained_module_is_reused_when_only_evaluation_settings_changed(tmp_path: Path) -> None:
+    net = torch.nn.Linear(2, 2)
+    fits: list[int] = []
+
+    def fit() -> float:
+        fits.append(1)
+        return 1.5
+
+    key = {"preset": {"steps": 10, "nfe": 20, "sampling": {}}, "seed": 0}
+    path = tmp_path / "net.safetensors"
+    assert common.trained_module(net, path, key, fit) == 1.5 and len(fits) == 1
+    evaluation = {"preset": {"steps": 10, "nfe": 10, "sampling": {"sampler": "ddim"}, "sampler_steps": 25}, "seed": 0}
+    assert common.trained_module(net, path, evaluation, fit) == 1.5 and len(fits) == 1  # reused
+    common.trained_module(net, path, {"preset": {"steps": 20, "nfe": 20, "sampling": {}}, "seed": 0}, fit)
+    assert len(fits) == 2  # trained again: the training changed
