@@ -5,7 +5,9 @@ A :class:`Registry` owns a pluggy ``PluginManager`` for the project ``mtd`` with
 ``load_setuptools_entrypoints``) so that one broken plugin cannot stop the others: a plugin whose import fails,
 whose hook raises, or whose hook returns something invalid is recorded with its name, distribution and the error,
 and skipped. Two plugins providing the same name is also an error: both are recorded as failed and neither is
-registered under that name (asking for it raises a :class:`PluginError` naming both distributions).
+registered under that name (asking for it raises a :class:`PluginError` naming both distributions), unless one of
+them is a built-in, which keeps the name while the newcomer is recorded as failed for it. What is recorded lives in
+records.py, how a plugin is loaded and checked in loading.py.
 
 Every registered thing and every problem is a :class:`PluginRecord` (``registry.records``); ``mtd plugins list``
 prints them. ``MTD_BLOCK_PLUGINS`` (comma-separated entry-point or distribution names) blocks plugins.
