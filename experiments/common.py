@@ -331,7 +331,7 @@ samples) -> metrics."""
 
 def sampler_protocol(preset: Preset) -> dict[str, Any]:
     """The protocol entries naming how every sample is drawn: the sampler, its NFE and its options."""
-    from mtd_core.sampling.generate import DEFAULT_CLIP, DEFAULT_CLIP_EPS, DEFAULT_SAMPLER, DEFAULT_SPACING
+    from mtd_core.sampling.options import DEFAULT_CLIP, DEFAULT_CLIP_EPS, DEFAULT_SAMPLER, DEFAULT_SPACING
 
     defaults = {"sampler": DEFAULT_SAMPLER, "spacing": DEFAULT_SPACING, "clip": DEFAULT_CLIP,
                 "clip_eps": DEFAULT_CLIP_EPS}

@@ -404,7 +404,7 @@ def study_fid(rows: Sequence[Mapping[str, Any]], experiment: str, sampler: str |
               ) -> tuple[float, float, int] | None:
     """Mean FID over seeds of ``experiment`` with ``sampler`` (None: mtd's default sampler) at ``nfe``, among
     settings that change nothing else."""
-    from mtd_core.sampling.generate import DEFAULT_SAMPLER
+    from mtd_core.sampling.options import DEFAULT_SAMPLER
 
     wants = [{"nfe": nfe}, {"sampler": sampler or DEFAULT_SAMPLER, "nfe": nfe}] if sampler is None else [
         {"sampler": sampler, "nfe": nfe}]

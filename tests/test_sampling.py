@@ -586,3 +586,17 @@ def test_every_builtin_sampler_has_the_shared_signature(mtd_registry_builtin):
         assert positional == ["denoise", "z", "fp"], name
         for keyword in ("generator", "callback", "progress"):
             assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY, (name, keyword)
+
+
+def test_sampling_options_as_one_typed_object_or_by_keyword():
+    from mtd_core.sampling import SamplingOptions
+
+    model = tiny_model()
+    by_object = generate(model, n=2, options=SamplingOptions(sampler="ddim", steps=3), progress=False,
+                         generator=torch.Generator().manual_seed(0))
+    by_keyword = generate(model, n=2, sampler="ddim", steps=3, progress=False, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(by_object.samples["image"], by_keyword.samples["image"]) and by_object.nfe == by_keyword.nfe
+    with pytest.raises(ConfigError, match=r"unknown option 'smapler' \(did you mean 'sampler'\?\)"):
+        generate(model, n=2, smapler="ddim")
+    with pytest.raises(ConfigError, match="not both"):
+        generate(model, n=2, options=SamplingOptions(), steps=3)

@@ -202,7 +202,7 @@ def _score(model: MultiTaskModel, data: Any, drawn: dict[str, Any], seed: int) -
 def _report(run: Any, trainer: Any, result: Any, drawn: dict[str, Any], scores: dict[str, Any], quick: bool,
             total_s: float) -> dict[str, Any]:
     """The report.json dict: what was trained, the timings, the scores and what each means, the files."""
-    from mtd_core.sampling.generate import DEFAULT_SAMPLER
+    from mtd_core.sampling.options import DEFAULT_SAMPLER
 
     tc, head, n_req = run.config.trainer, scores["head"], len(drawn["requested"])
     return {

@@ -30,7 +30,7 @@ from mtd_core.errors import ConfigError, ModalityDataError, closest
 from mtd_core.modality import Role
 from mtd_core.sampling.estimate import CLIPS, EPS_RULES
 from mtd_core.sampling.denoiser import CONDITIONING
-from mtd_core.sampling.generate import (
+from mtd_core.sampling.options import (
     DEFAULT_CLIP,
     DEFAULT_CLIP_EPS,
     DEFAULT_JOINT,

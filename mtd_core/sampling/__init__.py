@@ -12,12 +12,13 @@ from mtd_core.sampling.base import (
 )
 from mtd_core.sampling.ddim import ddim_data_step, ddim_sigma, ddim_step, sample_ddim
 from mtd_core.sampling.ddpm import ddpm_step, sample_ddpm
+from mtd_core.sampling.denoiser import CONDITIONING, ModelDenoiser
 from mtd_core.sampling.dpmpp import sample_dpmpp_2m
 from mtd_core.sampling.estimate import BaseEstimate, BaseRange
-from mtd_core.sampling.denoiser import CONDITIONING, ModelDenoiser
-from mtd_core.sampling.generate import DEFAULT_READ_T, GenerationOutput, generate
+from mtd_core.sampling.generate import GenerationOutput, generate
 from mtd_core.sampling.guidance import GuidanceConfig, guided_eps
 from mtd_core.sampling.heun import sample_heun
+from mtd_core.sampling.options import DEFAULT_READ_T, SamplingOptions
 
 __all__ = [
     "CONDITIONING",
@@ -28,6 +29,7 @@ __all__ = [
     "GuidanceConfig",
     "ModelDenoiser",
     "Sampler",
+    "SamplingOptions",
     "SamplerFn",
     "SamplerOutput",
     "SamplerStep",

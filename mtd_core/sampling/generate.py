@@ -44,26 +44,24 @@ from mtd_core.sampling.base import Callback, Sampler, randn_like
 from mtd_core.sampling.estimate import BaseEstimate
 from mtd_core.sampling.denoiser import GuideTerm, ModelDenoiser, base_range, check_conditioning
 from mtd_core.sampling.guidance import GuidanceConfig, check_guidance, resolve_target
+from mtd_core.sampling.options import (
+    DEFAULT_CLIP,
+    DEFAULT_CLIP_EPS,
+    DEFAULT_JOINT,
+    DEFAULT_READ_T,
+    DEFAULT_SAMPLER,
+    DEFAULT_SPACING,
+    DEFAULT_STEPS,
+    JOINT,
+    SamplingOptions,
+    sampling_options,
+)
 from mtd_core.sampling.readout import read_ts, readout
 
 if TYPE_CHECKING:
     from mtd_core.model import MultiTaskModel
     from mtd_core.plugins.registry import Registry
 
-# The defaults of generate() and `mtd sample`, chosen by measurement on Fashion-MNIST validation samples
-# (docs/sampling.md, "Defaults").
-DEFAULT_SAMPLER = "dpmpp_2m_sde"
-DEFAULT_STEPS = 20
-DEFAULT_SPACING = "karras"
-DEFAULT_CLIP = "static"
-DEFAULT_CLIP_EPS = "keep"
-DEFAULT_JOINT = "commit"
-JOINT = ("commit", "flow")
-
-# Read-out at t = 0.02 T by default: small enough that the label (or caption) signal, which the heads were trained to
-# see injected into z_t but is unknown here, is negligible (lambda_t -> 0 as t -> 0 for the default windowed
-# schedule), and large enough to be a noise level the heads saw often in training. See docs/sampling.md.
-DEFAULT_READ_T: tuple[float, ...] = (0.02,)
 
 @attrs.frozen
 class GenerationOutput:
@@ -88,26 +86,15 @@ def generate(
     model: MultiTaskModel,
     n: int | None = None,
     given: Mapping[str, Any] | None = None,
-    sampler: str = DEFAULT_SAMPLER,
-    steps: int | None = None,
-    eta: float = 0.0,
+    *,
     guidance: GuidanceConfig | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     progress: bool = True,
     device: torch.device | str | None = None,
-    read_t: float | Sequence[float] = DEFAULT_READ_T,
-    variance: str | None = None,
-    conditioning: str = "replace",
-    encoding_temperature: Mapping[str, float] | None = None,
-    spacing: str = DEFAULT_SPACING,
-    clip: str | None = None,
-    clip_eps: str = DEFAULT_CLIP_EPS,
-    clip_percentile: float = 0.995,
-    nfe: int | None = None,
-    sampler_options: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
-    joint: str = DEFAULT_JOINT,
+    options: SamplingOptions | None = None,
+    **sampling: Any,
 ) -> GenerationOutput:
     """Generate every modality not in ``given`` (see the module docstring for the three modes).
 
@@ -116,45 +103,22 @@ def generate(
         n: the number of samples; inferred from ``given`` when it is omitted (a ConfigError if they disagree).
         given: observed modality name -> a batch of its data (a tensor, or raw values its ``derive`` turns into
             one, e.g. caption strings).
-        sampler: a registered sampler: "ddim", "ddpm" (ancestral), "heun" or "dpmpp_2m" built in
-            (``mtd plugins list`` shows every installed one).
-        steps: the number of reverse steps (default DEFAULT_STEPS); the process is respaced to ``steps``
-            timesteps (``spacing``). Give ``nfe`` instead to fix the network evaluations (Heun takes two a step).
-        eta: DDIM's noise level (0 = deterministic); only for "ddim".
         guidance: steer towards a target value of an aggregated modality with its own head (not in readout mode).
         generator: the RNG for every random draw; with a seeded CPU generator, generation is bit-for-bit repeatable.
         callback: called with a SamplerStep after each reverse step.
         progress: show a tqdm progress bar.
         device: where to sample (default: the model's device; the model must already be there).
-        read_t: readout mode only: the read-out timestep(s) as fractions of T in (0, 1]; with several, the heads'
-            tensor predictions (e.g. logits) are averaged over them.
-        variance: "ddpm" only: sigma_t^2 = "beta" or "beta_tilde" (default "beta_tilde").
-        conditioning: conditional mode only: "replace" (default), "inject" or "exact" (module docstring).
-        encoding_temperature: generated categorical modality name -> temperature of its head's probabilities
-            behind its encoding in every reverse step (``Modality.temper``). Below 1 the trajectory commits to one
-            class (or token) earlier. Not in readout mode; the returned samples and predictions are the heads' own.
-        spacing: where the timesteps fall: "uniform" (evenly from 1 to T), "quad" (denser at small t), "leading"
-            (diffusers' DDIMScheduler), "logsnr" (evenly in log-SNR) or "karras" (EDM's rho = 7 spacing).
-        clip: the base estimate of every step: "none", "static" (clipped to the base's data range) or "dynamic"
-            (Imagen's dynamic thresholding at ``clip_percentile``); estimate.py. None: DEFAULT_CLIP where the base
-            defines a data range, else "none".
-        clip_eps: "rederive" the step's noise from the processed estimate, or "keep" the network's noise and move
-            the state onto the estimate (estimate.py).
-        clip_percentile: the quantile of dynamic thresholding, in (0, 1].
-        nfe: the network evaluations per sample instead of ``steps`` (steps = the most whose NFE fits).
-        sampler_options: further keyword options of the sampler (e.g. ``{"lower_order_final": False}``).
         registry: the plugin registry that provides the samplers (default: ``get_registry()``).
-        joint: how generated modalities with ``Modality.exact_sample`` (a label) are generated: "commit" draws
-            them from their heads at z_K (one more network evaluation) and generates the rest given them; "flow"
-            lets them follow the reverse process with the others. A guided modality always follows the flow.
+        options: how to sample, a :class:`SamplingOptions` (sampler, steps or NFE, spacing, base estimate, ...).
+        **sampling: the same fields by keyword instead (``generate(model, 8, nfe=10, sampler="heun")``); not both.
     """
+    o = sampling_options(options, sampling)
     given = dict(given or {})
     dev = _check_device(model, given, device)
-    plan = _plan(model, given, n, generator, conditioning, clip, clip_eps, clip_percentile, joint,
-                 encoding_temperature, guidance, dev)
-    spec = options = None
+    plan = _plan(model, given, n, generator, o, guidance, dev)
+    spec = kwargs = steps = None
     if plan.mode != "readout":
-        spec, steps, options = _check_sampler(sampler, steps, nfe, eta, variance, sampler_options, registry)
+        spec, steps, kwargs = _check_sampler(o, registry)
         plan.estimate.check(base_range(model))
 
     was_training = model.training
@@ -163,12 +127,12 @@ def generate(
         with torch.no_grad():
             z0, observed = model.encode_some(plan.data, list(plan.data))
             if plan.mode == "readout":
-                z0, predictions = readout(model, z0, observed, read_t, generator)
-                used, committed = len(read_ts(read_t, model.forward_process.T)), dict[str, torch.Tensor]()
+                z0, predictions = readout(model, z0, observed, o.read_t, generator)
+                used, committed = len(read_ts(o.read_t, model.forward_process.T)), dict[str, torch.Tensor]()
             else:
-                assert spec is not None and steps is not None and options is not None
-                z0, predictions, committed = _reverse(model, plan.B, observed, spec, steps, spacing, options,
-                                                      _denoiser_args(model, plan, observed, conditioning, dev),
+                assert spec is not None and steps is not None and kwargs is not None
+                z0, predictions, committed = _reverse(model, plan.B, observed, spec, steps, o.spacing, kwargs,
+                                                      _denoiser_args(model, plan, observed, o.conditioning, dev),
                                                       generator, callback, progress, dev, plan.commit)
                 used = spec.nfe(steps) + (1 if plan.commit else 0)
     finally:
@@ -190,28 +154,27 @@ class _Plan:
     guide: list[GuideTerm]
 
 
-def _plan(model: MultiTaskModel, given: dict[str, Any], n: int | None, generator: torch.Generator | None, conditioning: str,
-          clip: str | None, clip_eps: str, clip_percentile: float, joint: str,
-          encoding_temperature: Mapping[str, float] | None, guidance: GuidanceConfig | None,
-          dev: torch.device) -> _Plan:
+def _plan(model: MultiTaskModel, given: dict[str, Any], n: int | None, generator: torch.Generator | None,
+          o: SamplingOptions, guidance: GuidanceConfig | None, dev: torch.device) -> _Plan:
     """Check generate()'s options against each other and the task set: the mode, the observed data, the base
     estimate, the modalities committed first, the temperatures and the guidance terms."""
     modalities: dict[str, Modality] = model.taskset.modalities
-    check_conditioning(conditioning)
+    check_conditioning(o.conditioning)
+    clip = o.clip
     if clip is None:
         bounded = base_range(model)
         clip = DEFAULT_CLIP if bounded is not None and None not in (bounded.low, bounded.high) else "none"
-    estimate = BaseEstimate(clip, clip_eps, clip_percentile)  # type: ignore[arg-type]
+    estimate = BaseEstimate(clip, o.clip_eps, o.clip_percentile)  # type: ignore[arg-type]
     data, B = _observed_data(modalities, given, n, generator)
     base = model.taskset.base
     mode = "readout" if base is not None and base.name in given else ("conditional" if given else "joint")
-    if joint not in JOINT:
-        raise ConfigError(f"generate: joint must be one of {list(JOINT)}, got {joint!r}")
+    if o.joint not in JOINT:
+        raise ConfigError(f"generate: joint must be one of {list(JOINT)}, got {o.joint!r}")
     guided = {guidance.modality} if guidance is not None else set()
-    commit = [] if mode == "readout" or joint == "flow" else [
+    commit = [] if mode == "readout" or o.joint == "flow" else [
         name for name, m in modalities.items()
         if m.role is Role.AGGREGATED and m.exact_sample and name not in given and name not in guided]
-    temperature = _check_temperature(modalities, given, mode, encoding_temperature)
+    temperature = _check_temperature(modalities, given, mode, o.encoding_temperature)
     tempered = [name for name in temperature if name in commit]
     if tempered:
         raise ConfigError(f"generate: encoding_temperature names {tempered}, which joint = 'commit' draws from the "
@@ -269,10 +232,9 @@ def _check_device(model: MultiTaskModel, given: dict[str, Any], device: torch.de
     return dev
 
 
-def _check_sampler(name: str, steps: int | None, nfe: int | None, eta: float, variance: str | None,
-                   sampler_options: Mapping[str, Any] | None, registry: Registry | None
-                   ) -> tuple[Sampler, int, dict[str, Any]]:
+def _check_sampler(o: SamplingOptions, registry: Registry | None) -> tuple[Sampler, int, dict[str, Any]]:
     """The sampler spec, its number of steps and its options, after checking every one of them."""
+    name, steps, nfe, eta, variance, sampler_options = o.sampler, o.steps, o.nfe, o.eta, o.variance, o.sampler_options
     if registry is None:
         from mtd_core.plugins.registry import get_registry
 
@@ -392,3 +354,18 @@ def _decode_base(m: Modality, z0: torch.Tensor) -> torch.Tensor:
                          spec.high if spec.high is not None else float("inf")).to(spec.torch_dtype)
     m.validate(x, where="generated sample")
     return x
+
+
+__all__ = [  # the defaults are re-exported here, where callers imported them before options.py existed
+    "DEFAULT_CLIP",
+    "DEFAULT_CLIP_EPS",
+    "DEFAULT_JOINT",
+    "DEFAULT_READ_T",
+    "DEFAULT_SAMPLER",
+    "DEFAULT_SPACING",
+    "DEFAULT_STEPS",
+    "JOINT",
+    "GenerationOutput",
+    "SamplingOptions",
+    "generate",
+]
