@@ -240,8 +240,9 @@ def steps_ratio(single: Sequence[Run], masked: Sequence[Run], key: str = "fid") 
 
 
 def plot_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: Path, title: str,
-                x_label: str = "training steps") -> Path:
-    """A line plot of FID against training steps (or ``x_label``), drawn with Pillow (no matplotlib needed)."""
+                x_label: str = "training steps", log_y: bool = False) -> Path:
+    """A line plot of FID against training steps (or ``x_label``), drawn with Pillow (no matplotlib needed);
+    ``log_y``: a logarithmic FID axis (values a factor of 50 apart stay readable)."""
     from PIL import Image, ImageDraw
 
     W, H, L, R, B = 640, 400, 70, 20, 50
@@ -251,24 +252,28 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: Path,
     pts = [p for c in curves.values() for p in c]
     xmax = max(p[0] for p in pts) or 1.0
     ymax = max(p[1] for p in pts) * 1.05 or 1.0
+    ymin = min(p[1] for p in pts) / 1.05 if log_y else 0.0
+
+    def frac(f: float) -> float:
+        return math.log(f / ymin) / math.log(ymax / ymin) if log_y else f / ymax
 
     def xy(s: float, f: float) -> tuple[float, float]:
-        return L + (W - L - R) * s / xmax, H - B - (H - T - B) * f / ymax
+        return L + (W - L - R) * s / xmax, H - B - (H - T - B) * frac(f)
 
     d.line([(L, T), (L, H - B), (W - R, H - B)], fill="black")
     for i in range(5):
-        y = ymax * i / 4
+        y = ymin * (ymax / ymin) ** (i / 4) if log_y else ymax * i / 4
         px, py = xy(0, y)
         d.line([(L - 4, py), (L, py)], fill="black")
         d.text((5, py - 6), f"{y:.3g}", fill="black")
         s = xmax * i / 4
-        qx, qy = xy(s, 0)
+        qx = xy(s, ymax)[0]
         d.line([(qx, H - B), (qx, H - B + 4)], fill="black")
         d.text((qx - 12, H - B + 8), f"{s:.0f}", fill="black")
     d.text((W // 2 - 40, H - 20), x_label, fill="black")
-    d.text((5, 10), f"FID  -  {title}", fill="black")
+    d.text((5, 10), f"FID{' (log scale)' if log_y else ''}  -  {title}", fill="black")
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-              "#17becf"]
+              "#17becf", "#000000", "#aec7e8"]
     for i, (name, c) in enumerate(curves.items()):
         col = colors[i % len(colors)]
         line = [xy(s, f) for s, f in c]
@@ -445,7 +450,7 @@ def study_section(rows: Sequence[Mapping[str, Any]], assets: Path, link_prefix: 
         at = dict(pts)
         lines.append(f"| {name} | {len(seeds[name])} | " + " | ".join(fmt(at[n]) if n in at else "-"
                                                                     for n in map(float, STUDY_NFE)) + " |")
-    png = plot_curves(series, assets / f"{preset}_fid_vs_nfe.png", f"preset {preset}", x_label="NFE")
+    png = plot_curves(series, assets / f"{preset}_fid_vs_nfe.png", f"preset {preset}", x_label="NFE", log_y=True)
     lines += ["", f"![FID against NFE]({link_prefix}/{png.name})", ""]
     return lines
 
