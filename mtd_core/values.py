@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mtd_core.errors import ModalityDataError, closest
-from mtd_core.imageio import read_image, read_npy
 
 if TYPE_CHECKING:
     from mtd_core.modality import Modality
@@ -53,6 +52,8 @@ def parse(m: Modality, text: str, class_names: Sequence[str] | None = None) -> t
     Raises:
         ModalityDataError: naming the modality, what was given and what it accepts.
     """
+    from mtd_core.imageio import read_image, read_npy  # Pillow only when a file is read, not on every import
+
     spec = m.data_spec()
     who = f"modality {m.name!r} (kind {m.kind!r})"
     if text.endswith(".npy"):

@@ -14,10 +14,9 @@ from typing import Any, ClassVar
 
 import attrs
 
-from mtd_core.metrics.context import EvalContext
+from mtd_core.metrics.context import EvalContext, base_modality
 from mtd_core.metrics.errors import MetricError
 from mtd_core.metrics.results import MetricReport
-from mtd_core.types import Role
 
 
 class Metric(abc.ABC):
@@ -62,8 +61,7 @@ class Metric(abc.ABC):
 def has_base_image(taskset: Any) -> bool:
     """Whether the task set's base modality holds images (float (C, H, W) data with 1 or 3 channels, whatever
     its kind): the images FID and the label metrics look at."""
-    mods = taskset.modalities
-    base = next((m for m in (mods.values() if isinstance(mods, Mapping) else mods) if m.role is Role.BASE), None)
+    base = base_modality(taskset)
     if base is None:
         return False
     spec = base.data_spec()

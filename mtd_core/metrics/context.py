@@ -45,12 +45,15 @@ def modality_kinds(taskset: Any) -> dict[str, str]:
     return {m.name: m.kind for m in _modalities(taskset)}
 
 
+def base_modality(taskset: Any) -> Any:
+    """The task set's base modality, or None when it has none."""
+    return next((m for m in _modalities(taskset) if m.role is Role.BASE), None)
+
+
 def base_name(taskset: Any) -> str | None:
     """The name of the task set's base modality, or None when it has none."""
-    for m in _modalities(taskset):
-        if m.role is Role.BASE:
-            return str(m.name)
-    return None
+    base = base_modality(taskset)
+    return None if base is None else str(base.name)
 
 
 def _tensor_dict(value: Any) -> dict[str, torch.Tensor]:
