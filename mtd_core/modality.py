@@ -58,13 +58,15 @@ class Modality(abc.ABC):
             categorical over one value, as a label's), so a draw from the head at t = T is a draw from the model's
             prior of the modality; ``generate`` may then draw it first and generate the rest given it (joint =
             "commit"). False for heads that model each element apart (a caption's tokens) or only a mean.
+        default_loss_weight: the weight c_i of this kind's term in the training loss when a config gives none.
 
     Args:
         name: the instance name, the key of its data in batches (default: ``kind``).
         role: ``Role.BASE`` or ``Role.AGGREGATED`` (default: the first of ``roles``).
         weights: the aggregation schedule w_t (a WeightSchedule or its config dict). Ignored for the base,
             required to be valid on the task set's noise schedule otherwise (default: ``default_weights()``).
-        loss_weight: this modality's weight in the multi-task training loss.
+        loss_weight: this modality's weight c_i in the multi-task training loss (default:
+            ``default_loss_weight``, which a kind sets to what was measured for it).
         **options: fields of ``Config``; an unknown one is a ConfigError naming the nearest valid field.
     """
 
@@ -73,9 +75,10 @@ class Modality(abc.ABC):
     head_input: ClassVar[HeadInput] = HeadInput.POOLED
     Config: ClassVar[type] = NoOptions
     exact_sample: ClassVar[bool] = False
+    default_loss_weight: ClassVar[float] = 1.0
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
-                 weights: WeightSchedule | Mapping[str, Any] | None = None, loss_weight: float = 1.0,
+                 weights: WeightSchedule | Mapping[str, Any] | None = None, loss_weight: float | None = None,
                  **options: Any) -> None:
         self.name = name or self.kind
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -105,7 +108,7 @@ class Modality(abc.ABC):
         else:
             self.weights = (weight_schedule_from_config(dict(weights) if isinstance(weights, Mapping) else weights, self.name)
                             if weights is not None else self.default_weights())
-        self.loss_weight = float(loss_weight)
+        self.loss_weight = float(self.default_loss_weight if loss_weight is None else loss_weight)
 
     # -- configuration ----------------------------------------------------------------------------
     def default_weights(self) -> WeightSchedule:

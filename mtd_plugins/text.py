@@ -137,7 +137,7 @@ class TextModality(Modality):
     Config = TextConfig
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
-                 weights: WeightSchedule | Mapping[str, Any] | None = None, loss_weight: float = 1.0,
+                 weights: WeightSchedule | Mapping[str, Any] | None = None, loss_weight: float | None = None,
                  **options: Any) -> None:
         super().__init__(name=name, role=role, weights=weights, loss_weight=loss_weight, **options)
         self._model: bytes | None = None
