@@ -1,5 +1,6 @@
 """Image + caption (beyond the paper): the garment and a short synthesised caption ("a faint thick coat": its
-class noun plus ink brightness and thickness), tokenised by the text modality's SentencePiece model.
+class noun plus ink brightness and thickness, written by the ``captions`` dataset transform), tokenised by the
+text modality's SentencePiece model.
 
 Caption agreement: the class word of each jointly generated caption (its last word) against the feature net's
 class of the generated image; captions whose last word is no class word count as disagreeing (their share is
@@ -31,9 +32,14 @@ def metric_keys(preset: Preset) -> list[str]:
 
 
 def text_modality(preset: Preset) -> dict[str, Any]:
-    """The aggregated caption modality, synthesising captions from the label and image with one-word nouns."""
-    return common.aggregated({"kind": "text", "max_len": 12, "vocab_size": 64, "source_label": "label",
-                              "source_image": "image", "class_names": list(preset.class_words)})
+    """The aggregated caption modality (its captions come from :func:`captions_transform`)."""
+    return common.aggregated({"kind": "text", "max_len": 12, "vocab_size": 64})
+
+
+def captions_transform(preset: Preset) -> dict[str, Any]:
+    """The dataset transform writing each example's caption from its label and image, with one-word nouns."""
+    return {"kind": "captions", "label": "label", "image": "image", "into": "text",
+            "nouns": list(preset.class_words)}
 
 
 def caption_classes(captions: Sequence[str], class_words: Sequence[str]) -> torch.Tensor:
@@ -57,7 +63,8 @@ def joint_measures(ev: common.Evaluator, preset: Preset, model: Any, samples: Ma
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image + caption model and evaluate it (see the module docstring)."""
-    trained = common.train(preset, [common.image_modality(preset), text_modality(preset)], seed, run_dir)
+    trained = common.train(preset, [common.image_modality(preset), text_modality(preset)], seed, run_dir,
+                           [captions_transform(preset)])
     ev = common.make_evaluator(trained.data, preset)
     print(f"  feature net: {ev.feature_net}")
     model = trained.model

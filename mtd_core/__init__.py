@@ -6,7 +6,7 @@ The public API is curated here; heavier parts (models, samplers, training) are i
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mtd_core.diffusion import (
     ConstantWeight,
@@ -73,7 +73,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mtd_core' has no attribute {name!r}")

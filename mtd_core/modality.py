@@ -15,8 +15,8 @@ builds nothing at import time.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import ClassVar
 
 import attrs
 import torch
@@ -25,7 +25,20 @@ from torch import nn
 from mtd_core.diffusion.weights import WeightSchedule, ZeroWeight, weight_schedule_from_config
 from mtd_core.errors import ConfigError, ModalityDataError, closest
 from mtd_core import values
-from mtd_core.types import BasePrediction, DataSpec, FeatureSpec, HeadInput, LatentSpec, Role
+from mtd_core.types import (
+    BasePrediction,
+    Batch,
+    BatchValue,
+    ConfigDict,
+    ConfigMapping,
+    ConfigValue,
+    DataSpec,
+    FeatureSpec,
+    HeadInput,
+    LatentSpec,
+    Prediction,
+    Role,
+)
 
 __all__ = ["BasePrediction", "DataSpec", "FeatureSpec", "HeadInput", "LatentSpec", "Modality", "NoOptions", "Role",
            "rms_normalize"]
@@ -36,7 +49,7 @@ def rms_normalize(e: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return e * torch.rsqrt(e.pow(2).flatten(1).mean(1).clamp_min(eps)).reshape(-1, *([1] * (e.ndim - 1)))
 
 
-def _plain(inst: Any, field: Any, value: Any) -> Any:
+def _plain(inst: object, field: attrs.Attribute, value: object) -> object:
     """attrs value serializer: tuples become lists, so configs hold JSON/TOML types only."""
     return list(value) if isinstance(value, tuple) else value
 
@@ -78,8 +91,8 @@ class Modality(abc.ABC):
     default_loss_weight: ClassVar[float] = 1.0
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
-                 weights: WeightSchedule | Mapping[str, Any] | None = None, loss_weight: float | None = None,
-                 **options: Any) -> None:
+                 weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float | None = None,
+                 **options: ConfigValue) -> None:
         self.name = name or self.kind
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise ConfigError(f"modality {self.name!r}: a name must be a Python identifier")
@@ -117,9 +130,9 @@ class Modality(abc.ABC):
 
         return WindowedLambda()
 
-    def to_config(self) -> dict[str, Any]:
+    def to_config(self) -> ConfigDict:
         """A plain, JSON/TOML-representable dict; ``registry.build(config)`` rebuilds an equal modality."""
-        out: dict[str, Any] = {"kind": self.kind, "name": self.name, "role": self.role.value}
+        out: ConfigDict = {"kind": self.kind, "name": self.name, "role": self.role.value}
         if self.role is Role.AGGREGATED:
             out["weights"] = self.weights.to_config()
         out["loss_weight"] = self.loss_weight
@@ -127,7 +140,7 @@ class Modality(abc.ABC):
         return out
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Modality:
+    def from_config(cls, config: ConfigMapping) -> Modality:
         """Inverse of :meth:`to_config` for this class (the ``kind`` key, if present, must match)."""
         config = dict(config)
         kind = config.pop("kind", cls.kind)
@@ -149,7 +162,7 @@ class Modality(abc.ABC):
     def data_spec(self) -> DataSpec:
         """Shape, dtype and value range of one example of this modality's data."""
 
-    def validate(self, x: Any, *, where: str = "") -> None:
+    def validate(self, x: object, *, where: str = "") -> None:
         """Raise ModalityDataError unless ``x`` is a batch matching :meth:`data_spec`.
 
         Checks, in order: a tensor; the per-example shape; the dtype; no NaN or infinity; the value range.
@@ -179,7 +192,7 @@ class Modality(abc.ABC):
                 f"{who}: values must lie in [{spec.low}, {spec.high}], got values in [{lo:.4g}, {hi:.4g}]"
             )
 
-    def example_batch(self, n: int, generator: torch.Generator | None = None) -> dict[str, Any]:
+    def example_batch(self, n: int, generator: torch.Generator | None = None) -> Batch:
         """A random batch of ``n`` valid examples keyed by :attr:`name`, for validation and conformance tests.
 
         Default: uniform values over :meth:`data_spec`'s range ([-1, 1] where unbounded). Override when valid
@@ -205,7 +218,7 @@ class Modality(abc.ABC):
         a caption from a label, ...), or None when the data must come with the dataset."""
         return None
 
-    def fit(self, batches: Any) -> None:
+    def fit(self, batches: Iterable[Batch]) -> None:
         """Learn data-dependent state before the model is built (e.g. a tokenizer); default: nothing."""
 
     def assets(self) -> dict[str, bytes]:
@@ -234,13 +247,13 @@ class Modality(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def loss(self, pred: Any, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, pred: Prediction, x: torch.Tensor) -> torch.Tensor:
         """-log p_theta(x | z_t) per example, shape (B,), in nats, from the head's prediction ``pred``.
 
         For the base modality ``pred`` is a :class:`BasePrediction` (the mean and log-variance of z_0 at t = 1).
         """
 
-    def predicted_encoding(self, encoder: nn.Module, pred: Any) -> torch.Tensor:
+    def predicted_encoding(self, encoder: nn.Module, pred: Prediction) -> torch.Tensor:
         """The posterior mean E[E_i(x_i) | z_t] as the head's prediction gives it (raw, like :meth:`encode`): what
         the reverse mean mu_theta and every sampler step use (docs/math.md, section 2).
 
@@ -251,7 +264,7 @@ class Modality(abc.ABC):
         """
         return self.encode(encoder, self.sample(pred, greedy=True))
 
-    def temper(self, pred: Any, temperature: float) -> Any:
+    def temper(self, pred: Prediction, temperature: float) -> Prediction:
         """The prediction with its categorical probabilities at ``temperature`` (softmax(logits / temperature)).
 
         Used by ``generate(..., encoding_temperature=...)``: below 1 the reverse process commits to one value
@@ -262,7 +275,8 @@ class Modality(abc.ABC):
                           "categorical (it does not override Modality.temper)")
 
     @abc.abstractmethod
-    def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, pred: Prediction, *, greedy: bool = False, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
         """Turn a head prediction into data matching :meth:`data_spec` (``greedy``: the mode, else a draw)."""
 
     # -- showing, parsing and scoring values (the defaults live in mtd_core/values.py) ----------------------
@@ -279,14 +293,14 @@ class Modality(abc.ABC):
         drawn instead (an image). Default: :func:`mtd_core.values.describe` (class names, or a few numbers)."""
         return values.describe(self, value, class_names)
 
-    def parse(self, text: str, class_names: Sequence[str] | None = None) -> Any:
+    def parse(self, text: str, class_names: Sequence[str] | None = None) -> BatchValue:
         """Examples from a command-line string (``mtd sample --given NAME=TEXT``): a batch, one row per example,
         in a form :func:`~mtd_core.sampling.generate` takes as given data (a tensor, or raw values that
         :meth:`derive` turns into one). Default: :func:`mtd_core.values.parse` (.npy, image files, class names,
         numbers); raises ModalityDataError naming the modality and what it accepts."""
         return values.parse(self, text, class_names)
 
-    def readout_scores(self, predicted: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def readout_scores(self, predicted: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-example scores of this modality read out from the base (``predicted``: the head's greedy sample)
         against the truth ``x``; ``mtd eval`` reports their means. Default: :func:`mtd_core.values.readout_scores`
         (accuracy for integer data, mean squared error for float data)."""

@@ -18,12 +18,12 @@ device of the model's parameters.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from mtd_core.types import DenoiserOutput
+from mtd_core.types import Batch, BatchValue, ConfigDict, ConfigMapping, DenoiserOutput, Prediction
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.loss import LossOutput, training_loss
 from mtd_core.errors import ConfigError, ModalityDataError, closest
@@ -95,7 +95,7 @@ class MultiTaskModel(nn.Module):
     """
 
     def __init__(self, taskset: TaskSet, backbone: str | nn.Module = "unet",
-                 backbone_options: Mapping[str, Any] | None = None, registry: Registry | None = None) -> None:
+                 backbone_options: ConfigMapping | None = None, registry: Registry | None = None) -> None:
         super().__init__()
         if not isinstance(taskset, TaskSet):
             raise ConfigError(f"MultiTaskModel: taskset must be a TaskSet, got {type(taskset).__name__}")
@@ -154,12 +154,12 @@ class MultiTaskModel(nn.Module):
         return p.device if p is not None else torch.device("cpu")
 
     # -- the denoiser ---------------------------------------------------------------------------------
-    def to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    def to_device(self, batch: Mapping[str, BatchValue]) -> Batch:
         """``batch`` with every tensor moved to the model's device (other values, e.g. raw captions, kept)."""
         dev = self.device
         return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
-    def encode(self, batch: Mapping[str, Any], *, validate: bool = True
+    def encode(self, batch: Mapping[str, BatchValue], *, validate: bool = True
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """z_0 and {aggregated name -> E_i(x_i)} for ``batch`` (name -> data for every modality).
 
@@ -174,7 +174,7 @@ class MultiTaskModel(nn.Module):
             )
         return self.encode_some(batch, list(self.taskset.modalities), validate=validate)
 
-    def encode_some(self, batch: Mapping[str, Any], names: list[str], *, validate: bool = True
+    def encode_some(self, batch: Mapping[str, BatchValue], names: list[str], *, validate: bool = True
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Like :meth:`encode` for the modalities ``names`` only (the observed ones, when generating).
 
@@ -231,13 +231,13 @@ class MultiTaskModel(nn.Module):
             preds[m.name] = self.heads[m.name](features)
         return DenoiserOutput(eps=out.eps, preds=preds)
 
-    def predicted_encodings(self, preds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def predicted_encodings(self, preds: Mapping[str, Prediction]) -> dict[str, torch.Tensor]:
         """E[E_i(x_i) | z_t] for every head prediction (``Modality.predicted_encoding``), scaled by the running RMS
         and placed in Z: the encodings of the reverse mean mu_theta and of every sampler step."""
         return {name: self._place(name, self.taskset[name].predicted_encoding(self.encoders[name], pred))
                 for name, pred in preds.items()}
 
-    def loss(self, batch: Mapping[str, Any], kind: str = "simple", generator: torch.Generator | None = None,
+    def loss(self, batch: Mapping[str, BatchValue], kind: str = "simple", generator: torch.Generator | None = None,
              *, t: torch.Tensor | None = None, eps: torch.Tensor | None = None) -> LossOutput:
         """The multi-task training loss of ``batch`` ("simple" or "vlb"); see mtd_core/diffusion/loss.py.
 
@@ -252,7 +252,7 @@ class MultiTaskModel(nn.Module):
                              kind=kind, t=t, eps=eps, generator=generator)
 
     # -- configuration --------------------------------------------------------------------------------
-    def config(self) -> dict[str, Any]:
+    def config(self) -> ConfigDict:
         """{"taskset": ..., "backbone": name, "backbone_options": {...}}: JSON-representable; rebuilt by
         :meth:`from_config` (weights are saved separately, see mtd_core/training/checkpoint.py)."""
         if self.backbone_name is None:
@@ -269,7 +269,7 @@ class MultiTaskModel(nn.Module):
         return {k: v for k, v in out.items() if v}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], registry: Registry | None = None,
+    def from_config(cls, config: ConfigMapping, registry: Registry | None = None,
                     assets: Mapping[str, Mapping[str, bytes]] | None = None) -> MultiTaskModel:
         """Rebuild a model (freshly initialised) from :meth:`config`'s dict.
 

@@ -19,7 +19,7 @@ import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.noise import NoiseSchedule
@@ -27,6 +27,7 @@ from mtd_core.diffusion.weights import peak_ratio, weight_schedule_from_config
 from mtd_core.errors import ConfigError, MTDError, PluginError, ScheduleError, closest
 from mtd_core.modality import LatentSpec, Modality, Role
 from mtd_core.tomlio import dumps_toml, read_toml
+from mtd_core.types import ConfigDict, ConfigMapping, ConfigValue
 
 if TYPE_CHECKING:
     from mtd_core.plugins.registry import Registry
@@ -40,7 +41,7 @@ The default window peaks at 4.27 and measured better than a window bounded at 1 
 were not measured. With channels of their own (aux_channels > 0) the ratio is reported, not warned about."""
 
 
-def _latent_shape(value: Any, where: str) -> tuple[int, int, int]:
+def _latent_shape(value: ConfigValue, where: str) -> tuple[int, int, int]:
     ok = (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3
           and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
     if not ok:
@@ -213,9 +214,9 @@ class TaskSet:
         return f"TaskSet([{mods}], latent={list(self._latent.shape)}, aux_channels={self._aux}, T={self._noise.T})"
 
     # -- configuration ------------------------------------------------------------------------------
-    def to_config(self) -> dict[str, Any]:
+    def to_config(self) -> ConfigDict:
         """A plain JSON/TOML-representable dict; :meth:`from_config` rebuilds an equal task set."""
-        out: dict[str, Any] = {
+        out: ConfigDict = {
             "modalities": [m.to_config() for m in self._modalities.values()],
             "diffusion": self._noise.to_config(),
         }
@@ -226,7 +227,7 @@ class TaskSet:
         return out
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], registry: Registry | None = None) -> TaskSet:
+    def from_config(cls, config: ConfigMapping, registry: Registry | None = None) -> TaskSet:
         """Build a task set from :meth:`to_config`'s format.
 
         Args:
@@ -296,7 +297,7 @@ class TaskSet:
         return text
 
 
-def _noise_from_config(config: Any, kinds: Mapping[str, Callable[..., NoiseSchedule]]) -> NoiseSchedule:
+def _noise_from_config(config: object, kinds: Mapping[str, Callable[..., NoiseSchedule]]) -> NoiseSchedule:
     """The noise schedule of a ``diffusion`` table (``kinds``: the registered noise schedules), checking its keys
     against the schedule kind's parameters."""
     if config is None:

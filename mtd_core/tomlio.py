@@ -11,9 +11,12 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mtd_core.errors import ConfigError
+
+if TYPE_CHECKING:  # only type names: reading configs needs no torch
+    from mtd_core.types import ConfigDict, ConfigMapping, ConfigValue
 
 try:
     import tomllib
@@ -23,7 +26,7 @@ except ModuleNotFoundError:  # Python 3.10
 TOMLDecodeError = tomllib.TOMLDecodeError
 
 
-def plain(v: Any) -> Any:
+def plain(v: object) -> ConfigValue:
     """Tuples to lists, recursively, so a config holds JSON/TOML types only."""
     if isinstance(v, Mapping):
         return {k: plain(x) for k, x in v.items()}
@@ -32,12 +35,12 @@ def plain(v: Any) -> Any:
     return v
 
 
-def loads_toml(text: str) -> dict[str, Any]:
+def loads_toml(text: str) -> ConfigDict:
     """Parse TOML text (raises tomllib.TOMLDecodeError)."""
     return tomllib.loads(text)
 
 
-def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
+def read_toml(path: str | Path, what: str = "config") -> ConfigDict:
     """The TOML file at ``path`` as a dict; a ConfigError names the file when it is missing or invalid."""
     path = Path(path)
     try:
@@ -52,7 +55,7 @@ def _key(k: str) -> str:
     return k if k and k.replace("_", "").replace("-", "").isalnum() and k.isascii() else json.dumps(k)
 
 
-def _value(v: Any) -> str:
+def _value(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -72,11 +75,11 @@ def _value(v: Any) -> str:
     raise ConfigError(f"cannot write {v!r} ({type(v).__name__}) as TOML")
 
 
-def _is_table_list(v: Any) -> bool:
+def _is_table_list(v: object) -> bool:
     return isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, Mapping) for x in v)
 
 
-def _emit_table(lines: list[str], name: str, table: Mapping[str, Any], header: str) -> None:
+def _emit_table(lines: list[str], name: str, table: ConfigMapping, header: str) -> None:
     lines += ["", header]
     nested = []
     for k, v in table.items():
@@ -95,7 +98,7 @@ def _emit_table(lines: list[str], name: str, table: Mapping[str, Any], header: s
                 _emit_table(lines, sub, item, f"[[{sub}]]")
 
 
-def dumps_toml(config: Mapping[str, Any]) -> str:
+def dumps_toml(config: ConfigMapping) -> str:
     """TOML text that tomllib reads back to the same values. TOML has no null: None values are written as
     comments (reading back omits them, so they take the option's default)."""
     lines: list[str] = []

@@ -7,11 +7,52 @@ contract, the model and the samplers can all use it without importing one anothe
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeAlias
 
 import attrs
 import torch
+
+
+# -- the documented uses of Any -------------------------------------------------------------------------------
+# mtd_core keeps ``Any`` only where no precise type (a Protocol, a Union, ``object``) can say what a value is;
+# these aliases name those places, and every other ``Any`` carries a ``# Any: <why>`` comment (tests/test_typing.py).
+
+ConfigValue: TypeAlias = Any  # Any: arbitrary JSON/TOML data, checked at run time (attrs validators, from_config)
+"""A value of a JSON/TOML table (str, number, bool, list or nested table): a config option, a field of a manifest or
+a report. Whoever reads it checks it at run time, so readers need no narrowing."""
+
+ConfigDict: TypeAlias = dict[str, ConfigValue]
+"""A JSON/TOML-representable table: a config (``to_config``/``from_config``), a manifest, a report."""
+
+ConfigMapping: TypeAlias = Mapping[str, ConfigValue]
+"""A read-only :data:`ConfigDict`, as a function that only reads a config takes it."""
+
+BatchValue: TypeAlias = Any  # Any: a tensor or raw values a dataset plugin chose; Modality.validate checks it
+"""One field of a batch: a (B, ...) tensor, or raw values (captions as a list of str) that a modality's ``derive``
+turns into one."""
+
+Batch: TypeAlias = dict[str, BatchValue]
+"""A batch: field (a modality name, or a dataset field) -> its values."""
+
+Prediction: TypeAlias = Any  # Any: modality-specific; subclasses narrow it, which no other base type allows
+"""What a decoder head predicts: a modality-specific object (a tensor of logits or means, a :class:`BasePrediction`,
+...) that only its own modality's methods read. A Modality subclass narrows its ``pred`` parameters to it; parameters
+are contravariant, so a base type other than ``Any`` (``object``, a Protocol) would make every such override an
+error."""
+
+Factory: TypeAlias = Callable[..., Any]  # Any: the product differs by registry table; the hook documents it
+"""A registered factory (a dataset, a backbone, a metric, a schedule): options in, the product out (DatasetSplits, an
+``nn.Module``, a Metric, ...; each hook of mtd_core/plugins/hookspecs.py says which)."""
+
+
+class BatchTransform(Protocol):
+    """A dataset transform (mtd_core/data/transforms.py): called on a collated batch, it returns the batch with fields
+    added or changed; ``to_config()`` gives ``{"kind": ..., **options}`` back."""
+
+    def __call__(self, batch: Mapping[str, BatchValue]) -> Batch: ...
+
+    def to_config(self) -> ConfigDict: ...
 
 
 class Role(str, enum.Enum):
@@ -108,7 +149,7 @@ class DenoiserOutput:
     """
 
     eps: torch.Tensor
-    preds: dict[str, Any]
+    preds: dict[str, Prediction]
 
 
 class Denoiser(Protocol):
@@ -116,7 +157,9 @@ class Denoiser(Protocol):
 
     def __call__(self, z_t: torch.Tensor, t: torch.Tensor) -> DenoiserOutput: ...
 
-    def predicted_encodings(self, preds: Mapping[str, Any]) -> dict[str, torch.Tensor]: ...
+    def predicted_encodings(self, preds: Mapping[str, Prediction]) -> dict[str, torch.Tensor]: ...
 
 
-__all__ = ["BasePrediction", "DataSpec", "Denoiser", "DenoiserOutput", "FeatureSpec", "HeadInput", "LatentSpec", "Role"]
+__all__ = ["BasePrediction", "Batch", "BatchTransform", "BatchValue", "ConfigDict", "ConfigMapping", "ConfigValue",
+           "DataSpec", "Denoiser", "DenoiserOutput", "Factory", "FeatureSpec", "HeadInput", "LatentSpec", "Prediction",
+           "Role"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -106,7 +106,7 @@ def _class_index(m: Modality, v: str, class_names: Sequence[str] | None) -> int:
                             + (f"; classes: {names}" if names else ""))
 
 
-def readout_scores(m: Modality, predicted: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def readout_scores(m: Modality, predicted: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-example scores of a read-out (``predicted`` from the head, given the base) against the true ``x``.
 
     Integer data: "accuracy" (the whole example right) and, for examples of several values, "element_accuracy";

@@ -7,13 +7,16 @@ Factories take keyword options (the ``[dataset]`` table minus name/keys/transfor
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mtd_core.plugins import hookimpl
 
+if TYPE_CHECKING:
+    from mtd_core.data import DatasetSplits
+
 
 @hookimpl
-def mtd_register_datasets() -> dict[str, Callable[..., Any]]:
+def mtd_register_datasets() -> dict[str, Callable[..., DatasetSplits]]:
     """digits (scikit-learn, ships in its wheel), fashion_mnist (local IDX files), npz and png_folder (user data)."""
     from mtd_core.data import load_digits, load_fashion_mnist, load_npz, load_png_folder
 

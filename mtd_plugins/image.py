@@ -11,7 +11,6 @@ The encoder and head modules defined here are reused by the masked image modalit
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import attrs
 import torch
@@ -87,7 +86,7 @@ def image_encoder(channels: int, size: int, latent: LatentSpec) -> nn.Module:
     return ImageEncoder(channels, latent)
 
 
-def check_mean(modality: Modality, pred: Any, x: torch.Tensor) -> torch.Tensor:
+def check_mean(modality: Modality, pred: object, x: torch.Tensor) -> torch.Tensor:
     """The head's mean-image prediction, checked to be a tensor shaped like ``x`` (ModalityDataError otherwise)."""
     if not isinstance(pred, torch.Tensor):
         raise ModalityDataError(
@@ -170,7 +169,7 @@ class ImageModality(Modality):
             return None
         return ImageHead(features.map_channels, self.config.channels, self.config.size)
 
-    def loss(self, pred: Any, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, pred: BasePrediction | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """-log p(x | pred) per example, summed over pixels.
 
         Base: ``pred`` is a BasePrediction of z_0 at t = 1; the discretised Gaussian NLL with 2**bits bins (L_0,
@@ -188,13 +187,14 @@ class ImageModality(Modality):
         mean = check_mean(self, pred, x)
         return gaussian_nll(x, mean, self.config.sigma).flatten(1).sum(1)
 
-    def predicted_encoding(self, encoder: nn.Module, pred: Any) -> torch.Tensor:
+    def predicted_encoding(self, encoder: nn.Module, pred: BasePrediction | torch.Tensor) -> torch.Tensor:
         """E_i(xhat): the encoding of the predicted mean clamped to [-1, 1] (differentiable inside the range)."""
         if isinstance(pred, BasePrediction):
             pred = pred.mean
         return self.encode(encoder, pred.clamp(-1.0, 1.0))
 
-    def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, pred: BasePrediction | torch.Tensor, *, greedy: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """The clamped mean (greedy), else mean + sigma * noise clamped to [-1, 1] (the base: its BasePrediction's
         mean, with its own std when not greedy)."""
         if isinstance(pred, BasePrediction):

@@ -7,7 +7,6 @@ sum_k softmax_k * E(k), which is what the reverse mean mu_theta uses while the l
 
 from __future__ import annotations
 
-from typing import Any
 
 import attrs
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 from mtd_core.errors import ModalityDataError
 from mtd_core.modality import DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role
 from mtd_core.plugins import hookimpl
+from mtd_core.types import Prediction
 from mtd_core.plugins.validate import optional_names, positive_int
 
 
@@ -91,18 +91,18 @@ class LabelModality(Modality):
         return nn.Sequential(nn.Linear(features.pooled_dim, self.config.hidden), nn.SiLU(),
                              nn.Linear(self.config.hidden, self.config.num_classes))
 
-    def _logits(self, pred: Any) -> torch.Tensor:
+    def _logits(self, pred: Prediction) -> torch.Tensor:
         k = self.config.num_classes
         if not isinstance(pred, torch.Tensor) or pred.ndim != 2 or pred.shape[1] != k:
             got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
             raise ModalityDataError(f"modality {self.name!r} (label): expected logits of shape (B, {k}), got {got}")
         return pred
 
-    def loss(self, pred: Any, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, pred: Prediction, x: torch.Tensor) -> torch.Tensor:
         """Cross-entropy -log softmax(logits)[x] per example, in nats."""
         return F.cross_entropy(self._logits(pred).float(), x, reduction="none")
 
-    def predicted_encoding(self, encoder: nn.Module, pred: Any) -> torch.Tensor:
+    def predicted_encoding(self, encoder: nn.Module, pred: Prediction) -> torch.Tensor:
         """E[E(y) | z_t] = sum_k softmax(logits)_k E(k): exactly the expected encoding under the head's class
         probabilities (the encoding of class k when the prediction is certain)."""
         if not isinstance(encoder, LabelEncoder):
@@ -115,11 +115,11 @@ class LabelModality(Modality):
         probs = torch.softmax(logits.to(table.dtype), dim=1)
         return torch.einsum("bk,k...->b...", probs, table)
 
-    def temper(self, pred: Any, temperature: float) -> torch.Tensor:
+    def temper(self, pred: Prediction, temperature: float) -> torch.Tensor:
         """The logits divided by ``temperature`` (softmax(logits / temperature): sharper below 1)."""
         return self._logits(pred) / temperature
 
-    def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, pred: Prediction, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """The most probable class (greedy), else a draw from the categorical softmax(logits); int64 (B,)."""
         logits = self._logits(pred).detach().float()
         if greedy:

@@ -12,7 +12,6 @@ Masks are boolean tensors of shape (B, 1, H, W), True where a pixel is hidden, s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import attrs
 import torch
@@ -30,6 +29,7 @@ from mtd_core.plugins.validate import (
     positive_int,
     unit_interval,
 )
+from mtd_core.types import BatchValue
 from mtd_plugins.image import ImageHead, check_mean, gaussian_nll, image_encoder, sample_gaussian_image
 
 
@@ -144,7 +144,7 @@ class MaskedImageModality(Modality):
         r = self.config.ratio if ratio is None else ratio
         return make_mask(shape, r, generator, kind=self.config.mask, patch=self.config.patch, device=device)
 
-    def derive(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+    def derive(self, batch: Mapping[str, BatchValue], generator: torch.Generator | None = None) -> torch.Tensor:
         """The source image with a fresh random mask (at the configured ratio) per example applied."""
         src = self.config.source
         if src not in batch:
@@ -169,15 +169,16 @@ class MaskedImageModality(Modality):
         """A conv head on the feature map predicting the mean masked image."""
         return ImageHead(features.map_channels, self.config.channels, self.config.size)
 
-    def loss(self, pred: Any, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The Gaussian NLL (std ``sigma``) of the masked image under the head's mean, summed over pixels."""
         return gaussian_nll(x, check_mean(self, pred, x), self.config.sigma).flatten(1).sum(1)
 
-    def predicted_encoding(self, encoder: nn.Module, pred: Any) -> torch.Tensor:
+    def predicted_encoding(self, encoder: nn.Module, pred: torch.Tensor) -> torch.Tensor:
         """E(xhat): the encoding of the predicted mean clamped to [-1, 1]."""
         return self.encode(encoder, pred.clamp(-1.0, 1.0))
 
-    def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, pred: torch.Tensor, *, greedy: bool = False, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
         """The clamped mean (greedy), else mean + sigma * noise clamped to [-1, 1]."""
         if not isinstance(pred, torch.Tensor):
             raise ModalityDataError(f"modality {self.name!r} (masked_image): expected the head's mean image as a "

@@ -16,8 +16,8 @@ the runner can skip it with a reason). "base" below is the task set's base image
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from mtd_core.metrics import (
     EvalContext,
@@ -34,11 +34,18 @@ from mtd_core.metrics import (
     ssim,
 )
 from mtd_core.metrics.base import has_base_image
-from mtd_core.metrics.context import base_name, modality_kinds
+from mtd_core.metrics.context import TaskSetLike, base_name, modality_kinds
 from mtd_core.plugins import hookimpl
 
+if TYPE_CHECKING:
+    from mtd_core.metrics.agreement import AgreementResult
+    from mtd_core.metrics.fid import FIDResult
+    from mtd_core.metrics.image import PairedImageScore
+    from mtd_core.metrics.kid import KIDResult
+    from mtd_core.metrics.precision_recall import PrecisionRecallResult
 
-def _kinds(taskset: Any) -> set[str]:
+
+def _kinds(taskset: TaskSetLike) -> set[str]:
     return set(modality_kinds(taskset).values())
 
 
@@ -60,7 +67,7 @@ def _needs_images(ctx: EvalContext, *, reference: bool) -> list[str]:
 class _DistributionMetric(Metric):
     """Common part of FID, KID and precision/recall: generated vs real base images in feature space."""
 
-    def applies_to(self, taskset: Any) -> bool:
+    def applies_to(self, taskset: TaskSetLike) -> bool:
         """Applies to task sets whose base modality is an image."""
         return has_base_image(taskset)
 
@@ -68,7 +75,7 @@ class _DistributionMetric(Metric):
         """Needs the feature network, generated base images and real base images (or cached reference)."""
         return _needs_images(ctx, reference=True)
 
-    def _report(self, ctx: EvalContext, result: Any) -> MetricReport:
+    def _report(self, ctx: EvalContext, result: FIDResult | KIDResult | PrecisionRecallResult) -> MetricReport:
         return MetricReport(metric=self.name, scores=result.scores(), n_generated=result.n_generated,
                             n_reference=result.n_reference, feature_net=result.feature_net, detail=result)
 
@@ -130,11 +137,11 @@ class PrecisionRecallMetric(_DistributionMetric):
 class _LabelImageMetric(Metric):
     """Common part of the two label-agreement metrics (base image + a label modality)."""
 
-    def applies_to(self, taskset: Any) -> bool:
+    def applies_to(self, taskset: TaskSetLike) -> bool:
         """Applies to task sets with a base image and a label modality."""
         return has_base_image(taskset) and "label" in _kinds(taskset)
 
-    def _report(self, result: Any) -> MetricReport:
+    def _report(self, result: AgreementResult) -> MetricReport:
         return MetricReport(metric=self.name, scores={**result.scores(), "chance": result.chance},
                             n_generated=result.n_generated, feature_net=result.feature_net, detail=result)
 
@@ -187,7 +194,7 @@ class LabelAccuracyMetric(Metric):
     default_name = "label_accuracy"
     description = "accuracy of labels predicted from given images against targets (classification task)"
 
-    def applies_to(self, taskset: Any) -> bool:
+    def applies_to(self, taskset: TaskSetLike) -> bool:
         """Applies to task sets with a base modality and a label modality."""
         return "label" in _kinds(taskset) and base_name(taskset) is not None
 
@@ -215,7 +222,7 @@ class RepresentationConsistencyMetric(Metric):
     default_name = "representation_consistency"
     description = "cosine similarity of generated representation vectors with targets or extractor(image)"
 
-    def applies_to(self, taskset: Any) -> bool:
+    def applies_to(self, taskset: TaskSetLike) -> bool:
         """Applies to task sets with a representation modality."""
         return "representation" in _kinds(taskset)
 
@@ -250,9 +257,9 @@ class RepresentationConsistencyMetric(Metric):
 class _RestorationMetric(Metric):
     """Common part of PSNR and SSIM: generated base images vs the clean targets, on [-1, 1] (data_range 2)."""
 
-    fn: Any
+    fn: Callable[..., PairedImageScore]
 
-    def applies_to(self, taskset: Any) -> bool:
+    def applies_to(self, taskset: TaskSetLike) -> bool:
         """Applies to task sets with a base image and another image-like modality (e.g. masked_image)."""
         kinds = list(modality_kinds(taskset).values())
         return has_base_image(taskset) and ("masked_image" in kinds or kinds.count("image") > 1)

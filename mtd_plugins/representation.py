@@ -9,7 +9,6 @@ A learned linear map encodes it into Z; an MLP head on pooled features regresses
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import attrs
 import torch
@@ -29,6 +28,7 @@ from mtd_core.plugins.validate import (
     positive_float,
     positive_int,
 )
+from mtd_core.types import BatchValue, ConfigMapping, ConfigValue
 from mtd_plugins.image import gaussian_nll
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
@@ -130,8 +130,8 @@ class RepresentationModality(Modality):
     Config = RepresentationConfig
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
-                 weights: WeightSchedule | Mapping[str, Any] | None = None, loss_weight: float = 1.0, *,
-                 extractor: Extractor | None = None, **options: Any) -> None:
+                 weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float = 1.0, *,
+                 extractor: Extractor | None = None, **options: ConfigValue) -> None:
         super().__init__(name=name, role=role, weights=weights, loss_weight=loss_weight, **options)
         if extractor is not None and not callable(extractor):
             raise ModalityDataError(f"modality {self.name!r} (representation): extractor must be callable, "
@@ -145,7 +145,7 @@ class RepresentationModality(Modality):
     def data_spec(self) -> DataSpec:
         return DataSpec((self.config.dim,), "float32")
 
-    def derive(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor | None:
+    def derive(self, batch: Mapping[str, BatchValue], generator: torch.Generator | None = None) -> torch.Tensor | None:
         """The extractor's vectors for batch[source] (no gradient), or None when there is no extractor."""
         if self.extractor is None:
             return None
@@ -174,7 +174,7 @@ class RepresentationModality(Modality):
         return nn.Sequential(nn.Linear(features.pooled_dim, self.config.hidden), nn.SiLU(),
                              nn.Linear(self.config.hidden, self.config.dim))
 
-    def _vector(self, pred: Any) -> torch.Tensor:
+    def _vector(self, pred: object) -> torch.Tensor:
         d = self.config.dim
         if not isinstance(pred, torch.Tensor) or pred.ndim != 2 or pred.shape[1] != d:
             got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
@@ -182,7 +182,7 @@ class RepresentationModality(Modality):
                                     f"shape (B, {d}), got {got}")
         return pred
 
-    def loss(self, pred: Any, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per example: the Gaussian NLL summed over the d dimensions, or (1 - cos(pred, x)) / sigma^2.
 
         The cosine form is the Gaussian's quadratic term for unit vectors, |u - v|^2 / (2 sigma^2) = (1 - cos) /
@@ -193,7 +193,8 @@ class RepresentationModality(Modality):
             return gaussian_nll(x, r, self.config.sigma).sum(1)
         return (1.0 - F.cosine_similarity(r, x, dim=1, eps=1e-8)) / self.config.sigma ** 2
 
-    def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, pred: torch.Tensor, *, greedy: bool = False, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
         """The predicted vector (float32), greedy or not: the head regresses the vector directly."""
         return self._vector(pred).detach().float()
 

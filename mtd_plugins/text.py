@@ -4,8 +4,9 @@ embeddings and predicted back token by token from the pooled features.
 Captions are tokenised by a SentencePiece BPE model trained in memory by :meth:`TextModality.fit` (tens of
 milliseconds on a caption set) and saved beside the weights through :meth:`assets`. Data are int64 token ids
 (B, max_len): BOS, the caption's pieces, EOS, then padding (id 0). A batch may carry raw captions as a list of
-str, which :meth:`derive` tokenises; without captions, derive synthesises them from the label and simple
-statistics of the image ("a bright thick three"), so captioning runs on any labelled image dataset.
+str, which :meth:`derive` tokenises. The modality makes no captions up: a dataset without them gets them from a
+transform, e.g. ``[dataset] transforms = [{kind = "captions", into = "text"}]`` (mtd_plugins/captions.py:
+"a bright thick three" from the label and simple statistics of the image).
 """
 
 from __future__ import annotations
@@ -31,16 +32,18 @@ from mtd_core.modality import (
     Role,
 )
 from mtd_core.plugins import hookimpl
+from mtd_core.types import Batch, BatchValue, ConfigMapping, ConfigValue, Prediction
 from mtd_core.plugins.validate import (
-    modality_name,
     option,
     optional_names,
     positive_int,
 )
-from mtd_plugins.captions import DIGIT_NAMES, caption_grid, synthesise
+from mtd_plugins.captions import DIGIT_NAMES, caption_grid
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 ASSET = "tokenizer.model"
+# options of the synthesis that moved to the ``captions`` transform; dropped with a warning (old checkpoints load)
+MOVED = ("source_label", "source_image")
 
 
 def _clean(ids: torch.Tensor) -> torch.Tensor:
@@ -108,9 +111,8 @@ class TextConfig:
         vocab_size: the SentencePiece (BPE) vocabulary size (a soft limit: small caption sets may give fewer).
         embed_dim: the token embedding width of the encoder.
         hidden: the head's hidden width.
-        source_label: the label modality read when synthesising captions.
-        source_image: the image modality whose statistics (brightness, thickness) synthesised captions describe.
-        class_names: the noun for each class in synthesised captions (default "zero".."nine").
+        class_names: the class nouns of the fallback caption set (:meth:`TextModality.caption_grid`) the tokenizer
+            is fitted on when the data give no raw captions, and example_batch draws from (default "zero".."nine").
     """
 
     max_len: int = attrs.field(default=12, validator=option("an integer >= 3", lambda v: isinstance(v, int)
@@ -119,8 +121,6 @@ class TextConfig:
                                                                   and not isinstance(v, bool) and v >= 8))
     embed_dim: int = attrs.field(default=64, validator=positive_int)
     hidden: int = attrs.field(default=256, validator=positive_int)
-    source_label: str = attrs.field(default="label", validator=modality_name)
-    source_image: str = attrs.field(default="image", validator=modality_name)
     class_names: tuple[str, ...] | None = attrs.field(default=None, converter=optional_names)
 
 
@@ -137,11 +137,17 @@ class TextModality(Modality):
     Config = TextConfig
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
-                 weights: WeightSchedule | Mapping[str, Any] | None = None, loss_weight: float | None = None,
-                 **options: Any) -> None:
+                 weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float | None = None,
+                 **options: ConfigValue) -> None:
+        moved = [k for k in MOVED if k in options]
+        if moved:
+            warnings.warn(f"modality {name or self.kind!r} (text): option(s) {moved} are ignored: captions are no "
+                          "longer synthesised by the text modality; give them in the data or add {kind = "
+                          "\"captions\", label = ..., image = ..., into = ...} to [dataset] transforms", stacklevel=2)
+            options = {k: v for k, v in options.items() if k not in MOVED}
         super().__init__(name=name, role=role, weights=weights, loss_weight=loss_weight, **options)
         self._model: bytes | None = None
-        self._sp: Any = None
+        self._sp: Any = None  # Any: a sentencepiece.SentencePieceProcessor (untyped, imported lazily)
 
     # -- the tokenizer --------------------------------------------------------------------------------
     @property
@@ -154,7 +160,7 @@ class TextModality(Modality):
         """The tokenizer's vocabulary size V (the head's number of classes per position)."""
         return self._require("the vocabulary size", ModalityDataError).get_piece_size()
 
-    def _require(self, what: str, error: type[Exception]) -> Any:
+    def _require(self, what: str, error: type[Exception]) -> Any:  # Any: the processor
         if self._sp is None:
             raise error(
                 f"modality {self.name!r} (text): {what} needs the tokenizer, which does not exist yet.\n"
@@ -171,11 +177,12 @@ class TextModality(Modality):
         return [text]
 
     def class_nouns(self) -> list[str]:
-        """The noun for each class in synthesised captions."""
+        """The noun for each class in the fallback caption set."""
         return list(self.config.class_names) if self.config.class_names is not None else list(DIGIT_NAMES)
 
     def caption_grid(self) -> list[str]:
-        """Every caption :meth:`synthesise` can produce (the tokenizer's training set when no captions are given)."""
+        """Every caption the ``captions`` transform can write with :meth:`class_nouns` (mtd_plugins/captions.py): the
+        tokenizer's training set when no captions are given."""
         return caption_grid(self.class_nouns())
 
     def _train(self, captions: list[str]) -> None:
@@ -215,10 +222,9 @@ class TextModality(Modality):
             )
         self._sp, self._model = sp, model
 
-    def fit(self, batches: Iterable[Mapping[str, Any]] | None = None) -> None:
+    def fit(self, batches: Iterable[Mapping[str, BatchValue]] | None = None) -> None:
         """Train the tokenizer on the raw captions (lists of str under this modality's name) found in ``batches``;
-        when there are none, on :meth:`caption_grid` (every synthesisable caption), so it does not depend on the
-        data order."""
+        when there are none, on :meth:`caption_grid` (every caption the ``captions`` transform can write)."""
         captions: list[str] = []
         for batch in batches or []:
             value = batch.get(self.name) if isinstance(batch, Mapping) else None
@@ -239,12 +245,12 @@ class TextModality(Modality):
             )
         self._load(bytes(assets[ASSET]))
 
-    def _check_captions(self, captions: Sequence[Any]) -> list[str]:
+    def _check_captions(self, captions: Sequence[object]) -> list[str]:
         bad = [i for i, c in enumerate(captions) if not isinstance(c, str)]
         if bad:
             raise ModalityDataError(f"modality {self.name!r} (text): captions must be str; example {bad[0]} is "
                                     f"{type(captions[bad[0]]).__name__}")
-        return list(captions)
+        return [c for c in captions if isinstance(c, str)]  # all of them (checked above); narrowed for the checker
 
     def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
         """Captions -> int64 ids (B, max_len): BOS, pieces, EOS, PAD... Captions longer than max_len - 2 pieces
@@ -275,38 +281,28 @@ class TextModality(Modality):
             out.append(sp.decode([i for i in row if i not in (PAD, BOS, EOS)]))
         return out
 
-    # -- synthesised captions (mtd_plugins/captions.py) ---------------------------------------------------
-    def synthesise(self, labels: torch.Tensor | None, images: torch.Tensor | None) -> list[str]:
-        """Captions "a [bright|faint] [thick|thin] <class noun>" from labels (B,) and/or images (B, C, H, W)."""
-        if labels is None and images is None:
-            raise ModalityDataError(
-                f"modality {self.name!r} (text): the batch has no captions under {self.name!r} and neither the label "
-                f"{self.config.source_label!r} nor the image {self.config.source_image!r} to synthesise them from"
-            )
-        try:
-            return synthesise(self.class_nouns(), labels, images)
-        except ValueError as e:
-            raise ModalityDataError(f"modality {self.name!r} (text): label from {self.config.source_label!r}: {e}; "
-                                    "set class_names") from None
-
-    def derive(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Token ids for the batch: its raw captions (list of str) tokenised, its ids unchanged, or captions
-        synthesised from the label and image when it has none (see :meth:`synthesise`)."""
+    def derive(self, batch: Mapping[str, BatchValue], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Token ids for the batch: its raw captions (list of str) tokenised, or its ids unchanged. A batch without
+        captions is a ModalityDataError saying where captions come from (the data, or the ``captions`` transform)."""
         value = batch.get(self.name)
         if isinstance(value, torch.Tensor):
             self.validate(value)
             return value
         if isinstance(value, (list, tuple)):
             return self.tokenize(value)
-        captions = self.synthesise(batch.get(self.config.source_label), batch.get(self.config.source_image))
-        return self.tokenize(captions)
+        raise ModalityDataError(
+            f"modality {self.name!r} (text): the batch has no captions under {self.name!r} (fields: {sorted(batch)}), "
+            "and the text modality does not make them up.\nGive captions in the data (a dataset field mapped to it, "
+            f"e.g. keys = {{caption = \"{self.name}\"}}), or synthesise them from the label and image with the "
+            f"captions transform: add {{kind = \"captions\", into = \"{self.name}\"}} to [dataset] transforms."
+        )
 
     # -- data -------------------------------------------------------------------------------------------
     def data_spec(self) -> DataSpec:
         vocab = self._sp.get_piece_size() if self._sp is not None else self.config.vocab_size
         return DataSpec((self.config.max_len,), "int64", 0, vocab - 1)
 
-    def validate(self, x: Any, *, where: str = "") -> None:
+    def validate(self, x: BatchValue, *, where: str = "") -> None:
         """As Modality.validate, after checking the tokenizer exists; raw captions get a hint to call derive()."""
         self._require("validate()", ModalityDataError)
         if isinstance(x, (list, tuple)):
@@ -314,7 +310,7 @@ class TextModality(Modality):
                                     "ids (a torch.Tensor), got raw captions; tokenise them with derive() or tokenize()")
         super().validate(x, where=where)
 
-    def example_batch(self, n: int, generator: torch.Generator | None = None) -> dict[str, Any]:
+    def example_batch(self, n: int, generator: torch.Generator | None = None) -> Batch:
         """``n`` tokenised synthetic captions (fits the tokenizer on the caption grid first if needed)."""
         if not self.fitted:
             self.fit(None)
@@ -333,7 +329,7 @@ class TextModality(Modality):
         vocab = self._require("build_head()", ConfigError).get_piece_size()
         return TextHead(features.pooled_dim, self.config.hidden, self.config.max_len, vocab)
 
-    def _logits(self, pred: Any) -> torch.Tensor:
+    def _logits(self, pred: Prediction) -> torch.Tensor:
         shape = (self.config.max_len, self.vocab)
         if not isinstance(pred, torch.Tensor) or pred.ndim != 3 or tuple(pred.shape[1:]) != shape:
             got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
@@ -341,12 +337,12 @@ class TextModality(Modality):
                                     f"{shape[1]}), got {got}")
         return pred
 
-    def loss(self, pred: Any, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, pred: Prediction, x: torch.Tensor) -> torch.Tensor:
         """Cross-entropy summed over all max_len positions, pad positions included (so the length is learned)."""
         logits = self._logits(pred).float()
         return F.cross_entropy(logits.transpose(1, 2), x, reduction="none").sum(1)
 
-    def predicted_encoding(self, encoder: nn.Module, pred: Any) -> torch.Tensor:
+    def predicted_encoding(self, encoder: nn.Module, pred: Prediction) -> torch.Tensor:
         """E(xhat) from the expected token embeddings under the softmax, pooled like the encoder.
 
         pooled = sum_l sum_{v != pad} p_l(v) e_v / max(1, sum_l (1 - p_l(pad))): the expected sum of non-pad
@@ -363,11 +359,11 @@ class TextModality(Modality):
         count = (1.0 - probs[..., PAD]).sum(1, keepdim=True).clamp_min(1.0)
         return encoder.project(total / count)
 
-    def temper(self, pred: Any, temperature: float) -> torch.Tensor:
+    def temper(self, pred: Prediction, temperature: float) -> torch.Tensor:
         """The logits divided by ``temperature`` (softmax(logits / temperature): sharper below 1)."""
         return self._logits(pred) / temperature
 
-    def sample(self, pred: Any, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, pred: Prediction, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Token ids (B, max_len): the argmax (greedy) or a draw at every position; padding after the first EOS."""
         logits = self._logits(pred).detach().float()
         if greedy:

@@ -71,4 +71,6 @@ class TestText(ModalityConformance):
     options = {"max_len": 10, "vocab_size": 48}
 
     def derive_batch(self, modality: Modality, n: int, generator: torch.Generator) -> dict[str, Any]:
-        return {"label": torch.randint(0, 10, (n,), generator=generator), "image": _images(n, generator)}
+        captions = ["a bright thick three", "a faint thin seven", "an eight", "a bright thin shape"]
+        pick = torch.randint(len(captions), (n,), generator=generator).tolist()
+        return {"text": [captions[i] for i in pick]}  # raw captions (the captions transform's output), tokenised

@@ -1,4 +1,5 @@
-"""The text modality: in-memory tokenizer, assets, synthesised captions, token-level loss and sampling."""
+"""The text modality: in-memory tokenizer, assets, derive (raw captions only; the captions transform of
+mtd_plugins/captions.py makes them up, tests/test_captions.py), token-level loss and sampling."""
 
 from __future__ import annotations
 
@@ -75,34 +76,37 @@ def test_unfitted_modality_says_fit_or_load_assets_is_needed() -> None:
     assert m.assets() == {}
 
 
-def test_derive_tokenises_raw_captions_and_synthesises_missing_ones(text: TextModality) -> None:
+def test_derive_tokenises_raw_captions_and_keeps_ids(text: TextModality) -> None:
     raw = ["a faint thick one", "a bright thin zero"]
-    assert torch.equal(text.derive({"text": raw}), text.tokenize(raw))
-    img = torch.full((3, 1, 8, 8), -1.0)
-    img[0, :, :, :4] = 1.0  # half the pixels, full intensity: bright, thick
-    img[1, :, :1, :3] = 0.4  # 3 dim pixels: faint, thin
-    img[2, :, :, :] = 0.9  # all ink, bright
-    labels = torch.tensor([3, 7, 8])
-    expected = ["a bright thick three", "a faint thin seven", "a bright thick eight"]
-    assert text.synthesise(labels, img) == expected
-    assert text.detokenize(text.derive({"label": labels, "image": img})) == expected
-    assert text.synthesise(torch.tensor([8, 1]), None) == ["an eight", "a one"]
-    assert text.synthesise(None, img[:1]) == ["a bright thick shape"]
-
-
-def test_synthesis_errors_name_the_modality(text: TextModality) -> None:
-    with pytest.raises(ModalityDataError, match=r"'text'.*label 12.*class_names"):
-        text.synthesise(torch.tensor([12]), None)
-    with pytest.raises(ModalityDataError, match=r"'text'.*no captions.*'label'.*'image'"):
-        text.derive({})
+    ids = text.derive({"text": raw})
+    assert torch.equal(ids, text.tokenize(raw)) and text.detokenize(ids) == raw
+    assert torch.equal(text.derive({"text": ids}), ids)
     with pytest.raises(ModalityDataError, match="raw captions"):
         text.validate(["a one"])
 
 
-def test_class_names_give_the_nouns() -> None:
+def test_derive_without_captions_says_to_add_the_captions_transform(text: TextModality) -> None:
+    """No synthesis in the modality: a label and an image are not captions, and the error says where they come from."""
+    batch = {"label": torch.tensor([3, 7]), "image": torch.zeros(2, 1, 8, 8)}
+    with pytest.raises(ModalityDataError) as info:
+        text.derive(batch)
+    msg = str(info.value)
+    assert msg.startswith("modality 'text' (text): the batch has no captions under 'text' (fields: ['image', 'label'])")
+    assert 'add {kind = "captions", into = "text"} to [dataset] transforms' in msg
+    assert 'keys = {caption = "text"}' in msg
+
+
+def test_class_names_give_the_nouns_of_the_fallback_captions() -> None:
     m = TextModality(class_names=["boot", "shirt"])
     m.fit(None)
-    assert m.detokenize(m.derive({"label": torch.tensor([1, 0])})) == ["a shirt", "a boot"]
+    assert {"a shirt", "a boot", "a bright thick shirt"} <= set(m.caption_grid())
+    assert m.detokenize(m.derive({"text": ["a shirt", "a faint thin boot"]})) == ["a shirt", "a faint thin boot"]
+
+
+def test_the_moved_synthesis_options_are_ignored_with_a_warning() -> None:
+    with pytest.warns(UserWarning, match=r"'text'.*\['source_label', 'source_image'\] are ignored.*kind = \"captions\""):
+        m = TextModality(source_label="label", source_image="image", max_len=10)
+    assert m.config.max_len == 10 and "source_label" not in m.to_config()
 
 
 def test_loss_sums_cross_entropy_over_every_position(text: TextModality) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 import torch
@@ -25,9 +24,10 @@ from torch import nn
 from mtd_core.backbones import BackboneOutput
 from mtd_core.errors import ConfigError, closest
 from mtd_core.modality import FeatureSpec, LatentSpec
+from mtd_core.types import ConfigDict, ConfigValue
 
 
-def _int_tuple(v: Any) -> tuple[int, ...]:
+def _int_tuple(v: object) -> tuple[int, ...]:
     if isinstance(v, (int, str)) or not isinstance(v, Sequence):
         raise ConfigError(f"backbone 'unet': expected a list of integers, got {v!r}")
     return tuple(v)
@@ -68,7 +68,7 @@ class UNetConfig:
     max_period: float = 10000.0
 
     def __attrs_post_init__(self) -> None:
-        def positive(name: str, v: Any) -> None:
+        def positive(name: str, v: object) -> None:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"backbone 'unet': {name} must be a positive integer, got {v!r}")
 
@@ -101,7 +101,7 @@ class UNetConfig:
         per_level = sum(2 * 9 * w * w for w in widths) * (2 * self.num_res_blocks + 1)
         return float(per_level + (self.time_embed_dim or 4 * self.channels) ** 2)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ConfigDict:
         """The options as a plain JSON-representable dict (lists for tuples)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(self).items()}
 
@@ -355,7 +355,7 @@ class UNet(nn.Module):
         return BackboneOutput(eps=self.out_conv(fmap), pooled=pooled, fmap=fmap)
 
 
-def build_unet(latent: LatentSpec, **options: Any) -> UNet:
+def build_unet(latent: LatentSpec, **options: ConfigValue) -> UNet:
     """The registered "unet" factory: ``options`` are :class:`UNetConfig` fields; an unknown one is a
     ConfigError naming the nearest valid option."""
     fields = [f.name for f in attrs.fields(UNetConfig)]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mtd_core.cli.train import handle_errors
 
+if TYPE_CHECKING:
+    from mtd_core.types import ConfigDict
 
-def register(subparsers: Any) -> None:
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``mtd config``."""
     p = subparsers.add_parser("config", help="inspect run configs",
                               description="Inspect run configs without training.")
@@ -40,7 +43,7 @@ def show_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def ratio_report(taskset_config: dict[str, Any]) -> list[str]:
+def ratio_report(taskset_config: ConfigDict) -> list[str]:
     """One line per aggregated modality: its peak ratio max_t lambda_t / sqrt(abar_t) and where it lives in Z (the
     task set warns above PEAK_RATIO_BOUND on shared channels; docs/math.md, section 2)."""
     from mtd_core.taskset import PEAK_RATIO_BOUND, TaskSet

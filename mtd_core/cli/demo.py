@@ -21,7 +21,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, cast
 
 import torch
 
@@ -29,10 +29,38 @@ from mtd_core.cli.train import handle_errors
 from mtd_core.training.grids import GridCell
 
 if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+
+    from mtd_core.data.build import LoadedData
+    from mtd_core.data.splits import ArrayDataset
     from mtd_core.model import MultiTaskModel
+    from mtd_core.sampling.generate import GenerationOutput
+    from mtd_core.training.run import Run
+    from mtd_core.training.trainer import Trainer, TrainResult
+    from mtd_core.types import ConfigDict
+
+    class _Drawn(TypedDict):
+        """What _draw generated and wrote."""
+
+        joint: GenerationOutput
+        plain: GenerationOutput
+        cond: GenerationOutput
+        requested: torch.Tensor
+        joint_png: Path
+        cond_png: Path
+        sample_s: float
+
+    class _Scores(TypedDict):
+        """What _score measured."""
+
+        head: dict[str, float]
+        classifier_accuracy: float
+        coherence: float
+        fidelity: float
+        fidelity_plain: float
 
 # The demo's run config: small enough for ~3 minutes on 2 CPU cores, large enough for recognisable digits.
-DEMO_CONFIG: dict[str, Any] = {
+DEMO_CONFIG: ConfigDict = {
     "dataset": {"name": "digits", "seed": 0, "test_fraction": 0.2},
     "taskset": {
         "modalities": [
@@ -50,7 +78,7 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 
 # --quick: the same pipeline in seconds (for tests and a first check); the images will not look like digits.
-QUICK_CHANGES: dict[str, dict[str, Any]] = {
+QUICK_CHANGES: dict[str, ConfigDict] = {
     "taskset": {"diffusion": {"kind": "linear", "T": 100}},
     "backbone": {"channels": 16, "groups": 8},
     "trainer": {"steps": 8, "batch_size": 16, "warmup_steps": 2, "checkpoint_every": 0, "log_every": 4},
@@ -61,7 +89,7 @@ PER_CLASS, QUICK_PER_CLASS = 8, 2
 JOINT_N, QUICK_JOINT_N = 64, 8
 
 
-def demo_config(quick: bool = False, steps: int | None = None, seed: int = 0) -> dict[str, Any]:
+def demo_config(quick: bool = False, steps: int | None = None, seed: int = 0) -> ConfigDict:
     """The demo's run config (a plain dict in the TOML layout)."""
     cfg = copy.deepcopy(DEMO_CONFIG)
     if quick:
@@ -74,7 +102,7 @@ def demo_config(quick: bool = False, steps: int | None = None, seed: int = 0) ->
     return cfg
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``mtd demo``."""
     p = subparsers.add_parser("demo", help="train image + label on the digits (CPU, a few minutes) and report",
                               description="Train an image + label MT-Diffusion model on scikit-learn's 8x8 digits on "
@@ -90,7 +118,7 @@ def register(subparsers: Any) -> None:
 
 
 def _independent_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                            test_y: torch.Tensor, seed: int) -> tuple[Any, float]:
+                            test_y: torch.Tensor, seed: int) -> tuple[LogisticRegression, float]:
     """A logistic regression on raw pixels (not part of the model) to judge generated images; its test accuracy."""
     from sklearn.linear_model import LogisticRegression
 
@@ -111,8 +139,8 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_demo(cfg: dict[str, Any], out: Path, *, quick: bool = False, seed: int = 0, progress: bool = True,
-             verbose: bool = True) -> dict[str, Any]:
+def run_demo(cfg: ConfigDict, out: Path, *, quick: bool = False, seed: int = 0, progress: bool = True,
+             verbose: bool = True) -> ConfigDict:
     """Train ``cfg`` (an image + label run config) into ``out/run``, write the grids and reports; the report dict."""
     from mtd_core.training.checkpoint import write_atomic
 
@@ -132,7 +160,7 @@ def run_demo(cfg: dict[str, Any], out: Path, *, quick: bool = False, seed: int =
     return report
 
 
-def _train(cfg: dict[str, Any], run_dir: Path, quick: bool, verbose: bool) -> tuple[Any, Any, Any]:
+def _train(cfg: ConfigDict, run_dir: Path, quick: bool, verbose: bool) -> tuple[Run, Trainer, TrainResult]:
     """Train the demo's run from scratch in ``run_dir``: (run, trainer, train result)."""
     from mtd_core.training import RunConfig, Trainer, build_run
 
@@ -152,7 +180,7 @@ def _train(cfg: dict[str, Any], run_dir: Path, quick: bool, verbose: bool) -> tu
 
 
 def _draw(model: MultiTaskModel, names: list[str] | None, out: Path, quick: bool, seed: int, progress: bool
-          ) -> dict[str, Any]:
+          ) -> _Drawn:
     """Joint samples, label-conditioned samples with and without guidance, and their two grids."""
     from mtd_core.sampling.generate import generate
     from mtd_core.sampling.guidance import GuidanceConfig
@@ -180,12 +208,14 @@ def _draw(model: MultiTaskModel, names: list[str] | None, out: Path, quick: bool
             "cond_png": cond_png, "sample_s": time.perf_counter() - t0}
 
 
-def _score(model: MultiTaskModel, data: Any, drawn: dict[str, Any], seed: int) -> dict[str, Any]:
+def _score(model: MultiTaskModel, data: LoadedData, drawn: _Drawn, seed: int) -> _Scores:
     """The label head's read-out accuracy, and joint coherence and conditional fidelity by an independent classifier."""
     from mtd_core.cli.eval import evaluate_readout
 
     head = evaluate_readout(model, data, 0, 256, seed)["label"]
-    train_fields, test_fields = data.splits.train.fields, data.splits.test.fields
+    # the digits: in-memory splits whose fields are all tensors
+    train_fields = cast("dict[str, torch.Tensor]", cast("ArrayDataset", data.splits.train).fields)
+    test_fields = cast("dict[str, torch.Tensor]", cast("ArrayDataset", data.splits.test).fields)
     clf, clf_acc = _independent_classifier(train_fields["image"], train_fields["label"], test_fields["image"],
                                            test_fields["label"], seed)
 
@@ -199,8 +229,8 @@ def _score(model: MultiTaskModel, data: Any, drawn: dict[str, Any], seed: int) -
             "fidelity_plain": float((predicted(drawn["plain"].samples["image"]) == drawn["requested"]).float().mean())}
 
 
-def _report(run: Any, trainer: Any, result: Any, drawn: dict[str, Any], scores: dict[str, Any], quick: bool,
-            total_s: float) -> dict[str, Any]:
+def _report(run: Run, trainer: Trainer, result: TrainResult, drawn: _Drawn, scores: _Scores, quick: bool,
+            total_s: float) -> ConfigDict:
     """The report.json dict: what was trained, the timings, the scores and what each means, the files."""
     from mtd_core.sampling.options import DEFAULT_SAMPLER
 
@@ -236,7 +266,7 @@ def _report(run: Any, trainer: Any, result: Any, drawn: dict[str, Any], scores: 
     }
 
 
-def _print_summary(r: dict[str, Any], out: Path) -> None:
+def _print_summary(r: ConfigDict, out: Path) -> None:
     run_dir = r["files"]["run"]
     fid = r["conditional_fidelity"]
     print(f"mtd demo: done in {r['time_s']['total']:.0f} s (training {r['time_s']['training']:.0f} s).\n"
@@ -252,7 +282,7 @@ def _print_summary(r: dict[str, Any], out: Path) -> None:
           f"Next: mtd sample {run_dir} --given label=3 --out {out / 'threes'}   |   mtd eval {run_dir}")
 
 
-def _markdown(r: dict[str, Any]) -> str:
+def _markdown(r: ConfigDict) -> str:
     t, tm = r["trained"], r["time_s"]
     def pct(v: float) -> str:
         return f"{100 * v:.1f}%"

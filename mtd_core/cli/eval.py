@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,10 +24,12 @@ from mtd_core.cli.train import check_device, handle_errors
 from mtd_core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from mtd_core.data.build import LoadedData
     from mtd_core.model import MultiTaskModel
+    from mtd_core.types import ConfigDict
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``mtd eval``."""
     p = subparsers.add_parser("eval", help="evaluate a trained run on its test split",
                               description="Held-out ELBO in bits/dim (on a test subsample, count printed) and the "
@@ -52,8 +54,8 @@ def _subsample(size: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def evaluate_elbo(model: MultiTaskModel, data: Any, n: int, timesteps: int, batch_size: int, seed: int
-                  ) -> dict[str, Any]:
+def evaluate_elbo(model: MultiTaskModel, data: LoadedData, n: int, timesteps: int, batch_size: int, seed: int
+                  ) -> ConfigDict:
     """The ELBO in bits/dim on ``n`` test examples (see the module docstring), with its terms in nats."""
     from mtd_core.data.derive import derive_batch, model_inputs
     from mtd_core.diffusion.elbo import MultiModalELBO, stratified_timesteps
@@ -91,7 +93,8 @@ def _device_gen(model: MultiTaskModel, g: torch.Generator) -> torch.Generator:
     return torch.Generator(dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
 
 
-def evaluate_readout(model: MultiTaskModel, data: Any, n: int, batch_size: int, seed: int) -> dict[str, Any]:
+def evaluate_readout(model: MultiTaskModel, data: LoadedData, n: int, batch_size: int, seed: int
+                     ) -> dict[str, dict[str, float]]:
     """Every aggregated modality with a head, read off real test examples of the base and scored by its
     ``readout_scores``: modality name -> {score name: mean, ..., "n_examples": count}."""
     from mtd_core.data.derive import derive_batch, model_inputs

@@ -14,11 +14,15 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from mtd_core.cli.train import handle_errors
 from mtd_core.errors import MTDError
 from mtd_core.plugins.registry import BLOCK_ENV, PluginRecord, Registry, get_registry
+
+if TYPE_CHECKING:
+    from mtd_core.plugins.validate import ValidationReport
+    from mtd_core.types import ConfigDict
 
 COLUMNS = ("name", "what", "roles", "plugin", "distribution", "version", "status", "error")
 
@@ -106,9 +110,9 @@ def cmd_list(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
-def _parse_options(pairs: list[str]) -> dict[str, Any]:
+def _parse_options(pairs: list[str]) -> ConfigDict:
     """``KEY=VALUE`` strings to a dict (VALUE as JSON when it parses, else the raw string)."""
-    options: dict[str, Any] = {}
+    options: ConfigDict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
@@ -120,7 +124,7 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
-def _report_dict(kind: str, report: Any) -> dict[str, Any]:
+def _report_dict(kind: str, report: ValidationReport) -> ConfigDict:
     """A JSON-representable form of a ValidationReport (kind, ok, problems, checks)."""
     return {"kind": kind, "ok": bool(report.ok), "problems": list(report.problems),
             "checks": list(getattr(report, "checks", []))}
@@ -139,7 +143,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 2
     failures = registry.failures
     kinds = list(args.kinds) or registry.modality_kinds()
-    results: list[dict[str, Any]] = []
+    results: list[ConfigDict] = []
     for kind in kinds:
         try:
             cls = registry.modality_class(kind)

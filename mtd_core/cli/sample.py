@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,9 +43,10 @@ from mtd_core.sampling.options import (
 if TYPE_CHECKING:
     from mtd_core.model import MultiTaskModel
     from mtd_core.taskset import TaskSet
+    from mtd_core.types import Batch, BatchValue
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``mtd sample``."""
     p = subparsers.add_parser("sample", help="draw samples from a trained run",
                               description="Draw joint or conditional samples from a trained run and write a PNG "
@@ -92,7 +93,7 @@ def register(subparsers: Any) -> None:
 
 
 def parse_given(model: MultiTaskModel, items: list[str], n: int, dataset_names: list[str] | None = None
-                ) -> tuple[dict[str, Any], int, list[str] | None]:
+                ) -> tuple[Batch, int, list[str] | None]:
     """The ``given`` dict for generate(), the total sample count, and row labels (one per given value).
 
     Each value is read by its modality's ``parse`` (docs/plugins.md); every given modality is repeated to the same
@@ -101,7 +102,7 @@ def parse_given(model: MultiTaskModel, items: list[str], n: int, dataset_names: 
     from mtd_core.training.grids import class_names_for
 
     modalities = model.taskset.modalities
-    raw: dict[str, list[Any]] = {}
+    raw: dict[str, list[BatchValue]] = {}
     names: dict[str, list[str] | None] = {}
     for item in items:
         if "=" not in item:
@@ -118,7 +119,7 @@ def parse_given(model: MultiTaskModel, items: list[str], n: int, dataset_names: 
             raise ModalityDataError(f"--given {name}: {e}") from None
         raw[name] = [rows[i:i + 1] for i in range(len(rows))]
     rows_n = max((len(v) for v in raw.values()), default=1)
-    given: dict[str, Any] = {}
+    given: Batch = {}
     for name, given_rows in raw.items():
         if len(given_rows) not in (1, rows_n):
             raise ConfigError(f"--given: lists must have the same length; {name!r} has {len(given_rows)}, another "
@@ -138,7 +139,7 @@ def parse_given(model: MultiTaskModel, items: list[str], n: int, dataset_names: 
     return given, total, labels
 
 
-def to_npz_arrays(taskset: TaskSet, samples: dict[str, Any]) -> dict[str, np.ndarray]:
+def to_npz_arrays(taskset: TaskSet, samples: Batch) -> dict[str, np.ndarray]:
     """Raw samples as numpy arrays; integer-valued modalities whose examples ``describe`` as text (captions, class
     names) also as strings under ``<name>_text``."""
     out: dict[str, np.ndarray] = {}
@@ -167,9 +168,9 @@ def parse_value(text: str) -> bool | int | float | str:
     return text
 
 
-def parse_options(items: list[str]) -> dict[str, Any]:
+def parse_options(items: list[str]) -> dict[str, bool | int | float | str]:
     """``--option KEY=VALUE`` as a mapping of :func:`parse_value` values (the sampler checks the names)."""
-    out: dict[str, Any] = {}
+    out: dict[str, bool | int | float | str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():

@@ -12,7 +12,6 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from mtd_core.errors import ConfigError, MTDError
 
@@ -69,7 +68,7 @@ QUICK = ("trainer.steps=4", "trainer.warmup_steps=1", "trainer.checkpoint_every=
          "trainer.sample_steps=4", "trainer.log_every=1")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``mtd train``."""
     p = subparsers.add_parser("train", help="train a model from a TOML run config",
                               description="Train a multi-task diffusion model from a TOML run config "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
@@ -19,6 +19,7 @@ import torch
 from mtd_core.data.splits import ArrayDataset, DatasetSplits, Examples
 from mtd_core.data.transforms import apply_transforms, build_transform
 from mtd_core.errors import ConfigError, ModalityDataError, closest
+from mtd_core.types import Batch, BatchTransform, BatchValue, ConfigDict, ConfigMapping
 
 if TYPE_CHECKING:
     from mtd_core.plugins.registry import Registry
@@ -26,9 +27,9 @@ if TYPE_CHECKING:
 RESERVED = ("name", "keys", "transforms")
 
 
-def factory_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
+def factory_defaults(factory: Callable[..., object]) -> ConfigDict:
     """The keyword options of a factory with their defaults (parameters without a default map to None)."""
-    out: dict[str, Any] = {}
+    out: ConfigDict = {}
     for p in inspect.signature(factory).parameters.values():
         if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
@@ -36,7 +37,7 @@ def factory_defaults(factory: Callable[..., Any]) -> dict[str, Any]:
     return out
 
 
-def check_options(what: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> None:
+def check_options(what: str, factory: Callable[..., object], options: ConfigMapping) -> None:
     """Raise a ConfigError naming ``what`` for options the factory does not accept (with the nearest valid one)."""
     params = inspect.signature(factory).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -60,11 +61,11 @@ class DatasetConfig:
 
     name: str = "digits"
     keys: dict[str, str] = attrs.field(factory=dict)
-    transforms: list[dict[str, Any]] = attrs.field(factory=list)
-    options: dict[str, Any] = attrs.field(factory=dict)
+    transforms: list[ConfigDict] = attrs.field(factory=list)
+    options: ConfigDict = attrs.field(factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DatasetConfig:
+    def from_dict(cls, d: ConfigMapping) -> DatasetConfig:
         """From the flat table (``name``, ``keys``, ``transforms`` and the factory's options side by side)."""
         d = dict(d)
         keys = d.pop("keys", {}) or {}
@@ -76,7 +77,7 @@ class DatasetConfig:
         return cls(name=str(d.pop("name", "digits")), keys=dict(keys), transforms=[dict(t) for t in transforms],
                    options=d)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ConfigDict:
         """The flat table; :meth:`from_dict` inverts it."""
         return {"name": self.name, "keys": dict(self.keys), "transforms": [dict(t) for t in self.transforms],
                 **self.options}
@@ -93,22 +94,22 @@ class LoadedData:
     """
 
     splits: DatasetSplits
-    transforms: list[Any] = attrs.field(factory=list)
+    transforms: list[BatchTransform] = attrs.field(factory=list)
     config: DatasetConfig | None = None
 
     @property
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ConfigDict:
         """The factory's info dict."""
         return self.splits.info
 
-    def batch(self, dataset: Examples, indices: torch.Tensor) -> dict[str, Any]:
+    def batch(self, dataset: Examples, indices: torch.Tensor) -> Batch:
         """The examples at ``indices`` of ``dataset`` (train or test), collated and transformed."""
         return apply_transforms(self.transforms, fetch(dataset, indices))
 
 
-def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def collate(items: Sequence[Mapping[str, BatchValue]]) -> Batch:
     """Stack a list of item dicts into a batch: tensors are stacked, strings become lists."""
-    out: dict[str, Any] = {}
+    out: Batch = {}
     for key in items[0]:
         values = [it[key] for it in items]
         if isinstance(values[0], torch.Tensor):
@@ -120,14 +121,14 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def fetch(dataset: Examples, indices: torch.Tensor) -> dict[str, Any]:
+def fetch(dataset: Examples, indices: torch.Tensor) -> Batch:
     """A collated batch of ``dataset`` at ``indices`` (in-memory datasets stack directly)."""
     if isinstance(dataset, ArrayDataset):
         return dataset.get_batch(indices)
     return collate([dataset[int(i)] for i in indices])
 
 
-def resolve_dataset_config(config: Mapping[str, Any], registry: Registry) -> DatasetConfig:
+def resolve_dataset_config(config: ConfigMapping, registry: Registry) -> DatasetConfig:
     """The dataset config with every factory option present (defaults filled in), validated."""
     dc = DatasetConfig.from_dict(config)
     factory = _factory(dc.name, registry)
@@ -144,7 +145,7 @@ def _factory(name: str, registry: Registry) -> Callable[..., DatasetSplits]:
         raise ConfigError(f"dataset.name: {e}") from None
 
 
-def load_dataset(config: Mapping[str, Any] | DatasetConfig, registry: Registry) -> LoadedData:
+def load_dataset(config: ConfigMapping | DatasetConfig, registry: Registry) -> LoadedData:
     """Call the dataset's factory with its options, rename fields by ``keys``, and build the transforms."""
     dc = config if isinstance(config, DatasetConfig) else DatasetConfig.from_dict(config)
     factory = _factory(dc.name, registry)
@@ -159,4 +160,7 @@ def load_dataset(config: Mapping[str, Any] | DatasetConfig, registry: Registry) 
         splits = DatasetSplits(train=splits.train.renamed(dc.keys), test=splits.test.renamed(dc.keys),
                                info=splits.info)
     kinds = registry.table("transform")
-    return LoadedData(splits=splits, transforms=[build_transform(t, kinds) for t in dc.transforms], config=dc)
+    transforms = [build_transform(t, kinds) for t in dc.transforms]
+    # a transform may read the dataset's info (e.g. the captions transform its class names) through with_info(info)
+    transforms = [tf.with_info(splits.info) if hasattr(tf, "with_info") else tf for tf in transforms]
+    return LoadedData(splits=splits, transforms=transforms, config=dc)

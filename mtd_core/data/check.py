@@ -6,7 +6,7 @@ it the message says "example i"."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -66,7 +66,8 @@ def check_labels(y: torch.Tensor, source: str, field: str = "label", num_classes
                                 f"{num_classes} classes (expected 0..{num_classes - 1})")
 
 
-def check_against_taskset(taskset: TaskSet, fields: Mapping[str, Any], source: str, where: Where | None = None) -> None:
+def check_against_taskset(taskset: TaskSet, fields: Mapping[str, object], source: str, where: Where | None = None
+                          ) -> None:
     """Check every field named like a task-set modality against that modality's DataSpec.
 
     Unlike ``Modality.validate`` on a batch, the message names ``source`` and the row of the first bad example in

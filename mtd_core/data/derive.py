@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from mtd_core.errors import ModalityDataError
+from mtd_core.types import Batch, BatchValue
 
 if TYPE_CHECKING:
     from mtd_core.taskset import TaskSet
 
 
-def derive_batch(taskset: TaskSet, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+def derive_batch(taskset: TaskSet, batch: Mapping[str, BatchValue], generator: torch.Generator | None = None) -> Batch:
     """``batch`` with every modality of ``taskset`` present as a tensor.
 
     A modality missing from the batch, or present as raw non-tensor data (e.g. a list of caption strings), is
@@ -36,6 +37,6 @@ def derive_batch(taskset: TaskSet, batch: Mapping[str, Any], generator: torch.Ge
     return out
 
 
-def model_inputs(taskset: TaskSet, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def model_inputs(taskset: TaskSet, batch: Mapping[str, BatchValue]) -> dict[str, torch.Tensor]:
     """Only the task set's modalities of a derived batch (what the model encodes)."""
     return {name: batch[name] for name in taskset.modalities}

@@ -11,11 +11,10 @@ The state (epoch, position) goes into every checkpoint; restoring it continues t
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from mtd_core.errors import CheckpointError, ConfigError
+from mtd_core.types import ConfigDict, ConfigMapping
 
 
 class ResumableSampler:
@@ -77,12 +76,12 @@ class ResumableSampler:
         b = self.local_batch_size
         return self.next_global()[self.rank * b:(self.rank + 1) * b]
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> ConfigDict:
         """JSON-representable position in the data stream."""
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "size": self.size,
                 "batch_size": self.batch_size, "shuffle": self.shuffle}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: ConfigMapping) -> None:
         """Continue from a saved position; the dataset size, batch size, seed and shuffling must match."""
         for key in ("seed", "size", "batch_size", "shuffle"):
             if state.get(key) != getattr(self, key):

@@ -8,13 +8,14 @@ names, so a batch can go straight to the model.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import attrs
 import torch
 from torch.utils.data import Dataset
 
 from mtd_core.errors import ModalityDataError
+from mtd_core.types import BatchValue, ConfigDict
 
 Field = torch.Tensor | list[str]
 
@@ -51,13 +52,13 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(next(iter(self.fields.values())))
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         return {k: v[index] for k, v in self.fields.items()}
 
-    def get_batch(self, indices: torch.Tensor) -> dict[str, Any]:
+    def get_batch(self, indices: torch.Tensor) -> dict[str, Field]:
         """The examples at ``indices`` already stacked: field -> (B, ...) tensor or list of str."""
         idx = indices.long()
-        out: dict[str, Any] = {}
+        out: dict[str, Field] = {}
         for k, v in self.fields.items():
             out[k] = v[idx] if isinstance(v, torch.Tensor) else [v[i] for i in idx.tolist()]
         return out
@@ -88,7 +89,7 @@ class Examples(Protocol):
 
     def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+    def __getitem__(self, index: int) -> Mapping[str, BatchValue]: ...
 
 
 @attrs.frozen
@@ -104,7 +105,7 @@ class DatasetSplits:
 
     train: Examples
     test: Examples
-    info: dict[str, Any] = attrs.field(factory=dict)
+    info: ConfigDict = attrs.field(factory=dict)
 
 
 def split_indices(n: int, test_fraction: float, seed: int, source: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,18 +2,21 @@
 
 A transform reads existing fields and writes a new one, so a paired task (image transition: a garment and its
 edge map) needs no second copy of a dataset. Random derivations (masks) belong to ``Modality.derive`` instead.
+Transform kinds are looked up in the plugin registry (``mtd_register_transforms``): the ones defined here, and the
+built-in ``captions`` (mtd_plugins/captions.py: a caption from a label and an image, for the text modality).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import attrs
 import torch
 import torch.nn.functional as F
 
 from mtd_core.errors import ConfigError, ModalityDataError, closest
+from mtd_core.types import Batch, BatchTransform, BatchValue, ConfigDict, ConfigMapping
 
 
 @attrs.frozen
@@ -36,7 +39,7 @@ class EdgesTransform:
         if not 0.0 <= self.threshold < 1.0:
             raise ConfigError(f"transform 'edges': threshold must lie in [0, 1), got {self.threshold}")
 
-    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: Mapping[str, BatchValue]) -> Batch:
         if self.source not in batch:
             raise ModalityDataError(f"transform 'edges': the batch has no field {self.source!r} "
                                     f"(fields: {sorted(batch)}); set the transform's 'source'")
@@ -55,7 +58,7 @@ class EdgesTransform:
         edges = (mag * 2.0 - 1.0).expand(-1, x.shape[1], -1, -1).contiguous()
         return {**batch, self.into: edges.clamp(-1.0, 1.0)}
 
-    def to_config(self) -> dict[str, Any]:
+    def to_config(self) -> ConfigDict:
         """A plain dict with ``kind``; :func:`build_transform` rebuilds an equal transform."""
         return {"kind": self.kind, **attrs.asdict(self)}
 
@@ -63,7 +66,7 @@ class EdgesTransform:
 TRANSFORMS: dict[str, type] = {"edges": EdgesTransform}
 
 
-def build_transform(config: Mapping[str, Any], kinds: Mapping[str, type] | None = None) -> Any:
+def build_transform(config: ConfigMapping, kinds: Mapping[str, type] | None = None) -> BatchTransform:
     """A transform from ``{"kind": ..., **options}``; unknown kinds or options are ConfigErrors with a suggestion.
     ``kinds``: kind -> class (default: the built-in TRANSFORMS; datasets pass the registry's, plugins' included)."""
     config = dict(config)
@@ -81,7 +84,7 @@ def build_transform(config: Mapping[str, Any], kinds: Mapping[str, type] | None 
     return cls(**config)
 
 
-def apply_transforms(transforms: list[Any], batch: Mapping[str, Any]) -> dict[str, Any]:
+def apply_transforms(transforms: Sequence[BatchTransform], batch: Mapping[str, BatchValue]) -> Batch:
     """Apply ``transforms`` in order to a collated batch."""
     out = dict(batch)
     for tf in transforms:

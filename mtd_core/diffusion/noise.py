@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import attrs
 import torch
 
 from mtd_core.errors import ScheduleError
+from mtd_core.types import ConfigDict, ConfigMapping
 
 KINDS = ("linear", "cosine", "custom")
 
@@ -46,7 +46,7 @@ class NoiseSchedule:
 
     betas: torch.Tensor
     kind: str = "custom"
-    params: dict[str, Any] = attrs.field(factory=dict)
+    params: ConfigDict = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         b = self.betas
@@ -94,7 +94,7 @@ class NoiseSchedule:
         return cls(b, "custom", {"betas": b.tolist()})
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], kinds: Mapping[str, Callable[..., NoiseSchedule]] | None = None
+    def from_config(cls, config: ConfigMapping, kinds: Mapping[str, Callable[..., NoiseSchedule]] | None = None
                     ) -> NoiseSchedule:
         """Inverse of :meth:`to_config`. ``kinds``: kind -> factory (default: the built-in KINDS; a task set
         passes the registry's noise schedules, plugins' included)."""
@@ -108,7 +108,7 @@ class NoiseSchedule:
         except TypeError as e:
             raise ScheduleError(f"noise schedule {kind!r}: bad arguments {config!r}: {e}") from None
 
-    def to_config(self) -> dict[str, Any]:
+    def to_config(self) -> ConfigDict:
         """A plain dict that :meth:`from_config` turns back into an equal schedule."""
         return {"kind": self.kind, **self.params}
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import attrs
 import torch
 
 from mtd_core.diffusion.noise import NoiseSchedule
 from mtd_core.errors import ScheduleError
+from mtd_core.types import ConfigDict
 
 DEFAULT_LAMBDA_T_TOL = 1e-2
 
@@ -93,7 +94,7 @@ class WeightSchedule(abc.ABC):
             )
         return ResolvedWeights(w=w, lam=lam)
 
-    def to_config(self) -> dict[str, Any]:
+    def to_config(self) -> ConfigDict:
         """A plain dict that :func:`weight_schedule_from_config` turns back into an equal schedule."""
         # lists, not tuples: the dict must equal itself after a JSON/TOML round trip
         fields = attrs.asdict(self, value_serializer=lambda _inst, _field, v: list(v) if isinstance(v, tuple) else v)
@@ -236,7 +237,7 @@ SCHEDULES: dict[str, type[WeightSchedule]] = {
 }
 
 
-def weight_schedule_from_config(config: dict[str, Any] | WeightSchedule, modality: str = "<unnamed>",
+def weight_schedule_from_config(config: ConfigDict | WeightSchedule, modality: str = "<unnamed>",
                                 kinds: Mapping[str, Callable[..., WeightSchedule]] | None = None) -> WeightSchedule:
     """Build a schedule from ``{"kind": ..., **params}`` (or pass a schedule through). ``kinds``: kind -> class
     (default: the built-in SCHEDULES; a task set passes the registry's weight schedules, plugins' included)."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import attrs
 
-from mtd_core.metrics.context import EvalContext, base_modality
+from mtd_core.metrics.context import EvalContext, TaskSetLike, base_modality
 from mtd_core.metrics.errors import MetricError
 from mtd_core.metrics.results import MetricReport
 
@@ -32,7 +32,7 @@ class Metric(abc.ABC):
     def __init__(self, name: str | None = None) -> None:
         self.name = name or self.default_name
 
-    def applies_to(self, taskset: Any) -> bool:
+    def applies_to(self, taskset: TaskSetLike) -> bool:
         """Whether the metric is meaningful for a task set (by the kinds of modality it has); default: always."""
         return True
 
@@ -58,7 +58,7 @@ class Metric(abc.ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def has_base_image(taskset: Any) -> bool:
+def has_base_image(taskset: TaskSetLike) -> bool:
     """Whether the task set's base modality holds images (float (C, H, W) data with 1 or 3 channels, whatever
     its kind): the images FID and the label metrics look at."""
     base = base_modality(taskset)
@@ -87,7 +87,7 @@ class Evaluation:
 
 
 def run_metrics(metrics: Mapping[str, Callable[..., Mapping[str, float]]], ctx: EvalContext,
-                taskset: Any = None) -> Evaluation:
+                taskset: TaskSetLike | None = None) -> Evaluation:
     """Run every metric that applies to ``taskset`` (when given) and whose needs ``ctx`` meets.
 
     Metrics that do not apply, or report something ``missing``, are skipped with the reason; an error raised

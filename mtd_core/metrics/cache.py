@@ -17,7 +17,6 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import attrs
 import torch
@@ -25,6 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from mtd_core.metrics.errors import CacheWarning
+from mtd_core.types import ConfigDict, ConfigMapping
 
 CACHE_ENV = "MTD_CACHE_DIR"
 FORMAT = 1
@@ -47,7 +47,7 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def json_digest(obj: Any) -> str:
+def json_digest(obj: object) -> str:
     """SHA-256 (hex) of ``obj`` as canonical JSON (sorted keys): for hashing recipes and configs."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -57,7 +57,7 @@ class CacheEntry:
     """One cache entry read back: its tensors and the metadata saved with them."""
 
     tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any]
+    meta: ConfigDict
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -115,7 +115,7 @@ class TensorCache:
             return None
         return CacheEntry(tensors=dict(tensors), meta=meta)
 
-    def save(self, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    def save(self, key: str, tensors: Mapping[str, torch.Tensor], meta: ConfigMapping) -> None:
         """Write the entry for ``key`` atomically (tensors first, then the JSON that marks it complete)."""
         st_path, meta_path = self.paths(key)
         data = st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})

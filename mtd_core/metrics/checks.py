@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from mtd_core.metrics.errors import MetricError
@@ -12,11 +10,11 @@ from mtd_core.metrics.errors import MetricError
 RANGE_TOLERANCE = 1e-4
 
 
-def _shape(x: Any) -> str:
+def _shape(x: object) -> str:
     return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
-def check_images(x: Any, who: str, *, channels: int | None = None, size: tuple[int, int] | None = None,
+def check_images(x: object, who: str, *, channels: int | None = None, size: tuple[int, int] | None = None,
                  value_range: tuple[float, float] | None = (-1.0, 1.0)) -> torch.Tensor:
     """Check a batch of images (B, C, H, W): a floating tensor, finite, with the given channels, size and range."""
     if not isinstance(x, torch.Tensor):
@@ -42,7 +40,7 @@ def check_images(x: Any, who: str, *, channels: int | None = None, size: tuple[i
     return x
 
 
-def check_features(x: Any, who: str, *, min_n: int = 1, why: str = "") -> torch.Tensor:
+def check_features(x: object, who: str, *, min_n: int = 1, why: str = "") -> torch.Tensor:
     """Check a feature matrix (N, D): a finite floating tensor with at least ``min_n`` rows (``why`` says
     why, for the message); returned in float64 on CPU."""
     if not isinstance(x, torch.Tensor):
@@ -66,7 +64,7 @@ def check_same_dim(a: torch.Tensor, b: torch.Tensor, who_a: str, who_b: str) -> 
                           "both must come from the same feature network")
 
 
-def check_labels(x: Any, who: str, *, n: int | None = None, num_classes: int | None = None) -> torch.Tensor:
+def check_labels(x: object, who: str, *, n: int | None = None, num_classes: int | None = None) -> torch.Tensor:
     """Check class indices: an integer tensor (N,), N = ``n`` when given, values in [0, num_classes)."""
     if not isinstance(x, torch.Tensor):
         raise MetricError(f"{who}: expected a torch.Tensor of class indices (N,), got {type(x).__name__}")

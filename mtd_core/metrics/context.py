@@ -15,9 +15,9 @@ reference features and representation extractors.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import attrs
 import torch
@@ -27,8 +27,19 @@ from mtd_core.types import Role
 from mtd_core.metrics.features import FeatureNetResult, features
 from mtd_core.metrics.fid import ReferenceFeatures, reference_features
 
+if TYPE_CHECKING:
+    from mtd_core.modality import Modality
 
-def _modalities(taskset: Any) -> list[Any]:
+
+class TaskSetLike(Protocol):
+    """What the metrics read of a task set: a :class:`~mtd_core.taskset.TaskSet`, or any object whose
+    ``modalities`` holds its Modality objects (by name, or in a sequence)."""
+
+    @property
+    def modalities(self) -> Mapping[str, Modality] | Sequence[Modality]: ...
+
+
+def _modalities(taskset: TaskSetLike) -> list[Modality]:
     mods = getattr(taskset, "modalities", None)
     if mods is None:
         raise MetricError(f"expected a TaskSet (an object with a 'modalities' attribute), got {type(taskset).__name__}")
@@ -40,23 +51,23 @@ def _str_dict(kinds: Mapping[str, str]) -> dict[str, str]:
     return dict(kinds)
 
 
-def modality_kinds(taskset: Any) -> dict[str, str]:
+def modality_kinds(taskset: TaskSetLike) -> dict[str, str]:
     """Modality name -> kind for a TaskSet (anything whose ``modalities`` holds Modality objects)."""
     return {m.name: m.kind for m in _modalities(taskset)}
 
 
-def base_modality(taskset: Any) -> Any:
+def base_modality(taskset: TaskSetLike) -> Modality | None:
     """The task set's base modality, or None when it has none."""
     return next((m for m in _modalities(taskset) if m.role is Role.BASE), None)
 
 
-def base_name(taskset: Any) -> str | None:
+def base_name(taskset: TaskSetLike) -> str | None:
     """The name of the task set's base modality, or None when it has none."""
     base = base_modality(taskset)
     return None if base is None else str(base.name)
 
 
-def _tensor_dict(value: Any) -> dict[str, torch.Tensor]:
+def _tensor_dict(value: object) -> dict[str, torch.Tensor]:
     if not isinstance(value, Mapping):
         raise MetricError(f"expected a mapping of modality name -> tensor, got {type(value).__name__}")
     return dict(value)
@@ -95,7 +106,7 @@ class EvalContext:
     batch_size: int = 256
     cache_dir: str | Path | None = None
     use_cache: bool = True
-    _memo: dict[str, Any] = attrs.field(factory=dict, init=False, repr=False, eq=False)
+    _memo: dict[str, torch.Tensor | ReferenceFeatures] = attrs.field(factory=dict, init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         known = sorted(self.kinds)
@@ -119,7 +130,7 @@ class EvalContext:
             raise MetricError(f"EvalContext.feature_net: expected a FeatureNetResult, got {type(self.feature_net).__name__}")
 
     @classmethod
-    def from_taskset(cls, taskset: Any, **fields: Any) -> EvalContext:
+    def from_taskset(cls, taskset: TaskSetLike, **fields: Any) -> EvalContext:  # Any: fields of several types
         """A context for ``taskset`` (kinds and base read from it); ``fields`` are the other arguments."""
         return cls(kinds=modality_kinds(taskset), base=base_name(taskset), **fields)
 
@@ -138,7 +149,7 @@ class EvalContext:
             if self.feature_net is None or self.base is None or self.base not in self.generated:
                 raise MetricError("EvalContext: generated features need a feature_net and generated base images")
             self._memo["generated_features"] = features(self.feature_net, self.generated[self.base], self.batch_size)
-        return self._memo["generated_features"]
+        return cast(torch.Tensor, self._memo["generated_features"])
 
     def reference_features(self) -> ReferenceFeatures:
         """Features of the real base images: ``reference`` when given, else computed once (and disk-cached)."""
@@ -151,4 +162,4 @@ class EvalContext:
             self._memo["reference"] = reference_features(self.feature_net, self.real[self.base],
                                                          batch_size=self.batch_size, cache_dir=self.cache_dir,
                                                          use_cache=self.use_cache)
-        return self._memo["reference"]
+        return cast(ReferenceFeatures, self._memo["reference"])

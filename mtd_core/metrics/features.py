@@ -17,9 +17,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import attrs
 import torch
@@ -29,6 +27,7 @@ from torch.nn import functional as F
 from mtd_core.metrics.cache import TensorCache, json_digest, tensor_digest
 from mtd_core.metrics.checks import check_images, check_labels
 from mtd_core.metrics.errors import CacheWarning, MetricError
+from mtd_core.types import ConfigDict, ConfigMapping
 
 # Bump when the architecture or the training loop changes: it is part of every cache key.
 CODE_VERSION = "featurenet-1"
@@ -65,7 +64,7 @@ class FeatureNet(nn.Module):
         self.embed = nn.Linear(4 * w, feature_dim)
         self.classifier = nn.Sequential(nn.SiLU(), nn.Linear(feature_dim, num_classes))
 
-    def config(self) -> dict[str, Any]:
+    def config(self) -> ConfigDict:
         """The constructor arguments as a JSON-representable dict (``FeatureNet(**config)`` rebuilds it)."""
         return {"in_channels": self.in_channels, "image_size": list(self.image_size), "num_classes": self.num_classes,
                 "width": self.width, "feature_dim": self.feature_dim}
@@ -111,12 +110,12 @@ class FeatureRecipe:
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             raise MetricError(f"FeatureRecipe.weight_decay must be a number >= 0, got {self.weight_decay!r}")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ConfigDict:
         """A plain dict (``FeatureRecipe.from_dict`` inverts it)."""
         return attrs.asdict(self)
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> FeatureRecipe:
+    def from_dict(cls, config: ConfigMapping) -> FeatureRecipe:
         """Inverse of :meth:`to_dict`; an unknown key is a MetricError naming it and the valid keys."""
         valid = {f.name for f in attrs.fields(cls)}
         unknown = sorted(set(config) - valid)
@@ -252,7 +251,7 @@ def _fit(net: FeatureNet, images: torch.Tensor, labels: torch.Tensor, recipe: Fe
     net.to("cpu").eval()
 
 
-def _from_cache(cache: TensorCache, key: str) -> tuple[FeatureNet, dict[str, Any]] | None:
+def _from_cache(cache: TensorCache, key: str) -> tuple[FeatureNet, ConfigDict] | None:
     entry = cache.load(key)
     if entry is None:
         return None
@@ -270,7 +269,7 @@ def _from_cache(cache: TensorCache, key: str) -> tuple[FeatureNet, dict[str, Any
     return net.eval(), entry.meta
 
 
-def _check_training_data(images: torch.Tensor, labels: torch.Tensor, test: Any
+def _check_training_data(images: torch.Tensor, labels: torch.Tensor, test: object
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The checked training labels, test images and test labels (MetricError naming what is wrong)."""
     check_images(images, "feature net training images")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 import attrs
 
 from mtd_core.metrics.errors import MetricError
 from mtd_core.metrics.features import FeatureNetInfo, FeatureNetResult
+from mtd_core.types import ConfigDict
 
 NetLike = FeatureNetResult | FeatureNetInfo | None
 
@@ -61,7 +61,7 @@ class MetricReport(Mapping[str, float]):
     n_generated: int
     n_reference: int | None = None
     feature_net: FeatureNetInfo | None = None
-    detail: Any = None
+    detail: object = None
 
     def __getitem__(self, key: str) -> float:
         try:
@@ -75,9 +75,9 @@ class MetricReport(Mapping[str, float]):
     def __len__(self) -> int:
         return len(self.scores)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ConfigDict:
         """A JSON-representable dict: the values plus the counts and the feature network's identity."""
-        out: dict[str, Any] = {"metric": self.metric, **self.scores, "n_generated": self.n_generated,
+        out: ConfigDict = {"metric": self.metric, **self.scores, "n_generated": self.n_generated,
                                "n_reference": self.n_reference}
         if self.feature_net is not None:
             out["feature_net"] = self.feature_net.name

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -29,6 +28,7 @@ from torch import nn
 from mtd_core.errors import ModalityDataError
 from mtd_core.modality import BasePrediction, FeatureSpec, HeadInput, LatentSpec, Modality, Role
 from mtd_core.plugins.validate import validate_modality
+from mtd_core.types import Batch, ConfigMapping, Prediction
 
 
 class _Built:
@@ -47,7 +47,7 @@ class _Built:
         if self.head is not None and self.twin_head is not None:
             self.twin_head.load_state_dict(self.head.state_dict())
 
-    def predict(self, head: nn.Module | None, n: int, generator: torch.Generator) -> Any:
+    def predict(self, head: nn.Module | None, n: int, generator: torch.Generator) -> Prediction:
         """The head's prediction from random features of the kind it reads (a random BasePrediction for a base)."""
         _, H, W = self.latent.shape
         if head is None:
@@ -73,12 +73,12 @@ class ModalityConformance:
     """
 
     modality_class: ClassVar[type[Modality]]
-    options: ClassVar[Mapping[str, Any]] = {}
+    options: ClassVar[ConfigMapping] = {}
     latent: ClassVar[LatentSpec] = LatentSpec((1, 8, 8))
     features: ClassVar[FeatureSpec] = FeatureSpec(pooled_dim=32, map_channels=16)
 
     # -- helpers a subclass may use or override ---------------------------------------------------------
-    def derive_batch(self, modality: Modality, n: int, generator: torch.Generator) -> dict[str, Any] | None:
+    def derive_batch(self, modality: Modality, n: int, generator: torch.Generator) -> Batch | None:
         """The inputs ``modality.derive`` reads, for ``n`` examples; None when the modality derives nothing."""
         return None
 
@@ -106,7 +106,7 @@ class ModalityConformance:
         """A valid batch of ``n`` examples of ``m``'s data."""
         return m.example_batch(n, torch.Generator().manual_seed(seed))[m.name]
 
-    def assert_rejected(self, m: Modality, x: Any, what: str) -> None:
+    def assert_rejected(self, m: Modality, x: object, what: str) -> None:
         """``m.validate(x)`` must raise a ModalityDataError whose message names the modality."""
         import pytest
 

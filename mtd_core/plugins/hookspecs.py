@@ -14,12 +14,18 @@ This module imports nothing heavier than pluggy, so listing or validating plugin
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # type names only: this module must not import torch
+    from torch import nn
+
+    from mtd_core.data.splits import DatasetSplits
+    from mtd_core.diffusion.noise import NoiseSchedule
+    from mtd_core.diffusion.weights import WeightSchedule
     from mtd_core.modality import Modality
+    from mtd_core.sampling.base import Sampler, SamplerOutput
 
 PROJECT = "mtd"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -37,7 +43,7 @@ def mtd_register_modalities() -> Sequence[type[Modality]]:
 
 
 @hookspec
-def mtd_register_datasets() -> Mapping[str, Callable[..., Any]]:
+def mtd_register_datasets() -> Mapping[str, Callable[..., DatasetSplits]]:
     """Return dataset factories by name.
 
     A factory takes keyword options (from the ``[dataset]`` table of a config, minus ``name``) and
@@ -48,7 +54,7 @@ def mtd_register_datasets() -> Mapping[str, Callable[..., Any]]:
 
 
 @hookspec
-def mtd_register_backbones() -> Mapping[str, Callable[..., Any]]:
+def mtd_register_backbones() -> Mapping[str, Callable[..., nn.Module]]:
     """Return backbone factories by name.
 
     A factory is called as ``factory(latent: LatentSpec, **options)`` and returns an ``nn.Module`` with a
@@ -59,7 +65,7 @@ def mtd_register_backbones() -> Mapping[str, Callable[..., Any]]:
 
 
 @hookspec
-def mtd_register_metrics() -> Mapping[str, Callable[..., Any]]:
+def mtd_register_metrics() -> Mapping[str, Callable[..., Mapping[str, float]]]:
     """Return metric factories by name.
 
     A metric is called with an :class:`mtd_core.metrics.EvalContext` (real and generated data by modality
@@ -69,7 +75,7 @@ def mtd_register_metrics() -> Mapping[str, Callable[..., Any]]:
 
 
 @hookspec
-def mtd_register_samplers() -> Mapping[str, Callable[..., Any]]:
+def mtd_register_samplers() -> Mapping[str, Sampler | Callable[..., SamplerOutput]]:
     """Return samplers by name.
 
     A sampler is a :class:`mtd_core.sampling.Sampler` spec (its function, network evaluations per step, fewest
@@ -83,7 +89,7 @@ def mtd_register_samplers() -> Mapping[str, Callable[..., Any]]:
 
 
 @hookspec
-def mtd_register_weight_schedules() -> Mapping[str, Callable[..., Any]]:
+def mtd_register_weight_schedules() -> Mapping[str, Callable[..., WeightSchedule]]:
     """Return aggregation weight schedules by kind: ``kind -> cls`` with ``cls(**params)`` a
     :class:`mtd_core.diffusion.WeightSchedule` (w_t^(i) or lambda_t^(i) of one modality, lambda_T = 0 checked).
 
@@ -92,7 +98,7 @@ def mtd_register_weight_schedules() -> Mapping[str, Callable[..., Any]]:
 
 
 @hookspec
-def mtd_register_noise_schedules() -> Mapping[str, Callable[..., Any]]:
+def mtd_register_noise_schedules() -> Mapping[str, Callable[..., NoiseSchedule]]:
     """Return noise schedules by kind: ``kind -> factory`` with ``factory(T=..., **params)`` a
     :class:`mtd_core.diffusion.NoiseSchedule` (beta_1..beta_T in (0, 1)).
 
@@ -101,8 +107,10 @@ def mtd_register_noise_schedules() -> Mapping[str, Callable[..., Any]]:
 
 
 @hookspec
-def mtd_register_transforms() -> Mapping[str, Callable[..., Any]]:
+def mtd_register_transforms() -> Mapping[str, type]:
     """Return dataset transforms by kind: ``kind -> cls``, an attrs class whose instances are called on a collated
     batch (``dict`` of fields) and return it with fields added or changed, and whose ``to_config()`` gives
     ``{"kind": ..., **options}`` back. A dataset config's ``transforms = [{kind = "...", ...}]`` names them.
+    A transform that needs the dataset's info (e.g. its ``class_names``) defines ``with_info(info)``, returning the
+    transform to use; ``load_dataset`` calls it once the dataset is loaded.
     """

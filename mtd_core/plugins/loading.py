@@ -9,7 +9,7 @@ import inspect
 import os
 import traceback
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Protocol, TypeAlias
 
 import pluggy
 
@@ -28,6 +28,9 @@ from mtd_core.plugins.records import (
 
 ENTRY_POINT_GROUP = "mtd"
 
+_Item: TypeAlias = tuple[str, object, tuple[str, ...]]
+"""A valid item of a hook's result: (name, the registered object, its roles)."""
+
 
 class EntryPointLike(Protocol):
     """What the registry needs from an entry point (``importlib.metadata.EntryPoint`` satisfies it).
@@ -38,7 +41,7 @@ class EntryPointLike(Protocol):
     name: str
     value: str
 
-    def load(self) -> Any:
+    def load(self) -> object:
         """Import and return the object the entry point names."""
 
 
@@ -51,7 +54,7 @@ def discover_entry_points(group: str = ENTRY_POINT_GROUP) -> list[EntryPointLike
     return sorted(eps, key=lambda ep: (ep.name, dist_of(ep)[0] or ""))
 
 
-def dist_of(ep: Any) -> tuple[str | None, str | None]:
+def dist_of(ep: object) -> tuple[str | None, str | None]:
     """(distribution name, version) of an entry point, or (None, None) when it carries no distribution."""
     dist = getattr(ep, "dist", None)
     if dist is None:
@@ -80,7 +83,7 @@ class ClassPlugin:
         return [self.cls]
 
 
-def qualname(obj: Any) -> str:
+def qualname(obj: object) -> str:
     """``module.QualName`` for classes and functions, the module name for modules, else the repr."""
     if inspect.ismodule(obj):
         return obj.__name__
@@ -107,7 +110,7 @@ def format_exception(e: BaseException) -> tuple[str, str]:
     return f"{type(e).__name__}: {e}{where}", "".join(traceback.format_exception(type(e), e, e.__traceback__))
 
 
-def collect(pm: pluggy.PluginManager, obj: Any, info: PluginInfo) -> tuple[list[Provision], list[PluginRecord]]:
+def collect(pm: pluggy.PluginManager, obj: object, info: PluginInfo) -> tuple[list[Provision], list[PluginRecord]]:
     """Register ``obj`` with pluggy, call each of its hooks once and validate the results.
 
     On any problem the plugin is unregistered again and nothing it provides is kept.
@@ -167,8 +170,7 @@ def collect(pm: pluggy.PluginManager, obj: Any, info: PluginInfo) -> tuple[list[
     return provisions, []
 
 
-def validate_result(what: str, hook: str, result: Any) -> tuple[list[tuple[str, Any, tuple[str, ...]]],
-                                                                  list[tuple[str | None, str]]]:
+def validate_result(what: str, hook: str, result: object) -> tuple[list[_Item], list[tuple[str | None, str]]]:
     """Check one hook result. Returns (valid items as (name, obj, roles), problems as (item name or None, text))."""
     expected = EXPECTED[what]
     if result is None:
@@ -179,7 +181,7 @@ def validate_result(what: str, hook: str, result: Any) -> tuple[list[tuple[str, 
         return validate_modalities(hook, list(result))
     if not isinstance(result, Mapping):
         return [], [(None, f"its hook {hook}() returned a {type(result).__name__}; expected {expected}")]
-    items: list[tuple[str, Any, tuple[str, ...]]] = []
+    items: list[_Item] = []
     problems: list[tuple[str | None, str]] = []
     for key, value in result.items():
         if not isinstance(key, str) or not key:
@@ -192,12 +194,11 @@ def validate_result(what: str, hook: str, result: Any) -> tuple[list[tuple[str, 
     return items, problems
 
 
-def validate_modalities(hook: str, classes: list[Any]) -> tuple[list[tuple[str, Any, tuple[str, ...]]],
-                                                                   list[tuple[str | None, str]]]:
+def validate_modalities(hook: str, classes: list[object]) -> tuple[list[_Item], list[tuple[str | None, str]]]:
     """Each item must be a concrete Modality subclass with a non-empty str ``kind`` and valid ``roles``."""
-    items: list[tuple[str, Any, tuple[str, ...]]] = []
+    items: list[_Item] = []
     problems: list[tuple[str | None, str]] = []
-    seen: dict[str, Any] = {}
+    seen: dict[str, type[Modality]] = {}
     for cls in classes:
         label = qualname(cls)
         if not isinstance(cls, type):

@@ -8,26 +8,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TypeAlias, TypeGuard
 
 import attrs
 
+_Validator: TypeAlias = Callable[[object, attrs.Attribute, object], None]
+"""An attrs field validator: (instance, attribute, value) -> None, raising ValueError for a bad value."""
 
-def _number(v: Any) -> bool:
+
+def _number(v: object) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def option(expected: str, test: Callable[[Any], bool]) -> Callable[[Any, attrs.Attribute, Any], None]:
+def option(expected: str, test: Callable[[object], bool]) -> _Validator:
     """An attrs validator raising "option 'x' must be <expected>, got <value>" unless ``test(value)``."""
 
-    def validator(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    def validator(_inst: object, attribute: attrs.Attribute, value: object) -> None:
         if not test(value):
             raise ValueError(f"option {attribute.name!r} must be {expected}, got {value!r}")
 
     return validator
 
 
-def one_of(*choices: Any) -> Callable[[Any, attrs.Attribute, Any], None]:
+def one_of(*choices: object) -> _Validator:
     """An attrs validator accepting exactly one of ``choices``."""
     return option(f"one of {list(choices)}", lambda v: v in choices)
 
@@ -41,7 +44,7 @@ is_bool = option("true or false", lambda v: isinstance(v, bool))
 modality_name = option("a modality name (an identifier)", lambda v: isinstance(v, str) and v.isidentifier())
 
 
-def optional_names(value: Any) -> tuple[str, ...] | None:
+def optional_names(value: object) -> tuple[str, ...] | None:
     """An attrs converter for optional display names: None, or a list of non-empty str kept as a tuple (so the
     frozen Config stays hashable; ``attrs.asdict`` gives a list back). Anything else is a ValueError."""
     if value is None:

@@ -3,7 +3,7 @@ each problem it had (PluginRecord), and the messages that explain a clash."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 
@@ -112,7 +112,7 @@ class PluginRecord:
         body = "\n".join("    " + line for line in (self.error or "").splitlines())
         return f"{subject} failed:\n{body}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """A JSON-representable dict (the ``--json`` form of ``mtd plugins list``)."""
         out = attrs.asdict(self)
         out["roles"] = list(self.roles)
@@ -125,7 +125,7 @@ class Provision:
 
     what: str
     name: str
-    obj: Any
+    obj: object
     info: PluginInfo
     roles: tuple[str, ...] = ()
 

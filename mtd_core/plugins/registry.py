@@ -53,8 +53,10 @@ from mtd_core.plugins.records import (
     record,
     shadowed_message,
 )
+from mtd_core.types import ConfigMapping, Factory
 
 if TYPE_CHECKING:
+    from mtd_core.data.splits import DatasetSplits
     from mtd_core.sampling.base import Sampler
 
 __all__ = ["BLOCK_ENV", "BUILTIN_DISTRIBUTION", "ENTRY_POINT_GROUP", "HOOKS", "PluginInfo", "PluginRecord", "Registry",
@@ -88,7 +90,7 @@ class Registry:
         self._loaded = False
         self._provisions: list[Provision] = []
         self._problems: list[PluginRecord] = []
-        self._tables: dict[str, dict[str, Any]] = {what: {} for what in HOOKS}
+        self._tables: dict[str, dict[str, object]] = {what: {} for what in HOOKS}
         self._conflicts: dict[tuple[str, str], list[PluginInfo]] = {}
         self._shadowed: dict[tuple[str, str], PluginInfo] = {}  # (what, name) -> the built-in that keeps it
         self._blocked_unmatched: list[str] = []
@@ -167,7 +169,7 @@ class Registry:
                 self._conflicts[(what, name)] = [p.info for p in provs]
 
     # -- explicit registration --------------------------------------------------------------------
-    def register(self, obj: Any, name: str | None = None) -> str:
+    def register(self, obj: object, name: str | None = None) -> str:
         """Register a plugin object or module (with ``@hookimpl`` functions), or a Modality subclass directly.
 
         Meant for notebooks and tests; unlike entry-point loading it raises :class:`PluginError` on any problem
@@ -277,7 +279,7 @@ class Registry:
         """The registered metric names."""
         return self.names("metric")
 
-    def get(self, what: str, name: str) -> Any:
+    def get(self, what: str, name: str) -> Any:  # Any: its type depends on `what`; the typed getters below say it
         """The object registered for ``what`` under ``name``.
 
         Raises:
@@ -300,7 +302,7 @@ class Registry:
             lines += [indent(r.message()) for r in related]
         raise ConfigError("\n".join(lines))
 
-    def table(self, what: str) -> dict[str, Any]:
+    def table(self, what: str) -> dict[str, Any]:  # Any: as for get(); the caller knows which table it reads
         """Everything registered for ``what``, by name (a copy): the kinds a schedule or transform config may name."""
         self.names(what)  # checks ``what`` and loads
         with self._lock:
@@ -318,7 +320,7 @@ class Registry:
         """The Modality subclass registered under ``kind`` (see :meth:`get` for the errors)."""
         return self.get("modality", kind)
 
-    def build_modality(self, config: Mapping[str, Any]) -> Modality:
+    def build_modality(self, config: ConfigMapping) -> Modality:
         """Build a modality from its config dict (``Modality.to_config`` output): the ``kind`` key picks the class.
 
         Raises:
@@ -333,15 +335,15 @@ class Registry:
                               f"expected one of {self.modality_kinds()}")
         return self.modality_class(config["kind"]).from_config(config)
 
-    def dataset(self, name: str) -> Callable[..., Any]:
+    def dataset(self, name: str) -> Callable[..., DatasetSplits]:
         """The dataset factory registered under ``name`` (see :meth:`get` for the errors)."""
         return self.get("dataset", name)
 
-    def backbone(self, name: str) -> Callable[..., Any]:
+    def backbone(self, name: str) -> Factory:
         """The backbone factory registered under ``name`` (see :meth:`get` for the errors)."""
         return self.get("backbone", name)
 
-    def metric(self, name: str) -> Callable[..., Any]:
+    def metric(self, name: str) -> Callable[..., Mapping[str, float]]:
         """The metric registered under ``name`` (see :meth:`get` for the errors)."""
         return self.get("metric", name)
 

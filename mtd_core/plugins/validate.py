@@ -34,6 +34,7 @@ from mtd_core.plugins.options import (
     positive_int,
     unit_interval,
 )
+from mtd_core.types import BatchValue, ConfigMapping, Prediction
 
 T = TypeVar("T")
 
@@ -93,22 +94,22 @@ class _Checker:
     def ok(self, check: str) -> None:
         self.checks.append(f"{self.who}: {check}")
 
-    def expect(self, check: str, cond: bool, expected: str, got: Any) -> None:
+    def expect(self, check: str, cond: bool, expected: str, got: object) -> None:
         """Record ``check`` as passed when ``cond``, else a problem "expected ..., got ..." and _Failed."""
         if not cond:
             raise self.fail(check, f"expected {expected}, got {got}")
         self.ok(check)
 
 
-def _shape(x: Any) -> Any:
+def _shape(x: object) -> tuple[int, ...] | str:
     return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
-def _finite(x: Any) -> bool:
+def _finite(x: object) -> bool:
     return isinstance(x, torch.Tensor) and bool(torch.isfinite(x.detach().float()).all())
 
 
-def _static_checks(cls: Any, c: _Checker) -> None:
+def _static_checks(cls: object, c: _Checker) -> None:
     """Class-level contract: a concrete Modality subclass with a kind, roles, head_input and an attrs Config."""
     if not (inspect.isclass(cls) and issubclass(cls, Modality)):
         raise c.fail("class", f"expected a subclass of mtd_core.modality.Modality, got {cls!r}")
@@ -131,7 +132,7 @@ def _static_checks(cls: Any, c: _Checker) -> None:
              f"undocumented {undocumented}")
 
 
-def _float32(c: _Checker, check: str, t: Any, shape: tuple[int, ...]) -> None:
+def _float32(c: _Checker, check: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
     """A network output: a float32 CPU tensor of ``shape`` with finite values (validation runs on the CPU; a float64
     encoder would otherwise pass here and fail in the backbone's first convolution)."""
     c.expect(f"{check} shape", isinstance(t, torch.Tensor) and tuple(t.shape) == shape, f"shape {shape}", _shape(t))
@@ -150,12 +151,12 @@ class _Case:
     B: int
     gen: torch.Generator
     c: _Checker
-    x: Any = None
-    encoder: Any = None
-    head: Any = None
+    x: BatchValue = None
+    encoder: Any = None  # Any: None until _check_networks has checked the nn.Module it sets
+    head: Any = None  # Any: None, or the nn.Module _check_networks has checked
 
 
-def _role_checks(cls: type[Modality], role: Role, options: Mapping[str, Any], latent: LatentSpec,
+def _role_checks(cls: type[Modality], role: Role, options: ConfigMapping, latent: LatentSpec,
                  features: FeatureSpec, batch_size: int, seed: int, c: _Checker) -> None:
     """Build the modality in ``role`` and exercise data, networks, loss, gradients, sampling and round-trips."""
     m = c.run("construct", lambda: cls(**{"role": role, **options}))
@@ -225,7 +226,7 @@ def _check_networks(case: _Case) -> None:
                  type(case.head).__name__)
 
 
-def _predict(case: _Case) -> tuple[Any, torch.Tensor | None]:
+def _predict(case: _Case) -> tuple[Prediction, torch.Tensor | None]:
     """The head's prediction from random backbone features (a random BasePrediction without a head), and the leaf
     tensor the loss gradient is checked on when there is no head."""
     B, gen, (C, H, W) = case.B, case.gen, case.latent.shape
@@ -239,7 +240,7 @@ def _predict(case: _Case) -> tuple[Any, torch.Tensor | None]:
     return case.c.run("head forward", lambda: case.head(features)), None
 
 
-def _check_prediction(case: _Case) -> tuple[Any, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _check_prediction(case: _Case) -> tuple[Prediction, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
     """encode, the head's prediction, loss and predicted_encoding: shapes, float32 on the input's device, finite."""
     m, c, B, latent = case.m, case.c, case.B, case.latent
     z = c.run("encode", lambda: m.encode(case.encoder, case.x))
@@ -321,7 +322,7 @@ def _check_assets(case: _Case, m2: Modality, z: torch.Tensor) -> None:
              "the same encoding from the modality rebuilt from its config and assets", "a different encoding")
 
 
-def validate_modality(cls: type[Modality], options: Mapping[str, Any] | None = None, *,
+def validate_modality(cls: type[Modality], options: ConfigMapping | None = None, *,
                       latent: LatentSpec = DEFAULT_LATENT, features: FeatureSpec = DEFAULT_FEATURES,
                       batch_size: int = 4, seed: int = 0) -> ValidationReport:
     """Exercise ``cls``'s contract in each role it supports and report every problem found.

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 import torch
 from tqdm.auto import tqdm
 
 from mtd_core.diffusion.forward import ForwardProcess
+from mtd_core.types import Prediction
 
 
 @attrs.frozen
@@ -41,7 +42,7 @@ class StepPrediction:
     eps: torch.Tensor
     z0: torch.Tensor
     enc: dict[str, torch.Tensor]
-    preds: dict[str, Any]
+    preds: dict[str, Prediction]
     z_t: torch.Tensor | None = None
 
 
@@ -138,7 +139,7 @@ class Sampler:
         params = inspect.signature(self.fn).parameters.values()
         return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in shared]
 
-    def __call__(self, denoise: StepDenoiser, z: torch.Tensor, fp: ForwardProcess, **kwargs: Any) -> SamplerOutput:
+    def __call__(self, denoise: StepDenoiser, z: torch.Tensor, fp: ForwardProcess, **kwargs: object) -> SamplerOutput:
         return self.fn(denoise, z, fp, **kwargs)
 
 

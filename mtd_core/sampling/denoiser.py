@@ -4,7 +4,7 @@ step's prediction (the base estimate, the predicted or observed encodings, guida
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +14,7 @@ from mtd_core.modality import Modality
 from mtd_core.sampling.base import StepPrediction
 from mtd_core.sampling.estimate import BaseEstimate, BaseRange
 from mtd_core.sampling.guidance import guided_eps
+from mtd_core.types import Prediction
 
 if TYPE_CHECKING:
     from mtd_core.model import MultiTaskModel
@@ -75,7 +76,7 @@ class ModelDenoiser:
                 raise ConfigError(f"generate: exact conditioning needs the observed data of {missing}")
             self.terms += [(model.taskset[n], data[n], 1.0) for n in self.observed]
 
-    def _encodings(self, preds: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def _encodings(self, preds: Mapping[str, Prediction]) -> dict[str, torch.Tensor]:
         """The posterior-mean encodings of the given predictions, tempered where asked."""
         tempered = {n: self.model.taskset[n].temper(p, self.temperature[n]) if n in self.temperature else p
                     for n, p in preds.items()}

@@ -57,6 +57,7 @@ from mtd_core.sampling.options import (
     sampling_options,
 )
 from mtd_core.sampling.readout import read_ts, readout
+from mtd_core.types import Batch, BatchValue, ConfigDict, ConfigValue, Prediction
 
 if TYPE_CHECKING:
     from mtd_core.model import MultiTaskModel
@@ -76,8 +77,8 @@ class GenerationOutput:
         nfe: network evaluations per sample (the sampler's, or the read-out's).
     """
 
-    samples: dict[str, Any]
-    predictions: dict[str, Any]
+    samples: Batch
+    predictions: dict[str, Prediction]
     mode: str
     nfe: int = 0
 
@@ -85,7 +86,7 @@ class GenerationOutput:
 def generate(
     model: MultiTaskModel,
     n: int | None = None,
-    given: Mapping[str, Any] | None = None,
+    given: Mapping[str, BatchValue] | None = None,
     *,
     guidance: GuidanceConfig | None = None,
     generator: torch.Generator | None = None,
@@ -94,7 +95,7 @@ def generate(
     device: torch.device | str | None = None,
     registry: Registry | None = None,
     options: SamplingOptions | None = None,
-    **sampling: Any,
+    **sampling: ConfigValue,
 ) -> GenerationOutput:
     """Generate every modality not in ``given`` (see the module docstring for the three modes).
 
@@ -154,7 +155,7 @@ class _Plan:
     guide: list[GuideTerm]
 
 
-def _plan(model: MultiTaskModel, given: dict[str, Any], n: int | None, generator: torch.Generator | None,
+def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.Generator | None,
           o: SamplingOptions, guidance: GuidanceConfig | None, dev: torch.device) -> _Plan:
     """Check generate()'s options against each other and the task set: the mode, the observed data, the base
     estimate, the modalities committed first, the temperatures and the guidance terms."""
@@ -189,7 +190,7 @@ def _plan(model: MultiTaskModel, given: dict[str, Any], n: int | None, generator
 
 
 def _denoiser_args(model: MultiTaskModel, plan: _Plan, observed: dict[str, torch.Tensor], conditioning: str,
-                   dev: torch.device) -> dict[str, Any]:
+                   dev: torch.device) -> dict[str, Any]:  # Any: ModelDenoiser's keywords (several types)
     """The keyword arguments of every step's ModelDenoiser (the guidance targets' encodings included)."""
     targets: dict[str, torch.Tensor] = {}
     for gm, target, scale in plan.guide:
@@ -200,10 +201,10 @@ def _denoiser_args(model: MultiTaskModel, plan: _Plan, observed: dict[str, torch
             "observed_data": {k: v.to(dev) for k, v in plan.data.items()}}
 
 
-def _samples(model: MultiTaskModel, given: dict[str, Any], mode: str, committed: dict[str, torch.Tensor], z0: torch.Tensor,
-             predictions: dict[str, Any], generator: torch.Generator | None) -> dict[str, Any]:
+def _samples(model: MultiTaskModel, given: Batch, mode: str, committed: dict[str, torch.Tensor], z0: torch.Tensor,
+             predictions: dict[str, Prediction], generator: torch.Generator | None) -> Batch:
     """Every modality's samples: the given data as given, committed draws, the decoded base, the heads' reads."""
-    samples: dict[str, Any] = {}
+    samples: Batch = {}
     for name, m in model.taskset.modalities.items():
         if name in given:
             samples[name] = given[name]
@@ -218,7 +219,7 @@ def _samples(model: MultiTaskModel, given: dict[str, Any], mode: str, committed:
     return samples
 
 
-def _check_device(model: MultiTaskModel, given: dict[str, Any], device: torch.device | str | None) -> torch.device:
+def _check_device(model: MultiTaskModel, given: Batch, device: torch.device | str | None) -> torch.device:
     """Reject unknown modalities and a device the model is not on; return the sampling device."""
     modalities = model.taskset.modalities
     for name in given:
@@ -232,7 +233,7 @@ def _check_device(model: MultiTaskModel, given: dict[str, Any], device: torch.de
     return dev
 
 
-def _check_sampler(o: SamplingOptions, registry: Registry | None) -> tuple[Sampler, int, dict[str, Any]]:
+def _check_sampler(o: SamplingOptions, registry: Registry | None) -> tuple[Sampler, int, ConfigDict]:
     """The sampler spec, its number of steps and its options, after checking every one of them."""
     name, steps, nfe, eta, variance, sampler_options = o.sampler, o.steps, o.nfe, o.eta, o.variance, o.sampler_options
     if registry is None:
@@ -268,7 +269,7 @@ def _check_sampler(o: SamplingOptions, registry: Registry | None) -> tuple[Sampl
     return spec, steps, options
 
 
-def _check_temperature(modalities: dict[str, Modality], given: dict[str, Any], mode: str,
+def _check_temperature(modalities: dict[str, Modality], given: Batch, mode: str,
                        temperature: Mapping[str, float] | None) -> dict[str, float]:
     """The encoding temperatures, checked: generated aggregated modalities that support one, values in (0, inf)."""
     temperature = dict(temperature or {})
@@ -288,7 +289,7 @@ def _check_temperature(modalities: dict[str, Modality], given: dict[str, Any], m
     return {n: float(t) for n, t in temperature.items()}
 
 
-def _observed_data(modalities: dict[str, Modality], given: dict[str, Any], n: int | None,
+def _observed_data(modalities: dict[str, Modality], given: Batch, n: int | None,
                    generator: torch.Generator | None) -> tuple[dict[str, torch.Tensor], int]:
     """The given data as tensors (raw values such as caption strings go through the modality's ``derive``) and
     the batch size, checked against ``n``."""
@@ -318,9 +319,10 @@ def _observed_data(modalities: dict[str, Modality], given: dict[str, Any], n: in
 
 
 def _reverse(model: MultiTaskModel, B: int, observed: dict[str, torch.Tensor], spec: Sampler, steps: int, spacing: str,
-             options: dict[str, Any], denoiser_args: dict[str, Any], generator: torch.Generator | None,
-             callback: Callback | None, progress: bool, dev: torch.device, commit: Sequence[str] = ()
-             ) -> tuple[torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]:
+             options: ConfigDict, denoiser_args: dict[str, Any],  # Any: ModelDenoiser's keywords (several types)
+             generator: torch.Generator | None, callback: Callback | None, progress: bool, dev: torch.device,
+             commit: Sequence[str] = ()
+             ) -> tuple[torch.Tensor, dict[str, Prediction], dict[str, torch.Tensor]]:
     """Joint or conditional generation: the sampler from z_K down to z_0 on the respaced process. The modalities of
     ``commit`` are first drawn from their heads at z_K and then treated as observed (returned as the third value)."""
     full = model.forward_process

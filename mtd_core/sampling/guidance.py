@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
 
 from mtd_core.errors import ConfigError, closest
 from mtd_core.modality import Modality, Role
+from mtd_core.types import Prediction
 
 if TYPE_CHECKING:
     from mtd_core.model import MultiTaskModel
@@ -40,7 +41,7 @@ class GuidanceConfig:
     """
 
     modality: str
-    target: Any
+    target: object
     scale: float = 1.0
 
     def __attrs_post_init__(self) -> None:
@@ -48,7 +49,7 @@ class GuidanceConfig:
             raise ConfigError(f"guidance on {self.modality!r}: scale must be a finite number >= 0, got {self.scale!r}")
 
 
-def resolve_target(m: Modality, target: Any, n: int, device: torch.device) -> torch.Tensor:
+def resolve_target(m: Modality, target: object, n: int, device: torch.device) -> torch.Tensor:
     """The guidance target as a validated batch of ``n`` examples of ``m``'s data on ``device``."""
     spec = m.data_spec()
     x = target if isinstance(target, torch.Tensor) else torch.as_tensor(
@@ -79,7 +80,7 @@ def check_guidance(guidance: GuidanceConfig, modalities: dict[str, Modality]) ->
 
 
 def guided_eps(model: MultiTaskModel, z_t: torch.Tensor, t: torch.Tensor, abar_t: float,
-               terms: Sequence[tuple[Modality, torch.Tensor, float]]) -> tuple[torch.Tensor, dict[str, Any]]:
+               terms: Sequence[tuple[Modality, torch.Tensor, float]]) -> tuple[torch.Tensor, dict[str, Prediction]]:
     """eps_theta guided towards every term's target (see the module docstring) and the heads' (detached)
     predictions.
 

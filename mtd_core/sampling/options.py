@@ -5,11 +5,14 @@ generate() checks the values against the task set and the registry."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 from mtd_core.errors import ConfigError, closest
+
+if TYPE_CHECKING:
+    from mtd_core.types import ConfigMapping
 
 # The defaults of generate() and `mtd sample`, chosen by measurement on Fashion-MNIST validation samples
 # (docs/sampling.md, "Defaults").
@@ -64,7 +67,7 @@ class SamplingOptions:
     nfe: int | None = None
     eta: float = 0.0
     variance: str | None = None
-    sampler_options: Mapping[str, Any] | None = None
+    sampler_options: ConfigMapping | None = None
     spacing: str = DEFAULT_SPACING
     clip: str | None = None
     clip_eps: str = DEFAULT_CLIP_EPS
@@ -75,7 +78,7 @@ class SamplingOptions:
     read_t: float | Sequence[float] = DEFAULT_READ_T
 
 
-def sampling_options(options: SamplingOptions | None, fields: Mapping[str, Any]) -> SamplingOptions:
+def sampling_options(options: SamplingOptions | None, fields: ConfigMapping) -> SamplingOptions:
     """``options``, or a SamplingOptions built from keyword ``fields`` (an unknown name is a ConfigError naming the
     nearest one; giving both is a ConfigError)."""
     if options is not None:

@@ -4,12 +4,13 @@ noise level t = read_t * T (docs/sampling.md, "Read-out"). No reverse process.""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from mtd_core.errors import ConfigError
 from mtd_core.sampling.base import randn_like
+from mtd_core.types import Prediction
 
 if TYPE_CHECKING:
     from mtd_core.model import MultiTaskModel
@@ -24,12 +25,12 @@ def read_ts(read_t: float | Sequence[float], T: int) -> list[int]:
 
 
 def readout(model: MultiTaskModel, z0: torch.Tensor, observed: dict[str, torch.Tensor], read_t: float | Sequence[float],
-             generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, Any]]:
+             generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, Prediction]]:
     """Read the heads of the unobserved modalities from the noised base at t = read_t * T (averaged over several)."""
     fp = model.forward_process
     zeros = {name: torch.zeros_like(z0) for name in fp.names if name not in observed}
     enc = {**zeros, **observed}
-    runs: list[dict[str, Any]] = []
+    runs: list[dict[str, Prediction]] = []
     for t in read_ts(read_t, fp.T):
         tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=z0.device)
         z_t = fp.q_sample(z0, enc, tt, randn_like(z0, generator))

@@ -32,7 +32,6 @@ import shutil
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import attrs
 import torch
@@ -41,7 +40,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from mtd_core.errors import CheckpointError
-from mtd_core.training.state import optimizer_from_parts, optimizer_to_parts
+from mtd_core.training.state import StateDict, optimizer_from_parts, optimizer_to_parts
+from mtd_core.types import ConfigDict, ConfigMapping, ConfigValue
 
 FORMAT = "mtd-checkpoint"
 VERSION = 1
@@ -69,11 +69,11 @@ class Checkpoint:
 
     step: int
     model: dict[str, torch.Tensor]
-    config: dict[str, Any] = attrs.field(factory=dict)
+    config: ConfigDict = attrs.field(factory=dict)
     ema: dict[str, torch.Tensor] | None = None
-    optimizer: dict[str, Any] | None = None
-    rng: dict[str, Any] | None = None
-    trainer: dict[str, Any] = attrs.field(factory=dict)
+    optimizer: StateDict | None = None
+    rng: StateDict | None = None
+    trainer: ConfigDict = attrs.field(factory=dict)
     assets: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
     path: Path | None = None
 
@@ -114,7 +114,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     _fsync_dir(path.parent)
 
 
-def _json_bytes(obj: Any) -> bytes:
+def _json_bytes(obj: object) -> bytes:
     return json.dumps(obj, indent=1, sort_keys=True, allow_nan=True).encode("utf-8")
 
 
@@ -219,7 +219,7 @@ def _write_checkpoint(root: Path, final: Path, tmp: Path, ckpt: Checkpoint) -> N
         files: dict[str, bytes] = {"model.safetensors": _tensors_bytes(ckpt.model)}
         if ckpt.ema is not None:
             files["ema.safetensors"] = _tensors_bytes(ckpt.ema)
-        state: dict[str, Any] = {"format": FORMAT, "version": VERSION, "step": ckpt.step, "trainer": ckpt.trainer}
+        state: ConfigDict = {"format": FORMAT, "version": VERSION, "step": ckpt.step, "trainer": ckpt.trainer}
         if ckpt.optimizer is not None:
             opt_tensors, state["optimizer"] = optimizer_to_parts(ckpt.optimizer)
             files["optimizer.safetensors"] = _tensors_bytes(opt_tensors)
@@ -233,7 +233,7 @@ def _write_checkpoint(root: Path, final: Path, tmp: Path, ckpt: Checkpoint) -> N
                 if not (_SAFE_NAME.match(modality) and _SAFE_NAME.match(name)):
                     raise CheckpointError(f"asset {modality}/{name}: names may hold only letters, digits, '_', '.', '-'")
                 files[f"assets/{modality}/{name}"] = bytes(data)
-        entries: dict[str, dict[str, Any]] = {}
+        entries: dict[str, dict[str, int | str]] = {}
         manifest = {"format": FORMAT, "version": VERSION, "step": ckpt.step, "files": entries}
         for rel, data in files.items():
             target = tmp / rel
@@ -260,7 +260,7 @@ def _write_checkpoint(root: Path, final: Path, tmp: Path, ckpt: Checkpoint) -> N
 
 
 # -- loading ---------------------------------------------------------------------------------------
-def _read_verified(ckpt_dir: Path, rel: str, entry: Mapping[str, Any]) -> bytes:
+def _read_verified(ckpt_dir: Path, rel: str, entry: ConfigMapping) -> bytes:
     path = ckpt_dir / rel
     try:
         data = path.read_bytes()
@@ -275,7 +275,7 @@ def _read_verified(ckpt_dir: Path, rel: str, entry: Mapping[str, Any]) -> bytes:
     return data
 
 
-def _check_entry(mpath: Path, rel: Any, entry: Any) -> None:
+def _check_entry(mpath: Path, rel: object, entry: object) -> None:
     """A manifest entry must name a file inside the checkpoint folder and give its size and SHA-256."""
     parts = rel.split("/") if isinstance(rel, str) else []
     if not parts or any(not _SAFE_NAME.match(p) or p in (".", "..") for p in parts):
@@ -286,7 +286,7 @@ def _check_entry(mpath: Path, rel: Any, entry: Any) -> None:
                               f"'sha256', got {entry!r:.80}")
 
 
-def _json(ckpt_dir: Path, rel: str, data: bytes) -> Any:
+def _json(ckpt_dir: Path, rel: str, data: bytes) -> ConfigValue:
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -300,7 +300,7 @@ def _tensors(ckpt_dir: Path, rel: str, data: bytes) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{ckpt_dir / rel}: not a valid safetensors file: {e}") from None
 
 
-def _read_manifest(mpath: Path) -> dict[str, Any]:
+def _read_manifest(mpath: Path) -> dict[str, ConfigDict]:
     """The manifest's file table, after checking the manifest's format, version and every entry."""
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
@@ -314,7 +314,7 @@ def _read_manifest(mpath: Path) -> dict[str, Any]:
     if version > VERSION:
         raise CheckpointError(f"{mpath}: checkpoint format version {version} is newer than this mtd "
                               f"supports ({VERSION}); upgrade mtd")
-    files: dict[str, Any] = manifest["files"]
+    files: dict[str, ConfigDict] = manifest["files"]
     for rel, entry in files.items():
         _check_entry(mpath, rel, entry)
     for required in ("model.safetensors", "state.json", "config.json"):

@@ -12,15 +12,16 @@ in) is what ``mtd config show`` prints and what every checkpoint stores.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 from mtd_core.diffusion.loss import LOSS_KINDS
 from mtd_core.errors import ConfigError, MTDError, closest
 from mtd_core.tomlio import TOMLDecodeError, loads_toml, plain, read_toml
+from mtd_core.types import ConfigDict, ConfigMapping, ConfigValue
 
 if TYPE_CHECKING:
     from mtd_core.plugins.registry import Registry
@@ -28,17 +29,20 @@ if TYPE_CHECKING:
 SECTIONS = ("dataset", "taskset", "backbone", "trainer")
 LR_SCHEDULES = ("constant", "cosine")
 
+_Validator = Callable[[object, attrs.Attribute, object], None]
+"""An attrs validator: (instance, attribute, value) -> None, raising a ConfigError for a bad value."""
 
-def _int(name: str, low: int) -> Any:
+
+def _int(name: str, low: int) -> _Validator:
     """A validator: an integer (not a bool, not a float such as 2.5) of at least ``low``."""
-    def check(_: Any, __: Any, value: Any) -> None:
+    def check(_: object, __: attrs.Attribute, value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             what = "a positive integer" if low == 1 else f"an integer >= {low}"
             raise ConfigError(f"trainer.{name} must be {what}, got {value!r}")
     return check
 
 
-def _in_range(name: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False) -> float:
+def _in_range(name: str, value: object, low: float, high: float = math.inf, *, low_open: bool = False) -> float:
     """``value`` as a float when it is a finite number in [low, high) (or (low, high) with ``low_open``), else a
     ConfigError naming the key and the accepted range."""
     v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
@@ -48,40 +52,40 @@ def _in_range(name: str, value: Any, low: float, high: float = math.inf, *, low_
     return v
 
 
-def _to_float(value: Any) -> Any:
+def _to_float(value: object) -> object:
     """A converter: an int (not a bool) as a float; anything else is left for the validator to name."""
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def _float(name: str, low: float, high: float = math.inf, *, low_open: bool = False) -> Any:
+def _float(name: str, low: float, high: float = math.inf, *, low_open: bool = False) -> _Validator:
     """A validator: a finite float in [low, high) (or (low, high) with ``low_open``)."""
-    def check(_: Any, __: Any, value: Any) -> None:
+    def check(_: object, __: attrs.Attribute, value: object) -> None:
         _in_range(name, value, low, high, low_open=low_open)
     return check
 
 
-def _bool(name: str) -> Any:
-    def check(_: Any, __: Any, value: Any) -> None:
+def _bool(name: str) -> _Validator:
+    def check(_: object, __: attrs.Attribute, value: object) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"trainer.{name} must be true or false, got {value!r}")
     return check
 
 
-def _non_empty_str(name: str) -> Any:
-    def check(_: Any, __: Any, value: Any) -> None:
+def _non_empty_str(name: str) -> _Validator:
+    def check(_: object, __: attrs.Attribute, value: object) -> None:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"trainer.{name} must be a non-empty string, got {value!r}")
     return check
 
 
-def _one_of(name: str, options: Sequence[str]) -> Any:
-    def check(_: Any, __: Any, value: Any) -> None:
+def _one_of(name: str, options: Sequence[str]) -> _Validator:
+    def check(_: object, __: attrs.Attribute, value: object) -> None:
         if value not in options:
             raise ConfigError(f"trainer.{name} must be one of {list(options)}, got {value!r}{closest(str(value), options)}")
     return check
 
 
-def _betas(value: Any) -> tuple[float, float]:
+def _betas(value: object) -> tuple[float, float]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
         raise ConfigError(f"trainer.betas must be two numbers in [0, 1), got {value!r}")
     return _in_range("betas", value[0], 0.0, 1.0), _in_range("betas", value[1], 0.0, 1.0)
@@ -143,14 +147,14 @@ class TrainConfig:
     keep_last: int = attrs.field(default=3, validator=_int("keep_last", 0))
     progress: bool = attrs.field(default=True, validator=_bool("progress"))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ConfigDict:
         """A plain dict (lists for tuples); :meth:`from_dict` inverts it."""
         d = attrs.asdict(self)
         d["betas"] = list(self.betas)
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+    def from_dict(cls, d: ConfigMapping) -> TrainConfig:
         """From the ``[trainer]`` table; unknown keys are ConfigErrors naming the nearest valid key."""
         fields = [f.name for f in attrs.fields(cls)]
         for key in d:
@@ -179,18 +183,18 @@ class RunConfig:
         trainer: the ``[trainer]`` table.
     """
 
-    dataset: dict[str, Any] = attrs.field(factory=lambda: {"name": "digits"})
-    taskset: dict[str, Any] = attrs.field(factory=dict)
-    backbone: dict[str, Any] = attrs.field(factory=lambda: {"name": "unet"})
+    dataset: ConfigDict = attrs.field(factory=lambda: {"name": "digits"})
+    taskset: ConfigDict = attrs.field(factory=dict)
+    backbone: ConfigDict = attrs.field(factory=lambda: {"name": "unet"})
     trainer: TrainConfig = attrs.field(factory=TrainConfig)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ConfigDict:
         """Plain nested dicts; :meth:`from_dict` inverts it."""
         return {"dataset": dict(self.dataset), "taskset": dict(self.taskset), "backbone": dict(self.backbone),
                 "trainer": self.trainer.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+    def from_dict(cls, d: ConfigMapping) -> RunConfig:
         """From a parsed TOML document; unknown tables are ConfigErrors with the nearest valid name."""
         for key in d:
             if key not in SECTIONS:
@@ -209,7 +213,7 @@ class RunConfig:
 
 
 # -- reading TOML and applying --set --------------------------------------------------------------------
-def parse_value(text: str) -> Any:
+def parse_value(text: str) -> ConfigValue:
     """A ``--set`` value: parsed as a TOML value (numbers, booleans, strings in quotes, [lists], {tables});
     anything that is not valid TOML is taken as a bare string (so ``dataset.name=npz`` works)."""
     try:
@@ -218,7 +222,7 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_override(config: dict[str, Any], assignment: str) -> None:
+def apply_override(config: ConfigDict, assignment: str) -> None:
     """Apply one ``key.path=value`` to nested dicts/lists in place (list items by index: taskset.modalities.1.x)."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. trainer.steps=100")
@@ -229,7 +233,7 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
     if keys[0] not in SECTIONS:
         raise ConfigError(f"--set {assignment!r}: the key must start with a table name {list(SECTIONS)}"
                           f"{closest(keys[0], SECTIONS)}")
-    node: Any = config
+    node: ConfigValue = config
     for i, k in enumerate(keys[:-1]):
         where = ".".join(keys[: i + 1])
         if isinstance(node, list):
@@ -297,7 +301,7 @@ def resolve_config(config: RunConfig, registry: Registry | None = None) -> RunCo
     return RunConfig(dataset=plain(dataset), taskset=taskset, backbone=backbone, trainer=config.trainer)
 
 
-def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def config_diff(a: object, b: object, prefix: str = "") -> list[str]:
     """Dotted keys where two plain configs differ (for resume checks)."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         out = []

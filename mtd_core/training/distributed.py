@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TypeVar
 
 import attrs
 import torch
 import torch.distributed as dist
 
 from mtd_core.errors import ConfigError
+
+_J = TypeVar("_J")  # a JSON-representable value
 
 
 @attrs.frozen
@@ -73,7 +75,7 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
-    def broadcast_json(self, obj: Any) -> Any:
+    def broadcast_json(self, obj: _J) -> _J:
         """Rank 0's ``obj`` (JSON-representable) on every rank."""
         if not self.enabled:
             return obj
@@ -91,7 +93,7 @@ class DistContext:
         """Where collective buffers live: the local GPU under nccl, else the CPU."""
         return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
 
-    def check_same(self, what: str, obj: Any) -> None:
+    def check_same(self, what: str, obj: object) -> None:
         """Raise a ConfigError on every rank whose ``obj`` differs from rank 0's (e.g. the resolved config)."""
         if not self.enabled:
             return

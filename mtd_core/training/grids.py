@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import numpy as np
@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mtd_core.modality import Modality
 from mtd_core.training.checkpoint import write_atomic
+from mtd_core.types import BatchValue
 
 if TYPE_CHECKING:
     from mtd_core.taskset import TaskSet
@@ -54,7 +55,8 @@ def _to_pil(x: torch.Tensor, scale: int) -> Image.Image:
     return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
 
 
-def _wrap(text: str, width: int, draw: ImageDraw.ImageDraw, font: Any) -> list[str]:
+def _wrap(text: str, width: int, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.FreeTypeFont
+          ) -> list[str]:
     """Split ``text`` into lines no wider than ``width`` pixels (a word longer than that gets its own line)."""
     lines: list[str] = []
     for word in text.split():
@@ -136,7 +138,7 @@ def class_names_for(modality: Modality, dataset_names: Sequence[str] | None = No
     return None
 
 
-def sample_cells(taskset: TaskSet, samples: Mapping[str, Any], class_names: Sequence[str] | None = None,
+def sample_cells(taskset: TaskSet, samples: Mapping[str, BatchValue], class_names: Sequence[str] | None = None,
                  prefix: Mapping[str, str] | None = None) -> list[GridCell]:
     """Grid cells for generated (or real) samples of a task set: image-like modalities (float (B, C, H, W) with
     C in {1, 3}) drawn side by side, base first; labels and captions as text (``prefix``: e.g. {"label": "y="})."""

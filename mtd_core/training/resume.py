@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from mtd_core.errors import CheckpointError
 from mtd_core.training.checkpoint import Checkpoint, write_atomic
 from mtd_core.training.config import TrainConfig, config_diff
+from mtd_core.types import ConfigMapping
 
 
-def check_resumable(ckpt: Checkpoint, model_config: Mapping[str, Any], config: TrainConfig,
-                    run_config: Mapping[str, Any]) -> None:
+def check_resumable(ckpt: Checkpoint, model_config: ConfigMapping, config: TrainConfig,
+                    run_config: ConfigMapping) -> None:
     """Raise CheckpointError naming the first differences when ``ckpt`` is not a checkpoint of this run."""
     saved_model = ckpt.config.get("model")
     now_model = json.loads(json.dumps(model_config))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import torch
@@ -24,10 +24,12 @@ from mtd_core.data.splits import ArrayDataset
 from mtd_core.errors import CheckpointError, MTDError
 from mtd_core.training.checkpoint import Checkpoint, find_checkpoint, load_checkpoint
 from mtd_core.training.config import RunConfig, resolve_config
+from mtd_core.types import Batch, ConfigDict
 
 if TYPE_CHECKING:
     from mtd_core.model import MultiTaskModel
     from mtd_core.plugins.registry import Registry
+    from mtd_core.taskset import TaskSet
 
 FIT_EXAMPLES = 4096  # examples shown to Modality.fit (e.g. to train a tokenizer)
 FIT_BATCH = 256
@@ -49,12 +51,12 @@ class Run:
     model: MultiTaskModel
 
     @property
-    def taskset(self) -> Any:
+    def taskset(self) -> TaskSet:
         """The model's task set."""
         return self.model.taskset
 
 
-def fit_batches(data: LoadedData, limit: int = FIT_EXAMPLES, batch: int = FIT_BATCH) -> Iterator[dict[str, Any]]:
+def fit_batches(data: LoadedData, limit: int = FIT_EXAMPLES, batch: int = FIT_BATCH) -> Iterator[Batch]:
     """Training batches (transformed, not derived) for ``Modality.fit``: the first ``limit`` examples."""
     n = min(limit, len(data.splits.train))
     for start in range(0, n, batch):
@@ -87,7 +89,7 @@ def build_run(config: RunConfig, registry: Registry | None = None, *, check_data
         for split in (data.splits.train, data.splits.test):
             if isinstance(split, ArrayDataset):
                 check_against_taskset(taskset, split.fields, split.source, split.where)
-    batches: list[dict[str, Any]] | None = None
+    batches: list[Batch] | None = None
     for name, m in taskset.modalities.items():
         if assets and name in assets:
             m.load_assets(assets[name])
@@ -126,12 +128,12 @@ class LoadedRun:
         return self.checkpoint.step
 
     @property
-    def dataset_info(self) -> dict[str, Any]:
+    def dataset_info(self) -> ConfigDict:
         """The training dataset's info (class names, sizes, ...)."""
         return dict(self.checkpoint.config.get("dataset_info") or {})
 
 
-def _with_aux_channels(model_config: dict[str, Any]) -> dict[str, Any]:
+def _with_aux_channels(model_config: ConfigDict) -> ConfigDict:
     """The model config of a checkpoint with the task set's ``aux_channels`` made explicit.
 
     Every task set with a base and aggregated modalities writes ``aux_channels`` into its config; one without it
@@ -197,6 +199,6 @@ def load_run_data(loaded: LoadedRun, registry: Registry | None = None) -> Loaded
     return load_dataset(loaded.run_config.dataset, registry)
 
 
-def dumps_json(obj: Any) -> str:
+def dumps_json(obj: object) -> str:
     """Indented JSON for reports and ``--json`` outputs."""
     return json.dumps(obj, indent=2, sort_keys=False, default=str)

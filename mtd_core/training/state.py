@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 
+from mtd_core.types import ConfigDict, ConfigMapping
 
-def optimizer_to_parts(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+StateDict: TypeAlias = dict[str, Any]  # Any: torch's own type of a state_dict(): tensors and JSON values, nested
+"""An optimizer's ``state_dict()``, or the RNG states of :func:`capture_rng_state`: tensors and JSON values."""
+
+
+def optimizer_to_parts(state: StateDict) -> tuple[dict[str, torch.Tensor], ConfigDict]:
     """Split an optimizer ``state_dict()`` into tensors (for safetensors) and a JSON-representable rest."""
     tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
+    scalars: dict[str, ConfigDict] = {}
     for pid, st in state["state"].items():
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
@@ -24,9 +29,9 @@ def optimizer_to_parts(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor
     return tensors, {"scalars": scalars, "param_groups": groups}
 
 
-def optimizer_from_parts(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+def optimizer_from_parts(tensors: Mapping[str, torch.Tensor], meta: ConfigMapping) -> StateDict:
     """Inverse of :func:`optimizer_to_parts`."""
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[int, dict[str, object]] = {}
     for key, v in tensors.items():
         _, pid, name = key.split(".", 2)
         state.setdefault(int(pid), {})[name] = v
@@ -36,7 +41,7 @@ def optimizer_from_parts(tensors: Mapping[str, torch.Tensor], meta: Mapping[str,
     return {"state": state, "param_groups": groups}
 
 
-def capture_rng_state() -> dict[str, Any]:
+def capture_rng_state() -> StateDict:
     """The global RNG states: torch CPU (and every CUDA device, if initialised), python ``random``, numpy."""
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -49,7 +54,7 @@ def capture_rng_state() -> dict[str, Any]:
     return {"tensors": tensors, "python": [version, list(internal), gauss], "numpy": np_json}
 
 
-def restore_rng_state(rng: Mapping[str, Any]) -> None:
+def restore_rng_state(rng: StateDict) -> None:
     """Restore what :func:`capture_rng_state` returned (CUDA states only for devices that exist)."""
     tensors = rng.get("tensors", {})
     if "torch_cpu" in tensors:

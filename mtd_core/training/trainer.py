@@ -20,9 +20,9 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import torch
@@ -51,8 +51,22 @@ from mtd_core.training.guard import check_parameters, diverged
 from mtd_core.training.resume import check_resumable, trim_metrics
 from mtd_core.training.state import capture_rng_state, restore_rng_state
 from mtd_core.training.step import backward_and_clip, lr_at, mix_seed
+from mtd_core.types import ConfigDict, ConfigMapping
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 BAR_EVERY = 10  # steps between progress-bar text updates
+
+
+class _ProgressBar(Protocol):
+    """What the trainer uses of a tqdm bar (tqdm has no type hints)."""
+
+    def update(self, n: float = 1) -> object: ...
+
+    def set_postfix(self, *, refresh: bool = True, **kwargs: str) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @attrs.frozen
@@ -105,7 +119,7 @@ class Trainer:
     """
 
     def __init__(self, model: MultiTaskModel, data: LoadedData | DatasetSplits, config: TrainConfig,
-                 out_dir: str | Path, *, run_config: Mapping[str, Any] | None = None, resume: bool = False,
+                 out_dir: str | Path, *, run_config: ConfigMapping | None = None, resume: bool = False,
                  dist: DistContext | None = None, class_names: list[str] | None = None) -> None:
         self.config = config
         self.dist = dist or DistContext()
@@ -145,7 +159,7 @@ class Trainer:
             self.loss_module = self._wrap_ddp()
 
     # -- setup -----------------------------------------------------------------------------------------
-    def _checkpoint_config(self) -> dict[str, Any]:
+    def _checkpoint_config(self) -> ConfigDict:
         return {"model": self.model.config(), "run": self.run_config,
                 "dataset_info": self.data.info, "world_size": self.dist.world_size}
 
@@ -303,12 +317,12 @@ class Trainer:
         """Stop after the current step with a checkpoint (what SIGINT/SIGTERM do)."""
         self._stop = reason
 
-    def _install_signal_handlers(self) -> Any:
+    def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
-        def handler(signum: int, frame: Any) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
             name = signal.Signals(signum).name
             if self._stop is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # second Ctrl-C: abort without waiting
@@ -324,14 +338,14 @@ class Trainer:
                 signal.signal(s, h)
         return restore
 
-    def _progress_bar(self, target: int) -> Any:
+    def _progress_bar(self, target: int) -> _ProgressBar | None:
         if not (self.config.progress and self.dist.is_main) or self.step >= target:
             return None
         from tqdm.auto import tqdm
 
         return tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
 
-    def _log(self, out: LossOutput, grad_norm: float, rate: float, elapsed: float, bar: Any) -> None:
+    def _log(self, out: LossOutput, grad_norm: float, rate: float, elapsed: float, bar: _ProgressBar | None) -> None:
         values = {"loss": float(out.loss.detach()), **{f"loss_{k}": v for k, v in out.terms.items()},
                   "grad_norm": grad_norm}
         values = self.dist.mean(values)
