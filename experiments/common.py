@@ -28,7 +28,7 @@ from mtd_core.errors import ConfigError, ModalityDataError, MTDError
 DEFAULT_RESULTS = Path("experiments/results")
 DEFAULT_WORK = Path("runs/experiments")
 RESULT_FORMAT = "mtd-experiment-result"
-WINDOWED = {"kind": "windowed", "peak": 1.0, "start": 0.0, "center": 0.4, "end": 0.9}
+WINDOWED = {"kind": "windowed", "peak": 1.0, "start": 0.05, "center": 0.4, "end": 0.9}
 """The aggregated modalities' weight schedule w_t (eq. 4 of the paper): the example configs' windowed schedule."""
 
 DESIGN: dict[str, Any] = {"variant": "", "aux_channels": None, "weights": WINDOWED, "aggregated": {}}

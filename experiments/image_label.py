@@ -65,8 +65,10 @@ def train_standalone_classifier(preset: Preset, data: Any, seed: int, run_dir: P
     from mtd_core.training.config import TrainConfig
 
     torch.manual_seed(seed)
-    taskset = TaskSet.from_config({"modalities": [common.image_modality(preset),
-                                                  {**label_modality(), "weights": {"kind": "zero"}}],
+    # the label's design options do not enter this training (its weights are zero, its loss is read directly), so
+    # they are fixed here and every design study shares one classifier per seed
+    label_config = {"kind": "label", "num_classes": 10, "weights": {"kind": "zero"}, "loss_weight": 1.0}
+    taskset = TaskSet.from_config({"modalities": [common.image_modality(preset), label_config],
                                    "diffusion": {"kind": "linear", "T": 1000}, "aux_channels": 0})
     model = MultiTaskModel(taskset, "unet", dict(preset.backbone)).to(common.device_of(preset))
     cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,

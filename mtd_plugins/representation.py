@@ -127,10 +127,11 @@ class RepresentationModality(Modality):
     kind = "representation"
     roles = (Role.AGGREGATED,)
     head_input = HeadInput.POOLED
+    default_loss_weight = 0.1  # measured as the masked image's (docs/results.md): 1 starves the backbone
     Config = RepresentationConfig
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
-                 weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float = 1.0, *,
+                 weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float | None = None, *,
                  extractor: Extractor | None = None, **options: ConfigValue) -> None:
         super().__init__(name=name, role=role, weights=weights, loss_weight=loss_weight, **options)
         if extractor is not None and not callable(extractor):

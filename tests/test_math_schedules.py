@@ -362,3 +362,16 @@ def test_lambda_tolerance_is_a_bound_on_lambda_T(noise: NoiseSchedule, value: fl
             ws.resolve(noise, "rep")
     else:
         assert math.isclose(float(ws.resolve(noise, "rep").lam[-1]), lam_T, rel_tol=1e-10)
+
+
+@pytest.mark.parametrize("schedule", [WindowedLambda(), RatioWindow()])
+def test_the_default_windows_inject_nothing_at_the_default_read_out_t(schedule: WeightSchedule) -> None:
+    """A head trained where its encoding is in z_t learns to read it from there, so the default window must open
+    after the default read-out t (docs/sampling.md, "Read-out: which t")."""
+    from mtd_core.sampling.options import DEFAULT_READ_T
+
+    noise = NoiseSchedule.linear(1000)
+    lam = schedule.resolve(noise).lam
+    read = max(round(u * noise.T) for u in DEFAULT_READ_T)
+    assert torch.all(lam[: read + 1] == 0)
+    assert lam[read + 1:].max() > 0.5  # and it still injects the encoding further up

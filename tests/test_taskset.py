@@ -222,3 +222,17 @@ def test_toml_file_errors_name_the_file(tmp_path):
     typo = _write(tmp_path, '[[modalities]]\nkind = "image"\nrole = "base"\n[difusion]\nkind = "linear"\n')
     with pytest.raises(ConfigError, match=r"t\.toml: taskset: unknown key 'difusion' \(did you mean 'diffusion'\?\)"):
         TaskSet.from_toml(typo)
+
+
+def test_a_kind_sets_the_loss_weight_its_configs_get_and_an_explicit_one_wins():
+    base = {"kind": "image", "channels": 1, "size": 8}
+    default = TaskSet.from_config({"modalities": [base, {"kind": "label", "num_classes": 3},
+                                                  {"kind": "masked_image", "channels": 1, "size": 8}]})
+    assert default["label"].loss_weight == pytest.approx(0.1)
+    assert default["masked_image"].loss_weight == pytest.approx(0.05)
+    assert default["image"].loss_weight == 1.0  # the Modality default
+    explicit = TaskSet.from_config({"modalities": [base, {"kind": "label", "num_classes": 3, "loss_weight": 1.0}]})
+    assert explicit["label"].loss_weight == 1.0
+    # the resolved weight is written out, so a saved config keeps it if the kind's default changes later
+    again = TaskSet.from_config(json.loads(json.dumps(default.to_config())))
+    assert [m["loss_weight"] for m in again.to_config()["modalities"]] == [1.0, 0.1, 0.05]

@@ -139,7 +139,7 @@ class WindowedLambda(WeightSchedule):
     kind: ClassVar[str] = "windowed"
     defines: ClassVar[str] = "lambda"
     peak: float = 1.0
-    start: float = 0.0
+    start: float = 0.05
     center: float = 0.4
     end: float = 0.9
 
@@ -184,7 +184,7 @@ class RatioWindow(WeightSchedule):
     kind: ClassVar[str] = "ratio"
     defines: ClassVar[str] = "lambda"
     rho: float = 1.0
-    start: float = 0.0
+    start: float = 0.05
     center: float = 0.4
     end: float = 0.9
 
