@@ -75,7 +75,7 @@ class LabelModality(Modality):
     exact_sample = True  # the head's softmax is the whole distribution of the label
     # The cross-entropy is read at every t, also where the label cannot be read from z_t: at weight 1 it is ~10 x the
     # eps loss and its gradient dominates the shared backbone's (Fashion-MNIST: joint FID 2.75 at 1, 2.18 at 0.1,
-    # docs/sampling.md, "Where the encodings live").
+    # docs/sampling.md, "The label's loss weight and where its window opens").
     default_loss_weight = 0.1
     Config = LabelConfig
 
@@ -123,7 +123,8 @@ class LabelModality(Modality):
         """The logits divided by ``temperature`` (softmax(logits / temperature): sharper below 1)."""
         return self._logits(pred) / temperature
 
-    def sample(self, pred: Prediction, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, pred: Prediction, *, greedy: bool = False, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
         """The most probable class (greedy), else a draw from the categorical softmax(logits); int64 (B,)."""
         logits = self._logits(pred).detach().float()
         if greedy:

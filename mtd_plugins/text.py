@@ -363,7 +363,8 @@ class TextModality(Modality):
         """The logits divided by ``temperature`` (softmax(logits / temperature): sharper below 1)."""
         return self._logits(pred) / temperature
 
-    def sample(self, pred: Prediction, *, greedy: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, pred: Prediction, *, greedy: bool = False, generator: torch.Generator | None = None
+               ) -> torch.Tensor:
         """Token ids (B, max_len): the argmax (greedy) or a draw at every position; padding after the first EOS."""
         logits = self._logits(pred).detach().float()
         if greedy:
