@@ -31,12 +31,14 @@ RESULT_FORMAT = "mtd-experiment-result"
 WINDOWED = {"kind": "windowed", "peak": 1.0, "start": 0.05, "center": 0.4, "end": 0.9}
 """The aggregated modalities' weight schedule w_t (eq. 4 of the paper): the example configs' windowed schedule."""
 
-DESIGN: dict[str, Any] = {"variant": "", "aux_channels": None, "weights": WINDOWED, "aggregated": {}}
+DESIGN: dict[str, Any] = {"variant": "", "aux_channels": None, "weights": WINDOWED, "aggregated": {},
+                          "known_input": None}
 """The design every multi-modal experiment trains with: where the encodings live in Z (the task set's
 ``aux_channels``; None: its default), the aggregated modalities' weight schedule and any further option of theirs
-(e.g. ``loss_weight``). ``--variant NAME --aux-channels A --weights kind=...,... --aggregated key=value,...`` change
-it for a design study; such runs and results go to ``<experiment>/variants/<NAME>/`` so that they never mix with the
-defaults' (docs/results.md is built from those)."""
+(e.g. ``loss_weight``) and whether the backbone reads the known aggregated part (``known_input``; None: the
+experiment's own default). ``--variant NAME --aux-channels A --weights kind=...,... --aggregated key=value,...
+--known-input true|false`` change it for a design study; such runs and results go to
+``<experiment>/variants/<NAME>/`` so that they never mix with the defaults' (docs/results.md is built from those)."""
 
 
 def aggregated(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -72,8 +74,10 @@ def image_modality(preset: Preset, name: str | None = None, role: str = "base") 
 
 
 def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int,
-               transforms: Sequence[Mapping[str, Any]] = (), *, checkpoint_every: int = 0) -> Any:
-    """The RunConfig of one training run of ``preset`` (same backbone, budget and schedule for every setting)."""
+               transforms: Sequence[Mapping[str, Any]] = (), *, checkpoint_every: int = 0,
+               known_input: bool = False) -> Any:
+    """The RunConfig of one training run of ``preset`` (same backbone, budget and schedule for every setting);
+    ``known_input`` is the experiment's default of the task set's option (a design study may override it)."""
     from mtd_core.training.config import RunConfig, TrainConfig
 
     dataset = dict(preset.dataset)
@@ -87,6 +91,9 @@ def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: in
     taskset: dict[str, Any] = {"modalities": [dict(m) for m in modalities], "diffusion": {"kind": "linear", "T": 1000}}
     if DESIGN["aux_channels"] is not None and any(m.get("role", "aggregated") != "base" for m in modalities):
         taskset["aux_channels"] = DESIGN["aux_channels"]
+    known = known_input if DESIGN["known_input"] is None else DESIGN["known_input"]
+    if known and any(m.get("role", "aggregated") != "base" for m in modalities):
+        taskset["known_input"] = True
     return RunConfig(dataset=dataset, taskset=taskset,
                      backbone={"name": "unet", **preset.backbone}, trainer=trainer)
 
@@ -122,10 +129,11 @@ class TrainedOnly(Exception):
 
 
 def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, run_dir: Path,
-          transforms: Sequence[Mapping[str, Any]] = (), *, curve: bool = False) -> Trained:
+          transforms: Sequence[Mapping[str, Any]] = (), *, curve: bool = False, known_input: bool = False) -> Trained:
     """Train one setting from scratch in ``run_dir`` (emptied first) and return its EMA model.
 
-    ``curve`` keeps a checkpoint every ``preset.curve_every`` steps for :func:`learning_curve`. With ``--reuse``
+    ``curve`` keeps a checkpoint every ``preset.curve_every`` steps for :func:`learning_curve`; ``known_input`` is
+    the experiment's default of the task set's option (:func:`run_config`). With ``--reuse``
     (``REUSE``), a run folder holding a finished run of exactly this config is evaluated as it is (its recorded
     training time and final loss are reported).
     """
@@ -133,7 +141,8 @@ def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, ru
 
     from mtd_core.training import Trainer, build_run, load_run
 
-    config = run_config(preset, modalities, seed, transforms, checkpoint_every=preset.curve_every if curve else 0)
+    config = run_config(preset, modalities, seed, transforms, checkpoint_every=preset.curve_every if curve else 0,
+                        known_input=known_input)
     run = build_run(config)
     finished = _finished_run(run_dir, run.config.to_dict(), preset.steps) if REUSE["finished_runs"] else None
     if finished is not None:
@@ -584,18 +593,24 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
     p.add_argument("--aux-channels", type=int, default=None, help="the task set's aux_channels (design study)")
     p.add_argument("--weights", default=None, help="the aggregated weight schedule as kind=...,key=value,...")
     p.add_argument("--aggregated", default=None, help="further aggregated-modality options as key=value,...")
+    p.add_argument("--known-input", choices=("true", "false"), default=None,
+                   help="the task set's known_input (design study)")
     args = p.parse_args(argv)
     REUSE["finished_runs"] = args.reuse
     REUSE["train_only"] = args.train_only
-    if (args.aux_channels is not None or bool(args.weights) or bool(args.aggregated)) != bool(args.variant):
-        print(f"experiments.{experiment}: error: --variant goes with --aux-channels, --weights or --aggregated",
+    designed = (args.aux_channels is not None or bool(args.weights) or bool(args.aggregated)
+                or args.known_input is not None)
+    if designed != bool(args.variant):
+        print(f"experiments.{experiment}: error: --variant goes with --aux-channels, --weights, --aggregated or "
+              "--known-input",
               file=sys.stderr)
         return 2
     from experiments.sampler_study import parse_setting
 
     DESIGN.update(variant=args.variant, aux_channels=args.aux_channels,
                   weights=parse_setting(args.weights) if args.weights else WINDOWED,
-                  aggregated=parse_setting(args.aggregated) if args.aggregated else {})
+                  aggregated=parse_setting(args.aggregated) if args.aggregated else {},
+                  known_input=None if args.known_input is None else args.known_input == "true")
     try:
         preset = get_preset(args.preset)
         if args.steps is not None:

@@ -109,7 +109,8 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     """Train the image-label model and evaluate it (see the module docstring)."""
     from mtd_core.metrics import conditional_fidelity, noise_like_share
 
-    trained = common.train(preset, [common.image_modality(preset), label_modality()], seed, run_dir)
+    # the network is told the committed label (docs/sampling.md, "Telling the network the known part")
+    trained = common.train(preset, [common.image_modality(preset), label_modality()], seed, run_dir, known_input=True)
     # the classifier does not depend on the design: a design study's variants share the default run's
     shared = run_dir.parents[2] / run_dir.name if common.DESIGN["variant"] else run_dir
     classifier, clf_wall = train_standalone_classifier(preset, trained.data, seed, shared)

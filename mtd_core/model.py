@@ -2,13 +2,16 @@
 
     encode(batch)   -> z_0 (the base's encoding, zeros without a base) and {i: E_i(x_i)} for aggregated i
     forward(z_t, t) -> DenoiserOutput(eps_theta(z_t, t), {i: head_i(features)})
+    forward(z_t, t, known=k_t) -> the same with the known aggregated part k_t as input (TaskSet ``known_input``)
     loss(batch)     -> the multi-task training loss (mtd_core/diffusion/loss.py)
 
 Where encodings live in Z (TaskSet ``aux_channels``): the base's encoding fills the first C channels of z_0 and every
-aggregated encoding the last A (zero elsewhere), or, with A = 0, both share the same C channels. Each aggregated
-encoding is divided by its RMS (:class:`EncodingScale`) unless its modality's ``normalize`` option is off, so that
-the weight schedule alone sets its strength; the divisor is a constant at sampling time, which keeps the predicted
-encoding a posterior mean (docs/math.md, section 2).
+aggregated encoding the last A (zero elsewhere), or, with A = 0, both share the same C channels. With the task
+set's ``known_input`` the backbone is built for twice Z's channels: z_t, then the known part k_t = sum_j
+lambda_t^(j) E_j of the modalities a sampler knows (zeros for the others); the eps it returns for the second half
+is not used (docs/math.md, section 4). Each aggregated encoding is divided by its RMS (:class:`EncodingScale`)
+unless its modality's ``normalize`` option is off, so that the weight schedule alone sets its strength; the divisor
+is a constant at sampling time, which keeps the predicted encoding a posterior mean (docs/math.md, section 2).
 
 The model implements the :class:`mtd_core.diffusion.elbo.Denoiser` protocol, so the ELBO and the samplers take it
 directly. It never moves itself to a device: callers do (``model.to(device)``), and batches are moved to the
@@ -27,7 +30,7 @@ from mtd_core.types import Batch, BatchValue, ConfigDict, ConfigMapping, Denoise
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.loss import LossOutput, training_loss
 from mtd_core.errors import ConfigError, ModalityDataError, closest
-from mtd_core.modality import HeadInput, Modality, Role
+from mtd_core.modality import HeadInput, LatentSpec, Modality, Role
 from mtd_core.taskset import TaskSet
 from mtd_core.tomlio import plain
 
@@ -107,7 +110,7 @@ class MultiTaskModel(nn.Module):
 
                 registry = get_registry()
             self.backbone_name: str | None = backbone
-            self.backbone = registry.backbone(backbone)(taskset.latent, **self.backbone_options)
+            self.backbone = registry.backbone(backbone)(self.backbone_latent, **self.backbone_options)
         elif isinstance(backbone, nn.Module):
             if self.backbone_options:
                 raise ConfigError("MultiTaskModel: backbone_options apply to a backbone name, not a ready module")
@@ -141,6 +144,12 @@ class MultiTaskModel(nn.Module):
     def forward_process(self) -> ForwardProcess:
         """The task set's (full, not respaced) forward process."""
         return self.taskset.forward_process()
+
+    @property
+    def backbone_latent(self) -> LatentSpec:
+        """What the backbone takes: Z, or Z and the known part side by side (TaskSet ``known_input``)."""
+        C, H, W = self.taskset.latent.shape
+        return LatentSpec((2 * C, H, W)) if self.taskset.known_input else self.taskset.latent
 
     @property
     def modalities(self) -> dict[str, Modality]:
@@ -222,14 +231,23 @@ class MultiTaskModel(nn.Module):
         """The base's channels of a latent batch (all of it when aux_channels = 0)."""
         return z[:, : self.taskset.base_latent.shape[0]]
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
-        """eps_theta(z_t, t) and every aggregated modality's head prediction; ``t`` holds original timesteps (B,)."""
-        out = self.backbone(z_t, t)
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, known: torch.Tensor | None = None) -> DenoiserOutput:
+        """eps_theta(z_t, t) and every aggregated modality's head prediction; ``t`` holds original timesteps (B,).
+
+        ``known``: the known aggregated part of z_t, sum_j lambda_t^(j) E_j(x_j) over the modalities whose data
+        the caller knows, shaped like z_t (None: nothing known). Read only by a task set with ``known_input``."""
+        if self.taskset.known_input:
+            known = torch.zeros_like(z_t) if known is None else known.to(z_t.dtype)
+            out = self.backbone(torch.cat([z_t, known], dim=1), t)
+            eps = out.eps[:, : z_t.shape[1]]
+        else:
+            out = self.backbone(z_t, t)
+            eps = out.eps
         preds = {}
         for m in self.taskset.aggregated:
             features = out.pooled if m.head_input is HeadInput.POOLED else out.fmap
             preds[m.name] = self.heads[m.name](features)
-        return DenoiserOutput(eps=out.eps, preds=preds)
+        return DenoiserOutput(eps=eps, preds=preds)
 
     def predicted_encodings(self, preds: Mapping[str, Prediction]) -> dict[str, torch.Tensor]:
         """E[E_i(x_i) | z_t] for every head prediction (``Modality.predicted_encoding``), scaled by the running RMS
@@ -248,8 +266,9 @@ class MultiTaskModel(nn.Module):
             t, eps: fixed timesteps (B,) and noise, for tests.
         """
         batch = self.to_device(batch)
-        return training_loss(self.forward_process, self, self.taskset.modalities, batch, self.encode,
-                             kind=kind, t=t, eps=eps, generator=generator)
+        ts = self.taskset
+        return training_loss(self.forward_process, self, ts.modalities, batch, self.encode, kind=kind, t=t, eps=eps,
+                             generator=generator, known_dropout=ts.known_dropout if ts.known_input else None)
 
     # -- configuration --------------------------------------------------------------------------------
     def config(self) -> ConfigDict:

@@ -8,6 +8,10 @@ Config format (a plain dict; the ``[taskset]`` table of a run config, or a TOML 
     aux_channels  where the aggregated encodings live in Z (docs/math.md, section 2): 0 (the default) adds them on
                   top of the base's own channels (the shared-pixel design), A > 0 gives them A channels of their
                   own after the base's C channels (Z = C + A channels)
+    known_input   true: the backbone also sees the known aggregated part sum_j lambda_t^(j) E_j(x_j) of z_t as
+                  input channels of its own (docs/math.md, section 4); default false, the paper's eps_theta(z_t, t)
+    known_dropout with known_input: the probability that training hides one modality's part from that input
+                  (default 0.1), so that the network also works where the part is unknown
 
 See docs/models.md for an example.
 """
@@ -33,7 +37,8 @@ if TYPE_CHECKING:
     from mtd_core.plugins.registry import Registry
 
 
-CONFIG_KEYS = ("modalities", "diffusion", "latent_shape", "aux_channels")
+CONFIG_KEYS = ("modalities", "diffusion", "latent_shape", "aux_channels", "known_input", "known_dropout")
+DEFAULT_KNOWN_DROPOUT = 0.1
 PEAK_RATIO_BOUND = 5.0
 """Above this peak ratio max_t lambda_t / sqrt(abar_t), the task set warns when the encodings share the base's
 channels (aux_channels = 0): an error of the predicted encoding enters the base estimate multiplied by the ratio.
@@ -62,6 +67,11 @@ class TaskSet:
             (C + A, H, W); the base fills the first C, every encoder E_i maps into the last A). 0 (also when None,
             the default): the encodings share the base's channels (the shared-pixel design, measured the better
             one, docs/sampling.md).
+        known_input: the backbone also sees the known aggregated part of z_t (docs/math.md, section 4): what a
+            sampler knows exactly (observed or committed modalities' sum_j lambda_t^(j) E_j(x_j)) enters as C + A
+            channels of their own beside z_t, zeros where nothing is known. False (the default): eps_theta(z_t, t).
+        known_dropout: with ``known_input``, the probability in [0, 1) that a training example's part of one
+            modality is hidden from that input (default 0.1).
 
     Raises:
         ConfigError: duplicate names, two bases, a missing or conflicting latent shape, a non-Modality.
@@ -70,7 +80,8 @@ class TaskSet:
     """
 
     def __init__(self, modalities: Sequence[Modality], noise: NoiseSchedule | None = None,
-                 latent_shape: tuple[int, int, int] | None = None, aux_channels: int | None = None) -> None:
+                 latent_shape: tuple[int, int, int] | None = None, aux_channels: int | None = None,
+                 known_input: bool = False, known_dropout: float | None = None) -> None:
         mods = list(modalities)
         if not mods:
             raise ConfigError("taskset: needs at least one modality, got none")
@@ -96,6 +107,7 @@ class TaskSet:
         self._aux = self._resolve_aux(aux_channels)
         C, H, W = self._base_latent.shape
         self._latent = LatentSpec((C + self._aux, H, W))
+        self._known_input, self._known_dropout = self._resolve_known(known_input, known_dropout)
         # Built eagerly: a weight schedule that is invalid on this noise schedule fails here, naming its modality.
         self._fp = ForwardProcess(self._noise, {m.name: m.weights for m in self.aggregated})
         for name, ratio in self.peak_ratios().items():
@@ -119,6 +131,19 @@ class TaskSet:
             raise ConfigError(f"taskset: aux_channels = {given} needs a base and at least one aggregated modality, "
                               f"but {why}; drop aux_channels")
         return given
+
+    def _resolve_known(self, known_input: bool, dropout: float | None) -> tuple[bool, float]:
+        if not isinstance(known_input, bool):
+            raise ConfigError(f"taskset: known_input must be true or false, got {known_input!r}")
+        if known_input and not self.aggregated:
+            raise ConfigError("taskset: known_input = true needs at least one aggregated modality; drop known_input")
+        if dropout is None:
+            return known_input, DEFAULT_KNOWN_DROPOUT
+        if not known_input:
+            raise ConfigError(f"taskset: known_dropout = {dropout!r} applies only with known_input = true")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"taskset: known_dropout must be a probability in [0, 1), got {dropout!r}")
+        return known_input, float(dropout)
 
     def _resolve_latent(self, given: tuple[int, int, int] | None) -> tuple[int, int, int]:
         base = self._base
@@ -181,6 +206,16 @@ class TaskSet:
         _, H, W = self._base_latent.shape
         return LatentSpec((self._aux, H, W)) if self._aux else self._latent
 
+    @property
+    def known_input(self) -> bool:
+        """Whether the backbone also sees the known aggregated part of z_t (channels of their own beside z_t)."""
+        return self._known_input
+
+    @property
+    def known_dropout(self) -> float:
+        """With ``known_input``: the probability that training hides one modality's part from that input."""
+        return self._known_dropout
+
     def peak_ratios(self) -> dict[str, float]:
         """Aggregated name -> max_t lambda_t / sqrt(abar_t): its encoding's largest part of z_t relative to the
         base's signal (docs/math.md, section 2)."""
@@ -224,6 +259,8 @@ class TaskSet:
             out["latent_shape"] = list(self._base_latent.shape)
         if self._base is not None and self.aggregated:
             out["aux_channels"] = self._aux
+        if self._known_input:
+            out["known_input"], out["known_dropout"] = True, self._known_dropout
         return out
 
     @classmethod
@@ -275,7 +312,8 @@ class TaskSet:
         noise = _noise_from_config(config.get("diffusion"), registry.table("noise_schedule"))
         latent = config.get("latent_shape")
         return cls(mods, noise, None if latent is None else _latent_shape(latent, "taskset: latent_shape"),
-                   config.get("aux_channels"))
+                   config.get("aux_channels"), config.get("known_input", False),
+                   config.get("known_dropout"))
 
     @classmethod
     def from_toml(cls, path: str | Path, registry: Registry | None = None) -> TaskSet:

@@ -69,6 +69,7 @@ DEMO_CONFIG: ConfigDict = {
              "weights": {"kind": "windowed", "peak": 1.0, "start": 0.05, "center": 0.4, "end": 0.9}},
         ],
         "diffusion": {"kind": "linear", "T": 1000},
+        "known_input": True,
     },
     "backbone": {"name": "unet", "channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
                  "attention_resolutions": [], "mid_attention": True, "groups": 8, "num_heads": 4},

@@ -63,7 +63,9 @@ def evaluate_elbo(model: MultiTaskModel, data: LoadedData, n: int, timesteps: in
     taskset = model.taskset
     fp = taskset.forward_process()
     K = min(max(1, timesteps), fp.T - 1) if fp.T > 1 else 0
-    elbo = MultiModalELBO(fp, taskset.modalities, taskset.base_latent, model.encode)
+    # a network told the known part: the bound of joint generation, which draws these first (docs/math.md, section 5)
+    known = [m.name for m in taskset.aggregated if m.exact_sample] if taskset.known_input else []
+    elbo = MultiModalELBO(fp, taskset.modalities, taskset.base_latent, model.encode, known=known)
     idx = _subsample(len(data.splits.test), n, seed)
     g = torch.Generator().manual_seed(seed)
     bpd, terms = [], {"prior": 0.0, "denoise": 0.0, "recon": 0.0}

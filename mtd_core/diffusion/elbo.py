@@ -13,12 +13,18 @@ p_theta(z_{0:T}), whatever the aggregated data X it was built from. The decoder 
 that is a probability (a label, a caption); a continuous decoder (a Gaussian image head) adds a density, which can be
 negative, and a surrogate (the representation's cosine loss) adds neither, so they are reported apart
 (docs/math.md, section 5). With one modality, or every w = 0, every term equals DDPM's (Ho et al. 2020, eq. 5).
+
+A model told the known part (TaskSet ``known_input``) generates a committed modality j first, from its head at z_T,
+and the chain given it: p(z_T) p(x_j | z_T) prod_t p_theta(z_{t-1} | z_t, x_j). Its bound (``known``) feeds every
+step the true part of those modalities and uses their true encodings in mu_theta; their decoder term becomes
+L_dec^(j) = -log p_theta(x_j | z_T), z_T ~ q(z_T | z_0, X), and joins the bound of the base:
+-log p(x_base) <= -log p(x_base, x_j) <= L_T + L_dec^(j) + sum_{t=2}^T L_{t-1} + L_0.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -26,7 +32,7 @@ import torch
 
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.errors import ScheduleError
-from mtd_core.types import BasePrediction, Denoiser, LatentSpec, Role
+from mtd_core.types import BasePrediction, Denoiser, DenoiserOutput, LatentSpec, Role
 
 if TYPE_CHECKING:
     from mtd_core.modality import Modality
@@ -65,6 +71,7 @@ class ELBOTerms:
     """The bound's terms per example (each shape (B,), nats), the bound of the base and its bits per dimension.
 
     ``dims`` is the number of dimensions D of the base's data: bits/dim = (prior + denoise + recon) / (D ln 2).
+    ``known`` names the modalities the chain was told (their decoder terms, read at z_T, are part of the bound).
     """
 
     prior: torch.Tensor
@@ -72,17 +79,21 @@ class ELBOTerms:
     recon: torch.Tensor
     decode: dict[str, torch.Tensor]
     dims: int
+    known: tuple[str, ...] = ()
 
     @property
     def bound(self) -> torch.Tensor:
-        """prior + denoise + recon: the bound on -log p(x_base) in nats per example."""
-        return self.prior + self.denoise + self.recon
+        """prior + denoise + recon (+ the known modalities' decoder terms): the bound on -log p(x_base) in nats per
+        example."""
+        return self.prior + self.denoise + self.recon + sum((self.decode[n] for n in self.known),
+                                                            torch.zeros_like(self.prior))
 
     @property
     def total(self) -> torch.Tensor:
-        """The bound plus every decoder term, in nats per example (a bound on -log p(X) only when every decoder
-        term is a discrete probability; see the module docstring)."""
-        return self.bound + sum(self.decode.values(), torch.zeros_like(self.prior))
+        """The bound plus every other decoder term, in nats per example (a bound on -log p(X) only when every
+        decoder term is a discrete probability; see the module docstring)."""
+        return self.bound + sum((v for n, v in self.decode.items() if n not in self.known),
+                                torch.zeros_like(self.prior))
 
     @property
     def bpd(self) -> torch.Tensor:
@@ -149,12 +160,18 @@ class MultiModalELBO:
             D of bits/dim.
         encode: maps a batch (name -> data) to (z_0, {aggregated name -> E_i(x_i)}).
         var_kind: sigma_t^2 of the reverse process, "beta" or "beta_tilde".
+        known: aggregated modalities the reverse chain is told (the module docstring): the denoiser is called as
+            ``denoiser(z_t, t, known=their part of z_t)`` and their decoder terms are read at z_T.
     """
 
     def __init__(self, fp: ForwardProcess, modalities: Mapping[str, Modality], latent: LatentSpec,
                  encode: Callable[[Mapping[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]],
-                 var_kind: str = "beta") -> None:
+                 var_kind: str = "beta", known: Sequence[str] = ()) -> None:
         self.fp, self.modalities, self.latent, self.encode, self.var_kind = fp, dict(modalities), latent, encode, var_kind
+        unknown = [n for n in known if n not in fp.names]
+        if unknown:
+            raise ScheduleError(f"ELBO: known names {unknown}, which are not aggregated modalities {list(fp.names)}")
+        self.known = tuple(known)
         bases = [n for n, m in self.modalities.items() if m.role is Role.BASE]
         self.base = bases[0] if bases else None
 
@@ -167,7 +184,8 @@ class MultiModalELBO:
         unbiased when every t is drawn with probability K / (T - 1).
 
         Steps are indices of ``fp``; the denoiser is fed the original t (``fp.timesteps``), so a respaced process
-        gives the bound of the respaced model. Noise is drawn in the order of ``timesteps``, then for t = 1."""
+        gives the bound of the respaced model. Noise is drawn in the order of ``timesteps``, then for t = 1 (then
+        for t = T, with ``known``)."""
         fp = self.fp
         z0, enc = self.encode(batch)
         B = z0.shape[0]
@@ -182,23 +200,33 @@ class MultiModalELBO:
                 f"included), got values in [{int(ts.min())}, {int(ts.max())}]"
             )
         net_t = fp.timesteps.to(z0.device)  # the original t of each step: what the network is fed (respacing)
+        told = {n: enc[n] for n in self.known}
+
+        def run(z_t: torch.Tensor, t: torch.Tensor) -> tuple[DenoiserOutput, dict[str, torch.Tensor]]:
+            """The denoiser at (z_t, t) and the encodings of its reverse mean (the true ones of told modalities)."""
+            out = denoiser(z_t, net_t[t], known=fp.injected(told, t, z_t)) if told else denoiser(z_t, net_t[t])
+            return out, {**denoiser.predicted_encodings(out.preds), **told}
+
         denoise = z0.new_zeros(B)
         ts = ts.to(z0.device)
         for k in range(ts.shape[1]):
             tt = ts[:, k]
-            eps = _noise_like(z0, generator)
-            z_t = fp.q_sample(z0, enc, tt, eps)
-            out = denoiser(z_t, net_t[tt])
-            denoise = denoise + step_kl(fp, tt, z_t, z0, enc, out.eps, denoiser.predicted_encodings(out.preds), self.var_kind)
+            z_t = fp.q_sample(z0, enc, tt, _noise_like(z0, generator))
+            out, enc_hat = run(z_t, tt)
+            denoise = denoise + step_kl(fp, tt, z_t, z0, enc, out.eps, enc_hat, self.var_kind)
         if ts.shape[1]:
             denoise = denoise * ((fp.T - 1) / ts.shape[1])
         one = torch.ones(B, dtype=torch.long, device=z0.device)
         z_1 = fp.q_sample(z0, enc, one, _noise_like(z0, generator))
-        out = denoiser(z_1, net_t[one])
+        out, enc_hat = run(z_1, one)
         recon = z0.new_zeros(B)
         if self.base is not None:
-            pred = base_prediction(fp, z_1, out.eps, denoiser.predicted_encodings(out.preds), self.latent.shape[0])
+            pred = base_prediction(fp, z_1, out.eps, enc_hat, self.latent.shape[0])
             recon = self.modalities[self.base].loss(pred, batch[self.base])
-        decode = {n: self.modalities[n].loss(out.preds[n], batch[n]) for n in fp.names}
+        decode = {n: self.modalities[n].loss(out.preds[n], batch[n]) for n in fp.names if n not in told}
+        if told:  # -log p(x_j | z_T): the head that joint generation draws the told modalities from
+            T = torch.full((B,), fp.T, dtype=torch.long, device=z0.device)
+            preds = denoiser(fp.q_sample(z0, enc, T, _noise_like(z0, generator)), net_t[T]).preds
+            decode.update({n: self.modalities[n].loss(preds[n], batch[n]) for n in told})
         return ELBOTerms(prior=prior_kl(fp, z0, enc), denoise=denoise, recon=recon, decode=decode,
-                         dims=self.latent.numel)
+                         dims=self.latent.numel, known=self.known)

@@ -62,6 +62,7 @@ def training_loss(
     t: torch.Tensor | None = None,
     eps: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    known_dropout: float | None = None,
 ) -> LossOutput:
     """The multi-task loss of one batch.
 
@@ -74,6 +75,9 @@ def training_loss(
         kind: "simple" or "vlb".
         t, eps: fix the timesteps (B,) and noise instead of drawing them (for tests).
         generator: the RNG for t and eps.
+        known_dropout: for a denoiser that also reads the known aggregated part of z_t (TaskSet ``known_input``):
+            the probability that one modality's part is hidden from that input, drawn per example and modality.
+            None: the denoiser is called as ``denoiser(z_t, t)``.
     """
     if kind not in LOSS_KINDS:
         raise ConfigError(f"loss kind must be one of {LOSS_KINDS}, got {kind!r}")
@@ -86,7 +90,11 @@ def training_loss(
         eps = torch.randn(z0.shape, generator=generator, dtype=z0.dtype,
                           device=generator.device if generator else "cpu").to(z0.device)
     z_t = fp.q_sample(z0, enc, t, eps)
-    out = denoiser(z_t, fp.timesteps.to(t.device)[t])  # the original t (differs from t only after respacing)
+    t_orig = fp.timesteps.to(t.device)[t]  # the original t (differs from t only after respacing)
+    if known_dropout is None:
+        out = denoiser(z_t, t_orig)
+    else:
+        out = denoiser(z_t, t_orig, known=fp.injected(_shown(enc, known_dropout, generator), t, z_t))
     terms: dict[str, torch.Tensor] = {}
     if kind == "simple":
         terms["eps"] = (out.eps.float() - eps.float()).pow(2).flatten(1).sum(1) / D
@@ -107,3 +115,14 @@ def training_loss(
         total = total + m.loss_weight * nll
     loss = total.mean()
     return LossOutput(loss=loss, parts={k: v.detach().mean() for k, v in terms.items()})
+
+
+def _shown(enc: Mapping[str, torch.Tensor], p: float, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """Each encoding with its examples hidden (zeroed) independently with probability ``p``: what the known input
+    shows in training, so that the network learns both to use a known part and to work without it."""
+    dev = generator.device if generator is not None else "cpu"
+    shown = {}
+    for name, e in enc.items():
+        keep = torch.rand(e.shape[0], generator=generator, device=dev).to(e.device) >= p
+        shown[name] = e.detach() * keep.to(e.dtype).reshape(-1, *([1] * (e.ndim - 1)))
+    return shown

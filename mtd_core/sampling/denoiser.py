@@ -84,20 +84,25 @@ class ModelDenoiser:
 
     def __call__(self, z: torch.Tensor, k: int) -> StepPrediction:
         t = self.fp.timesteps[k].to(z.device).expand(z.shape[0])
+        # a task set with known_input also reads the observed (and committed) modalities' part of z
+        known_input = self.model.taskset.known_input
+        part = self.fp.injected(self.observed, k, z) if known_input and self.observed else None
         if self.terms:
-            eps, preds = guided_eps(self.model, z, t, float(self.fp.abar[k]), self.terms)
+            eps, preds = guided_eps(self.model, z, t, float(self.fp.abar[k]), self.terms, part)
         else:
-            out = self.model(z, t)
+            out = self.model(z, t) if part is None else self.model(z, t, part)
             eps, preds = out.eps.to(z.dtype), out.preds
         enc_hat = {n: e.to(z.dtype) for n, e in self._encodings(preds).items()}
         known = {**self.targets, **self.observed}
         # The decomposition z = sqrt(abar) z0_hat + sum_i lambda_i E_i + sqrt(1 - abar) eps the network's eps belongs
-        # to: its own encodings, except those of steered targets and, unless replacing, of observed modalities.
-        enc_dec = {**enc_hat, **self.targets, **({} if self.conditioning == "replace" else self.observed)}
+        # to: its own encodings, except those of steered targets and, unless replacing, of observed modalities (a
+        # network that reads the observed part as its known input decomposes with the true encodings: no replacing).
+        replace = self.conditioning == "replace" and not known_input
+        enc_dec = {**enc_hat, **self.targets, **({} if replace else self.observed)}
         enc = {**enc_hat, **known}
         z0_hat = self.fp.z0_from_eps(z, eps, enc_dec, k)
         start = z
-        if self.conditioning == "replace" and self.observed:
+        if replace and self.observed:
             # swapping the observed E_j(xhat_j) for the true E_j leaves z0_hat unchanged and steps with the truth
             delta = {n: enc[n] - enc_dec[n] for n in enc}
             start = z + self.fp.injected(delta, k, z)

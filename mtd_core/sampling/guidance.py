@@ -80,20 +80,22 @@ def check_guidance(guidance: GuidanceConfig, modalities: dict[str, Modality]) ->
 
 
 def guided_eps(model: MultiTaskModel, z_t: torch.Tensor, t: torch.Tensor, abar_t: float,
-               terms: Sequence[tuple[Modality, torch.Tensor, float]]) -> tuple[torch.Tensor, dict[str, Prediction]]:
+               terms: Sequence[tuple[Modality, torch.Tensor, float]], known: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, dict[str, Prediction]]:
     """eps_theta guided towards every term's target (see the module docstring) and the heads' (detached)
     predictions.
 
     Args:
-        model: the MultiTaskModel (called as ``model(z_t, t)``).
+        model: the MultiTaskModel (called as ``model(z_t, t, known)``).
         z_t: the current state.
         t: the original timesteps (B,).
         abar_t: abar at t (float64 precision).
         terms: (modality, its target data with one example per row of z_t, scale) for every guiding modality.
+        known: the known aggregated part of z_t (MultiTaskModel.forward), held fixed; None: not passed.
     """
     with torch.enable_grad():
         z = z_t.detach().requires_grad_(True)
-        out = model(z, t)
+        out = model(z, t) if known is None else model(z, t, known)
         log_p = sum((-m.loss(out.preds[m.name], target) * scale).sum() for m, target, scale in terms)
         assert isinstance(log_p, torch.Tensor)
         # a head that does not depend on z_t (a constant prediction) has no gradient: it guides by zero

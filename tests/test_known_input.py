@@ -1,0 +1,179 @@
+"""TaskSet ``known_input``: the backbone also reads the known aggregated part of z_t (config, model, loss, samplers)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtd_core.errors import ConfigError
+from mtd_core.model import MultiTaskModel
+from mtd_core.sampling.denoiser import ModelDenoiser
+from mtd_core.sampling.generate import generate
+from mtd_core.taskset import TaskSet
+from mtd_core.types import DenoiserOutput
+
+UNET = dict(channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4], groups=8, num_heads=2)
+CONFIG = {"modalities": [{"kind": "image", "role": "base", "size": 8},
+                         {"kind": "label", "num_classes": 10, "hidden": 32,
+                          "weights": {"kind": "windowed", "peak": 1.0, "start": 0.05, "center": 0.4, "end": 0.9}}],
+          "diffusion": {"kind": "linear", "T": 100}, "known_input": True}
+
+
+def make_model(config=CONFIG) -> MultiTaskModel:
+    torch.manual_seed(0)
+    model = MultiTaskModel(TaskSet.from_config(config), "unet", UNET)
+    with torch.no_grad():  # the U-Net's output layer starts at zero; give it weights so eps depends on its input
+        model.backbone.out_conv.weight.normal_(0, 0.1)
+    return model.eval()
+
+
+def batch(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.rand(n, 1, 8, 8, generator=g) * 2 - 1, "label": torch.randint(0, 10, (n,), generator=g)}
+
+
+def test_config_round_trips_and_defaults_the_dropout():
+    ts = TaskSet.from_config(CONFIG)
+    assert ts.known_input and ts.known_dropout == 0.1
+    assert ts.to_config()["known_input"] is True and ts.to_config()["known_dropout"] == 0.1
+    assert TaskSet.from_config(ts.to_config()) == ts
+    off = TaskSet.from_config({k: v for k, v in CONFIG.items() if k != "known_input"})
+    assert not off.known_input and "known_input" not in off.to_config()  # former configs stay as they were
+    assert TaskSet.from_config({**CONFIG, "known_dropout": 0.0}).known_dropout == 0.0
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"known_input": "yes"}, "known_input must be true or false"),
+    ({"known_dropout": 1.0}, "known_dropout must be a probability in [0, 1)"),
+    ({"known_dropout": -0.1}, "known_dropout must be a probability in [0, 1)"),
+    ({"known_input": False, "known_dropout": 0.2}, "applies only with known_input = true"),
+])
+def test_bad_options_are_clear_errors(extra, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        TaskSet.from_config({**CONFIG, **extra})
+
+
+def test_known_input_needs_an_aggregated_modality():
+    with pytest.raises(ConfigError, match="needs at least one aggregated modality"):
+        TaskSet.from_config({"modalities": [CONFIG["modalities"][0]], "known_input": True})
+
+
+def test_the_backbone_reads_z_t_and_the_known_part_and_returns_eps_of_z_t():
+    model = make_model()
+    assert model.backbone.latent.shape == (2, 8, 8)
+    z, t = torch.randn(6, 1, 8, 8), torch.full((6,), 40)
+    plain, zeros = model(z, t), model(z, t, torch.zeros_like(z))
+    assert plain.eps.shape == z.shape and torch.equal(plain.eps, zeros.eps)  # nothing known = zeros
+    known = model(z, t, torch.randn_like(z))
+    assert not torch.allclose(known.eps, plain.eps) and not torch.allclose(known.preds["label"], plain.preds["label"])
+
+
+def test_without_known_input_the_part_is_ignored():
+    model = make_model({k: v for k, v in CONFIG.items() if k != "known_input"})
+    z, t = torch.randn(6, 1, 8, 8), torch.full((6,), 40)
+    assert model.backbone.latent.shape == (1, 8, 8)
+    assert torch.equal(model(z, t).eps, model(z, t, torch.randn_like(z)).eps)
+
+
+class Recorder(torch.nn.Module):
+    """Wraps a model and records the known part of every call."""
+
+    def __init__(self, model: MultiTaskModel) -> None:
+        super().__init__()
+        self.model, self.taskset, self.known = model, model.taskset, []
+
+    def forward(self, z_t, t, known=None) -> DenoiserOutput:
+        self.known.append(known)
+        return self.model(z_t, t, known)
+
+    def predicted_encodings(self, preds):
+        return self.model.predicted_encodings(preds)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_training_shows_each_examples_true_part_or_hides_it_with_probability_p(p):
+    model = make_model({**CONFIG, "known_dropout": p})
+    rec = Recorder(model)
+    from mtd_core.diffusion.loss import training_loss
+
+    b = batch(n=400)
+    t = torch.full((400,), 40)  # inside the window: every example's part is non-zero
+    training_loss(model.forward_process, rec, model.modalities, b, model.encode, t=t,
+                  generator=torch.Generator().manual_seed(0), known_dropout=p)
+    _, enc = model.encode(b)
+    full = model.forward_process.injected(enc, t, enc["label"])
+    known = rec.known[0]
+    shown = torch.tensor([torch.allclose(known[i], full[i]) for i in range(400)])
+    hidden = ~known.flatten(1).any(1)
+    assert bool((shown | hidden).all())  # each example's part is either the true one or zero
+    assert abs(hidden.float().mean().item() - p) < 0.08
+
+
+def test_samplers_pass_the_observed_part_and_decompose_with_it():
+    model = make_model()
+    rec = Recorder(model)
+    y = torch.tensor([3, 1, 4, 1, 5, 9])
+    _, observed = model.encode_some({"label": y}, ["label"])
+    fp = model.forward_process
+    z, k = torch.randn(6, 1, 8, 8), 40
+    pred = ModelDenoiser(rec, fp, observed)(z, k)  # the default conditioning, "replace"
+    assert torch.allclose(rec.known[0], fp.injected(observed, k, z))
+    # the network saw the true part, so its eps is decomposed with the true encodings and z is not replaced
+    eps = model(z, fp.timesteps[k].expand(6), rec.known[0]).eps
+    assert torch.allclose(pred.z0, fp.z0_from_eps(z, eps, observed, k)) and pred.z_t is None
+
+
+def test_joint_generation_conditions_every_step_on_the_committed_label():
+    model = make_model()
+    calls = []
+    original = model.forward
+
+    def spy(z_t, t, known=None):
+        calls.append(known)
+        return original(z_t, t, known)
+
+    model.forward = spy  # type: ignore[method-assign]
+    out = generate(model, 6, generator=torch.Generator().manual_seed(0), progress=False, nfe=4, sampler="ddim")
+    assert calls[0] is None  # the label is drawn from the head at z_K, where nothing is known
+    with torch.no_grad():
+        _, enc = model.encode_some({"label": out.samples["label"]}, ["label"])
+    fp = model.forward_process
+    t_in_window = [k for k in calls[1:] if k is not None and k.abs().sum() > 0]
+    assert len(t_in_window) >= 2  # the steps inside the label's window read its part
+    for known in t_in_window:  # each is lambda_t E(y) of the drawn labels, for some t
+        ratio = known.flatten(1).norm(dim=1) / enc["label"].flatten(1).norm(dim=1)
+        assert torch.allclose(known, ratio[0] * enc["label"], atol=1e-5)
+        assert 0 < float(ratio[0]) <= float(fp.lam.max()) + 1e-6
+
+
+def test_the_bound_tells_the_chain_the_committed_label_and_reads_its_term_at_z_T():
+    from mtd_core.diffusion.elbo import MultiModalELBO
+
+    model = make_model()
+    rec = Recorder(model)
+    fp, ts = model.forward_process, model.taskset
+    elbo = MultiModalELBO(fp, ts.modalities, ts.base_latent, model.encode, known=["label"])
+    b = batch()
+    steps = torch.tensor([10, 40, 80])
+    out = elbo(rec, b, timesteps=steps, generator=torch.Generator().manual_seed(0))
+    _, enc = model.encode(b)
+    # every denoising step and t = 1 read the label's true part; the last call (z_T) is told nothing
+    assert len(rec.known) == 5 and rec.known[-1] is None
+    assert all(k is not None for k in rec.known[:4])
+    assert torch.allclose(rec.known[1], fp.injected(enc, 40, enc["label"]))
+    assert torch.allclose(out.bound, out.prior + out.denoise + out.recon + out.decode["label"])
+    assert torch.allclose(out.total, out.bound)  # the label's term is counted once
+    plain = MultiModalELBO(fp, ts.modalities, ts.base_latent, model.encode)(
+        model, b, timesteps=steps, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(plain.bound, plain.prior + plain.denoise + plain.recon)
+    assert not torch.allclose(plain.denoise, out.denoise)  # a different chain, a different bound
+
+
+def test_the_bound_rejects_a_known_name_that_is_not_aggregated():
+    from mtd_core.diffusion.elbo import MultiModalELBO
+    from mtd_core.errors import ScheduleError
+
+    model = make_model()
+    ts = model.taskset
+    with pytest.raises(ScheduleError, match=r"known names \['image'\]"):
+        MultiModalELBO(model.forward_process, ts.modalities, ts.base_latent, model.encode, known=["image"])
