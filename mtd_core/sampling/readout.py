@@ -31,10 +31,10 @@ def readout(model: MultiTaskModel, z0: torch.Tensor, observed: dict[str, torch.T
     zeros = {name: torch.zeros_like(z0) for name in fp.names if name not in observed}
     enc = {**zeros, **observed}
     runs: list[dict[str, Prediction]] = []
+    known = model.taskset.known_input and bool(observed)  # tell the network the observed parts (TaskSet known_input)
     for t in read_ts(read_t, fp.T):
         tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=z0.device)
         z_t = fp.q_sample(z0, enc, tt, randn_like(z0, generator))
-        known = model.taskset.known_input and bool(observed)
         preds = (model(z_t, tt, fp.injected(observed, tt, z_t)) if known else model(z_t, tt)).preds
         runs.append({n: p for n, p in preds.items() if n not in observed})
     if len(runs) == 1:
