@@ -32,12 +32,13 @@ WINDOWED = {"kind": "windowed", "peak": 1.0, "start": 0.05, "center": 0.4, "end"
 """The aggregated modalities' weight schedule w_t (eq. 4 of the paper): the example configs' windowed schedule."""
 
 DESIGN: dict[str, Any] = {"variant": "", "aux_channels": None, "weights": WINDOWED, "aggregated": {},
-                          "known_input": None}
+                          "known_input": None, "known_dropout": None}
 """The design every multi-modal experiment trains with: where the encodings live in Z (the task set's
 ``aux_channels``; None: its default), the aggregated modalities' weight schedule and any further option of theirs
 (e.g. ``loss_weight``) and whether the backbone reads the known aggregated part (``known_input``; None: the
-experiment's own default). ``--variant NAME --aux-channels A --weights kind=...,... --aggregated key=value,...
---known-input true|false`` change it for a design study; such runs and results go to
+experiment's own default; ``known_dropout``: None for the task set's default). ``--variant NAME --aux-channels A
+--weights kind=...,... --aggregated key=value,... --known-input true|false --known-dropout P`` change it for a
+design study; such runs and results go to
 ``<experiment>/variants/<NAME>/`` so that they never mix with the defaults' (docs/results.md is built from those)."""
 
 
@@ -94,6 +95,8 @@ def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: in
     known = known_input if DESIGN["known_input"] is None else DESIGN["known_input"]
     if known and any(m.get("role", "aggregated") != "base" for m in modalities):
         taskset["known_input"] = True
+    if DESIGN["known_dropout"] is not None:  # the task set rejects it without known_input
+        taskset["known_dropout"] = DESIGN["known_dropout"]
     return RunConfig(dataset=dataset, taskset=taskset,
                      backbone={"name": "unet", **preset.backbone}, trainer=trainer)
 
@@ -595,14 +598,16 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
     p.add_argument("--aggregated", default=None, help="further aggregated-modality options as key=value,...")
     p.add_argument("--known-input", choices=("true", "false"), default=None,
                    help="the task set's known_input (design study)")
+    p.add_argument("--known-dropout", type=float, default=None,
+                   help="the task set's known_dropout (design study; with known_input)")
     args = p.parse_args(argv)
     REUSE["finished_runs"] = args.reuse
     REUSE["train_only"] = args.train_only
     designed = (args.aux_channels is not None or bool(args.weights) or bool(args.aggregated)
-                or args.known_input is not None)
+                or args.known_input is not None or args.known_dropout is not None)
     if designed != bool(args.variant):
-        print(f"experiments.{experiment}: error: --variant goes with --aux-channels, --weights, --aggregated or "
-              "--known-input",
+        print(f"experiments.{experiment}: error: --variant goes with --aux-channels, --weights, --aggregated, "
+              "--known-input or --known-dropout",
               file=sys.stderr)
         return 2
     from experiments.sampler_study import parse_setting
@@ -610,7 +615,8 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
     DESIGN.update(variant=args.variant, aux_channels=args.aux_channels,
                   weights=parse_setting(args.weights) if args.weights else WINDOWED,
                   aggregated=parse_setting(args.aggregated) if args.aggregated else {},
-                  known_input=None if args.known_input is None else args.known_input == "true")
+                  known_input=None if args.known_input is None else args.known_input == "true",
+                  known_dropout=args.known_dropout)
     try:
         preset = get_preset(args.preset)
         if args.steps is not None:

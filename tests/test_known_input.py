@@ -177,3 +177,18 @@ def test_the_bound_rejects_a_known_name_that_is_not_aggregated():
     ts = model.taskset
     with pytest.raises(ScheduleError, match=r"known names \['image'\]"):
         MultiModalELBO(model.forward_process, ts.modalities, ts.base_latent, model.encode, known=["image"])
+
+
+def test_with_two_aggregated_modalities_the_part_of_the_known_one_alone_is_told():
+    config = {**CONFIG, "modalities": [*CONFIG["modalities"], {"kind": "representation", "dim": 4, "source": "image",
+                                                                "builtin_extractor": "random_conv"}]}
+    model = make_model(config)
+    rec = Recorder(model)
+    y = torch.tensor([3, 1, 4, 1, 5, 9])
+    _, observed = model.encode_some({"label": y}, ["label"])
+    fp = model.forward_process
+    z, k = torch.randn(6, 1, 8, 8), 40
+    ModelDenoiser(rec, fp, observed)(z, k)  # the representation is generated: its part is not known
+    only_label = fp.injected({"label": observed["label"], "representation": torch.zeros_like(z)}, k, z)
+    assert torch.allclose(rec.known[0], only_label) and torch.allclose(fp.known_part(observed, k, z), only_label)
+    assert rec.known[0].abs().sum() > 0

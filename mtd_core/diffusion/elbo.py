@@ -204,7 +204,7 @@ class MultiModalELBO:
 
         def run(z_t: torch.Tensor, t: torch.Tensor) -> tuple[DenoiserOutput, dict[str, torch.Tensor]]:
             """The denoiser at (z_t, t) and the encodings of its reverse mean (the true ones of told modalities)."""
-            out = denoiser(z_t, net_t[t], known=fp.injected(told, t, z_t)) if told else denoiser(z_t, net_t[t])
+            out = denoiser(z_t, net_t[t], known=fp.known_part(told, t, z_t)) if told else denoiser(z_t, net_t[t])
             return out, {**denoiser.predicted_encodings(out.preds), **told}
 
         denoise = z0.new_zeros(B)

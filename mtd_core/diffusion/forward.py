@@ -160,6 +160,12 @@ class ForwardProcess:
         """sum_i lambda_t^(i) E_i(x_i): the aggregated modalities' part of the marginal mean of z_t."""
         return self._weighted("lam", enc, self._t(t, like), like)
 
+    def known_part(self, enc: Encodings, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        """sum_j lambda_t^(j) E_j(x_j) over the modalities of ``enc`` only (any subset: those a sampler knows, the
+        others count as zero): what the backbone of a task set with ``known_input`` reads (math.md, section 4)."""
+        zeros = {n: torch.zeros_like(like) for n in self.names if n not in enc}
+        return self.injected({**zeros, **enc}, t, like)
+
     def kernel(self, z_prev: torch.Tensor, enc: Encodings, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of q(z_t | z_{t-1}, X) = N(sqrt(alpha_t) (z_{t-1} + a_t), (1 - alpha_t) I); t >= 1."""
         t = self._t(t, z_prev)

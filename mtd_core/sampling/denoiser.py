@@ -86,7 +86,7 @@ class ModelDenoiser:
         t = self.fp.timesteps[k].to(z.device).expand(z.shape[0])
         # a task set with known_input also reads the observed (and committed) modalities' part of z
         known_input = self.model.taskset.known_input
-        part = self.fp.injected(self.observed, k, z) if known_input and self.observed else None
+        part = self.fp.known_part(self.observed, k, z) if known_input and self.observed else None
         if self.terms:
             eps, preds = guided_eps(self.model, z, t, float(self.fp.abar[k]), self.terms, part)
         else:

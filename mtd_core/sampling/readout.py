@@ -35,7 +35,7 @@ def readout(model: MultiTaskModel, z0: torch.Tensor, observed: dict[str, torch.T
     for t in read_ts(read_t, fp.T):
         tt = torch.full((z0.shape[0],), t, dtype=torch.long, device=z0.device)
         z_t = fp.q_sample(z0, enc, tt, randn_like(z0, generator))
-        preds = (model(z_t, tt, fp.injected(observed, tt, z_t)) if known else model(z_t, tt)).preds
+        preds = (model(z_t, tt, fp.known_part(observed, tt, z_t)) if known else model(z_t, tt)).preds
         runs.append({n: p for n, p in preds.items() if n not in observed})
     if len(runs) == 1:
         return z0, runs[0]
