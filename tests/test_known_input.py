@@ -192,3 +192,14 @@ def test_with_two_aggregated_modalities_the_part_of_the_known_one_alone_is_told(
     only_label = fp.injected({"label": observed["label"], "representation": torch.zeros_like(z)}, k, z)
     assert torch.allclose(rec.known[0], only_label) and torch.allclose(fp.known_part(observed, k, z), only_label)
     assert rec.known[0].abs().sum() > 0
+    from mtd_core.diffusion.elbo import MultiModalELBO
+
+    b = {**batch(), "representation": model.taskset["representation"].derive(batch())}
+    rec.known.clear()
+    elbo = MultiModalELBO(fp, model.taskset.modalities, model.taskset.base_latent, model.encode, known=["label"])
+    out = elbo(rec, b, timesteps=torch.tensor([40]), generator=torch.Generator().manual_seed(0))
+    _, enc = model.encode(b)
+    label_alone = fp.injected({"label": enc["label"], "representation": torch.zeros_like(enc["label"])}, 40, z)
+    assert torch.allclose(rec.known[0], label_alone) and torch.isfinite(out.bound).all()
+    read = generate(model, given={"image": b["image"], "label": b["label"]}, progress=False)  # read-out, told the label
+    assert read.mode == "readout" and read.predictions["representation"].shape == (6, 4)
