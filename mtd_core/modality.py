@@ -80,6 +80,9 @@ class Modality(abc.ABC):
             required to be valid on the task set's noise schedule otherwise (default: ``default_weights()``).
         loss_weight: this modality's weight c_i in the multi-task training loss (default:
             ``default_loss_weight``, which a kind sets to what was measured for it).
+        head_grad: the share in [0, 1] of its head's loss gradient that reaches the shared backbone (1, the
+            default, is the paper's joint training; 0 trains the head on the backbone's features without letting
+            it shape them; docs/training.md). The forward pass is unchanged; only training differs.
         **options: fields of ``Config``; an unknown one is a ConfigError naming the nearest valid field.
     """
 
@@ -92,7 +95,7 @@ class Modality(abc.ABC):
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
                  weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float | None = None,
-                 **options: ConfigValue) -> None:
+                 head_grad: float = 1.0, **options: ConfigValue) -> None:
         self.name = name or self.kind
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise ConfigError(f"modality {self.name!r}: a name must be a Python identifier")
@@ -122,6 +125,10 @@ class Modality(abc.ABC):
             self.weights = (weight_schedule_from_config(dict(weights) if isinstance(weights, Mapping) else weights, self.name)
                             if weights is not None else self.default_weights())
         self.loss_weight = float(self.default_loss_weight if loss_weight is None else loss_weight)
+        if isinstance(head_grad, bool) or not isinstance(head_grad, (int, float)) or not 0.0 <= head_grad <= 1.0:
+            raise ConfigError(f"modality {self.name!r}: head_grad must be a number in [0, 1] (the share of its "
+                              f"head's gradient that reaches the backbone), got {head_grad!r}")
+        self.head_grad = float(head_grad)
 
     # -- configuration ----------------------------------------------------------------------------
     def default_weights(self) -> WeightSchedule:
@@ -136,6 +143,8 @@ class Modality(abc.ABC):
         if self.role is Role.AGGREGATED:
             out["weights"] = self.weights.to_config()
         out["loss_weight"] = self.loss_weight
+        if self.head_grad != 1.0:  # left out at the default, so that configs saved before it load unchanged
+            out["head_grad"] = self.head_grad
         out.update(attrs.asdict(self.config, value_serializer=_plain))
         return out
 

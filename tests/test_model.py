@@ -125,6 +125,41 @@ def test_loss_is_training_loss_and_trains_every_part():
     assert torch.isfinite(model.loss(b, kind="vlb", generator=torch.Generator().manual_seed(0)).loss)
 
 
+def _backbone_grads(head_grad: float) -> tuple[DenoiserOutput, list[torch.Tensor], list[torch.Tensor]]:
+    """The head's loss gradient on the backbone's parameters, and on the head's, for a label with ``head_grad``."""
+    config = {**CONFIG, "modalities": [CONFIG["modalities"][0], {**CONFIG["modalities"][1], "head_grad": head_grad}]}
+    model = make_model(config)
+    out = model(torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([1, 10, 50, 100]))
+    torch.nn.functional.cross_entropy(out.preds["label"], batch()["label"]).backward()
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.backbone.parameters()]
+    return out, grads, [p.grad.clone() for p in model.heads["label"].parameters()]
+
+
+def test_head_grad_scales_the_heads_gradient_into_the_backbone_and_nothing_else():
+    full, g1, h1 = _backbone_grads(1.0)
+    assert sum(float(g.abs().sum()) for g in g1) > 0  # the paper's training: the head shapes the backbone
+    for share in (0.0, 0.25):
+        out, g, h = _backbone_grads(share)
+        assert torch.equal(out.preds["label"], full.preds["label"]) and torch.equal(out.eps, full.eps)
+        assert all(torch.allclose(a, share * b, atol=1e-7) for a, b in zip(g, g1))
+        assert all(torch.allclose(a, b) for a, b in zip(h, h1))  # the head itself learns as before
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0"])
+def test_head_grad_outside_zero_one_is_a_clear_error(bad):
+    config = {**CONFIG, "modalities": [CONFIG["modalities"][0], {**CONFIG["modalities"][1], "head_grad": bad}]}
+    with pytest.raises(ConfigError, match=r"modality 'label': head_grad must be a number in \[0, 1\]"):
+        TaskSet.from_config(config)
+
+
+def test_head_grad_is_saved_only_when_it_is_not_the_default():
+    label = CONFIG["modalities"][1]
+    assert "head_grad" not in TaskSet.from_config(CONFIG).to_config()["modalities"][1]
+    ts = TaskSet.from_config({**CONFIG, "modalities": [CONFIG["modalities"][0], {**label, "head_grad": 0.5}]})
+    again = TaskSet.from_config(json.loads(json.dumps(ts.to_config())))
+    assert again["label"].head_grad == 0.5 and again.to_config() == ts.to_config()
+
+
 def test_loss_is_seeded_by_its_generator():
     model = make_model()
     a = model.loss(batch(), generator=torch.Generator().manual_seed(5)).loss
