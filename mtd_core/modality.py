@@ -82,7 +82,8 @@ class Modality(abc.ABC):
             ``default_loss_weight``, which a kind sets to what was measured for it).
         head_grad: the share in [0, 1] of its head's loss gradient that reaches the shared backbone (1, the
             default, is the paper's joint training; 0 trains the head on the backbone's features without letting
-            it shape them; docs/training.md). The forward pass is unchanged; only training differs.
+            it shape them; docs/modalities.md, math.md section 6). The forward pass is unchanged; only training
+            differs.
         **options: fields of ``Config``; an unknown one is a ConfigError naming the nearest valid field.
     """
 
