@@ -247,7 +247,8 @@ class MultiTaskModel(nn.Module):
         for m in self.taskset.aggregated:
             features = out.pooled if m.head_input is HeadInput.POOLED else out.fmap
             if m.head_grad != 1.0:  # the same features; the head's gradient reaches the backbone scaled
-                features = features.detach() + m.head_grad * (features - features.detach())
+                fixed = features.detach()
+                features = fixed + m.head_grad * (features - fixed)
             preds[m.name] = self.heads[m.name](features)
         return DenoiserOutput(eps=eps, preds=preds)
 

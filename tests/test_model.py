@@ -125,10 +125,14 @@ def test_loss_is_training_loss_and_trains_every_part():
     assert torch.isfinite(model.loss(b, kind="vlb", generator=torch.Generator().manual_seed(0)).loss)
 
 
+def with_head_grad(value: object) -> dict:
+    """CONFIG with the label's ``head_grad`` set to ``value``."""
+    return {**CONFIG, "modalities": [CONFIG["modalities"][0], {**CONFIG["modalities"][1], "head_grad": value}]}
+
+
 def _backbone_grads(head_grad: float) -> tuple[DenoiserOutput, list[torch.Tensor], list[torch.Tensor]]:
     """The head's loss gradient on the backbone's parameters, and on the head's, for a label with ``head_grad``."""
-    config = {**CONFIG, "modalities": [CONFIG["modalities"][0], {**CONFIG["modalities"][1], "head_grad": head_grad}]}
-    model = make_model(config)
+    model = make_model(with_head_grad(head_grad))
     out = model(torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([1, 10, 50, 100]))
     torch.nn.functional.cross_entropy(out.preds["label"], batch()["label"]).backward()
     grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.backbone.parameters()]
@@ -147,15 +151,13 @@ def test_head_grad_scales_the_heads_gradient_into_the_backbone_and_nothing_else(
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0"])
 def test_head_grad_outside_zero_one_is_a_clear_error(bad):
-    config = {**CONFIG, "modalities": [CONFIG["modalities"][0], {**CONFIG["modalities"][1], "head_grad": bad}]}
     with pytest.raises(ConfigError, match=r"modality 'label': head_grad must be a number in \[0, 1\]"):
-        TaskSet.from_config(config)
+        TaskSet.from_config(with_head_grad(bad))
 
 
 def test_head_grad_is_saved_only_when_it_is_not_the_default():
-    label = CONFIG["modalities"][1]
     assert "head_grad" not in TaskSet.from_config(CONFIG).to_config()["modalities"][1]
-    ts = TaskSet.from_config({**CONFIG, "modalities": [CONFIG["modalities"][0], {**label, "head_grad": 0.5}]})
+    ts = TaskSet.from_config(with_head_grad(0.5))
     again = TaskSet.from_config(json.loads(json.dumps(ts.to_config())))
     assert again["label"].head_grad == 0.5 and again.to_config() == ts.to_config()
 
