@@ -33,7 +33,7 @@ def metric_keys(preset: Preset) -> list[str]:
 
 def text_modality(preset: Preset) -> dict[str, Any]:
     """The aggregated caption modality (its captions come from :func:`captions_transform`)."""
-    return common.aggregated({"kind": "text", "max_len": 12, "vocab_size": 64})
+    return common.aggregated({"kind": "text", "max_len": 12, "vocab_size": 64, "head_grad": common.HEAD_GRAD})
 
 
 def captions_transform(preset: Preset) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def joint_measures(ev: common.Evaluator, preset: Preset, model: Any, samples: Ma
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image + caption model and evaluate it (see the module docstring)."""
     trained = common.train(preset, [common.image_modality(preset), text_modality(preset)], seed, run_dir,
-                           [captions_transform(preset)])
+                           [captions_transform(preset)], aux_channels=common.OWN_CHANNELS)
     ev = common.make_evaluator(trained.data, preset)
     print(f"  feature net: {ev.feature_net}")
     model = trained.model

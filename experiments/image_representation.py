@@ -38,14 +38,16 @@ about four times over (digits, seed 0: joint FID 12.6 at weight 1, 7.0 at 0.1, c
 def representation_modality() -> dict[str, Any]:
     """The aggregated representation modality (the built-in frozen random conv extractor)."""
     return common.aggregated({"kind": "representation", "dim": DIM, "loss": "gaussian", "source": "image",
-                              "builtin_extractor": "random_conv", "seed": 0, "loss_weight": LOSS_WEIGHT})
+                              "builtin_extractor": "random_conv", "seed": 0, "loss_weight": LOSS_WEIGHT,
+                              "head_grad": common.HEAD_GRAD})
 
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image + representation model and evaluate it (see the module docstring)."""
     from mtd_core.metrics import cosine_consistency
 
-    trained = common.train(preset, [common.image_modality(preset), representation_modality()], seed, run_dir)
+    trained = common.train(preset, [common.image_modality(preset), representation_modality()], seed, run_dir,
+                           aux_channels=common.OWN_CHANNELS)
     ev = common.make_evaluator(trained.data, preset)
     print(f"  feature net: {ev.feature_net}")
     model = trained.model

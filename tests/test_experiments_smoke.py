@@ -245,3 +245,22 @@ def test_a_trained_module_is_reused_when_only_evaluation_settings_changed(tmp_pa
     assert common.trained_module(net, path, evaluation, fit) == 1.5 and len(fits) == 1  # reused
     common.trained_module(net, path, {"preset": {"steps": 20, "nfe": 20, "sampling": {}}, "seed": 0}, fit)
     assert len(fits) == 2  # trained again: the training changed
+
+
+def test_an_experiments_own_channels_are_its_default_and_a_design_study_overrides_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments import image_caption, image_representation
+
+    preset = get_preset("smoke")
+    for module, aggregated in [(image_caption, image_caption.text_modality(preset)),
+                               (image_representation, image_representation.representation_modality())]:
+        modalities = [common.image_modality(preset), aggregated]
+        config = common.run_config(preset, modalities, 0, aux_channels=common.OWN_CHANNELS)
+        assert config.taskset["aux_channels"] == 1, module.NAME
+        assert config.taskset["modalities"][1]["head_grad"] == common.HEAD_GRAD, module.NAME
+    single = common.run_config(preset, [common.image_modality(preset)], 0, aux_channels=1)
+    assert "aux_channels" not in single.taskset  # no aggregated modality: nothing to give channels to
+    monkeypatch.setitem(common.DESIGN, "aux_channels", 0)  # --aux-channels 0: the paper's shared channels
+    shared = common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
+                               aux_channels=common.OWN_CHANNELS)
+    assert "aux_channels" not in shared.taskset
