@@ -47,7 +47,7 @@ HEAD_GRAD = 0.1
 """The design of the task sets whose joint generation is a flow (image + caption, image + representation): their
 encodings get a channel of Z of their own (``aux_channels``) and their heads a tenth of their loss gradient into the
 shared backbone (``head_grad``). Validation FID at 20 NFE, seeds 0 / 1: caption 3.77 / 2.53, representation
-3.86 / 3.47, against 9.50 and 5.08 on seed 0 with shared channels and the whole gradient; the heads' read-outs
+3.86 / 3.47, against 9.50 (seed 0) and 5.08 / 5.27 with shared channels and the whole gradient; the heads' read-outs
 unchanged or better (docs/sampling.md, "Captions and representations")."""
 
 
