@@ -100,11 +100,12 @@ def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: in
                           log_every=max(1, min(50, preset.steps)), sample_every=0, sample_n=0,
                           checkpoint_every=checkpoint_every, keep_last=0 if checkpoint_every else 1, progress=False)
     taskset: dict[str, Any] = {"modalities": [dict(m) for m in modalities], "diffusion": {"kind": "linear", "T": 1000}}
+    multi = any(m.get("role", "aggregated") != "base" for m in modalities)  # the options need an aggregated one
     aux = aux_channels if DESIGN["aux_channels"] is None else DESIGN["aux_channels"]
-    if aux and any(m.get("role", "aggregated") != "base" for m in modalities):
+    if aux and multi:
         taskset["aux_channels"] = aux
     known = known_input if DESIGN["known_input"] is None else DESIGN["known_input"]
-    if known and any(m.get("role", "aggregated") != "base" for m in modalities):
+    if known and multi:
         taskset["known_input"] = True
     if DESIGN["known_dropout"] is not None:  # the task set rejects it without known_input
         taskset["known_dropout"] = DESIGN["known_dropout"]
