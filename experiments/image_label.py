@@ -33,8 +33,9 @@ def metric_keys(preset: Preset) -> list[str]:
 
 
 def label_modality() -> dict[str, Any]:
-    """The aggregated label modality (10 classes, the windowed weight schedule)."""
-    return common.aggregated({"kind": "label", "num_classes": 10})
+    """The aggregated label modality (10 classes, the windowed weight schedule, a tenth of its head's gradient into the
+    backbone: common.HEAD_GRAD)."""
+    return common.aggregated({"kind": "label", "num_classes": 10, "head_grad": common.HEAD_GRAD})
 
 
 def joint_measures(ev: common.Evaluator, preset: Preset, model: Any, samples: Mapping[str, Any]) -> dict[str, float]:

@@ -5,7 +5,8 @@ Defaults are chosen on the validation protocol and reported on the test protocol
     val    reference: 10 000 training images (seeded); sampling seeds 1000 + seed. No test image is read.
     test   reference: the whole test split; sampling seed = seed (the experiments' own).
 
-Every setting is a dict of ``generate`` options (sampler, nfe, spacing, clip, clip_eps, eta, conditioning, given),
+Every setting is a dict of ``generate`` options (sampler, nfe, spacing, clip, clip_eps, eta, conditioning, given;
+``guide=S``: with given=label, the label head's guidance at scale S towards it),
 written as ``key=value,key=value``; the diffusers baseline takes ``sampler=diffusers_ddim`` or
 ``sampler=diffusers_dpmpp`` (diffusers' DDIMScheduler and DPMSolverMultistepScheduler at their defaults, on the
 baseline's saved U-Net). Rows are appended to ``--out`` (JSON lines), so a study can be extended and plotted later.
@@ -95,7 +96,11 @@ class Study:
         given = {}
         if options.pop("given", None) == "label":
             given = {"label": torch.arange(n) % CLASSES}
-        return _generate(self.model, self.preset, n, self.sample_seed, given, options)
+        guide = float(options.pop("guide", 0.0))
+        if guide and not given:
+            raise ConfigError(f"setting {dict(setting)}: guide (the label head's guidance towards the given label) "
+                              "needs given=label")
+        return _generate(self.model, self.preset, n, self.sample_seed, given, options, guide)
 
     def score(self, setting: Mapping[str, Any], n: int) -> dict[str, Any]:
         """FID, KID, noise-like share (and joint coherence or conditional fidelity where they apply)."""
@@ -119,18 +124,19 @@ class Study:
 
 
 def _generate(model: Any, preset: Preset, n: int, seed: int, given: dict[str, torch.Tensor],
-              options: dict[str, Any]) -> dict[str, Any]:
+              options: dict[str, Any], guide: float = 0.0) -> dict[str, Any]:
     """``generate`` (its defaults where ``options`` are silent) in chunks of ``preset.eval_batch`` with one seeded
-    generator; samples concatenated on CPU."""
-    from mtd_core.sampling import generate
+    generator; samples concatenated on CPU. ``guide``: the label head's guidance scale towards the given labels."""
+    from mtd_core.sampling import GuidanceConfig, generate
 
     g = torch.Generator(model.device).manual_seed(seed)
     parts = []
     for start in range(0, n, preset.eval_batch):
         stop = min(n, start + preset.eval_batch)
         chunk = {k: v[start:stop].to(model.device) for k, v in given.items()}
-        out = generate(model, n=None if chunk else stop - start, given=chunk or None, generator=g, progress=False,
-                       **options)
+        guidance = GuidanceConfig("label", chunk["label"], guide) if guide else None
+        out = generate(model, n=None if chunk else stop - start, given=chunk or None, guidance=guidance, generator=g,
+                       progress=False, **options)
         parts.append({k: v.detach().cpu() for k, v in out.samples.items() if isinstance(v, torch.Tensor)})
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 

@@ -15,6 +15,7 @@ builds nothing at import time.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import ClassVar
 
@@ -42,6 +43,11 @@ from mtd_core.types import (
 
 __all__ = ["BasePrediction", "DataSpec", "FeatureSpec", "HeadInput", "LatentSpec", "Modality", "NoOptions", "Role",
            "rms_normalize"]
+
+
+def is_temperature(tau: object) -> bool:
+    """Whether ``tau`` is a valid encoding temperature: a positive finite number (not a bool)."""
+    return isinstance(tau, (int, float)) and not isinstance(tau, bool) and 0 < tau < math.inf
 
 
 def rms_normalize(e: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -72,6 +78,10 @@ class Modality(abc.ABC):
             prior of the modality; ``generate`` may then draw it first and generate the rest given it (joint =
             "commit"). False for heads that model each element apart (a caption's tokens) or only a mean.
         default_loss_weight: the weight c_i of this kind's term in the training loss when a config gives none.
+        default_encoding_temperature: the temperature of its head's probabilities behind its encoding in every
+            reverse step when ``generate(..., encoding_temperature=...)`` does not name it (1: the posterior mean;
+            set below 1 only by a kind that overrides ``temper`` and measured it; docs/sampling.md). A sampling
+            choice: training and the ELBO do not see it.
 
     Args:
         name: the instance name, the key of its data in batches (default: ``kind``).
@@ -93,6 +103,7 @@ class Modality(abc.ABC):
     Config: ClassVar[type] = NoOptions
     exact_sample: ClassVar[bool] = False
     default_loss_weight: ClassVar[float] = 1.0
+    default_encoding_temperature: ClassVar[float] = 1.0
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
                  weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float | None = None,

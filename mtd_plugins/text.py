@@ -135,6 +135,9 @@ class TextModality(Modality):
     roles = (Role.AGGREGATED,)
     head_input = HeadInput.POOLED
     Config = TextConfig
+    # sharper token probabilities behind the encoding of every reverse step: Fashion-MNIST caption validation FID at
+    # 20 NFE, seeds 0 / 1: 2.46 / 2.33 at 0.5 against 3.77 / 2.53 at 1 (docs/sampling.md, the encoding temperature)
+    default_encoding_temperature = 0.5
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
                  weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float | None = None,

@@ -106,6 +106,10 @@ class WarmTemper(Scalar):
         return pred + 1.0  # temperature 1 should leave the prediction as it is
 
 
+class TemperedWithoutTemper(Scalar):
+    default_encoding_temperature = 0.5  # but no temper() to apply it with
+
+
 class Float64Encoder(Scalar):
     def build_encoder(self, latent: LatentSpec) -> nn.Module:
         return super().build_encoder(latent).double()
@@ -141,6 +145,7 @@ class Abstract(Modality):
     (LossyConfig, {"scale": 2.0}, "config round-trip", "differences in ['Config']"),
     (UndocumentedOption, {}, "Config documented", "undocumented ['mystery']"),
     (WarmTemper, {}, "temper(pred, 1) leaves predicted_encoding unchanged", "expected the same encoding"),
+    (TemperedWithoutTemper, {}, "default_encoding_temperature", "on a kind that overrides temper, got 0.5"),
     (Abstract, {}, "class", "abstract methods ['data_spec', 'loss', 'sample']"),
 ])
 def test_each_bug_is_one_precise_problem(cls: type[Modality], options: dict, check: str, detail: str) -> None:

@@ -217,6 +217,31 @@ def test_generate_with_an_encoding_temperature_changes_the_trajectory_not_the_co
     assert torch.equal(cold.samples["label"], cold.predictions["label"].argmax(1))
 
 
+def test_a_kinds_default_encoding_temperature_applies_where_the_option_is_silent():
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    kw = dict(n=3, steps=5, progress=False, joint="flow")
+    model = tiny_model()
+    base = generate(model, generator=g(), **kw)
+    cold = generate(model, generator=g(), encoding_temperature={"label": 0.05}, **kw)
+    model.taskset["label"].default_encoding_temperature = 0.05  # what a kind's class attribute sets
+    assert torch.equal(generate(model, generator=g(), **kw).samples["image"], cold.samples["image"])
+    named = generate(model, generator=g(), encoding_temperature={"label": 1.0}, **kw)
+    assert torch.equal(named.samples["image"], base.samples["image"])  # the option, where it names one, wins
+    committed = generate(model, generator=g(), n=3, steps=5, progress=False)  # nothing to temper: no error
+    assert committed.samples["image"].shape == base.samples["image"].shape
+    read = generate(model, given={"image": base.samples["image"]}, progress=False)  # nor in read-out mode
+    assert read.mode == "readout"
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0, float("nan")])
+def test_a_kinds_default_encoding_temperature_must_be_positive(tau):
+    model = tiny_model()
+    model.taskset["label"].default_encoding_temperature = tau
+    with pytest.raises(ConfigError, match=r"modality 'label' \(label, mtd_plugins.label\): "
+                                          r"default_encoding_temperature must be a positive finite number"):
+        generate(model, n=1, steps=2, progress=False, joint="flow")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(n=2, encoding_temperature={"labels": 0.5}), r"'labels', which is not a generated aggregated modality "
                                                       r"\(did you mean 'label'\?\); those are \['label'\]"),

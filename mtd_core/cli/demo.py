@@ -66,7 +66,8 @@ DEMO_CONFIG: ConfigDict = {
         "modalities": [
             {"kind": "image", "role": "base", "channels": 1, "size": 8},
             {"kind": "label", "num_classes": 10,
-             "weights": {"kind": "windowed", "peak": 1.0, "start": 0.05, "center": 0.4, "end": 0.9}},
+             "weights": {"kind": "windowed", "peak": 1.0, "start": 0.05, "center": 0.4, "end": 0.9},
+             "head_grad": 0.1},
         ],
         "diffusion": {"kind": "linear", "T": 1000},
         "known_input": True,

@@ -84,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="how given modalities enter each step (default replace; see docs/sampling.md)")
     p.add_argument("--encoding-temperature", action="append", default=[], metavar="NAME=TAU",
                    help="temper a generated label's (or caption's) probabilities behind its encoding in every "
-                        "step (repeatable), e.g. --encoding-temperature label=0.125 (see docs/sampling.md)")
+                        "step (repeatable), e.g. --encoding-temperature label=0.125; default: the kind's own "
+                        "(1, the posterior mean, but for text; see docs/sampling.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")

@@ -21,7 +21,7 @@ import attrs
 import torch
 from torch import nn
 
-from mtd_core.modality import BasePrediction, FeatureSpec, HeadInput, LatentSpec, Modality, Role
+from mtd_core.modality import BasePrediction, FeatureSpec, HeadInput, LatentSpec, Modality, Role, is_temperature
 from mtd_core.plugins.options import (
     is_bool,
     modality_name,
@@ -123,6 +123,9 @@ def _static_checks(cls: object, c: _Checker) -> None:
     roles = getattr(cls, "roles", None)
     c.expect("roles", isinstance(roles, tuple) and len(roles) > 0 and all(isinstance(r, Role) for r in roles),
              "a non-empty tuple of Role", repr(roles))
+    tau = getattr(cls, "default_encoding_temperature", 1.0)
+    c.expect("default_encoding_temperature", tau == 1.0 or (is_temperature(tau) and cls.temper is not Modality.temper),
+             "1, or a positive finite number on a kind that overrides temper", repr(tau))
     config = getattr(cls, "Config", None)
     c.expect("Config", inspect.isclass(config) and attrs.has(config), "an attrs class of options", repr(config))
     assert inspect.isclass(config) and attrs.has(config)  # expect() raised otherwise

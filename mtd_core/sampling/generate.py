@@ -39,7 +39,7 @@ import torch
 
 from mtd_core.diffusion.noise import respaced_timesteps
 from mtd_core.errors import ConfigError, ModalityDataError, ScheduleError, closest
-from mtd_core.modality import Modality, Role
+from mtd_core.modality import Modality, Role, is_temperature
 from mtd_core.sampling.base import Callback, Sampler, randn_like
 from mtd_core.sampling.estimate import BaseEstimate
 from mtd_core.sampling.denoiser import GuideTerm, ModelDenoiser, base_range, check_conditioning
@@ -177,6 +177,8 @@ def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.G
         if m.role is Role.AGGREGATED and m.exact_sample and name not in given and name not in guided]
     temperature = _check_temperature(modalities, given, mode, o.encoding_temperature)
     tempered = [name for name in temperature if name in commit]
+    if mode != "readout":  # the kinds' own defaults where the option is silent
+        temperature.update(_default_temperatures(modalities, [*given, *commit, *temperature]))
     if tempered:
         raise ConfigError(f"generate: encoding_temperature names {tempered}, which joint = 'commit' draws from the "
                           "head at the first step (no encoding to temper); pass joint='flow' to temper them")
@@ -284,9 +286,24 @@ def _check_temperature(modalities: dict[str, Modality], given: Batch, mode: str,
         if type(modalities[name]).temper is Modality.temper:
             raise ConfigError(f"generate: encoding_temperature: modality {name!r} ({modalities[name].kind}) has "
                               "categorical predictions only if it overrides Modality.temper; it does not")
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < float("inf"):
+        if not is_temperature(tau):
             raise ConfigError(f"generate: encoding_temperature[{name!r}] must be a positive finite number, got {tau!r}")
     return {n: float(t) for n, t in temperature.items()}
+
+
+def _default_temperatures(modalities: dict[str, Modality], skip: Sequence[str]) -> dict[str, float]:
+    """``Modality.default_encoding_temperature`` of every generated aggregated modality not in ``skip`` where it is
+    not 1 (a kind's value that is not a positive finite number, or set without ``temper``, is a ConfigError)."""
+    out = {}
+    for name, m in modalities.items():
+        tau = m.default_encoding_temperature
+        if m.role is not Role.AGGREGATED or name in skip or tau == 1.0:
+            continue
+        if not is_temperature(tau) or type(m).temper is Modality.temper:
+            raise ConfigError(f"modality {name!r} ({m.kind}, {type(m).__module__}): default_encoding_temperature must "
+                              f"be a positive finite number on a kind that overrides Modality.temper, got {tau!r}")
+        out[name] = float(tau)
+    return out
 
 
 def _observed_data(modalities: dict[str, Modality], given: Batch, n: int | None,

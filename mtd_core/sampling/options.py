@@ -57,7 +57,9 @@ class SamplingOptions:
             lets them follow the reverse process with the others. A guided modality always follows the flow.
         encoding_temperature: generated categorical modality name -> temperature of its head's probabilities
             behind its encoding in every reverse step (``Modality.temper``). Below 1 the trajectory commits to one
-            class (or token) earlier. Not in readout mode; the returned samples and predictions are the heads' own.
+            class (or token) earlier. A modality it does not name gets its kind's
+            ``Modality.default_encoding_temperature`` (1, the posterior mean, but for the built-in text). Not in
+            readout mode; the returned samples and predictions are the heads' own.
         read_t: readout mode only: the read-out timestep(s) as fractions of T in (0, 1]; with several, the heads'
             tensor predictions (e.g. logits) are averaged over them.
     """
