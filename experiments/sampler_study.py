@@ -6,7 +6,7 @@ Defaults are chosen on the validation protocol and reported on the test protocol
     test   reference: the whole test split; sampling seed = seed (the experiments' own).
 
 Every setting is a dict of ``generate`` options (sampler, nfe, spacing, clip, clip_eps, eta, conditioning, given;
-``guide=S``: with given=label, the label head's guidance at scale S towards it),
+``guide=S``: with given=label, the label head's guidance at scale S towards it; ``encoding_temperature=text:0.5``),
 written as ``key=value,key=value``; the diffusers baseline takes ``sampler=diffusers_ddim`` or
 ``sampler=diffusers_dpmpp`` (diffusers' DDIMScheduler and DPMSolverMultistepScheduler at their defaults, on the
 baseline's saved U-Net). Rows are appended to ``--out`` (JSON lines), so a study can be extended and plotted later.
@@ -46,7 +46,13 @@ def parse_setting(text: str) -> dict[str, Any]:
         key, sep, value = part.partition("=")
         if not sep:
             raise ConfigError(f"setting {text!r}: expected key=value pairs, got {part!r}")
-        out[key] = parse_value(value)
+        if key == "encoding_temperature":  # name:tau[;name:tau], e.g. encoding_temperature=text:0.5
+            pairs = [item.partition(":") for item in value.split(";")]
+            if not all(sep and name for name, sep, _ in pairs):
+                raise ConfigError(f"setting {text!r}: encoding_temperature takes name:tau[;name:tau], got {value!r}")
+            out[key] = {name: parse_value(tau) for name, _, tau in pairs}
+        else:
+            out[key] = parse_value(value)
     return out
 
 

@@ -201,6 +201,18 @@ def test_the_study_table_reads_the_default_and_named_samplers(tmp_path: Path) ->
     assert (tmp_path / "assets" / "cpu_fid_vs_nfe.png").is_file()
 
 
+def test_a_study_setting_reads_numbers_and_encoding_temperatures() -> None:
+    from experiments.sampler_study import parse_setting
+
+    assert parse_setting("sampler=ddim,nfe=20,given=label,guide=3") == {
+        "sampler": "ddim", "nfe": 20, "given": "label", "guide": 3}
+    assert parse_setting("nfe=20,encoding_temperature=text:0.5;label:1") == {
+        "nfe": 20, "encoding_temperature": {"text": 0.5, "label": 1}}
+    for bad in ("nfe", "encoding_temperature=0.5", "encoding_temperature=text:0.5;:1"):
+        with pytest.raises(ConfigError, match="setting"):
+            parse_setting(bad)
+
+
 def test_results_json_must_be_complete(tmp_path: Path) -> None:
     preset = get_preset("smoke")
     outcome = common.Outcome(metrics={"fid": 1.0}, protocol={})
