@@ -3,7 +3,8 @@
 ``given`` maps observed modality names to data; every other modality is generated. Three modes follow:
 
     joint        nothing given. Reverse diffusion from z_K ~ N(0, I); every step uses the posterior means
-                 E[E_i | z_t] of every head's prediction (``encoding_temperature`` sharpens a categorical head's
+                 E[E_i | z_t] of every head's prediction (``encoding_temperature``, or the kind's
+                 ``default_encoding_temperature``, e.g. a caption's 0.5, sharpens a categorical head's
                  probabilities there). The base comes from z_0, each aggregated modality from its head at the
                  last step. With ``joint = "commit"`` (the default) a modality whose head is its whole
                  distribution (``Modality.exact_sample``: a label) is instead drawn from its head at z_K, the
@@ -177,11 +178,11 @@ def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.G
         if m.role is Role.AGGREGATED and m.exact_sample and name not in given and name not in guided]
     temperature = _check_temperature(modalities, given, mode, o.encoding_temperature)
     tempered = [name for name in temperature if name in commit]
-    if mode != "readout":  # the kinds' own defaults where the option is silent
-        temperature.update(_default_temperatures(modalities, [*given, *commit, *temperature]))
     if tempered:
         raise ConfigError(f"generate: encoding_temperature names {tempered}, which joint = 'commit' draws from the "
                           "head at the first step (no encoding to temper); pass joint='flow' to temper them")
+    if mode != "readout":  # the kinds' own defaults where the option is silent
+        temperature.update(_default_temperatures(modalities, [*given, *commit, *temperature]))
     if mode == "readout" and guidance is not None:
         raise ConfigError("generate: guidance needs a reverse process; it does not apply when the base is given")
     guide: list[GuideTerm] = []
