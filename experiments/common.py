@@ -32,22 +32,25 @@ WINDOWED = {"kind": "windowed", "peak": 1.0, "start": 0.05, "center": 0.4, "end"
 """The aggregated modalities' weight schedule w_t (eq. 4 of the paper): the example configs' windowed schedule."""
 
 DESIGN: dict[str, Any] = {"variant": "", "aux_channels": None, "weights": WINDOWED, "aggregated": {},
-                          "known_input": None, "known_dropout": None}
+                          "known_input": None, "known_dropout": None, "aux_eps": None}
 """The design every multi-modal experiment trains with: where the encodings live in Z (the task set's
 ``aux_channels``; None: the experiment's own default), the aggregated modalities' weight schedule and any further
 option of theirs (e.g. ``loss_weight``, ``head_grad``) and whether the backbone reads the known aggregated part
-(``known_input``; None: the experiment's own default; ``known_dropout``: None for the task set's default).
+(``known_input``; None: the experiment's own default; ``known_dropout``: None for the task set's default) and
+where the auxiliary channels' noise estimate comes from (``aux_eps``; None: the task set's default).
 ``--variant NAME --aux-channels A --weights kind=...,... --aggregated key=value,... --known-input true|false
---known-dropout P`` change it for a design study; such runs and results go to ``<experiment>/variants/<NAME>/`` so
+--known-dropout P --aux-eps network|heads`` change it for a design study; such runs and results go to ``<experiment>/variants/<NAME>/`` so
 that they never mix with the defaults' (docs/results.md is built from those)."""
 
 
 OWN_CHANNELS = 1
+AUX_EPS = "heads"
 HEAD_GRAD = 0.1
 """The heads' share of their loss gradient into the shared backbone (``head_grad``) in every built-in joint task set,
 and the channels of Z of their own (``aux_channels``) that the task sets whose joint generation is a flow (image +
-caption, image + representation) give their encodings. Validation FID at 20 NFE, seeds 0 / 1: caption 3.77 / 2.53,
-representation 3.86 / 3.47, against 9.50 (seed 0) and 5.08 / 5.27 with shared channels and the whole gradient;
+caption, image + representation) give their encodings, whose noise estimate the heads imply (``aux_eps``). Validation
+FID at 20 NFE, seeds 0 / 1: caption 1.66 / 1.45, representation 2.00 / 2.15; with the backbone's own estimate of that
+channel 2.46 / 2.33 and 3.86 / 3.47; 9.50 (seed 0) and 5.08 / 5.27 with shared channels and the whole gradient;
 image + label (shared channels, ``known_input``) 1.03 / 1.10 against 1.37 / 1.22 with the whole gradient; the heads'
 read-outs unchanged or better (docs/sampling.md, "Telling the network the known part" and "Captions and
 representations")."""
@@ -106,6 +109,9 @@ def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: in
     aux = aux_channels if DESIGN["aux_channels"] is None else DESIGN["aux_channels"]
     if aux and multi:
         taskset["aux_channels"] = aux
+        aux_eps = AUX_EPS if DESIGN["aux_eps"] is None else DESIGN["aux_eps"]
+        if aux_eps != "network":  # the task set's default, left out as its to_config leaves it out
+            taskset["aux_eps"] = aux_eps
     known = known_input if DESIGN["known_input"] is None else DESIGN["known_input"]
     if known and multi:
         taskset["known_input"] = True
@@ -615,14 +621,16 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
                    help="the task set's known_input (design study)")
     p.add_argument("--known-dropout", type=float, default=None,
                    help="the task set's known_dropout (design study; with known_input)")
+    p.add_argument("--aux-eps", choices=("network", "heads"), default=None,
+                   help="the task set's aux_eps (design study; with auxiliary channels)")
     args = p.parse_args(argv)
     REUSE["finished_runs"] = args.reuse
     REUSE["train_only"] = args.train_only
     designed = (args.aux_channels is not None or bool(args.weights) or bool(args.aggregated)
-                or args.known_input is not None or args.known_dropout is not None)
+                or args.known_input is not None or args.known_dropout is not None or args.aux_eps is not None)
     if designed != bool(args.variant):
         print(f"experiments.{experiment}: error: --variant goes with --aux-channels, --weights, --aggregated, "
-              "--known-input or --known-dropout",
+              "--known-input, --known-dropout or --aux-eps",
               file=sys.stderr)
         return 2
     from experiments.sampler_study import parse_setting
@@ -631,7 +639,7 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
                   weights=parse_setting(args.weights) if args.weights else WINDOWED,
                   aggregated=parse_setting(args.aggregated) if args.aggregated else {},
                   known_input=None if args.known_input is None else args.known_input == "true",
-                  known_dropout=args.known_dropout)
+                  known_dropout=args.known_dropout, aux_eps=args.aux_eps)
     try:
         preset = get_preset(args.preset)
         if args.steps is not None:

@@ -250,7 +250,18 @@ class MultiTaskModel(nn.Module):
                 fixed = features.detach()
                 features = fixed + m.head_grad * (features - fixed)
             preds[m.name] = self.heads[m.name](features)
+        if self.taskset.aux_eps == "heads":
+            eps = self._aux_eps_from_heads(z_t, t, eps, preds)
         return DenoiserOutput(eps=eps, preds=preds)
+
+    def _aux_eps_from_heads(self, z_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                            preds: Mapping[str, Prediction]) -> torch.Tensor:
+        """eps with its auxiliary channels replaced by what the heads imply (TaskSet ``aux_eps = "heads"``): z_0 is
+        zero there, so z_aux = sum_i lambda_t^(i) E_i + sqrt(1 - abar_t) eps_aux, and the posterior mean of
+        eps_aux is (z_aux - sum_i lambda_t^(i) E[E_i | z_t]) / sqrt(1 - abar_t) (docs/math.md, section 2)."""
+        fp, C = self.forward_process, self.taskset.base_latent.shape[0]
+        implied = fp.eps_from_z0(z_t, torch.zeros_like(z_t), self.predicted_encodings(preds), t)
+        return torch.cat([eps[:, :C], implied[:, C:].to(eps.dtype)], dim=1)
 
     def predicted_encodings(self, preds: Mapping[str, Prediction]) -> dict[str, torch.Tensor]:
         """E[E_i(x_i) | z_t] for every head prediction (``Modality.predicted_encoding``), scaled by the running RMS

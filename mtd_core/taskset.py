@@ -12,6 +12,9 @@ Config format (a plain dict; the ``[taskset]`` table of a run config, or a TOML 
                   input channels of its own (docs/math.md, section 4); default false, the paper's eps_theta(z_t, t)
     known_dropout with known_input: the probability that training hides one modality's part from that input
                   (default 0.1), so that the network also works where the part is unknown
+    aux_eps       with aux_channels: where the noise estimate of the auxiliary channels comes from: "network" (the
+                  default, the backbone's output) or "heads" (implied by the heads' predicted encodings,
+                  docs/math.md, section 2), so that only the heads learn the encodings
 
 See docs/models.md for an example.
 """
@@ -23,7 +26,7 @@ import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.noise import NoiseSchedule
@@ -37,7 +40,9 @@ if TYPE_CHECKING:
     from mtd_core.plugins.registry import Registry
 
 
-CONFIG_KEYS = ("modalities", "diffusion", "latent_shape", "aux_channels", "known_input", "known_dropout")
+CONFIG_KEYS = ("modalities", "diffusion", "latent_shape", "aux_channels", "known_input", "known_dropout", "aux_eps")
+AuxEps = Literal["network", "heads"]
+AUX_EPS: tuple[AuxEps, ...] = ("network", "heads")
 DEFAULT_KNOWN_DROPOUT = 0.1
 PEAK_RATIO_BOUND = 5.0
 """Above this peak ratio max_t lambda_t / sqrt(abar_t), the task set warns when the encodings share the base's
@@ -72,6 +77,11 @@ class TaskSet:
             channels of their own beside z_t, zeros where nothing is known. False (the default): eps_theta(z_t, t).
         known_dropout: with ``known_input``, the probability in [0, 1) that a training example's part of one
             modality is hidden from that input (default 0.1).
+        aux_eps: with ``aux_channels``, where eps_theta's auxiliary channels come from. "network" (also when None,
+            the default): the backbone's output, as for the base's channels. "heads": implied by the heads'
+            predicted encodings, eps_aux = (z_aux - sum_i lambda_t^(i) E_hat_i) / sqrt(1 - abar_t), exact since
+            z_0 is zero there (docs/math.md, section 2); the backbone then learns only the base's noise, and the
+            encodings' part of the loss reaches it through the heads (scaled by their ``head_grad``).
 
     Raises:
         ConfigError: duplicate names, two bases, a missing or conflicting latent shape, a non-Modality.
@@ -81,7 +91,7 @@ class TaskSet:
 
     def __init__(self, modalities: Sequence[Modality], noise: NoiseSchedule | None = None,
                  latent_shape: tuple[int, int, int] | None = None, aux_channels: int | None = None,
-                 known_input: bool = False, known_dropout: float | None = None) -> None:
+                 known_input: bool = False, known_dropout: float | None = None, aux_eps: AuxEps | None = None) -> None:
         mods = list(modalities)
         if not mods:
             raise ConfigError("taskset: needs at least one modality, got none")
@@ -108,6 +118,7 @@ class TaskSet:
         C, H, W = self._base_latent.shape
         self._latent = LatentSpec((C + self._aux, H, W))
         self._known_input, self._known_dropout = self._resolve_known(known_input, known_dropout)
+        self._aux_eps = self._resolve_aux_eps(aux_eps)
         # Built eagerly: a weight schedule that is invalid on this noise schedule fails here, naming its modality.
         self._fp = ForwardProcess(self._noise, {m.name: m.weights for m in self.aggregated})
         for name, ratio in self.peak_ratios().items():
@@ -131,6 +142,15 @@ class TaskSet:
             raise ConfigError(f"taskset: aux_channels = {given} needs a base and at least one aggregated modality, "
                               f"but {why}; drop aux_channels")
         return given
+
+    def _resolve_aux_eps(self, given: object) -> AuxEps:
+        choice = "network" if given is None else next((v for v in AUX_EPS if v == given), None)
+        if choice is None:
+            raise ConfigError(f"taskset: aux_eps must be one of {list(AUX_EPS)}, got {given!r}")
+        if choice == "heads" and not self._aux:
+            raise ConfigError("taskset: aux_eps = \"heads\" needs channels of the encodings' own (aux_channels > 0); "
+                              "drop aux_eps or set aux_channels")
+        return choice
 
     def _resolve_known(self, known_input: bool, dropout: float | None) -> tuple[bool, float]:
         if not isinstance(known_input, bool):
@@ -212,6 +232,11 @@ class TaskSet:
         return self._known_input
 
     @property
+    def aux_eps(self) -> AuxEps:
+        """Where eps_theta's auxiliary channels come from: "network" (the backbone) or "heads" (implied)."""
+        return self._aux_eps
+
+    @property
     def known_dropout(self) -> float:
         """With ``known_input``: the probability that training hides one modality's part from that input."""
         return self._known_dropout
@@ -261,6 +286,8 @@ class TaskSet:
             out["aux_channels"] = self._aux
         if self._known_input:
             out["known_input"], out["known_dropout"] = True, self._known_dropout
+        if self._aux_eps != "network":
+            out["aux_eps"] = self._aux_eps
         return out
 
     @classmethod
@@ -313,7 +340,7 @@ class TaskSet:
         latent = config.get("latent_shape")
         return cls(mods, noise, None if latent is None else _latent_shape(latent, "taskset: latent_shape"),
                    config.get("aux_channels"), config.get("known_input", False),
-                   config.get("known_dropout"))
+                   config.get("known_dropout"), config.get("aux_eps"))
 
     @classmethod
     def from_toml(cls, path: str | Path, registry: Registry | None = None) -> TaskSet:

@@ -268,11 +268,16 @@ def test_an_experiments_own_channels_are_its_default_and_a_design_study_override
                                (image_representation, image_representation.representation_modality())]:
         modalities = [common.image_modality(preset), aggregated]
         config = common.run_config(preset, modalities, 0, aux_channels=common.OWN_CHANNELS)
-        assert config.taskset["aux_channels"] == 1, module.NAME
+        assert config.taskset["aux_channels"] == 1 and config.taskset["aux_eps"] == "heads", module.NAME
         assert config.taskset["modalities"][1]["head_grad"] == common.HEAD_GRAD, module.NAME
     single = common.run_config(preset, [common.image_modality(preset)], 0, aux_channels=1)
     assert "aux_channels" not in single.taskset  # no aggregated modality: nothing to give channels to
     monkeypatch.setitem(common.DESIGN, "aux_channels", 0)  # --aux-channels 0: the paper's shared channels
     shared = common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
                                aux_channels=common.OWN_CHANNELS)
-    assert "aux_channels" not in shared.taskset
+    assert "aux_channels" not in shared.taskset and "aux_eps" not in shared.taskset
+    monkeypatch.setitem(common.DESIGN, "aux_channels", None)
+    monkeypatch.setitem(common.DESIGN, "aux_eps", "network")  # --aux-eps network: the backbone's own estimate
+    network = common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
+                                aux_channels=common.OWN_CHANNELS)
+    assert network.taskset["aux_channels"] == 1 and "aux_eps" not in network.taskset

@@ -77,6 +77,45 @@ def test_forward_returns_eps_and_every_head_prediction():
     assert out.eps.shape == z.shape and list(out.preds) == ["label"] and out.preds["label"].shape == (3, 10)
 
 
+def test_heads_imply_the_auxiliary_noise_and_keep_the_backbone_out_of_it():
+    """aux_eps = "heads": the base's channels are the backbone's, the auxiliary ones (z_aux - lambda_t E_hat) /
+    sqrt(1 - abar_t); the true encoding gives back the true noise; the backbone's own auxiliary output gets no
+    gradient, and with head_grad = 0 the backbone learns from the base's noise alone."""
+    net, heads = make_model(), make_model({**CONFIG, "aux_eps": "heads"})
+    heads.load_state_dict(net.state_dict())
+    z, t = torch.randn(3, 2, 8, 8), torch.tensor([1, 50, 100])
+    a, b = net(z, t), heads(z, t)
+    assert torch.equal(a.eps[:, :1], b.eps[:, :1]) and not torch.allclose(a.eps[:, 1:], b.eps[:, 1:])
+    fp = heads.forward_process
+    lam, abar = (fp.lam[0, t].float().reshape(-1, 1, 1, 1), fp.abar[t].float().reshape(-1, 1, 1, 1))
+    e_hat = heads.predicted_encodings(b.preds)["label"][:, 1:]
+    assert torch.allclose(b.eps[:, 1:], (z[:, 1:] - lam * e_hat) / (1 - abar).sqrt(), atol=1e-5)
+    heads.eval()
+    z0, enc = heads.encode(batch(n=3))
+    eps = torch.randn(3, 2, 8, 8)
+    exact = fp.eps_from_z0(fp.q_sample(z0, enc, t, eps), torch.zeros_like(z0), enc, t)
+    assert torch.allclose(exact[:, 1:], eps[:, 1:], atol=1e-5)  # what the heads imply when they are right
+    heads.train()
+    heads.zero_grad()
+    heads.loss(batch(), generator=torch.Generator().manual_seed(0)).loss.backward()
+    out_conv = [p for n, p in heads.backbone.named_parameters() if p.ndim == 4 and p.shape[0] == 2][-1]
+    assert out_conv.grad is not None and out_conv.grad[:1].abs().sum() > 0 and not out_conv.grad[1:].any()
+    frozen = make_model({**CONFIG, "aux_eps": "heads", "modalities": [CONFIG["modalities"][0],
+                                                                       {**CONFIG["modalities"][1], "head_grad": 0.0}]})
+    b, t, eps = batch(), torch.tensor([10, 40, 70, 90]), torch.randn(4, 2, 8, 8)
+    grads = []
+    for whole in (True, False):  # the whole loss, then the base's noise error alone: the same backbone gradient
+        frozen.zero_grad()
+        if whole:
+            frozen.loss(b, t=t, eps=eps).loss.backward()
+        else:
+            z0, enc = frozen.encode(b)
+            out = frozen(frozen.forward_process.q_sample(z0, enc, t, eps), t)
+            ((out.eps[:, :1] - eps[:, :1]).pow(2).flatten(1).sum(1) / 64).mean().backward()
+        grads.append([p.grad.clone() for p in frozen.backbone.parameters()])
+    assert all(torch.allclose(g, h, atol=1e-6) for g, h in zip(*grads))
+
+
 def test_predicted_encodings_of_a_certain_prediction_equal_the_true_encoding():
     model = make_model().eval()
     y = torch.tensor([3, 7])

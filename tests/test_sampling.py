@@ -39,7 +39,9 @@ CONFIG = {"modalities": [{"kind": "image", "role": "base", "size": 8}, {"kind": 
           "diffusion": {"kind": "linear", "T": T}, "aux_channels": 1}  # the label in a channel of its own
 SHARED = {**CONFIG, "aux_channels": 0}  # the encodings on the image's own channel (the default)
 UNET = dict(channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4], groups=4, num_heads=2)
-DESIGNS = pytest.mark.parametrize("design", [pytest.param(CONFIG, id="separate"), pytest.param(SHARED, id="shared")])
+IMPLIED = {**CONFIG, "aux_eps": "heads"}  # the auxiliary channel's noise implied by the head
+DESIGNS = pytest.mark.parametrize("design", [pytest.param(CONFIG, id="separate"), pytest.param(SHARED, id="shared"),
+                                             pytest.param(IMPLIED, id="separate-implied")])
 
 
 class Oracle(MultiTaskModel):
@@ -55,7 +57,12 @@ class Oracle(MultiTaskModel):
     def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
         self.seen_t.append(t.clone())
         eps = self.forward_process.eps_from_z0(z_t, self.z0, self.enc, t)
-        return DenoiserOutput(eps=eps, preds={"label": 1e4 * F.one_hot(self.head_y, 10).to(z_t.dtype)})
+        preds = {"label": 1e4 * F.one_hot(self.head_y, 10).to(z_t.dtype)}
+        if self.taskset.aux_eps == "heads":  # the auxiliary channel's noise from the head, as the model does
+            implied = self._aux_eps_from_heads(z_t, t, eps, preds)
+            assert torch.allclose(implied, eps, atol=1e-3)  # a certain, right head implies the true noise
+            eps = implied
+        return DenoiserOutput(eps=eps, preds=preds)
 
 
 def oracle(n: int = 4, seed: int = 0, wrong_head: bool = False, config: dict = CONFIG) -> Oracle:

@@ -75,6 +75,19 @@ def test_aux_channels_errors(kwargs, message):
         TaskSet([image()], aux_channels=2)
 
 
+def test_aux_eps_round_trips_and_needs_channels_of_their_own():
+    assert TaskSet([image(), label()], aux_channels=1).aux_eps == "network"  # the default, not written
+    assert "aux_eps" not in TaskSet([image(), label()], aux_channels=1).to_config()
+    heads = TaskSet([image(), label()], aux_channels=1, aux_eps="heads")
+    assert heads.to_config()["aux_eps"] == "heads"
+    assert TaskSet.from_config(json.loads(json.dumps(heads.to_config())), registry()) == heads
+    assert heads != TaskSet([image(), label()], aux_channels=1)
+    with pytest.raises(ConfigError, match=r"aux_eps must be one of \['network', 'heads'\], got 'head'"):
+        TaskSet([image(), label()], aux_channels=1, aux_eps="head")
+    with pytest.raises(ConfigError, match=r"aux_eps = \"heads\" needs channels of the encodings' own \(aux_channels > 0\)"):
+        TaskSet([image(), label()], aux_eps="heads")
+
+
 def test_peak_ratios_are_reported_and_warned_about_only_on_shared_channels():
     ts = TaskSet([image(), label()])  # the default window: lambda_t / sqrt(abar_t) peaks far above 1
     ratio = ts.peak_ratios()["label"]
