@@ -39,8 +39,8 @@ option of theirs (e.g. ``loss_weight``, ``head_grad``) and whether the backbone 
 (``known_input``; None: the experiment's own default; ``known_dropout``: None for the task set's default) and
 where the auxiliary channels' noise estimate comes from (``aux_eps``; None: the task set's default).
 ``--variant NAME --aux-channels A --weights kind=...,... --aggregated key=value,... --known-input true|false
---known-dropout P --aux-eps network|heads`` change it for a design study; such runs and results go to ``<experiment>/variants/<NAME>/`` so
-that they never mix with the defaults' (docs/results.md is built from those)."""
+--known-dropout P --aux-eps network|heads`` change it for a design study; such runs and results go to
+``<experiment>/variants/<NAME>/`` so that they never mix with the defaults' (docs/results.md is built from those)."""
 
 
 OWN_CHANNELS = 1

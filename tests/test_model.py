@@ -98,7 +98,7 @@ def test_heads_imply_the_auxiliary_noise_and_keep_the_backbone_out_of_it():
     heads.train()
     heads.zero_grad()
     heads.loss(batch(), generator=torch.Generator().manual_seed(0)).loss.backward()
-    out_conv = [p for n, p in heads.backbone.named_parameters() if p.ndim == 4 and p.shape[0] == 2][-1]
+    out_conv = [p for p in heads.backbone.parameters() if p.ndim == 4 and p.shape[0] == 2][-1]  # eps's 2 channels
     assert out_conv.grad is not None and out_conv.grad[:1].abs().sum() > 0 and not out_conv.grad[1:].any()
     frozen = make_model({**CONFIG, "aux_eps": "heads", "modalities": [CONFIG["modalities"][0],
                                                                        {**CONFIG["modalities"][1], "head_grad": 0.0}]})

@@ -84,7 +84,8 @@ def test_aux_eps_round_trips_and_needs_channels_of_their_own():
     assert heads != TaskSet([image(), label()], aux_channels=1)
     with pytest.raises(ConfigError, match=r"aux_eps must be one of \['network', 'heads'\], got 'head'"):
         TaskSet([image(), label()], aux_channels=1, aux_eps="head")
-    with pytest.raises(ConfigError, match=r"aux_eps = \"heads\" needs channels of the encodings' own \(aux_channels > 0\)"):
+    with pytest.raises(ConfigError, match=r"aux_eps = \"heads\" needs channels of the encodings' own "
+                                          r"\(aux_channels > 0\)"):
         TaskSet([image(), label()], aux_eps="heads")
 
 
