@@ -24,6 +24,7 @@ import torch
 
 from experiments.presets import PRESETS, Preset, get_preset
 from mtd_core.errors import ConfigError, ModalityDataError, MTDError
+from mtd_core.taskset import AUX_EPS as AUX_EPS_CHOICES
 
 DEFAULT_RESULTS = Path("experiments/results")
 DEFAULT_WORK = Path("runs/experiments")
@@ -621,7 +622,7 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
                    help="the task set's known_input (design study)")
     p.add_argument("--known-dropout", type=float, default=None,
                    help="the task set's known_dropout (design study; with known_input)")
-    p.add_argument("--aux-eps", choices=("network", "heads"), default=None,
+    p.add_argument("--aux-eps", choices=AUX_EPS_CHOICES, default=None,
                    help="the task set's aux_eps (design study; with auxiliary channels)")
     args = p.parse_args(argv)
     REUSE["finished_runs"] = args.reuse

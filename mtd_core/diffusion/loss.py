@@ -8,7 +8,8 @@ One t ~ U{1..T} and one eps ~ N(0, I) per example, z_t from the closed-form marg
 D is the number of elements of one example of the base (the latent dimension without a base), D_i that of
 modality i and c_i its loss weight, so every term is in nats per dimension of its data. The eps error is summed
 over all of Z, auxiliary channels included (TaskSet ``aux_channels``), and divided by the base's D, so the base's
-own term weighs exactly what it weighs in single-task DDPM. The decoding terms are read at the sampled t (the paper's multi-task loss),
+own term weighs exactly what it weighs in single-task DDPM; with TaskSet ``aux_eps = "heads"`` the auxiliary channels'
+eps is the heads' (model.py), so their part of the error is a loss on the heads. The decoding terms are read at the sampled t (the paper's multi-task loss),
 which trains every head across noise levels; the ELBO itself reads them at t = 1 (elbo.py).
 """
 
