@@ -47,14 +47,15 @@ where the auxiliary channels' noise estimate comes from (``aux_eps``; None: the 
 OWN_CHANNELS = 1
 AUX_EPS = "heads"
 HEAD_GRAD = 0.1
-"""The heads' share of their loss gradient into the shared backbone (``head_grad``) in every built-in joint task set,
-and the channels of Z of their own (``aux_channels``) that the task sets whose joint generation is a flow (image +
-caption, image + representation) give their encodings, whose noise estimate the heads imply (``aux_eps``). Validation
-FID at 20 NFE, seeds 0 / 1: caption 1.66 / 1.45, representation 2.00 / 2.15; with the backbone's own estimate of that
-channel 2.46 / 2.33 and 3.86 / 3.47; 9.50 (seed 0) and 5.08 / 5.27 with shared channels and the whole gradient;
-image + label (shared channels, ``known_input``) 1.03 / 1.10 against 1.37 / 1.22 with the whole gradient; the heads'
-read-outs unchanged or better (docs/sampling.md, "Telling the network the known part" and "Captions and
-representations")."""
+"""The heads' share of their loss gradient into the shared backbone (``head_grad``) in the built-in image + label,
+image + caption, image + representation and image + masked image task sets, and the channels of Z of their own
+(``aux_channels``) that the last three give their encodings, whose noise estimate the heads imply (``aux_eps``; image +
+transition keeps the paper's design, not yet measured with these). Validation FID at 20 NFE, seeds 0 / 1: caption
+1.66 / 1.45, representation 2.00 / 2.15; with the backbone's own estimate of that channel 2.46 / 2.33 and 3.86 /
+3.47; 9.50 (seed 0) and 5.08 / 5.27 with shared channels and the whole gradient; masked image 2.17 / 1.30 against
+7.04 (seed 0) with shared channels and the whole gradient; image + label (shared channels, ``known_input``) 1.03 /
+1.10 against 1.37 / 1.22 with the whole gradient; the heads' read-outs unchanged or better (docs/sampling.md,
+"Telling the network the known part", "Captions and representations" and "The masked image")."""
 
 
 def aggregated(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -35,9 +35,11 @@ def metric_keys(preset: Preset) -> list[str]:
 
 
 def masked_modality(preset: Preset) -> dict[str, Any]:
-    """The aggregated masked-image modality: patch masks hiding TRAIN_RATIO of the image."""
+    """The aggregated masked-image modality: patch masks hiding TRAIN_RATIO of the image, its head shaping the
+    backbone with common.HEAD_GRAD of its gradient."""
     return common.aggregated({"kind": "masked_image", "channels": 1, "size": preset.image_size, "ratio": TRAIN_RATIO,
-                              "mask": "patch", "patch": preset.patch, "source": "image", "loss_weight": LOSS_WEIGHT})
+                              "mask": "patch", "patch": preset.patch, "source": "image", "loss_weight": LOSS_WEIGHT,
+                              "head_grad": common.HEAD_GRAD})
 
 
 def restoration(model: Any, ev: common.Evaluator, preset: Preset, out_dir: Path, seed: int
@@ -50,7 +52,8 @@ def restoration(model: Any, ev: common.Evaluator, preset: Preset, out_dir: Path,
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image + masked-image model and evaluate it (see the module docstring)."""
-    trained = common.train(preset, [common.image_modality(preset), masked_modality(preset)], seed, run_dir, curve=True)
+    trained = common.train(preset, [common.image_modality(preset), masked_modality(preset)], seed, run_dir, curve=True,
+                           aux_channels=common.OWN_CHANNELS)
     ev = common.make_evaluator(trained.data, preset)
     print(f"  feature net: {ev.feature_net}")
     model = trained.model

@@ -261,11 +261,12 @@ def test_a_trained_module_is_reused_when_only_evaluation_settings_changed(tmp_pa
 
 def test_an_experiments_own_channels_are_its_default_and_a_design_study_overrides_them(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from experiments import image_caption, image_representation
+    from experiments import image_caption, image_representation, masked_image
 
     preset = get_preset("smoke")
     for module, aggregated in [(image_caption, image_caption.text_modality(preset)),
-                               (image_representation, image_representation.representation_modality())]:
+                               (image_representation, image_representation.representation_modality()),
+                               (masked_image, masked_image.masked_modality(preset))]:
         modalities = [common.image_modality(preset), aggregated]
         config = common.run_config(preset, modalities, 0, aux_channels=common.OWN_CHANNELS)
         assert config.taskset["aux_channels"] == 1 and config.taskset["aux_eps"] == "heads", module.NAME
