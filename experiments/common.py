@@ -48,14 +48,15 @@ OWN_CHANNELS = 1
 AUX_EPS = "heads"
 HEAD_GRAD = 0.1
 """The heads' share of their loss gradient into the shared backbone (``head_grad``) in the built-in image + label,
-image + caption, image + representation and image + masked image task sets, and the channels of Z of their own
-(``aux_channels``) that the last three give their encodings, whose noise estimate the heads imply (``aux_eps``; image +
-transition keeps the paper's design, not yet measured with these). Validation FID at 20 NFE, seeds 0 / 1: caption
-1.66 / 1.45, representation 2.00 / 2.15; with the backbone's own estimate of that channel 2.46 / 2.33 and 3.86 /
-3.47; 9.50 (seed 0) and 5.08 / 5.27 with shared channels and the whole gradient; masked image 2.17 / 1.30 against
-7.04 (seed 0) with shared channels and the whole gradient; image + label (shared channels, ``known_input``) 1.03 /
-1.10 against 1.37 / 1.22 with the whole gradient; the heads' read-outs unchanged or better (docs/sampling.md,
-"Telling the network the known part", "Captions and representations" and "The masked image")."""
+image + caption, image + representation, image + masked image and image + edge map task sets, and the channels of Z
+of their own (``aux_channels``) that all but the label give their encodings, whose noise estimate the heads imply
+(``aux_eps``). Validation FID at 20 NFE, seeds 0 / 1: caption 1.66 / 1.45, representation 2.00 / 2.15; with the
+backbone's own estimate of that channel 2.46 / 2.33 and 3.86 / 3.47; 9.50 (seed 0) and 5.08 / 5.27 with shared
+channels and the whole gradient; masked image 2.17 / 1.30 against 7.04 (seed 0) with shared channels and the whole
+gradient; edge map 1.26 / 1.41 (single-task 1.02 / 1.21); image + label (shared channels, ``known_input``) 1.03 /
+1.10 against 1.37 / 1.22 with the whole gradient. The heads' read-outs are unchanged or better, but for the edge
+map's, 2.3 dB lower (docs/sampling.md, "Telling the network the known part", "Captions and representations", "The
+masked image" and "The edge map")."""
 
 
 def aggregated(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,9 +81,10 @@ def check_data(preset: Preset) -> None:
         ) from None
 
 
-def image_modality(preset: Preset, name: str | None = None, role: str = "base") -> dict[str, Any]:
-    """The config of a grey image modality of the preset's size."""
-    d: dict[str, Any] = {"kind": "image", "role": role, "channels": 1, "size": preset.image_size}
+def image_modality(preset: Preset, name: str | None = None, role: str = "base", **options: Any) -> dict[str, Any]:
+    """The config of a grey image modality of the preset's size, with further modality ``options`` (an aggregated
+    one's are the experiment's defaults: a design study's ``--aggregated`` overrides them)."""
+    d: dict[str, Any] = {"kind": "image", "role": role, "channels": 1, "size": preset.image_size, **options}
     if name is not None:
         d["name"] = name
     if role != "base":

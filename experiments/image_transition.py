@@ -3,7 +3,8 @@ image modalities of one model, the garment the base and the edge map aggregated.
 
 Both directions from the one model: edges -> image (the image generated given the true edge map of a test image)
 and image -> edges (the edge map read out from the edges head given the test image), each scored by PSNR/SSIM
-against the true partner; plus FID/KID/precision-recall of jointly generated garments and the ELBO.
+against the true partner; plus FID/KID/precision-recall of jointly generated garments and the ELBO. The edge map
+lives on a channel of Z of its own, as the masked image's does (docs/sampling.md, "The edge map: the same design").
 
     python -m experiments.image_transition --preset cpu --seed 0
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from experiments import common
 from experiments.presets import Preset
@@ -30,11 +32,17 @@ def metric_keys(preset: Preset) -> list[str]:
             "image_to_edges_psnr", "image_to_edges_ssim", "image_to_edges_n", *common.ELBO_KEYS]
 
 
+def edges_modality(preset: Preset) -> dict[str, Any]:
+    """The aggregated edge map: an image modality whose head shapes the backbone with common.HEAD_GRAD of its
+    gradient."""
+    return common.image_modality(preset, name="edges", role="aggregated", loss_weight=EDGES_LOSS_WEIGHT,
+                                 head_grad=common.HEAD_GRAD)
+
+
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image + edges model and evaluate both directions (see the module docstring)."""
-    edges = {**common.image_modality(preset, name="edges", role="aggregated"), "loss_weight": EDGES_LOSS_WEIGHT}
-    modalities = [common.image_modality(preset), edges]
-    trained = common.train(preset, modalities, seed, run_dir, transforms=[EDGES])
+    modalities = [common.image_modality(preset), edges_modality(preset)]
+    trained = common.train(preset, modalities, seed, run_dir, transforms=[EDGES], aux_channels=common.OWN_CHANNELS)
     ev = common.make_evaluator(trained.data, preset)
     print(f"  feature net: {ev.feature_net}")
     model = trained.model

@@ -261,12 +261,13 @@ def test_a_trained_module_is_reused_when_only_evaluation_settings_changed(tmp_pa
 
 def test_an_experiments_own_channels_are_its_default_and_a_design_study_overrides_them(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from experiments import image_caption, image_representation, masked_image
+    from experiments import image_caption, image_representation, image_transition, masked_image
 
     preset = get_preset("smoke")
     for module, aggregated in [(image_caption, image_caption.text_modality(preset)),
                                (image_representation, image_representation.representation_modality()),
-                               (masked_image, masked_image.masked_modality(preset))]:
+                               (masked_image, masked_image.masked_modality(preset)),
+                               (image_transition, image_transition.edges_modality(preset))]:
         modalities = [common.image_modality(preset), aggregated]
         config = common.run_config(preset, modalities, 0, aux_channels=common.OWN_CHANNELS)
         assert config.taskset["aux_channels"] == 1 and config.taskset["aux_eps"] == "heads", module.NAME
@@ -277,6 +278,9 @@ def test_an_experiments_own_channels_are_its_default_and_a_design_study_override
     shared = common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
                                aux_channels=common.OWN_CHANNELS)
     assert "aux_channels" not in shared.taskset and "aux_eps" not in shared.taskset
+    monkeypatch.setitem(common.DESIGN, "aggregated", {"head_grad": 1.0})  # --aggregated head_grad=1
+    assert image_transition.edges_modality(preset)["head_grad"] == 1.0
+    assert masked_image.masked_modality(preset)["head_grad"] == 1.0
     monkeypatch.setitem(common.DESIGN, "aux_channels", None)
     monkeypatch.setitem(common.DESIGN, "aux_eps", "network")  # --aux-eps network: the backbone's own estimate
     network = common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
