@@ -54,8 +54,8 @@ of their own (``aux_channels``) that all but the label give their encodings, who
 backbone's own estimate of that channel 2.46 / 2.33 and 3.86 / 3.47; 9.50 (seed 0) and 5.08 / 5.27 with shared
 channels and the whole gradient; masked image 2.17 / 1.30 against 7.04 (seed 0) with shared channels and the whole
 gradient; edge map 1.26 / 1.41 against 4.97 (seed 0) likewise; image + label (shared channels, ``known_input``) 1.03 /
-1.10 against 1.37 / 1.22 with the whole gradient. The heads' read-outs are unchanged or better, but for the edge
-map's, 2.3 dB lower (docs/sampling.md, "Telling the network the known part", "Captions and representations", "The
+1.10 against 1.37 / 1.22 with the whole gradient. The heads' read-outs are unchanged or better, except the edge
+map's: 2.3 dB lower (docs/sampling.md, "Telling the network the known part", "Captions and representations", "The
 masked image" and "The edge map")."""
 
 
