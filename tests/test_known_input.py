@@ -203,3 +203,41 @@ def test_with_two_aggregated_modalities_the_part_of_the_known_one_alone_is_told(
     assert torch.allclose(rec.known[0], label_alone) and torch.isfinite(out.bound).all()
     read = generate(model, given={"image": b["image"], "label": b["label"]}, progress=False)  # read-out, told the label
     assert read.mode == "readout" and read.predictions["representation"].shape == (6, 4)
+
+
+def test_guidance_reads_the_guiding_head_on_the_hidden_path_and_eps_on_the_told_one():
+    model = make_model()
+    rec = Recorder(model)
+    y = torch.tensor([3, 1, 4, 1, 5, 9])
+    _, observed = model.encode_some({"label": y}, ["label"])
+    fp = model.forward_process
+    z, k, scale = torch.randn(6, 1, 8, 8), 40, 2.0
+    told = fp.known_part(observed, k, z)
+    pred = ModelDenoiser(rec, fp, observed, guidance=[(model.taskset["label"], y, scale)])(z, k)
+    # a told head would read y from its known input: the head is read without it, eps with it
+    assert len(rec.known) == 2 and not rec.known[0].any() and torch.allclose(rec.known[1], told)
+    t = fp.timesteps[k].expand(6)
+    zg = z.clone().requires_grad_(True)
+    log_p = -scale * model.taskset["label"].loss(model(zg, t).preds["label"], y).sum()
+    grad = torch.autograd.grad(log_p, zg)[0]
+    assert grad.abs().sum() > 0
+    with torch.no_grad():
+        eps = model(z, t, told).eps - float(1 - fp.abar[k]) ** 0.5 * grad
+    torch.testing.assert_close(pred.z0, fp.z0_from_eps(z, eps, observed, k))
+    # steering a generated label: the network is told the target's part, the head again reads without it
+    rec.known.clear()
+    ModelDenoiser(rec, fp, {}, guidance=[(model.taskset["label"], y, scale)], targets=observed)(z, k)
+    assert not rec.known[0].any() and torch.allclose(rec.known[1], told)
+
+
+def test_exact_conditioning_of_a_told_model_is_its_told_path():
+    model = make_model()
+    rec = Recorder(model)
+    y = torch.tensor([3, 1, 4, 1, 5, 9])
+    _, observed = model.encode_some({"label": y}, ["label"])
+    fp = model.forward_process
+    z, k = torch.randn(6, 1, 8, 8), 40
+    exact = ModelDenoiser(rec, fp, observed, conditioning="exact", observed_data={"label": y})(z, k)
+    plain = ModelDenoiser(model, fp, observed)(z, k)
+    assert len(rec.known) == 1  # no guidance pass: its eps is already E[eps | z_t, y]
+    torch.testing.assert_close(exact.z0, plain.z0)

@@ -69,7 +69,9 @@ class ModelDenoiser:
         self.estimate, self.base = estimate or BaseEstimate(), base if base is not None else base_range(model)
         self.targets = dict(targets or {})
         self.terms = [g for g in guidance if g[2] > 0]
-        if conditioning == "exact":
+        self.guided = {m.name for m, _, _ in self.terms}
+        # a network that reads the observed parts (known_input) gives E[eps | z_t, x_j] itself: "exact" adds nothing
+        if conditioning == "exact" and not model.taskset.known_input:
             data = dict(observed_data or {})
             missing = [n for n in self.observed if n not in data]
             if missing:
@@ -84,16 +86,20 @@ class ModelDenoiser:
 
     def __call__(self, z: torch.Tensor, k: int) -> StepPrediction:
         t = self.fp.timesteps[k].to(z.device).expand(z.shape[0])
-        # a task set with known_input also reads the observed (and committed) modalities' part of z
+        # a task set with known_input also reads the part of z of the observed (and committed) modalities and of
+        # the guidance targets; the guiding heads read it without their own modalities' (guidance.py)
         known_input = self.model.taskset.known_input
-        part = self.fp.known_part(self.observed, k, z) if known_input and self.observed else None
+        known = {**self.targets, **self.observed}
+        part = self.fp.known_part(known, k, z) if known_input and known else None
         if self.terms:
-            eps, preds = guided_eps(self.model, z, t, float(self.fp.abar[k]), self.terms, part)
+            hidden = None
+            if part is not None and self.guided & known.keys():
+                hidden = self.fp.known_part({n: e for n, e in known.items() if n not in self.guided}, k, z)
+            eps, preds = guided_eps(self.model, z, t, float(self.fp.abar[k]), self.terms, part, hidden)
         else:
             out = self.model(z, t) if part is None else self.model(z, t, part)
             eps, preds = out.eps.to(z.dtype), out.preds
         enc_hat = {n: e.to(z.dtype) for n, e in self._encodings(preds).items()}
-        known = {**self.targets, **self.observed}
         # The decomposition z = sqrt(abar) z0_hat + sum_i lambda_i E_i + sqrt(1 - abar) eps the network's eps belongs
         # to: its own encodings, except those of steered targets and, unless replacing, of observed modalities (a
         # network that reads the observed part as its known input decomposes with the true encodings: no replacing).

@@ -19,7 +19,8 @@
                      unconditional eps = E[eps | z_t]. Not the conditional: that needs E[eps | z_t, y].
                  "exact": "inject" with E[eps | z_t, y] = E[eps | z_t] - sqrt(1 - abar_t) grad log p(y | z_t), the
                      model's own guidance at scale 1 for every observed modality (guidance.py); exact for a model
-                     whose eps and heads are exact.
+                     whose eps and heads are exact. A task set with ``known_input`` shows the network the observed
+                     part, so its eps is E[eps | z_t, y] already and the three modes coincide.
     readout      the base given (classification, representation or caption prediction). No reverse process: the
                  heads are read from z_t = sqrt(abar_t) z_0 + sum_j lambda_t^(j) E_j(x_j) + sqrt(1 - abar_t) eps
                  at the small t = read_t * T (the unknown modalities' injected parts, tiny at small t, are left out).

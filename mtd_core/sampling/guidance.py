@@ -10,6 +10,12 @@ logits at the target class. At scale 1 it is exact: the network's eps is E[eps |
 p(z_t | y) = p(z_t) p(y | z_t) / p(y) gives E[eps | z_t, y] = E[eps | z_t] - sqrt(1 - abar_t) grad log p(y | z_t),
 which is what conditioning = "exact" uses (docs/sampling.md). Several terms (several modalities, or a guided one
 beside exact conditioning) add their gradients.
+
+A task set with ``known_input`` shows the backbone the known part of z_t. A head told its own modality's part reads
+the answer from it, and its gradient with respect to z_t is about zero, so the heads guide on the hidden path: the
+known part without the guided modalities' (what the model is trained on ``known_dropout`` of the time), while eps
+comes from the told path. On a told model guidance at scale s thus adds s times log p(y | z_t) to a network that is
+already conditioned on y, as guidance on a class-conditional model does (Dhariwal & Nichol 2021, section 4).
 """
 
 from __future__ import annotations
@@ -80,8 +86,8 @@ def check_guidance(guidance: GuidanceConfig, modalities: dict[str, Modality]) ->
 
 
 def guided_eps(model: MultiTaskModel, z_t: torch.Tensor, t: torch.Tensor, abar_t: float,
-               terms: Sequence[tuple[Modality, torch.Tensor, float]], known: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, dict[str, Prediction]]:
+               terms: Sequence[tuple[Modality, torch.Tensor, float]], known: torch.Tensor | None = None,
+               hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Prediction]]:
     """eps_theta guided towards every term's target (see the module docstring) and the heads' (detached)
     predictions.
 
@@ -92,15 +98,21 @@ def guided_eps(model: MultiTaskModel, z_t: torch.Tensor, t: torch.Tensor, abar_t
         abar_t: abar at t (float64 precision).
         terms: (modality, its target data with one example per row of z_t, scale) for every guiding modality.
         known: the known aggregated part of z_t (MultiTaskModel.forward), held fixed; None: not passed.
+        hidden: the known part the guiding heads read, when it differs from ``known`` (``known`` without the guided
+            modalities' parts): eps and the returned predictions then come from a second, told pass.
     """
     with torch.enable_grad():
         z = z_t.detach().requires_grad_(True)
-        out = model(z, t) if known is None else model(z, t, known)
+        read = known if hidden is None else hidden
+        out = model(z, t) if read is None else model(z, t, read)
         log_p = sum((-m.loss(out.preds[m.name], target) * scale).sum() for m, target, scale in terms)
         assert isinstance(log_p, torch.Tensor)
         # a head that does not depend on z_t (a constant prediction) has no gradient: it guides by zero
         grad = (torch.autograd.grad(log_p, z, allow_unused=True)[0] if log_p.requires_grad else None)
         grad = torch.zeros_like(z) if grad is None else grad
+    if hidden is not None:
+        with torch.no_grad():
+            out = model(z_t, t) if known is None else model(z_t, t, known)
     eps = out.eps.detach().to(z_t.dtype) - math.sqrt(1.0 - abar_t) * grad.to(z_t.dtype)
     preds = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.preds.items()}
     return eps, preds
