@@ -90,6 +90,13 @@ class Recorder(torch.nn.Module):
         return self.model.predicted_encodings(preds)
 
 
+def label_step(model: MultiTaskModel):
+    """Six given labels, their encodings, the model's process, a state z and a step k inside the label's window."""
+    y = torch.tensor([3, 1, 4, 1, 5, 9])
+    _, observed = model.encode_some({"label": y}, ["label"])
+    return y, observed, model.forward_process, torch.randn(6, 1, 8, 8), 40
+
+
 @pytest.mark.parametrize("p", [0.0, 0.5])
 def test_training_shows_each_examples_true_part_or_hides_it_with_probability_p(p):
     model = make_model({**CONFIG, "known_dropout": p})
@@ -112,10 +119,7 @@ def test_training_shows_each_examples_true_part_or_hides_it_with_probability_p(p
 def test_samplers_pass_the_observed_part_and_decompose_with_it():
     model = make_model()
     rec = Recorder(model)
-    y = torch.tensor([3, 1, 4, 1, 5, 9])
-    _, observed = model.encode_some({"label": y}, ["label"])
-    fp = model.forward_process
-    z, k = torch.randn(6, 1, 8, 8), 40
+    _, observed, fp, z, k = label_step(model)
     pred = ModelDenoiser(rec, fp, observed)(z, k)  # the default conditioning, "replace"
     assert torch.allclose(rec.known[0], fp.injected(observed, k, z))
     # the network saw the true part, so its eps is decomposed with the true encodings and z is not replaced
@@ -184,10 +188,7 @@ def test_with_two_aggregated_modalities_the_part_of_the_known_one_alone_is_told(
                                                                 "builtin_extractor": "random_conv"}]}
     model = make_model(config)
     rec = Recorder(model)
-    y = torch.tensor([3, 1, 4, 1, 5, 9])
-    _, observed = model.encode_some({"label": y}, ["label"])
-    fp = model.forward_process
-    z, k = torch.randn(6, 1, 8, 8), 40
+    _, observed, fp, z, k = label_step(model)
     ModelDenoiser(rec, fp, observed)(z, k)  # the representation is generated: its part is not known
     only_label = fp.injected({"label": observed["label"], "representation": torch.zeros_like(z)}, k, z)
     assert torch.allclose(rec.known[0], only_label) and torch.allclose(fp.known_part(observed, k, z), only_label)
@@ -208,10 +209,8 @@ def test_with_two_aggregated_modalities_the_part_of_the_known_one_alone_is_told(
 def test_guidance_reads_the_guiding_head_on_the_hidden_path_and_eps_on_the_told_one():
     model = make_model()
     rec = Recorder(model)
-    y = torch.tensor([3, 1, 4, 1, 5, 9])
-    _, observed = model.encode_some({"label": y}, ["label"])
-    fp = model.forward_process
-    z, k, scale = torch.randn(6, 1, 8, 8), 40, 2.0
+    y, observed, fp, z, k = label_step(model)
+    scale = 2.0
     told = fp.known_part(observed, k, z)
     pred = ModelDenoiser(rec, fp, observed, guidance=[(model.taskset["label"], y, scale)])(z, k)
     # a told head would read y from its known input: the head is read without it, eps with it
@@ -233,10 +232,7 @@ def test_guidance_reads_the_guiding_head_on_the_hidden_path_and_eps_on_the_told_
 def test_exact_conditioning_of_a_told_model_is_its_told_path():
     model = make_model()
     rec = Recorder(model)
-    y = torch.tensor([3, 1, 4, 1, 5, 9])
-    _, observed = model.encode_some({"label": y}, ["label"])
-    fp = model.forward_process
-    z, k = torch.randn(6, 1, 8, 8), 40
+    y, observed, fp, z, k = label_step(model)
     exact = ModelDenoiser(rec, fp, observed, conditioning="exact", observed_data={"label": y})(z, k)
     plain = ModelDenoiser(model, fp, observed)(z, k)
     assert len(rec.known) == 1  # no guidance pass: its eps is already E[eps | z_t, y]
