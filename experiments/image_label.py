@@ -22,8 +22,10 @@ import torch
 
 from experiments import common
 from experiments.presets import Preset
+from mtd_core.errors import ConfigError
 
 NAME = "image_label"
+CLASSIFIER_FILE = "standalone_classifier.safetensors"
 
 
 def metric_keys(preset: Preset) -> list[str]:
@@ -54,24 +56,45 @@ def head_accuracy(model: Any, images: torch.Tensor, labels: torch.Tensor, preset
     return float((out["label"] == labels).double().mean())
 
 
+def standalone_classifier_model(preset: Preset) -> Any:
+    """The standalone classifier's network, untrained: the same U-Net with a label head whose weight schedule is
+    zero, so that its z_t is the image's DDPM state sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
+    from mtd_core.model import MultiTaskModel
+    from mtd_core.taskset import TaskSet
+
+    # the label's design options do not enter this training (its weights are zero, its loss is read directly), so
+    # they are fixed here and every design study shares one classifier per seed
+    label_config = {"kind": "label", "num_classes": 10, "weights": {"kind": "zero"}, "loss_weight": 1.0}
+    taskset = TaskSet.from_config({"modalities": [common.image_modality(preset), label_config],
+                                   "diffusion": {"kind": "linear", "T": 1000}, "aux_channels": 0})
+    return MultiTaskModel(taskset, "unet", dict(preset.backbone)).to(common.device_of(preset))
+
+
+def load_standalone_classifier(preset: Preset, run_dir: Path) -> Any:
+    """The trained standalone classifier saved in ``run_dir`` (eval mode); a ConfigError when it is not there."""
+    from safetensors.torch import load_file
+
+    path = run_dir / CLASSIFIER_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: no standalone classifier; train it with `python -m experiments.image_label "
+                          f"--preset {preset.name} --seed S --train-only`")
+    model = standalone_classifier_model(preset)
+    model.load_state_dict(load_file(str(path), device=str(common.device_of(preset))))
+    return model.eval()
+
+
 def train_standalone_classifier(preset: Preset, data: Any, seed: int, run_dir: Path) -> tuple[Any, float]:
     """The same U-Net and label head trained on the label head's cross-entropy alone, on the noised image z_t at
     uniform random t (what the joint model's head is trained on; the label itself is not injected: weight zero,
     no auxiliary channels), with the same optimiser, steps, batch and schedule. Returns the model (EMA weights,
     eval mode) and the training wall time."""
     from mtd_core.data.derive import derive_batch, model_inputs
-    from mtd_core.model import MultiTaskModel
-    from mtd_core.taskset import TaskSet
     from mtd_core.training import EMA
     from mtd_core.training.config import TrainConfig
 
     torch.manual_seed(seed)
-    # the label's design options do not enter this training (its weights are zero, its loss is read directly), so
-    # they are fixed here and every design study shares one classifier per seed
-    label_config = {"kind": "label", "num_classes": 10, "weights": {"kind": "zero"}, "loss_weight": 1.0}
-    taskset = TaskSet.from_config({"modalities": [common.image_modality(preset), label_config],
-                                   "diffusion": {"kind": "linear", "T": 1000}, "aux_channels": 0})
-    model = MultiTaskModel(taskset, "unet", dict(preset.backbone)).to(common.device_of(preset))
+    model = standalone_classifier_model(preset)
+    taskset = model.taskset
     cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,
                       warmup_steps=preset.warmup_steps, lr_schedule="cosine", final_lr_fraction=0.1)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
@@ -102,7 +125,7 @@ def train_standalone_classifier(preset: Preset, data: Any, seed: int, run_dir: P
         return time.perf_counter() - start
 
     key = {"preset": preset.to_dict(), "seed": seed, "taskset": taskset.to_config()}
-    wall = common.trained_module(model, run_dir / "standalone_classifier.safetensors", key, fit)
+    wall = common.trained_module(model, run_dir / CLASSIFIER_FILE, key, fit)
     return model.eval(), wall
 
 

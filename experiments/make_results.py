@@ -43,6 +43,9 @@ BASELINE_RATIO_TARGET = 1.1
 BASELINE_NFE = 10
 COHERENCE_TARGET = 0.85
 FIDELITY_TARGET = 0.90
+GUIDED = {"nfe": 20, "given": "label", "cguide": 1}
+"""The sampler study's setting of label-conditioned generation guided by image_label's standalone classifier
+(chosen on the validation protocol: docs/sampling.md, "A classifier of the image alone")."""
 NOISE_LIKE_TARGET = 0.02
 JOINT = (("image_label", "label"), ("image_caption", "caption"), ("image_representation", "representation"))
 ACCURACY_GAP = 0.02
@@ -331,6 +334,13 @@ def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float],
     out.append(Claim(claim, "not run", "no image_label run") if f is None else
                Claim(claim, "held" if f[0] >= FIDELITY_TARGET else "did not hold", f"conditional fidelity {_pm(f)}"))
 
+    claim = (f"label-conditioned fidelity >= {FIDELITY_TARGET:.0%} with the standalone classifier's guidance at "
+             f"scale {GUIDED['cguide']} (test protocol of the sampler study)")
+    g = study_metric(study, "image_label", GUIDED, "conditional_fidelity")
+    out.append(Claim(claim, "not run", f"needs the sampler study's test rows of image_label at {GUIDED}")
+               if g is None else Claim(claim, "held" if g[0] >= FIDELITY_TARGET else "did not hold",
+                          f"conditional fidelity {_pm(g)}"))
+
     claim = f"noise-like share <= {NOISE_LIKE_TARGET:.0%} for every mtd model and every generation mode"
     shares = {f"{e}{'' if k == 'noise_like' else ' (conditional)'}": metric_mean(rs, k)
               for e, rs in by_exp.items() if e != "diffusers_baseline"  # diffusers' own sampler: in its table
@@ -414,6 +424,18 @@ def study_fid(rows: Sequence[Mapping[str, Any]], experiment: str, sampler: str |
     wants = [{"nfe": nfe}, {"sampler": sampler or DEFAULT_SAMPLER, "nfe": nfe}] if sampler is None else [
         {"sampler": sampler, "nfe": nfe}]
     by_seed = {r["seed"]: float(r["fid"]) for r in rows if r["experiment"] == experiment and r["setting"] in wants}
+    if not by_seed:
+        return None
+    m, s = mean_std(list(by_seed.values()))
+    return m, s, len(by_seed)
+
+
+def study_metric(rows: Sequence[Mapping[str, Any]], experiment: str, setting: Mapping[str, Any], key: str
+                 ) -> tuple[float, float, int] | None:
+    """Mean over seeds of ``key`` in ``experiment``'s rows of exactly ``setting`` (a row's ``classifier_seed``, which
+    guidance classifier it used, aside)."""
+    by_seed = {r["seed"]: float(r[key]) for r in rows if r["experiment"] == experiment and key in r
+               and {k: v for k, v in r["setting"].items() if k != "classifier_seed"} == dict(setting)}
     if not by_seed:
         return None
     m, s = mean_std(list(by_seed.values()))

@@ -6,7 +6,10 @@ Defaults are chosen on the validation protocol and reported on the test protocol
     test   reference: the whole test split; sampling seed = seed (the experiments' own).
 
 Every setting is a dict of ``generate`` options (sampler, nfe, spacing, clip, clip_eps, eta, conditioning, given;
-``guide=S``: with given=label, the label head's guidance at scale S towards it; ``encoding_temperature=text:0.5``),
+``guide=S``: with given=label, the label head's guidance at scale S towards it; ``cguide=S``: instead the guidance
+of image_label's standalone classifier, a noise-aware classifier of the image alone saved with the run (with
+``classifier_seed=K``: the one of seed K's run);
+``encoding_temperature=text:0.5``),
 written as ``key=value,key=value``; the diffusers baseline takes ``sampler=diffusers_ddim`` or
 ``sampler=diffusers_dpmpp`` (diffusers' DDIMScheduler and DPMSolverMultistepScheduler at their defaults, on the
 baseline's saved U-Net). Rows are appended to ``--out`` (JSON lines), so a study can be extended and plotted later.
@@ -102,11 +105,25 @@ class Study:
         given = {}
         if options.pop("given", None) == "label":
             given = {"label": torch.arange(n) % CLASSES}
-        guide = float(options.pop("guide", 0.0))
-        if guide and not given:
-            raise ConfigError(f"setting {dict(setting)}: guide (the label head's guidance towards the given label) "
-                              "needs given=label")
-        return _generate(self.model, self.preset, n, self.sample_seed, given, options, guide)
+        guide, cguide = float(options.pop("guide", 0.0)), float(options.pop("cguide", 0.0))
+        if (guide or cguide) and not given:
+            raise ConfigError(f"setting {dict(setting)}: guide and cguide (guidance towards the given label) need "
+                              "given=label")
+        if guide and cguide:
+            raise ConfigError(f"setting {dict(setting)}: guide (the label head) or cguide (the standalone "
+                              "classifier), not both")
+        classifier_seed = int(options.pop("classifier_seed", self.seed))
+        classifier = self._classifier(classifier_seed) if cguide else None
+        return _generate(self.model, self.preset, n, self.sample_seed, given, options, guide or cguide, classifier)
+
+    def _classifier(self, seed: int) -> Any:
+        """image_label's standalone classifier of ``seed``'s run as a guidance classifier (x_t, t) -> logits (a
+        design study's variants share the default run's, as image_label trains it)."""
+        from experiments.image_label import load_standalone_classifier
+
+        run_dir = self.run_dir.parents[2] if self.variant else self.run_dir.parent
+        net = load_standalone_classifier(self.preset, run_dir / f"seed{seed}")
+        return lambda x_t, t: net(x_t, t).preds["label"]
 
     def score(self, setting: Mapping[str, Any], n: int) -> dict[str, Any]:
         """FID, KID, noise-like share (and joint coherence or conditional fidelity where they apply)."""
@@ -130,9 +147,10 @@ class Study:
 
 
 def _generate(model: Any, preset: Preset, n: int, seed: int, given: dict[str, torch.Tensor],
-              options: dict[str, Any], guide: float = 0.0) -> dict[str, Any]:
+              options: dict[str, Any], guide: float = 0.0, classifier: Any = None) -> dict[str, Any]:
     """``generate`` (its defaults where ``options`` are silent) in chunks of ``preset.eval_batch`` with one seeded
-    generator; samples concatenated on CPU. ``guide``: the label head's guidance scale towards the given labels."""
+    generator; samples concatenated on CPU. ``guide``: the guidance scale towards the given labels, by the label
+    head or by ``classifier`` (GuidanceConfig.classifier)."""
     from mtd_core.sampling import GuidanceConfig, generate
 
     g = torch.Generator(model.device).manual_seed(seed)
@@ -140,7 +158,7 @@ def _generate(model: Any, preset: Preset, n: int, seed: int, given: dict[str, to
     for start in range(0, n, preset.eval_batch):
         stop = min(n, start + preset.eval_batch)
         chunk = {k: v[start:stop].to(model.device) for k, v in given.items()}
-        guidance = GuidanceConfig("label", chunk["label"], guide) if guide else None
+        guidance = GuidanceConfig("label", chunk["label"], guide, classifier=classifier) if guide else None
         out = generate(model, n=None if chunk else stop - start, given=chunk or None, guidance=guidance, generator=g,
                        progress=False, **options)
         parts.append({k: v.detach().cpu() for k, v in out.samples.items() if isinstance(v, torch.Tensor)})

@@ -3,7 +3,8 @@
 The vector comes from a frozen feature extractor: one supplied by the user (any callable or nn.Module, passed as
 ``extractor=`` to the constructor; it is code, so it is not part of the JSON config), the built-in seeded random
 conv net (``builtin_extractor = "random_conv"``, no download, deterministic), or precomputed with the dataset.
-A learned linear map encodes it into Z; an MLP head on pooled features regresses it back.
+A learned linear map encodes it into Z; a head regresses it back, from the backbone's pooled features (an MLP, the
+default) or from its full-resolution feature map (``head = "map"``: convs, a coarse grid, an MLP).
 """
 
 from __future__ import annotations
@@ -85,13 +86,41 @@ class RepresentationEncoder(nn.Module):
         return self.proj(r).reshape(-1, *self.shape)
 
 
+class RepresentationMapHead(nn.Module):
+    """Regresses the d-vector from the full-resolution feature map (HeadInput.MAP).
+
+    Two 3x3 convs narrow the map to ``width`` channels, which are averaged over a ``grid`` x ``grid`` grid of cells
+    (coarse positions kept: the linear encoder spreads the vector over Z's positions) and read by an MLP.
+
+    Args:
+        map_channels: channels of the feature map (FeatureSpec.map_channels).
+        dim: the representation's dimension d.
+        hidden: width of the MLP's hidden layer.
+        grid: cells per side of the pooled grid.
+        width: channels the convs narrow the map to.
+    """
+
+    def __init__(self, map_channels: int, dim: int, hidden: int, grid: int = 7, width: int = 8) -> None:
+        super().__init__()
+        self.grid = grid
+        self.conv = nn.Sequential(nn.Conv2d(map_channels, map_channels, 3, padding=1), nn.SiLU(),
+                                  nn.Conv2d(map_channels, width, 3, padding=1), nn.SiLU())
+        self.mlp = nn.Sequential(nn.Linear(width * grid * grid, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(B, map_channels, H, W) features -> (B, dim)."""
+        return self.mlp(F.adaptive_avg_pool2d(self.conv(fmap), self.grid).flatten(1))
+
+
 @attrs.frozen
 class RepresentationConfig:
     """Options of the representation modality.
 
     Attributes:
         dim: the representation's dimension d.
-        hidden: width of the head's hidden layer (an MLP on pooled features -> d).
+        hidden: width of the head's hidden layer (its MLP's -> d).
+        head: the features the head reads: "pooled" (the backbone's bottleneck, an MLP) or "map" (the last
+            full-resolution feature map: :class:`RepresentationMapHead`).
         loss: "gaussian" (NLL with std sigma) or "cosine" ((1 - cos) / sigma^2, direction only).
         sigma: the std of the Gaussian likelihood; the cosine loss's temperature.
         source: the name of the image modality the extractor reads in derive().
@@ -104,6 +133,7 @@ class RepresentationConfig:
 
     dim: int = attrs.field(default=16, validator=positive_int)
     hidden: int = attrs.field(default=128, validator=positive_int)
+    head: str = attrs.field(default="pooled", validator=one_of("pooled", "map"))
     loss: str = attrs.field(default="gaussian", validator=one_of("gaussian", "cosine"))
     sigma: float = attrs.field(default=0.1, validator=positive_float)
     source: str = attrs.field(default="image", validator=modality_name)
@@ -126,7 +156,6 @@ class RepresentationModality(Modality):
 
     kind = "representation"
     roles = (Role.AGGREGATED,)
-    head_input = HeadInput.POOLED
     default_loss_weight = 0.1  # measured as the masked image's (docs/results.md): 1 starves the backbone
     Config = RepresentationConfig
 
@@ -142,6 +171,11 @@ class RepresentationModality(Modality):
         if isinstance(extractor, nn.Module):
             extractor.eval().requires_grad_(False)
         self.extractor: Extractor | None = extractor
+
+    @property
+    def head_input(self) -> HeadInput:  # type: ignore[override]
+        """HeadInput.POOLED, or HeadInput.MAP with ``head = "map"``."""
+        return HeadInput.MAP if self.config.head == "map" else HeadInput.POOLED
 
     def data_spec(self) -> DataSpec:
         return DataSpec((self.config.dim,), "float32")
@@ -171,7 +205,9 @@ class RepresentationModality(Modality):
         return RepresentationEncoder(self.config.dim, latent)
 
     def build_head(self, latent: LatentSpec, features: FeatureSpec) -> nn.Module:
-        """An MLP from the pooled features to the d-vector."""
+        """An MLP from the pooled features to the d-vector, or a :class:`RepresentationMapHead` (``head = "map"``)."""
+        if self.config.head == "map":
+            return RepresentationMapHead(features.map_channels, self.config.dim, self.config.hidden)
         return nn.Sequential(nn.Linear(features.pooled_dim, self.config.hidden), nn.SiLU(),
                              nn.Linear(self.config.hidden, self.config.dim))
 

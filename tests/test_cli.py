@@ -141,6 +141,9 @@ def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, caps
         "sampler_options": {"lower_order_final": False}, "spacing": "logsnr"}
     rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s4"), "--sampler", "ddmp", "--n", "2")
     assert rc == 1 and "unknown sampler 'ddmp' (did you mean 'ddpm'?)" in err
+    rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s5"), "--given", "label=1", "--n", "2",
+                      "--cfg-scale", "2")
+    assert rc == 1 and "cfg_scale = 2.0 needs" in err and "known_input = false" in err and seen[-1]["cfg_scale"] == 2
 
     rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "j"), "--n", "3", "--steps", "2")
     assert rc == 0 and "3 samples (joint" in out

@@ -136,6 +136,23 @@ def test_reuse_evaluates_the_finished_run_without_training(smoke_results: Path, 
     assert {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")} == mtimes  # nothing retrained or rewritten
 
 
+def test_the_study_guides_with_the_runs_standalone_classifier(smoke_results: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.sampler_study import Study
+
+    monkeypatch.setenv("MTD_CACHE_DIR", str(smoke_results.parent / "cache"))
+    threads = torch.get_num_threads()
+    try:
+        study = Study(get_preset("smoke"), "image_label", 0, "val", smoke_results.parent / "work")
+        plain = study.generate({"nfe": 2, "given": "label"}, 6)["image"]
+        guided = study.generate({"nfe": 2, "given": "label", "cguide": 30, "classifier_seed": 0}, 6)["image"]
+        with pytest.raises(ConfigError, match="need given=label"):
+            study.generate({"nfe": 2, "cguide": 1}, 6)
+    finally:
+        torch.set_num_threads(threads)
+    assert guided.shape == plain.shape == (6, 1, 8, 8) and not torch.allclose(guided, plain)
+
+
 def test_make_results_without_runs_says_not_run(tmp_path: Path) -> None:
     text = make_results(tmp_path / "empty", tmp_path / "results.md").read_text()
     assert "not run" in text
@@ -164,21 +181,28 @@ def test_claims_follow_the_targets() -> None:
     study = [{"experiment": "single_task", "seed": 0, "setting": {"nfe": 10}, "fid": 4.0},
              {"experiment": "diffusers_baseline", "seed": 0, "setting": {"sampler": "diffusers_dpmpp", "nfe": 10},
               "fid": 3.5},
-             {"experiment": "single_task", "seed": 0, "setting": {"nfe": 10, "clip": "none"}, "fid": 1.0}]
+             {"experiment": "single_task", "seed": 0, "setting": {"nfe": 10, "clip": "none"}, "fid": 1.0},
+             *({"experiment": "image_label", "seed": s, "conditional_fidelity": f,
+                "setting": {"nfe": 20, "given": "label", "cguide": 1, "classifier_seed": 0}}
+               for s, f in ((0, 0.92), (1, 0.9))),
+             {"experiment": "image_label", "seed": 2, "setting": {"nfe": 20, "given": "label"},
+              "conditional_fidelity": 0.1}]
     # label 11.5 <= 1.05 * 11 = 11.55, caption 11.6 is not; 4.0 <= 1.1 * 3.5 = 3.85 is not (the row that changes the
     # clip is not the defaults'); coherence 0.86 >= 0.85; fidelity 0.88 < 0.9; conditional noise-like 3% > 2%; head 5
-    # points below; masked reaches 11 at step 100; restored 15 dB beats input and SDEdit as generated, 13 < 14 kept
+    # points below; masked reaches 11 at step 100; restored 15 dB beats input and SDEdit as generated, 13 < 14 kept;
+    # guided fidelity 0.91 on the two guided rows (the unguided one of seed 2 is not theirs)
     found = claims(by_exp, [0.5], study)
     assert [c.status for c in found] == ["held", "did not hold", "not run", "did not hold", "held", "did not hold",
-                                         "did not hold", "did not hold", "held", "held", "did not hold"]
+                                         "held", "did not hold", "did not hold", "held", "held", "did not hold"]
     assert "ratio 1.045" in found[0].evidence and "ratio 1.143" in found[3].evidence
     assert "real test pairs score 89.0%" in found[4].evidence
-    assert "(worst: image_label (conditional))" in found[6].evidence
-    assert "ratio 0.50" in found[8].evidence
-    assert "pasted back" in found[10].claim and "13.00 vs input 9.00, SDEdit 14.00" in found[10].evidence
+    assert "conditional fidelity 0.91 +- 0.01414 (2 seeds)" == found[6].evidence
+    assert "(worst: image_label (conditional))" in found[7].evidence
+    assert "ratio 0.50" in found[9].evidence
+    assert "pasted back" in found[11].claim and "13.00 vs input 9.00, SDEdit 14.00" in found[11].evidence
     ratio = steps_ratio(by_exp["single_task"], by_exp["masked_image"])
     assert ratio is not None and ratio.target_fid == 11.0 and ratio.ratio == 0.5
-    assert [c.status for c in claims({}, [0.5])] == ["not run"] * 11
+    assert [c.status for c in claims({}, [0.5])] == ["not run"] * 12
 
 
 def test_the_study_table_reads_the_default_and_named_samplers(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from mtd_core.errors import ConfigError
 from mtd_core.model import MultiTaskModel
 from mtd_core.sampling.denoiser import ModelDenoiser
 from mtd_core.sampling.generate import generate
+from mtd_core.sampling.guidance import GuidanceConfig
 from mtd_core.taskset import TaskSet
 from mtd_core.types import DenoiserOutput
 
@@ -237,3 +238,88 @@ def test_exact_conditioning_of_a_told_model_is_its_told_path():
     plain = ModelDenoiser(model, fp, observed)(z, k)
     assert len(rec.known) == 1  # no guidance pass: its eps is already E[eps | z_t, y]
     torch.testing.assert_close(exact.z0, plain.z0)
+
+
+@pytest.mark.parametrize("w", [0.0, 3.0])
+def test_classifier_free_guidance_extrapolates_from_the_untold_eps_to_the_told_one(w):
+    model = make_model()
+    rec = Recorder(model)
+    _, observed, fp, z, k = label_step(model)
+    pred = ModelDenoiser(rec, fp, observed, cfg_scale=w)(z, k)
+    told = fp.known_part(observed, k, z)
+    assert len(rec.known) == 2 and torch.allclose(rec.known[0], told) and rec.known[1] is None  # told, then untold
+    t = fp.timesteps[k].expand(6)
+    eps_c, eps_u = model(z, t, told).eps, model(z, t).eps
+    assert not torch.allclose(eps_c, eps_u)
+    torch.testing.assert_close(pred.z0, fp.z0_from_eps(z, eps_u + w * (eps_c - eps_u), observed, k))
+
+
+def test_classifier_free_guidance_samples_and_counts_both_passes():
+    model = make_model()
+    y = torch.tensor([3, 1, 4, 1, 5, 9])
+    outs = [generate(model, given={"label": y}, nfe=4, sampler="ddim", cfg_scale=w, progress=False,
+                     generator=torch.Generator().manual_seed(0)) for w in (1.0, 2.0)]
+    assert (outs[0].nfe, outs[1].nfe) == (4, 8)
+    assert not torch.allclose(outs[0].samples["image"], outs[1].samples["image"])
+
+
+@pytest.mark.parametrize("config, given, w, message", [
+    (CONFIG, {"label": torch.tensor([1, 2])}, -1.0, "cfg_scale must be a finite number >= 0"),
+    (CONFIG, {"label": torch.tensor([1, 2])}, float("nan"), "cfg_scale must be a finite number >= 0"),
+    (CONFIG, None, 2.0, "this run is joint"),
+    ({**CONFIG, "known_dropout": 0.0}, {"label": torch.tensor([1, 2])}, 2.0, "known_dropout = 0.0"),
+    ({k: v for k, v in CONFIG.items() if k != "known_input"}, {"label": torch.tensor([1, 2])}, 2.0,
+     "known_input = false"),
+])
+def test_classifier_free_guidance_needs_a_told_conditional_run(config, given, w, message):
+    with pytest.raises(ConfigError, match=message):
+        generate(make_model(config), n=2, given=given, nfe=2, sampler="ddim", cfg_scale=w, progress=False)
+
+
+class LinearClassifier(torch.nn.Module):
+    """A stand-in noise-aware classifier: logits linear in x_t, recording what it reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(64, 10)
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x_t, t):
+        self.seen.append((x_t.detach().clone(), t))
+        return self.lin(x_t.flatten(1)) * (1 + t[:, None] / 100)
+
+
+def test_an_external_classifier_guides_from_the_base_state_without_the_known_part():
+    model = make_model()
+    rec, clf = Recorder(model), LinearClassifier()
+    y, observed, fp, z, k = label_step(model)
+    scale = 2.0
+    pred = ModelDenoiser(rec, fp, observed, guidance=[(model.taskset["label"], y, scale)],
+                         classifiers={"label": clf})(z, k)
+    told = fp.known_part(observed, k, z)
+    assert len(rec.known) == 1 and torch.allclose(rec.known[0], told)  # the head is not read: one told pass
+    t = fp.timesteps[k].expand(6)
+    x_t, seen_t = clf.seen[0]
+    assert torch.allclose(x_t, z - told) and torch.equal(seen_t, t)  # the image's state alone
+    xg = x_t.clone().requires_grad_(True)
+    grad = torch.autograd.grad(-scale * model.taskset["label"].loss(clf(xg, t), y).sum(), xg)[0]
+    assert grad.abs().sum() > 0
+    with torch.no_grad():
+        eps = model(z, t, told).eps - float(1 - fp.abar[k]) ** 0.5 * grad
+    torch.testing.assert_close(pred.z0, fp.z0_from_eps(z, eps, observed, k))
+
+
+def test_classifier_guidance_through_generate():
+    model, clf = make_model(), LinearClassifier()
+    y = torch.tensor([3, 1, 4, 1, 5, 9])
+
+    def run(scale):
+        guidance = GuidanceConfig("label", y, scale, classifier=clf)
+        return generate(model, given={"label": y}, guidance=guidance, nfe=3, sampler="ddim", progress=False,
+                        generator=torch.Generator().manual_seed(0)).samples["image"]
+
+    plain = generate(model, given={"label": y}, nfe=3, sampler="ddim", progress=False,
+                     generator=torch.Generator().manual_seed(0)).samples["image"]
+    assert torch.equal(run(0.0), plain) and not torch.allclose(run(50.0), plain)
+    with pytest.raises(ConfigError, match="classifier must be None .* got int"):
+        GuidanceConfig("label", y, 1.0, classifier=3)

@@ -61,6 +61,11 @@ class TestRepresentation(ModalityConformance):
         return {"image": _images(n, generator)}
 
 
+class TestRepresentationMapHead(ModalityConformance):
+    modality_class = RepresentationModality
+    options = {"head": "map", "dim": 6}
+
+
 class TestRepresentationCosine(ModalityConformance):
     modality_class = RepresentationModality
     options = {"loss": "cosine"}

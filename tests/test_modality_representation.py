@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mtd_core.errors import ConfigError, ModalityDataError
-from mtd_core.modality import FeatureSpec, LatentSpec
+from mtd_core.modality import FeatureSpec, HeadInput, LatentSpec
 from mtd_plugins.representation import RepresentationModality
 
 
@@ -97,8 +97,23 @@ def test_encoder_and_head_shapes_and_sampling() -> None:
         m.loss(torch.randn(3, 4), x)
 
 
+def test_map_head_reads_the_full_resolution_map_and_its_positions() -> None:
+    m = RepresentationModality(dim=5, hidden=16, head="map")
+    assert m.head_input is HeadInput.MAP and RepresentationModality(dim=5).head_input is HeadInput.POOLED
+    assert RepresentationModality.from_config(json.loads(json.dumps(m.to_config()))).head_input is HeadInput.MAP
+    torch.manual_seed(0)
+    head = m.build_head(LatentSpec((2, 8, 8)), FeatureSpec(pooled_dim=7, map_channels=3))
+    fmap = torch.randn(3, 3, 8, 8)
+    pred = head(fmap)
+    assert pred.shape == (3, 5)
+    # a head that averaged the whole map would not tell a map from its mirror image; the encoder is positional
+    assert not torch.allclose(head(fmap.flip(-1)), pred, atol=1e-4)
+
+
 def test_bad_options() -> None:
     with pytest.raises(ConfigError, match="'loss' must be one of \\['gaussian', 'cosine'\\]"):
         RepresentationModality(loss="l2")
     with pytest.raises(ConfigError, match="builtin_extractor"):
         RepresentationModality(builtin_extractor="resnet")
+    with pytest.raises(ConfigError, match="'head' must be one of \\['pooled', 'map'\\]"):
+        RepresentationModality(head="conv")

@@ -31,7 +31,7 @@ from mtd_core.sampling import (
     guided_eps,
     sample_ddim,
 )
-from mtd_core.sampling.denoiser import base_range
+from mtd_core.sampling.denoiser import ModelDenoiser, base_range
 from mtd_core.taskset import TaskSet
 
 T = 100
@@ -365,6 +365,24 @@ def test_guided_eps_is_eps_minus_scaled_gradient_of_the_heads_log_likelihood():
     grad = torch.autograd.grad(F.log_softmax(out.preds["label"], 1)[torch.arange(3), y].sum(), zz)[0]
     assert torch.allclose(eps, out.eps - 2.5 * (1 - abar) ** 0.5 * grad, atol=1e-6)
     assert grad.abs().sum() > 0 and torch.allclose(preds["label"], out.preds["label"])
+
+
+def test_an_external_classifier_reads_and_moves_only_the_base_channels():
+    model = tiny_model()  # the label in an auxiliary channel of its own
+    fp, k, y = model.forward_process, 30, torch.tensor([1, 5, 9])
+    _, observed = model.encode_some({"label": y}, ["label"])
+    z = torch.randn(3, 2, 8, 8)
+    seen = []
+
+    def classifier(x_t, t):
+        seen.append(x_t.detach())
+        return x_t.flatten(1)[:, :10] * 3.0
+
+    guided = ModelDenoiser(model, fp, observed, guidance=[(model.taskset["label"], y, 2.0)],
+                           classifiers={"label": classifier})(z, k)
+    plain = ModelDenoiser(model, fp, observed)(z, k)
+    assert torch.equal(seen[0], z[:, :1])  # the label's known part lives in the other channel
+    assert torch.equal(guided.eps[:, 1:], plain.eps[:, 1:]) and not torch.allclose(guided.eps[:, :1], plain.eps[:, :1])
 
 
 def test_guidance_with_scale_0_changes_nothing_and_a_positive_scale_changes_the_samples():

@@ -77,6 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=0.0, metavar="SCALE",
                    help="also steer towards the given label with the model's own label head (classifier "
                         "guidance at this scale; e.g. 3)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, metavar="W",
+                   help="classifier-free guidance towards the given modalities on a model told them (known_input): "
+                        "eps_untold + W (eps_told - eps_untold); default 1 (off); one more network evaluation a step")
     p.add_argument("--joint", choices=JOINT, default=DEFAULT_JOINT,
                    help=f"commit: draw a label from its head first, then the rest given it; flow: generate it along "
                         f"(default {DEFAULT_JOINT})")
@@ -224,7 +227,8 @@ def main(args: argparse.Namespace) -> int:
                    eta=args.eta, guidance=guidance, generator=g, progress=not args.no_progress,
                    conditioning=args.conditioning, encoding_temperature=parse_temperatures(args.encoding_temperature),
                    spacing=args.spacing, clip=args.clip, clip_eps=args.clip_eps, clip_percentile=args.clip_percentile,
-                   sampler_options=parse_options(args.option), joint=args.joint)
+                   sampler_options=parse_options(args.option), joint=args.joint,
+                   cfg_scale=args.cfg_scale)
     samples = dict(out.samples)
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = sample_cells(model.taskset, samples, loaded.dataset_info.get("class_names"))

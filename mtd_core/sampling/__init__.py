@@ -1,5 +1,5 @@
 """Sampling: the base estimate (estimate.py), samplers as small pure functions (ddim.py, ddpm.py, heun.py, dpmpp.py),
-self-guidance (guidance.py) and generate()."""
+guidance by the model's own heads or an external classifier (guidance.py) and generate()."""
 
 from mtd_core.sampling.base import (
     Sampler,
@@ -16,7 +16,7 @@ from mtd_core.sampling.denoiser import CONDITIONING, ModelDenoiser
 from mtd_core.sampling.dpmpp import sample_dpmpp_2m
 from mtd_core.sampling.estimate import BaseEstimate, BaseRange
 from mtd_core.sampling.generate import GenerationOutput, generate
-from mtd_core.sampling.guidance import GuidanceConfig, guided_eps
+from mtd_core.sampling.guidance import Classifier, GuidanceConfig, guided_eps
 from mtd_core.sampling.heun import sample_heun
 from mtd_core.sampling.options import DEFAULT_READ_T, SamplingOptions
 
@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_READ_T",
     "BaseEstimate",
     "BaseRange",
+    "Classifier",
     "GenerationOutput",
     "GuidanceConfig",
     "ModelDenoiser",

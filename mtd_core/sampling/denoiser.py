@@ -13,7 +13,7 @@ from mtd_core.errors import ConfigError
 from mtd_core.modality import Modality
 from mtd_core.sampling.base import StepPrediction
 from mtd_core.sampling.estimate import BaseEstimate, BaseRange
-from mtd_core.sampling.guidance import guided_eps
+from mtd_core.sampling.guidance import Classifier, classifier_grad, guided_eps
 from mtd_core.types import Prediction
 
 if TYPE_CHECKING:
@@ -56,19 +56,25 @@ class ModelDenoiser:
         base: the base's channels and range, for ``estimate`` (default: :func:`base_range` of the model).
         targets: guided generated modality name -> its target's encoding.
         observed_data: observed aggregated name -> its data (the targets of "exact" conditioning).
+        classifiers: guided modality name -> the external classifier that guides it instead of its head.
+        cfg_scale: classifier-free guidance w on the observed modalities of a told model (``known_input``):
+            eps_untold + w (eps_told - eps_untold), the untold pass without their part (1: off).
     """
 
     def __init__(self, model: MultiTaskModel, fp: ForwardProcess, observed: Mapping[str, torch.Tensor],
                  guidance: Sequence[GuideTerm] = (), conditioning: str = "replace",
                  temperature: Mapping[str, float] | None = None, estimate: BaseEstimate | None = None,
                  base: BaseRange | None = None, targets: Mapping[str, torch.Tensor] | None = None,
-                 observed_data: Mapping[str, torch.Tensor] | None = None) -> None:
+                 observed_data: Mapping[str, torch.Tensor] | None = None,
+                 classifiers: Mapping[str, Classifier] | None = None, cfg_scale: float = 1.0) -> None:
         check_conditioning(conditioning)
         self.model, self.fp, self.observed = model, fp, dict(observed)
         self.conditioning, self.temperature = conditioning, dict(temperature or {})
         self.estimate, self.base = estimate or BaseEstimate(), base if base is not None else base_range(model)
-        self.targets = dict(targets or {})
-        self.terms = [g for g in guidance if g[2] > 0]
+        self.targets, self.cfg_scale = dict(targets or {}), float(cfg_scale)
+        self.classifiers = dict(classifiers or {})
+        self.terms = [g for g in guidance if g[2] > 0 and g[0].name not in self.classifiers]
+        self.classifier_terms = [g for g in guidance if g[2] > 0 and g[0].name in self.classifiers]
         self.guided = {m.name for m, _, _ in self.terms}
         # a network that reads the observed parts (known_input) gives E[eps | z_t, x_j] itself: "exact" adds nothing
         if conditioning == "exact" and not model.taskset.known_input:
@@ -83,6 +89,15 @@ class ModelDenoiser:
         tempered = {n: self.model.taskset[n].temper(p, self.temperature[n]) if n in self.temperature else p
                     for n, p in preds.items()}
         return self.model.predicted_encodings(tempered)
+
+    def _classifier_grad(self, z: torch.Tensor, t: torch.Tensor, known: Mapping[str, torch.Tensor], k: int
+                         ) -> torch.Tensor:
+        """The external classifiers' scaled grad log p(y | x_t), x_t the base's channels of z less the known parts."""
+        C = self.model.taskset.base_latent.shape[0]
+        x_t = (z - self.fp.known_part(known, k, z) if known else z)[:, :C]
+        grad = sum(classifier_grad(self.classifiers[m.name], m, y, s, x_t, t) for m, y, s in self.classifier_terms)
+        assert isinstance(grad, torch.Tensor)
+        return torch.cat([grad, grad.new_zeros(grad.shape[0], z.shape[1] - C, *grad.shape[2:])], dim=1)
 
     def __call__(self, z: torch.Tensor, k: int) -> StepPrediction:
         t = self.fp.timesteps[k].to(z.device).expand(z.shape[0])
@@ -99,6 +114,15 @@ class ModelDenoiser:
         else:
             out = self.model(z, t) if part is None else self.model(z, t, part)
             eps, preds = out.eps.to(z.dtype), out.preds
+        if self.cfg_scale != 1.0 and part is not None and self.observed:
+            # classifier-free guidance (Ho & Salimans 2022, eq. 6 with w + 1 -> w): the untold pass hides the
+            # observed modalities' part of the known input, as known_dropout does in training
+            untold = {n: e for n, e in known.items() if n not in self.observed}
+            out_u = self.model(z, t) if not untold else self.model(z, t, self.fp.known_part(untold, k, z))
+            eps_u = out_u.eps.to(z.dtype)
+            eps = eps_u + self.cfg_scale * (eps - eps_u)
+        if self.classifier_terms:
+            eps = eps - float(1.0 - self.fp.abar[k]) ** 0.5 * self._classifier_grad(z, t, known, k)
         enc_hat = {n: e.to(z.dtype) for n, e in self._encodings(preds).items()}
         # The decomposition z = sqrt(abar) z0_hat + sum_i lambda_i E_i + sqrt(1 - abar) eps the network's eps belongs
         # to: its own encodings, except those of steered targets and, unless replacing, of observed modalities (a

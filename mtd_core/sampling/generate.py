@@ -20,7 +20,8 @@
                  "exact": "inject" with E[eps | z_t, y] = E[eps | z_t] - sqrt(1 - abar_t) grad log p(y | z_t), the
                      model's own guidance at scale 1 for every observed modality (guidance.py); exact for a model
                      whose eps and heads are exact. A task set with ``known_input`` shows the network the observed
-                     part, so its eps is E[eps | z_t, y] already and the three modes coincide.
+                     part, so its eps is E[eps | z_t, y] already and the three modes coincide; there
+                     ``cfg_scale`` w > 1 applies classifier-free guidance, eps_untold + w (eps_told - eps_untold).
     readout      the base given (classification, representation or caption prediction). No reverse process: the
                  heads are read from z_t = sqrt(abar_t) z_0 + sum_j lambda_t^(j) E_j(x_j) + sqrt(1 - abar_t) eps
                  at the small t = read_t * T (the unknown modalities' injected parts, tiny at small t, are left out).
@@ -33,6 +34,7 @@ passed in).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +47,7 @@ from mtd_core.modality import Modality, Role, is_temperature
 from mtd_core.sampling.base import Callback, Sampler, randn_like
 from mtd_core.sampling.estimate import BaseEstimate
 from mtd_core.sampling.denoiser import GuideTerm, ModelDenoiser, base_range, check_conditioning
-from mtd_core.sampling.guidance import GuidanceConfig, check_guidance, resolve_target
+from mtd_core.sampling.guidance import Classifier, GuidanceConfig, check_guidance, resolve_target
 from mtd_core.sampling.options import (
     DEFAULT_CLIP,
     DEFAULT_CLIP_EPS,
@@ -76,7 +78,7 @@ class GenerationOutput:
         predictions: the raw head prediction of every generated aggregated modality (last sampling step, or
             the read-out), e.g. a label's logits.
         mode: "joint", "conditional" or "readout".
-        nfe: network evaluations per sample (the sampler's, or the read-out's).
+        nfe: network evaluations per sample (the sampler's, twice with classifier-free guidance, or the read-out's).
     """
 
     samples: Batch
@@ -135,9 +137,9 @@ def generate(
             else:
                 assert spec is not None and steps is not None and kwargs is not None
                 z0, predictions, committed = _reverse(model, plan.B, observed, spec, steps, o.spacing, kwargs,
-                                                      _denoiser_args(model, plan, observed, o.conditioning, dev),
+                                                      _denoiser_args(model, plan, observed, o, dev),
                                                       generator, callback, progress, dev, plan.commit)
-                used = spec.nfe(steps) + (1 if plan.commit else 0)
+                used = spec.nfe(steps) * (1 if o.cfg_scale == 1 else 2) + (1 if plan.commit else 0)
     finally:
         model.train(was_training)
     samples = _samples(model, given, plan.mode, committed, z0, predictions, generator)
@@ -155,6 +157,7 @@ class _Plan:
     commit: list[str]
     temperature: dict[str, float]
     guide: list[GuideTerm]
+    classifiers: dict[str, Classifier]
 
 
 def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.Generator | None,
@@ -184,25 +187,49 @@ def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.G
                           "head at the first step (no encoding to temper); pass joint='flow' to temper them")
     if mode != "readout":  # the kinds' own defaults where the option is silent
         temperature.update(_default_temperatures(modalities, [*given, *commit, *temperature]))
+    _check_cfg(model, o.cfg_scale, mode)
     if mode == "readout" and guidance is not None:
         raise ConfigError("generate: guidance needs a reverse process; it does not apply when the base is given")
     guide: list[GuideTerm] = []
+    classifiers: dict[str, Classifier] = {}
     if guidance is not None:
         gm = check_guidance(guidance, modalities)
         guide.append((gm, resolve_target(gm, guidance.target, B, dev), float(guidance.scale)))
-    return _Plan(mode, B, data, estimate, commit, temperature, guide)
+        if guidance.classifier is not None:
+            classifiers[gm.name] = guidance.classifier
+    return _Plan(mode, B, data, estimate, commit, temperature, guide, classifiers)
 
 
-def _denoiser_args(model: MultiTaskModel, plan: _Plan, observed: dict[str, torch.Tensor], conditioning: str,
+def _check_cfg(model: MultiTaskModel, w: object, mode: str) -> None:
+    """Classifier-free guidance needs a number >= 0 and, unless off (1), a conditional run of a told model whose
+    untold path was trained (known_input with known_dropout > 0)."""
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        raise ConfigError(f"generate: cfg_scale must be a finite number >= 0 (1 turns classifier-free guidance off), "
+                          f"got {w!r}")
+    if w == 1:
+        return
+    ts = model.taskset
+    if mode != "conditional":
+        raise ConfigError(f"generate: cfg_scale = {w} guides towards given aggregated modalities, but this run is "
+                          f"{mode} (give the label, caption, ... to condition on, and not the base)")
+    if not ts.known_input or ts.known_dropout == 0:
+        raise ConfigError(f"generate: cfg_scale = {w} needs a network trained both told and untold the given part: "
+                          f"a task set with known_input = true and known_dropout > 0 (this one has known_input = "
+                          f"{str(ts.known_input).lower()}, known_dropout = {ts.known_dropout}); use guidance= (the "
+                          "model's own heads) instead")
+
+
+def _denoiser_args(model: MultiTaskModel, plan: _Plan, observed: dict[str, torch.Tensor], o: SamplingOptions,
                    dev: torch.device) -> dict[str, Any]:  # Any: ModelDenoiser's keywords (several types)
     """The keyword arguments of every step's ModelDenoiser (the guidance targets' encodings included)."""
     targets: dict[str, torch.Tensor] = {}
     for gm, target, scale in plan.guide:
         if scale > 0 and gm.name not in observed:
             targets.update(model.encode_some({gm.name: target}, [gm.name])[1])
-    return {"guidance": plan.guide, "conditioning": conditioning, "temperature": plan.temperature,
+    return {"guidance": plan.guide, "conditioning": o.conditioning, "temperature": plan.temperature,
             "estimate": plan.estimate, "base": base_range(model), "targets": targets,
-            "observed_data": {k: v.to(dev) for k, v in plan.data.items()}}
+            "observed_data": {k: v.to(dev) for k, v in plan.data.items()}, "classifiers": plan.classifiers,
+            "cfg_scale": o.cfg_scale}
 
 
 def _samples(model: MultiTaskModel, given: Batch, mode: str, committed: dict[str, torch.Tensor], z0: torch.Tensor,

@@ -16,12 +16,19 @@ the answer from it, and its gradient with respect to z_t is about zero, so the h
 known part without the guided modalities' (what the model is trained on ``known_dropout`` of the time), while eps
 comes from the told path. On a told model guidance at scale s thus adds s times log p(y | z_t) to a network that is
 already conditioned on y, as guidance on a class-conditional model does (Dhariwal & Nichol 2021, section 4).
+
+A head reads all of z_t, including the guided modality's own part where it shares the base's channels (the built-in
+label's), and is as sure of y there as the told network. An external noise-aware classifier of the base alone
+(``GuidanceConfig.classifier``) cannot see that part: it reads x_t, the base's channels of z_t less every known
+aggregated part, which is the single-task DDPM state sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps when the unknown
+modalities live in channels of their own; d x_t / d z_t is the identity there, so its gradient enters eps as a
+head's does (Dhariwal & Nichol 2021, section 4, with their noisy ImageNet classifier).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -34,6 +41,9 @@ from mtd_core.types import Prediction
 if TYPE_CHECKING:
     from mtd_core.model import MultiTaskModel
 
+Classifier = Callable[[torch.Tensor, torch.Tensor], Prediction]
+"""A noise-aware classifier of the base: (x_t, t) -> a prediction of the guided modality in its head's form."""
+
 
 @attrs.frozen
 class GuidanceConfig:
@@ -44,15 +54,25 @@ class GuidanceConfig:
         target: the target data: one example (e.g. a class index, broadcast to the batch) or one per sample
             (a list or tensor of length n).
         scale: the guidance scale s (0 turns guidance off; larger follows the target more strictly).
+        classifier: None (the model's own head of ``modality``) or an external noise-aware classifier of the base
+            alone, ``classifier(x_t, t)`` -> a prediction of ``modality`` in its head's form (a label's logits),
+            scored by the modality's loss. x_t is the base's channels of z_t less every known aggregated part, a
+            state shaped like the base's latent, and t the original timesteps (B,): train it on
+            sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps of the model's noise schedule (module docstring). An nn.Module
+            must already be on the sampling device.
     """
 
     modality: str
     target: object
     scale: float = 1.0
+    classifier: Classifier | None = None
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale) or self.scale < 0:
             raise ConfigError(f"guidance on {self.modality!r}: scale must be a finite number >= 0, got {self.scale!r}")
+        if self.classifier is not None and not callable(self.classifier):
+            raise ConfigError(f"guidance on {self.modality!r}: classifier must be None (the model's own head) or a "
+                              f"callable (x_t, t) -> prediction, got {type(self.classifier).__name__}")
 
 
 def resolve_target(m: Modality, target: object, n: int, device: torch.device) -> torch.Tensor:
@@ -83,6 +103,16 @@ def check_guidance(guidance: GuidanceConfig, modalities: dict[str, Modality]) ->
     if m.role is not Role.AGGREGATED:
         raise ConfigError(f"guidance: modality {m.name!r} is the base and has no head to guide with")
     return m
+
+
+def classifier_grad(classifier: Classifier, m: Modality, target: torch.Tensor, scale: float, x_t: torch.Tensor,
+                    t: torch.Tensor) -> torch.Tensor:
+    """scale * grad_{x_t} log p(y | x_t) of an external classifier, log p = -Modality.loss(classifier(x_t, t), y)."""
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)
+        log_p = -(m.loss(classifier(x, t), target) * scale).sum()
+        grad = torch.autograd.grad(log_p, x, allow_unused=True)[0] if log_p.requires_grad else None
+    return torch.zeros_like(x_t) if grad is None else grad.to(x_t.dtype)
 
 
 def guided_eps(model: MultiTaskModel, z_t: torch.Tensor, t: torch.Tensor, abar_t: float,

@@ -52,6 +52,11 @@ class SamplingOptions:
             the state onto the estimate (estimate.py).
         clip_percentile: the quantile of dynamic thresholding, in (0, 1].
         conditioning: conditional mode only: "replace" (default), "inject" or "exact" (generate.py's docstring).
+        cfg_scale: conditional mode on a task set with ``known_input`` only: classifier-free guidance (Ho & Salimans
+            2022) w on the observed modalities, eps = eps_untold + w (eps_told - eps_untold), where the untold pass
+            hides their part from the network's known input (which ``known_dropout`` trains). 1 turns it off (the
+            told eps alone); 0 is the untold eps; above 1 follows the given data more strictly, at one more
+            network evaluation a step.
         joint: how generated modalities with ``Modality.exact_sample`` (a label) are generated: "commit" draws
             them from their heads at z_K (one more network evaluation) and generates the rest given them; "flow"
             lets them follow the reverse process with the others. A guided modality always follows the flow.
@@ -75,6 +80,7 @@ class SamplingOptions:
     clip_eps: str = DEFAULT_CLIP_EPS
     clip_percentile: float = 0.995
     conditioning: str = "replace"
+    cfg_scale: float = 1.0
     joint: str = DEFAULT_JOINT
     encoding_temperature: Mapping[str, float] | None = None
     read_t: float | Sequence[float] = DEFAULT_READ_T
