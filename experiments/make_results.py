@@ -337,8 +337,8 @@ def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float],
     claim = (f"label-conditioned fidelity >= {FIDELITY_TARGET:.0%} with the standalone classifier's guidance at "
              f"scale {GUIDED['cguide']} (test protocol of the sampler study)")
     g = study_metric(study, "image_label", GUIDED, "conditional_fidelity")
-    out.append(Claim(claim, "not run", f"needs the sampler study's test rows of image_label at {GUIDED}")
-               if g is None else Claim(claim, "held" if g[0] >= FIDELITY_TARGET else "did not hold",
+    out.append(Claim(claim, "not run", f"needs the sampler study's test rows of image_label at {GUIDED}") if g is None
+               else Claim(claim, "held" if g[0] >= FIDELITY_TARGET else "did not hold",
                           f"conditional fidelity {_pm(g)}"))
 
     claim = f"noise-like share <= {NOISE_LIKE_TARGET:.0%} for every mtd model and every generation mode"
