@@ -93,7 +93,7 @@ def image_modality(preset: Preset, name: str | None = None, role: str = "base", 
 
 
 def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int,
-               transforms: Sequence[Mapping[str, Any]] = (), *, checkpoint_every: int = 0,
+               transforms: Sequence[Mapping[str, Any]] = (), *, checkpoint_every: int = 0, keep_last: int = 1,
                known_input: bool = False, aux_channels: int = 0) -> Any:
     """The RunConfig of one training run of ``preset`` (same backbone, budget and schedule for every setting);
     ``known_input`` and ``aux_channels`` are the experiment's defaults of the task set's options (a design study
@@ -107,7 +107,7 @@ def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: in
                           warmup_steps=preset.warmup_steps, lr_schedule="cosine", final_lr_fraction=0.1,
                           ema_decay=preset.ema_decay, seed=seed, threads=preset.threads, device=preset.device,
                           log_every=max(1, min(50, preset.steps)), sample_every=0, sample_n=0,
-                          checkpoint_every=checkpoint_every, keep_last=0 if checkpoint_every else 1, progress=False)
+                          checkpoint_every=checkpoint_every, keep_last=keep_last, progress=False)
     taskset: dict[str, Any] = {"modalities": [dict(m) for m in modalities], "diffusion": {"kind": "linear", "T": 1000}}
     multi = any(m.get("role", "aggregated") != "base" for m in modalities)  # the options need an aggregated one
     aux = aux_channels if DESIGN["aux_channels"] is None else DESIGN["aux_channels"]
@@ -147,8 +147,9 @@ class Trained:
 
 
 REUSE = {"finished_runs": False, "train_only": False}
-"""Set by ``--reuse`` (:func:`train` loads a finished run with the identical config instead of training again) and
-``--train-only`` (every training step of an experiment runs, or is reused, and the evaluation is skipped)."""
+"""Set by ``--reuse`` (:func:`train` loads a finished run with the identical config instead of training again, and
+resumes an unfinished one) and ``--train-only`` (every training step of an experiment runs, or is reused, and the
+evaluation is skipped)."""
 
 
 class TrainedOnly(Exception):
@@ -160,26 +161,30 @@ def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, ru
           aux_channels: int = 0) -> Trained:
     """Train one setting from scratch in ``run_dir`` (emptied first) and return its EMA model.
 
-    ``curve`` keeps a checkpoint every ``preset.curve_every`` steps for :func:`learning_curve`; ``known_input`` and
-    ``aux_channels`` are the experiment's defaults of the task set's options (:func:`run_config`). With ``--reuse``
-    (``REUSE``), a run folder holding a finished run of exactly this config is evaluated as it is (its recorded
-    training time and final loss are reported).
+    A checkpoint is written every ``preset.curve_every`` steps; ``curve`` keeps them all for :func:`learning_curve`,
+    else only the last. ``known_input`` and ``aux_channels`` are the experiment's defaults of the task set's options
+    (:func:`run_config`). With ``--reuse`` (``REUSE``), a run folder holding a finished run of this config
+    (:func:`_run_state`) is evaluated as it is (its recorded training time and final loss are reported), and one
+    stopped part-way is resumed from its last checkpoint.
     """
     import shutil
 
     from mtd_core.training import Trainer, build_run, load_run
 
-    config = run_config(preset, modalities, seed, transforms, checkpoint_every=preset.curve_every if curve else 0,
-                        known_input=known_input, aux_channels=aux_channels)
+    config = run_config(preset, modalities, seed, transforms, checkpoint_every=preset.curve_every,
+                        keep_last=0 if curve else 1, known_input=known_input, aux_channels=aux_channels)
     run = build_run(config)
-    finished = _finished_run(run_dir, run.config.to_dict(), preset.steps) if REUSE["finished_runs"] else None
-    if finished is not None:
+    state = _run_state(run_dir, run.config.to_dict(), preset.steps) if REUSE["finished_runs"] else None
+    if state is not None and state[0] == preset.steps:
         print(f"  reusing the finished run {run_dir} (step {preset.steps})")
-        loss = float(finished.get("loss", float("nan")))
+        loss = float(state[1].get("loss", float("nan")))
     else:
-        if run_dir.exists():
+        if state is not None:
+            print(f"  resuming the run {run_dir} from its checkpoint at step {state[0]}")
+        elif run_dir.exists():
             shutil.rmtree(run_dir)
-        result = Trainer(run.model, run.data, run.config.trainer, run_dir, run_config=run.config.to_dict()).fit()
+        result = Trainer(run.model, run.data, run.config.trainer, run_dir, run_config=run.config.to_dict(),
+                         resume=state is not None).fit()
         loss = float(result.metrics.get("loss", float("nan")))
     loaded = load_run(run_dir, device=device_of(preset))
     wall = float(loaded.checkpoint.trainer.get("elapsed_s", float("nan")))  # the trainer's own clock, over resumes
@@ -187,16 +192,35 @@ def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, ru
                    final_loss=loss)
 
 
-def _finished_run(run_dir: Path, config: Mapping[str, Any], steps: int) -> dict[str, Any] | None:
-    """The last metrics line of the run in ``run_dir`` if it was trained to ``steps`` with exactly ``config``."""
+def _run_state(run_dir: Path, config: Mapping[str, Any], steps: int) -> tuple[int, dict[str, Any]] | None:
+    """(step, last metrics line) of the run in ``run_dir`` if it is a run of ``config`` (up to the trainer options
+    a resume may change) that was trained to ``steps`` or holds a checkpoint to resume from; else None."""
+    from mtd_core.training.checkpoint import checkpoint_step, list_checkpoints
+
     try:
         stored = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
         last = json.loads(lines[-1]) if lines else {}
-    except (OSError, ValueError):
+        same = _normal(stored) == _normal(json.loads(json.dumps(config)))
+    except (OSError, ValueError, KeyError, TypeError, MTDError):
         return None
-    same = stored == json.loads(json.dumps(config))
-    return last if same and last.get("step") == steps else None
+    if not same:
+        return None
+    if last.get("step") == steps:
+        return steps, last
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    return (checkpoint_step(ckpts[-1]) or 0, last) if ckpts else None
+
+
+def _normal(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run config as it decides the trained weights: its task set rebuilt and written back (an option added to a
+    modality since the run was saved appears at its default, as the run loads it) and without the trainer options
+    a resume may change (threads, checkpoint interval, ...)."""
+    from mtd_core.taskset import TaskSet
+    from mtd_core.training.config import TrainConfig
+
+    trainer = {k: v for k, v in config["trainer"].items() if k not in TrainConfig.RESUMABLE_CHANGES}
+    return {**config, "taskset": TaskSet.from_config(config["taskset"]).to_config(), "trainer": trainer}
 
 
 def trained_module(module: torch.nn.Module, path: Path, key: Mapping[str, Any], fit: Callable[[], float]) -> float:
@@ -614,7 +638,8 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
     p.add_argument("--threads", type=int, default=None,
                    help="override the preset's torch CPU threads, e.g. 1 to run two experiments side by side")
     p.add_argument("--reuse", action="store_true",
-                   help="evaluate a finished run of the identical config found in --work instead of retraining")
+                   help="evaluate a finished run of the identical config found in --work instead of retraining "
+                        "(resume one stopped part-way)")
     p.add_argument("--train-only", action="store_true",
                    help="train (into --work) and stop before the evaluation; evaluate later with --reuse")
     p.add_argument("--variant", default="", help="name a design study (needs --aux-channels or --weights)")

@@ -18,6 +18,7 @@ from torch import nn
 
 from mtd_core.diffusion.weights import WeightSchedule
 from mtd_core.errors import ModalityDataError
+from mtd_core.heads import MapReader
 from mtd_core.modality import DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role, rms_normalize
 from mtd_core.plugins import hookimpl
 from mtd_core.plugins.validate import (
@@ -86,32 +87,6 @@ class RepresentationEncoder(nn.Module):
         return self.proj(r).reshape(-1, *self.shape)
 
 
-class RepresentationMapHead(nn.Module):
-    """Regresses the d-vector from the full-resolution feature map (HeadInput.MAP).
-
-    Two 3x3 convs narrow the map to ``width`` channels, which are averaged over a ``grid`` x ``grid`` grid of cells
-    (coarse positions kept: the linear encoder spreads the vector over Z's positions) and read by an MLP.
-
-    Args:
-        map_channels: channels of the feature map (FeatureSpec.map_channels).
-        dim: the representation's dimension d.
-        hidden: width of the MLP's hidden layer.
-        grid: cells per side of the pooled grid.
-        width: channels the convs narrow the map to.
-    """
-
-    def __init__(self, map_channels: int, dim: int, hidden: int, grid: int = 7, width: int = 8) -> None:
-        super().__init__()
-        self.grid = grid
-        self.conv = nn.Sequential(nn.Conv2d(map_channels, map_channels, 3, padding=1), nn.SiLU(),
-                                  nn.Conv2d(map_channels, width, 3, padding=1), nn.SiLU())
-        self.mlp = nn.Sequential(nn.Linear(width * grid * grid, hidden), nn.SiLU(), nn.Linear(hidden, dim))
-
-    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        """(B, map_channels, H, W) features -> (B, dim)."""
-        return self.mlp(F.adaptive_avg_pool2d(self.conv(fmap), self.grid).flatten(1))
-
-
 @attrs.frozen
 class RepresentationConfig:
     """Options of the representation modality.
@@ -120,7 +95,7 @@ class RepresentationConfig:
         dim: the representation's dimension d.
         hidden: width of the head's hidden layer (its MLP's -> d).
         head: the features the head reads: "pooled" (the backbone's bottleneck, an MLP) or "map" (the last
-            full-resolution feature map: :class:`RepresentationMapHead`).
+            full-resolution feature map: :class:`~mtd_core.heads.MapReader`).
         loss: "gaussian" (NLL with std sigma) or "cosine" ((1 - cos) / sigma^2, direction only).
         sigma: the std of the Gaussian likelihood; the cosine loss's temperature.
         source: the name of the image modality the extractor reads in derive().
@@ -205,9 +180,9 @@ class RepresentationModality(Modality):
         return RepresentationEncoder(self.config.dim, latent)
 
     def build_head(self, latent: LatentSpec, features: FeatureSpec) -> nn.Module:
-        """An MLP from the pooled features to the d-vector, or a :class:`RepresentationMapHead` (``head = "map"``)."""
+        """An MLP from the pooled features to the d-vector, or a :class:`~mtd_core.heads.MapReader` (``head = "map"``)."""
         if self.config.head == "map":
-            return RepresentationMapHead(features.map_channels, self.config.dim, self.config.hidden)
+            return MapReader(features.map_channels, self.config.dim, self.config.hidden)
         return nn.Sequential(nn.Linear(features.pooled_dim, self.config.hidden), nn.SiLU(),
                              nn.Linear(self.config.hidden, self.config.dim))
 

@@ -1,5 +1,5 @@
 """The ``text`` modality (beyond the paper): a short caption, aggregated into the latent as mean-pooled token
-embeddings and predicted back token by token from the pooled features.
+embeddings and predicted back token by token from the backbone's pooled features or feature map.
 
 Captions are tokenised by a SentencePiece BPE model trained in memory by :meth:`TextModality.fit` (tens of
 milliseconds on a caption set) and saved beside the weights through :meth:`assets`. Data are int64 token ids
@@ -23,6 +23,7 @@ from torch import nn
 
 from mtd_core.diffusion.weights import WeightSchedule
 from mtd_core.errors import CheckpointError, ConfigError, ModalityDataError
+from mtd_core.heads import MapReader
 from mtd_core.modality import (
     DataSpec,
     FeatureSpec,
@@ -32,12 +33,8 @@ from mtd_core.modality import (
     Role,
 )
 from mtd_core.plugins import hookimpl
+from mtd_core.plugins.validate import one_of, option, optional_names, positive_int
 from mtd_core.types import Batch, BatchValue, ConfigMapping, ConfigValue, Prediction
-from mtd_core.plugins.validate import (
-    option,
-    optional_names,
-    positive_int,
-)
 from mtd_plugins.captions import DIGIT_NAMES, caption_grid
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -83,23 +80,22 @@ class TextEncoder(nn.Module):
 
 
 class TextHead(nn.Module):
-    """Predicts every position's token logits (B, max_len, V) from the pooled features with an MLP.
+    """Predicts every position's token logits (B, max_len, V) from the backbone's features.
 
     Args:
-        pooled_dim: the width of the pooled features.
-        hidden: the MLP's hidden width.
+        net: maps the features the head reads (pooled or the feature map) to (B, max_len * V).
         max_len: the number of token positions L.
         vocab: the vocabulary size V.
     """
 
-    def __init__(self, pooled_dim: int, hidden: int, max_len: int, vocab: int) -> None:
+    def __init__(self, net: nn.Module, max_len: int, vocab: int) -> None:
         super().__init__()
         self.max_len, self.vocab = max_len, vocab
-        self.net = nn.Sequential(nn.Linear(pooled_dim, hidden), nn.SiLU(), nn.Linear(hidden, max_len * vocab))
+        self.net = net
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(B, pooled_dim) -> (B, max_len, V) logits."""
-        return self.net(pooled).reshape(-1, self.max_len, self.vocab)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, pooled_dim) or (B, map_channels, H, W) -> (B, max_len, V) logits."""
+        return self.net(features).reshape(-1, self.max_len, self.vocab)
 
 
 @attrs.frozen
@@ -111,6 +107,8 @@ class TextConfig:
         vocab_size: the SentencePiece (BPE) vocabulary size (a soft limit: small caption sets may give fewer).
         embed_dim: the token embedding width of the encoder.
         hidden: the head's hidden width.
+        head: the features the head reads: "pooled" (the backbone's bottleneck, an MLP) or "map" (the last
+            full-resolution feature map: :class:`~mtd_core.heads.MapReader`).
         class_names: the class nouns of the fallback caption set (:meth:`TextModality.caption_grid`) the tokenizer
             is fitted on when the data give no raw captions, and example_batch draws from (default "zero".."nine").
     """
@@ -121,6 +119,7 @@ class TextConfig:
                                                                   and not isinstance(v, bool) and v >= 8))
     embed_dim: int = attrs.field(default=64, validator=positive_int)
     hidden: int = attrs.field(default=256, validator=positive_int)
+    head: str = attrs.field(default="pooled", validator=one_of("pooled", "map"))
     class_names: tuple[str, ...] | None = attrs.field(default=None, converter=optional_names)
 
 
@@ -133,7 +132,6 @@ class TextModality(Modality):
 
     kind = "text"
     roles = (Role.AGGREGATED,)
-    head_input = HeadInput.POOLED
     Config = TextConfig
     # sharper token probabilities behind the encoding of every reverse step: Fashion-MNIST caption validation FID at
     # 20 NFE, seeds 0 / 1: 2.46 / 2.33 at 0.5 against 3.77 / 2.53 at 1 (docs/sampling.md, the encoding temperature)
@@ -151,6 +149,11 @@ class TextModality(Modality):
         super().__init__(name=name, role=role, weights=weights, loss_weight=loss_weight, **options)
         self._model: bytes | None = None
         self._sp: Any = None  # Any: a sentencepiece.SentencePieceProcessor (untyped, imported lazily)
+
+    @property
+    def head_input(self) -> HeadInput:  # type: ignore[override]
+        """HeadInput.POOLED, or HeadInput.MAP with ``head = "map"``."""
+        return HeadInput.MAP if self.config.head == "map" else HeadInput.POOLED
 
     # -- the tokenizer --------------------------------------------------------------------------------
     @property
@@ -328,9 +331,13 @@ class TextModality(Modality):
         return TextEncoder(vocab, self.config.embed_dim, latent)
 
     def build_head(self, latent: LatentSpec, features: FeatureSpec) -> nn.Module:
-        """A TextHead: an MLP from the pooled features to (max_len, V) logits."""
+        """A TextHead: (max_len, V) logits by an MLP from the pooled features, or by a
+        :class:`~mtd_core.heads.MapReader` from the feature map (``head = "map"``)."""
         vocab = self._require("build_head()", ConfigError).get_piece_size()
-        return TextHead(features.pooled_dim, self.config.hidden, self.config.max_len, vocab)
+        out, hidden = self.config.max_len * vocab, self.config.hidden
+        net = (MapReader(features.map_channels, out, hidden) if self.config.head == "map" else
+               nn.Sequential(nn.Linear(features.pooled_dim, hidden), nn.SiLU(), nn.Linear(hidden, out)))
+        return TextHead(net, self.config.max_len, vocab)
 
     def _logits(self, pred: Prediction) -> torch.Tensor:
         shape = (self.config.max_len, self.vocab)

@@ -136,6 +136,58 @@ def test_reuse_evaluates_the_finished_run_without_training(smoke_results: Path, 
     assert {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")} == mtimes  # nothing retrained or rewritten
 
 
+def test_a_run_saved_before_an_option_existed_is_still_the_same_run(smoke_results: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = smoke_results.parent / "work" / "smoke" / "image_label" / "seed0"
+    config = json.loads((run / "config.json").read_text())
+    steps = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    old = tmp_path / "run"
+    old.mkdir()
+    shutil.copy(run / "metrics.jsonl", old)
+    label = next(m for m in config["taskset"]["modalities"] if m["kind"] == "label")
+    saved = json.loads(json.dumps(config))
+    next(m for m in saved["taskset"]["modalities"] if m["kind"] == "label").pop("hidden")  # as if added since
+    saved["trainer"]["threads"] = 1  # trained at one thread: weights-neutral, as a resume may change it
+    (old / "config.json").write_text(json.dumps(saved))
+    assert common._run_state(old, config, steps) is not None
+    changed = json.loads(json.dumps(config))
+    next(m for m in changed["taskset"]["modalities"] if m["kind"] == "label")["hidden"] = label["hidden"] + 1
+    assert common._run_state(old, changed, steps) is None  # a real difference is still one
+    assert common._run_state(old, config, steps + 1) is None  # unfinished, and no checkpoint to resume from
+
+
+def test_reuse_resumes_a_killed_run_from_its_checkpoint(smoke_results: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from mtd_core.training import load_run
+    from mtd_core.training.checkpoint import checkpoint_step, list_checkpoints
+    from mtd_core.training.resume import trim_metrics
+
+    preset = get_preset("smoke")
+    done = smoke_results.parent / "work" / "smoke" / "single_task" / "seed0"  # a curve run: every checkpoint kept
+    killed = tmp_path / "run"
+    shutil.copytree(done, killed)
+    ckpts = list_checkpoints(killed / "checkpoints")
+    steps = [checkpoint_step(c) for c in ckpts]
+    assert steps == list(range(preset.curve_every, preset.steps + 1, preset.curve_every))
+    shutil.rmtree(ckpts[-1])  # killed after the one before the last checkpoint
+    trim_metrics(killed / "metrics.jsonl", steps[-2])
+    threads = torch.get_num_threads()
+    common.REUSE["finished_runs"] = True
+    try:
+        trained = common.train(preset, [common.image_modality(preset)], 0, killed, curve=True)
+    finally:
+        common.REUSE["finished_runs"] = False
+        torch.set_num_threads(threads)
+    assert f"resuming the run {killed} from its checkpoint at step {steps[-2]}" in capsys.readouterr().out
+    assert trained.steps == preset.steps
+    want = load_run(done).model.state_dict()
+    got = trained.model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)  # as if it had never stopped
+
+
 def test_the_study_guides_with_the_runs_standalone_classifier(smoke_results: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from experiments.sampler_study import Study

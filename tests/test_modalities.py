@@ -79,3 +79,7 @@ class TestText(ModalityConformance):
         captions = ["a bright thick three", "a faint thin seven", "an eight", "a bright thin shape"]
         pick = torch.randint(len(captions), (n,), generator=generator).tolist()
         return {"text": [captions[i] for i in pick]}  # raw captions (the captions transform's output), tokenised
+
+
+class TestTextMapHead(TestText):
+    options = {"max_len": 10, "vocab_size": 48, "head": "map"}

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mtd_core.errors import CheckpointError, ConfigError, ModalityDataError
-from mtd_core.modality import FeatureSpec, LatentSpec
+from mtd_core.modality import FeatureSpec, HeadInput, LatentSpec
 from mtd_plugins.text import BOS, EOS, PAD, TextModality
 
 LATENT = LatentSpec((1, 8, 8))
@@ -134,6 +134,23 @@ def test_a_low_temperature_encodes_the_most_probable_tokens(text: TextModality) 
     torch.testing.assert_close(text.predicted_encoding(enc, text.temper(logits, 1e-4)), text.encode(enc, ids_hat))
     with pytest.raises(ModalityDataError, match=r"modality 'text' \(text\): expected logits of shape"):
         text.temper(torch.zeros(2, 5), 0.5)
+
+
+def test_map_head_reads_the_feature_map_and_its_positions(text: TextModality) -> None:
+    m = TextModality(head="map")
+    m.load_assets(text.assets())
+    assert m.head_input is HeadInput.MAP and text.head_input is HeadInput.POOLED
+    assert TextModality.from_config(json.loads(json.dumps(m.to_config()))).head_input is HeadInput.MAP
+    torch.manual_seed(0)
+    head = m.build_head(LATENT, FEATURES)
+    fmap = torch.randn(3, FEATURES.map_channels, 8, 8)
+    logits = head(fmap)
+    assert logits.shape == (3, 12, m.vocab)
+    m.loss(logits, m.tokenize(["a one", "an eight", "a faint thin seven"])).sum().backward()  # trainable end to end
+    assert all(p.grad is not None for p in head.parameters())
+    assert not torch.allclose(head(fmap.flip(-1)), logits, atol=1e-4)  # not a mean over the whole map
+    with pytest.raises(ConfigError, match="'head' must be one of \\['pooled', 'map'\\]"):
+        TextModality(head="conv")
 
 
 def test_sampling_pads_after_eos(text: TextModality) -> None:
