@@ -88,8 +88,9 @@ class Modality(abc.ABC):
         role: ``Role.BASE`` or ``Role.AGGREGATED`` (default: the first of ``roles``).
         weights: the aggregation schedule w_t (a WeightSchedule or its config dict). Ignored for the base,
             required to be valid on the task set's noise schedule otherwise (default: ``default_weights()``).
-        loss_weight: this modality's weight c_i in the multi-task training loss (default:
-            ``default_loss_weight``, which a kind sets to what was measured for it).
+        loss_weight: this modality's weight c_i >= 0 in the multi-task training loss (default:
+            ``default_loss_weight``, which a kind sets to what was measured for it). The base's weights the
+            denoising term (1: DDPM; 0 trains the heads alone, e.g. a noise-aware classifier of the base).
         head_grad: the share in [0, 1] of its head's loss gradient that reaches the shared backbone (1, the
             default, is the paper's joint training; 0 trains the head on the backbone's features without letting
             it shape them; docs/modalities.md, math.md section 6). The forward pass is unchanged; only training
@@ -136,7 +137,11 @@ class Modality(abc.ABC):
         else:
             self.weights = (weight_schedule_from_config(dict(weights) if isinstance(weights, Mapping) else weights, self.name)
                             if weights is not None else self.default_weights())
-        self.loss_weight = float(self.default_loss_weight if loss_weight is None else loss_weight)
+        c = self.default_loss_weight if loss_weight is None else loss_weight
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
+            raise ConfigError(f"modality {self.name!r}: loss_weight must be a finite number >= 0 (its weight in the "
+                              f"training loss), got {loss_weight!r}")
+        self.loss_weight = float(c)
         if isinstance(head_grad, bool) or not isinstance(head_grad, (int, float)) or not 0.0 <= head_grad <= 1.0:
             raise ConfigError(f"modality {self.name!r}: head_grad must be a number in [0, 1] (the share of its "
                               f"head's gradient that reaches the backbone), got {head_grad!r}")

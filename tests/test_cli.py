@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mtd_core.cli import main
@@ -272,6 +273,42 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "tiny.toml").write_text(dumps_toml(TINY))
     assert main(["train", str(root / "tiny.toml"), "--out", str(root / "run"), "--no-progress"]) == 0
     return root
+
+
+def test_sample_guided_by_a_classifier_run(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    clf_config = copy.deepcopy(TINY)
+    image, label = clf_config["taskset"]["modalities"]
+    image["loss_weight"], label["weights"] = 0.0, {"kind": "zero"}
+    (tmp_path / "clf.toml").write_text(dumps_toml(clf_config))
+    rc, _, err = _run(capsys, "train", str(tmp_path / "clf.toml"), "--out", str(tmp_path / "clf"), "--quick")
+    assert rc == 0, err
+    seen: list[dict] = []
+    sampling_generate = importlib.import_module("mtd_core.sampling.generate")
+    real = sampling_generate.generate
+    monkeypatch.setattr(sampling_generate, "generate", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    run = str(tiny_run / "run")
+    rc, _, err = _run(capsys, "sample", run, "--out", str(tmp_path / "g"), "--given", "label=3", "--n", "2",
+                      "--steps", "2", "--classifier", str(tmp_path / "clf"))
+    assert rc == 0, err
+    guidance = seen[-1]["guidance"]
+    assert guidance.scale == 1.0 and guidance.classifier is not None and guidance.modality == "label"
+    x_t = torch.randn(2, 1, 8, 8)
+    assert guidance.classifier(x_t, torch.tensor([5, 30])).shape == (2, 10)  # the classifier run's head, on x_t
+    assert np.load(tmp_path / "g" / "samples.npz")["label"].tolist() == [3, 3]
+    rc, _, err = _run(capsys, "sample", run, "--out", str(tmp_path / "g2"), "--given", "label=3", "--n", "2",
+                      "--steps", "2", "--classifier", str(tmp_path / "clf"), "--guidance", "2.5")
+    assert rc == 0 and seen[-1]["guidance"].scale == 2.5, err
+    rc, _, err = _run(capsys, "sample", run, "--out", str(tmp_path / "x"), "--given", "label=3", "--classifier", run)
+    assert rc == 1 and "the classifier must read the base's state alone" in err and "weights = {kind" in err
+    rc, _, err = _run(capsys, "sample", run, "--out", str(tmp_path / "x"), "--classifier", str(tmp_path / "clf"))
+    assert rc == 1 and "--classifier needs exactly one given aggregated modality" in err
+    clf_config["taskset"]["diffusion"]["T"] = 50
+    (tmp_path / "clf50.toml").write_text(dumps_toml(clf_config))
+    assert main(["train", str(tmp_path / "clf50.toml"), "--out", str(tmp_path / "clf50"), "--quick"]) == 0
+    rc, _, err = _run(capsys, "sample", run, "--out", str(tmp_path / "x"), "--given", "label=3",
+                      "--classifier", str(tmp_path / "clf50"))
+    assert rc == 1 and "its noise schedule" in err and "at the wrong noise level" in err
 
 
 @pytest.mark.parametrize("argv, message", [

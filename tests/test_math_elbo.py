@@ -154,9 +154,11 @@ class Setup:
 
 def setup_for(case: Case, x: Inputs, names: list[str] | None = None, loss_weights: Mapping[str, float] | None = None
               ) -> Setup:
-    """The GridImage base plus one GaussianVector per aggregated modality of ``case`` (in ``names`` order)."""
+    """The GridImage base plus one GaussianVector per aggregated modality of ``case`` (in ``names`` order), with
+    ``loss_weights`` by name (the base's "image" included; 1 where not given)."""
     shape = case.shape[1:]
-    mods: dict[str, Modality] = {"image": GridImage(name="image", shape=shape)}
+    mods: dict[str, Modality] = {"image": GridImage(name="image", shape=shape,
+                                                    loss_weight=(loss_weights or {}).get("image", 1.0))}
     for n in names or list(case.weights):
         mods[n] = GaussianVector(name=n, weights=case.weights[n], shape=shape,
                                  loss_weight=(loss_weights or {}).get(n, 1.0))

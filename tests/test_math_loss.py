@@ -23,8 +23,9 @@ MAIN = {"simple": "eps", "vlb": "vlb"}  # the name of the base term in LossOutpu
 
 
 def loss_weights(names: tuple[str, ...]) -> st.SearchStrategy[dict[str, float]]:
-    """A loss weight c_i in [0, 3] for each aggregated modality."""
-    return st.fixed_dictionaries({n: st.floats(0.0, 3.0) for n in names})
+    """A loss weight c_i in [0, 3] for each aggregated modality and c_0 for the base ("image"; 1, 0 or any)."""
+    c0 = st.one_of(st.just(1.0), st.just(0.0), st.floats(0.0, 3.0))
+    return st.fixed_dictionaries({"image": c0, **{n: st.floats(0.0, 3.0) for n in names}})
 
 
 def decoding_terms(s: Setup, den: ToyDenoiser, z_t: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -52,7 +53,8 @@ def test_the_loss_reduces_to_ddpm_with_the_same_denoiser(case: Case, kind: str, 
     dec = decoding_terms(s, den, z_t, t)  # the heads are read at the sampled t, not at t = 1
     for n in fp.names:
         assert abs(out.terms[n] - float(dec[n].mean())) <= 1e-9 * (1 + abs(out.terms[n]))
-    expected = (ref_main + sum((weights[n] * dec[n] for n in fp.names), torch.zeros_like(ref_main))).mean()
+    expected = (weights["image"] * ref_main + sum((weights[n] * dec[n] for n in fp.names),
+                                                  torch.zeros_like(ref_main))).mean()
     close(out.loss.double(), expected, rtol=1e-6, atol=1e-6)
 
 

@@ -194,6 +194,13 @@ def test_head_grad_outside_zero_one_is_a_clear_error(bad):
         TaskSet.from_config(with_head_grad(bad))
 
 
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), True, "1"])
+def test_a_negative_or_non_numeric_loss_weight_is_a_clear_error(bad):
+    with pytest.raises(ConfigError, match=r"modality 'label': loss_weight must be a finite number >= 0"):
+        TaskSet.from_config({**CONFIG, "modalities": [CONFIG["modalities"][0],
+                                                       {**CONFIG["modalities"][1], "loss_weight": bad}]})
+
+
 def test_head_grad_is_saved_only_when_it_is_not_the_default():
     assert "head_grad" not in TaskSet.from_config(CONFIG).to_config()["modalities"][1]
     ts = TaskSet.from_config(with_head_grad(0.5))

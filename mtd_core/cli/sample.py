@@ -12,7 +12,8 @@ names, also as strings) into --out.
                     giving the base image reads the other modalities off it (classification)
     vectors         numbers separated by commas or spaces (``--given attributes=0,1,1,0``)
     anything        a .npy file holding one example, or a batch (each example a grid row of ``--n``)
-``--guidance S`` steers towards the one given aggregated modality with its own head (any modality, not only labels).
+``--guidance S`` steers towards the one given aggregated modality with its own head (any modality, not only labels),
+or with the head of ``--classifier RUN``, a noise-aware classifier of the base (scale 1 unless --guidance says).
 """
 
 from __future__ import annotations
@@ -74,9 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-percentile", type=float, default=0.995, help="dynamic thresholding's quantile")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a further option of the sampler (repeatable), e.g. --option lower_order_final=false")
-    p.add_argument("--guidance", type=float, default=0.0, metavar="SCALE",
-                   help="also steer towards the given label with the model's own label head (classifier "
-                        "guidance at this scale; e.g. 3)")
+    p.add_argument("--guidance", type=float, default=None, metavar="SCALE",
+                   help="also steer towards the given label with the model's own label head, or with --classifier's "
+                        "(classifier guidance at this scale; default 0, or 1 with --classifier)")
+    p.add_argument("--classifier", default=None, metavar="RUN",
+                   help="a run trained as a noise-aware classifier of the base (its label at weights zero; "
+                        "examples/configs/label_classifier.toml) whose head guides instead of the model's own")
     p.add_argument("--cfg-scale", type=float, default=1.0, metavar="W",
                    help="classifier-free guidance towards the given modalities on a model told them (known_input): "
                         "eps_untold + W (eps_told - eps_untold); default 1 (off); one more network evaluation a step")
@@ -214,14 +218,20 @@ def main(args: argparse.Namespace) -> int:
     model = loaded.model
     given, total, row_labels = parse_given(model, args.given, args.n, loaded.dataset_info.get("class_names"))
     guidance = None
-    if args.guidance:
-        from mtd_core.sampling.guidance import GuidanceConfig
+    scale = args.guidance if args.guidance is not None else (1.0 if args.classifier else 0.0)
+    if scale or args.classifier:
+        from mtd_core.sampling.guidance import GuidanceConfig, head_classifier
 
+        option = "--classifier" if args.classifier else "--guidance"
         heads = [k for k, m in model.taskset.modalities.items() if k in given and m.role is Role.AGGREGATED]
         if len(heads) != 1:
-            raise ConfigError("--guidance needs exactly one given aggregated modality (e.g. --given label=3): its "
+            raise ConfigError(f"{option} needs exactly one given aggregated modality (e.g. --given label=3): its "
                               f"head steers towards the given value; given {sorted(given)}")
-        guidance = GuidanceConfig(modality=heads[0], target=given[heads[0]], scale=args.guidance)
+        classifier = None
+        if args.classifier:
+            clf = load_run(args.classifier, ema=not args.no_ema, device=args.device).model
+            classifier = head_classifier(clf, heads[0], model)
+        guidance = GuidanceConfig(modality=heads[0], target=given[heads[0]], scale=scale, classifier=classifier)
     g = torch.Generator(args.device).manual_seed(args.seed)
     out = generate(model, n=total, given=given or None, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
                    eta=args.eta, guidance=guidance, generator=g, progress=not args.no_progress,

@@ -109,6 +109,8 @@ def training_loss(
             nll0 = torch.zeros_like(kl)
         terms["vlb"] = fp.T * torch.where(t == 1, nll0, kl)
     total = sum(terms.values(), torch.zeros(B, device=z0.device))
+    if base is not None and modalities[base].loss_weight != 1.0:  # c_0: 0 trains the heads alone
+        total = modalities[base].loss_weight * total
     for name in fp.names:
         m = modalities[name]
         nll = m.loss(out.preds[name], batch[name]) / max(1, math.prod(m.data_spec().shape))

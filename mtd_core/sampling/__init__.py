@@ -16,7 +16,7 @@ from mtd_core.sampling.denoiser import CONDITIONING, ModelDenoiser
 from mtd_core.sampling.dpmpp import sample_dpmpp_2m
 from mtd_core.sampling.estimate import BaseEstimate, BaseRange
 from mtd_core.sampling.generate import GenerationOutput, generate
-from mtd_core.sampling.guidance import Classifier, GuidanceConfig, guided_eps
+from mtd_core.sampling.guidance import Classifier, GuidanceConfig, guided_eps, head_classifier
 from mtd_core.sampling.heun import sample_heun
 from mtd_core.sampling.options import DEFAULT_READ_T, SamplingOptions
 
@@ -43,6 +43,7 @@ __all__ = [
     "ddpm_step",
     "generate",
     "guided_eps",
+    "head_classifier",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",

@@ -105,6 +105,46 @@ def check_guidance(guidance: GuidanceConfig, modalities: dict[str, Modality]) ->
     return m
 
 
+def head_classifier(classifier: MultiTaskModel, modality: str, model: MultiTaskModel | None = None) -> Classifier:
+    """A trained model's head of ``modality`` as a noise-aware classifier of the base (``GuidanceConfig.classifier``).
+
+    The classifier model must read x_t alone: ``modality`` is aggregated in it with the zero weight schedule and it
+    has no auxiliary channels, so its z_t is the base's DDPM state. Train it with the base's ``loss_weight = 0`` to
+    train the head alone (examples/configs/label_classifier.toml). Given ``model``, the model it will guide, the two
+    must agree on the base's latent shape, the noise schedule and ``modality``'s kind. Errors are ConfigErrors
+    naming what differs.
+    """
+    from mtd_core.diffusion.weights import ZeroWeight
+
+    ts = classifier.taskset
+    where = f"guidance classifier for {modality!r}"
+    m = ts.modalities.get(modality)
+    if m is None or m.role is not Role.AGGREGATED:
+        raise ConfigError(f"{where}: the classifier's task set has no aggregated modality {modality!r}"
+                          f"{closest(modality, list(ts.modalities))}; it has {list(ts.modalities)}")
+    if not isinstance(m.weights, ZeroWeight) or ts.aux_channels:
+        raise ConfigError(f"{where}: the classifier must read the base's state alone, but its z_t holds "
+                          f"{modality!r}'s part (weights {m.weights.to_config()}, aux_channels {ts.aux_channels}); "
+                          f"train it with weights = {{kind = \"zero\"}} and aux_channels = 0")
+    if model is not None:
+        mine = model.taskset
+        if tuple(mine.base_latent.shape) != tuple(ts.latent.shape):
+            raise ConfigError(f"{where}: it reads states of shape {list(ts.latent.shape)}, the model's base has "
+                              f"{list(mine.base_latent.shape)}")
+        if mine.noise.to_config() != ts.noise.to_config():
+            raise ConfigError(f"{where}: its noise schedule {ts.noise.to_config()} differs from the model's "
+                              f"{mine.noise.to_config()}: it would read x_t at the wrong noise level")
+        theirs = mine.modalities.get(modality)
+        if theirs is None or theirs.kind != m.kind:
+            raise ConfigError(f"{where}: the classifier's {modality!r} is of kind {m.kind!r}, the model's "
+                              f"{'is missing' if theirs is None else f'is of kind {theirs.kind!r}'}")
+
+    def read(x_t: torch.Tensor, t: torch.Tensor) -> Prediction:
+        return classifier(x_t, t).preds[modality]
+
+    return read
+
+
 def classifier_grad(classifier: Classifier, m: Modality, target: torch.Tensor, scale: float, x_t: torch.Tensor,
                     t: torch.Tensor) -> torch.Tensor:
     """scale * grad_{x_t} log p(y | x_t) of an external classifier, log p = -Modality.loss(classifier(x_t, t), y)."""
