@@ -29,6 +29,7 @@ from mtd_core.sampling import (
     ddpm_step,
     generate,
     guided_eps,
+    head_classifier,
     sample_ddim,
 )
 from mtd_core.sampling.denoiser import ModelDenoiser, base_range
@@ -383,6 +384,23 @@ def test_an_external_classifier_reads_and_moves_only_the_base_channels():
     plain = ModelDenoiser(model, fp, observed)(z, k)
     assert torch.equal(seen[0], z[:, :1])  # the label's known part lives in the other channel
     assert torch.equal(guided.eps[:, 1:], plain.eps[:, 1:]) and not torch.allclose(guided.eps[:, :1], plain.eps[:, :1])
+
+
+def test_a_classifier_model_guides_through_head_classifier_and_must_match_the_model():
+    model = tiny_model()
+    zero = {"kind": "label", "num_classes": 10, "hidden": 16, "weights": {"kind": "zero"}}
+    clf_config = {**SHARED, "modalities": [{**CONFIG["modalities"][0], "loss_weight": 0.0}, zero]}
+    clf = tiny_model(1, clf_config)
+    read = head_classifier(clf, "label", model)
+    x_t, t = torch.randn(3, 1, 8, 8), torch.tensor([3, 40, 90])
+    assert torch.equal(read(x_t, t), clf(x_t, t).preds["label"])
+    with pytest.raises(ConfigError, match=r"must read the base's state alone.*aux_channels 1"):
+        head_classifier(tiny_model(), "label")  # its label lives in z_t (a channel of its own)
+    with pytest.raises(ConfigError, match=r"no aggregated modality 'labl' \(did you mean 'label'\?\)"):
+        head_classifier(clf, "labl")
+    big = {**clf_config, "modalities": [{**clf_config["modalities"][0], "size": 16}, zero]}
+    with pytest.raises(ConfigError, match=r"reads states of shape \[1, 16, 16\], the model's base has \[1, 8, 8\]"):
+        head_classifier(tiny_model(1, big), "label", model)
 
 
 def test_guidance_with_scale_0_changes_nothing_and_a_positive_scale_changes_the_samples():
