@@ -94,10 +94,10 @@ def image_modality(preset: Preset, name: str | None = None, role: str = "base", 
 
 def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int,
                transforms: Sequence[Mapping[str, Any]] = (), *, checkpoint_every: int = 0, keep_last: int = 1,
-               known_input: bool = False, aux_channels: int = 0) -> Any:
+               known_input: bool = False, aux_channels: int = 0, design: bool = True) -> Any:
     """The RunConfig of one training run of ``preset`` (same backbone, budget and schedule for every setting);
     ``known_input`` and ``aux_channels`` are the experiment's defaults of the task set's options (a design study
-    may override them)."""
+    may override them, unless ``design`` is False: a baseline whose design is fixed)."""
     from mtd_core.training.config import RunConfig, TrainConfig
 
     dataset = dict(preset.dataset)
@@ -110,17 +110,18 @@ def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: in
                           checkpoint_every=checkpoint_every, keep_last=keep_last, progress=False)
     taskset: dict[str, Any] = {"modalities": [dict(m) for m in modalities], "diffusion": {"kind": "linear", "T": 1000}}
     multi = any(m.get("role", "aggregated") != "base" for m in modalities)  # the options need an aggregated one
-    aux = aux_channels if DESIGN["aux_channels"] is None else DESIGN["aux_channels"]
+    study = DESIGN if design else dict.fromkeys(DESIGN)
+    aux = aux_channels if study["aux_channels"] is None else study["aux_channels"]
     if aux and multi:
         taskset["aux_channels"] = aux
-        aux_eps = AUX_EPS if DESIGN["aux_eps"] is None else DESIGN["aux_eps"]
+        aux_eps = AUX_EPS if study["aux_eps"] is None else study["aux_eps"]
         if aux_eps != "network":  # the task set's default, left out as its to_config leaves it out
             taskset["aux_eps"] = aux_eps
-    known = known_input if DESIGN["known_input"] is None else DESIGN["known_input"]
+    known = known_input if study["known_input"] is None else study["known_input"]
     if known and multi:
         taskset["known_input"] = True
-    if DESIGN["known_dropout"] is not None:  # the task set rejects it without known_input
-        taskset["known_dropout"] = DESIGN["known_dropout"]
+    if study["known_dropout"] is not None:  # the task set rejects it without known_input
+        taskset["known_dropout"] = study["known_dropout"]
     return RunConfig(dataset=dataset, taskset=taskset,
                      backbone={"name": "unet", **preset.backbone}, trainer=trainer)
 
@@ -158,23 +159,26 @@ class TrainedOnly(Exception):
 
 def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, run_dir: Path,
           transforms: Sequence[Mapping[str, Any]] = (), *, curve: bool = False, known_input: bool = False,
-          aux_channels: int = 0) -> Trained:
+          aux_channels: int = 0, baseline: bool = False) -> Trained:
     """Train one setting from scratch in ``run_dir`` (emptied first) and return its EMA model.
 
     A checkpoint is written every ``preset.curve_every`` steps; ``curve`` keeps them all for :func:`learning_curve`,
     else only the last. ``known_input`` and ``aux_channels`` are the experiment's defaults of the task set's options
     (:func:`run_config`). With ``--reuse`` (``REUSE``), a run folder holding a finished run of this config
     (:func:`_run_state`) is evaluated as it is (its recorded training time and final loss are reported), and one
-    stopped part-way is resumed from its last checkpoint.
+    stopped part-way is resumed from its last checkpoint. A ``baseline`` (a fixed design: no design study's
+    options) is reused or resumed so with or without ``--reuse``, as :func:`trained_module` reuses its baselines.
     """
     import shutil
 
     from mtd_core.training import Trainer, build_run, load_run
 
     config = run_config(preset, modalities, seed, transforms, checkpoint_every=preset.curve_every,
-                        keep_last=0 if curve else 1, known_input=known_input, aux_channels=aux_channels)
+                        keep_last=0 if curve else 1, known_input=known_input, aux_channels=aux_channels,
+                        design=not baseline)
     run = build_run(config)
-    state = _run_state(run_dir, run.config.to_dict(), preset.steps) if REUSE["finished_runs"] else None
+    reuse = REUSE["finished_runs"] or baseline
+    state = _run_state(run_dir, run.config.to_dict(), preset.steps) if reuse else None
     if state is not None and state[0] == preset.steps:
         print(f"  reusing the finished run {run_dir} (step {preset.steps})")
         loss = float(state[1].get("loss", float("nan")))

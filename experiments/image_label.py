@@ -13,7 +13,6 @@ t), and the ELBO in bits/dim.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from experiments.presets import Preset
 from mtd_core.errors import ConfigError
 
 NAME = "image_label"
-CLASSIFIER_FILE = "standalone_classifier.safetensors"
+CLASSIFIER_DIR = "classifier"
 
 
 def metric_keys(preset: Preset) -> list[str]:
@@ -56,77 +55,31 @@ def head_accuracy(model: Any, images: torch.Tensor, labels: torch.Tensor, preset
     return float((out["label"] == labels).double().mean())
 
 
-def standalone_classifier_model(preset: Preset) -> Any:
-    """The standalone classifier's network, untrained: the same U-Net with a label head whose weight schedule is
-    zero, so that its z_t is the image's DDPM state sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
-    from mtd_core.model import MultiTaskModel
-    from mtd_core.taskset import TaskSet
+def classifier_modalities(preset: Preset) -> list[dict[str, Any]]:
+    """The standalone classifier's task set (examples/configs/label_classifier.toml's): the same U-Net and label head,
+    the label aggregated with weight zero, so that z_t is the image's DDPM state sqrt(abar_t) x_0 + sqrt(1 - abar_t)
+    eps, and the image's loss weight 0, so that the label head's cross-entropy at uniform t alone trains it. The
+    label's design options do not enter it: every design study shares one classifier per seed."""
+    return [{**common.image_modality(preset), "loss_weight": 0.0},
+            {"kind": "label", "num_classes": 10, "weights": {"kind": "zero"}, "loss_weight": 1.0}]
 
-    # the label's design options do not enter this training (its weights are zero, its loss is read directly), so
-    # they are fixed here and every design study shares one classifier per seed
-    label_config = {"kind": "label", "num_classes": 10, "weights": {"kind": "zero"}, "loss_weight": 1.0}
-    taskset = TaskSet.from_config({"modalities": [common.image_modality(preset), label_config],
-                                   "diffusion": {"kind": "linear", "T": 1000}, "aux_channels": 0})
-    return MultiTaskModel(taskset, "unet", dict(preset.backbone)).to(common.device_of(preset))
+
+def train_standalone_classifier(preset: Preset, seed: int, run_dir: Path) -> common.Trained:
+    """The standalone classifier trained by mtd's Trainer with the preset's optimiser, steps, batch, schedule and EMA
+    into ``run_dir / CLASSIFIER_DIR`` (a finished one of the same config is reused, a stopped one resumed)."""
+    return common.train(preset, classifier_modalities(preset), seed, run_dir / CLASSIFIER_DIR, baseline=True)
 
 
 def load_standalone_classifier(preset: Preset, run_dir: Path) -> Any:
-    """The trained standalone classifier saved in ``run_dir`` (eval mode); a ConfigError when it is not there."""
-    from safetensors.torch import load_file
+    """The trained standalone classifier of ``run_dir`` (EMA weights, eval mode); a ConfigError when it is not
+    there."""
+    from mtd_core.training import load_run
 
-    path = run_dir / CLASSIFIER_FILE
-    if not path.is_file():
+    path = run_dir / CLASSIFIER_DIR
+    if not (path / "checkpoints").is_dir():
         raise ConfigError(f"{path}: no standalone classifier; train it with `python -m experiments.image_label "
                           f"--preset {preset.name} --seed S --train-only`")
-    model = standalone_classifier_model(preset)
-    model.load_state_dict(load_file(str(path), device=str(common.device_of(preset))))
-    return model.eval()
-
-
-def train_standalone_classifier(preset: Preset, data: Any, seed: int, run_dir: Path) -> tuple[Any, float]:
-    """The same U-Net and label head trained on the label head's cross-entropy alone, on the noised image z_t at
-    uniform random t (what the joint model's head is trained on; the label itself is not injected: weight zero,
-    no auxiliary channels), with the same optimiser, steps, batch and schedule. Returns the model (EMA weights,
-    eval mode) and the training wall time."""
-    from mtd_core.data.derive import derive_batch, model_inputs
-    from mtd_core.training import EMA
-    from mtd_core.training.config import TrainConfig
-
-    torch.manual_seed(seed)
-    model = standalone_classifier_model(preset)
-    taskset = model.taskset
-    cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,
-                      warmup_steps=preset.warmup_steps, lr_schedule="cosine", final_lr_fraction=0.1)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    ema = EMA(model, preset.ema_decay)
-    fp = model.forward_process
-    label = taskset["label"]
-
-    def fit() -> float:
-        g = torch.Generator().manual_seed(seed + 7919)
-        n_train = len(data.splits.train)
-        start = time.perf_counter()
-        model.train()
-        order = torch.randperm(n_train, generator=g)
-        pos = 0
-        for step in range(cfg.steps):
-            if pos + cfg.batch_size > n_train:
-                order, pos = torch.randperm(n_train, generator=g), 0
-            idx = order[pos:pos + cfg.batch_size]
-            pos += cfg.batch_size
-            batch = model.to_device(model_inputs(taskset, derive_batch(taskset, data.batch(data.splits.train, idx),
-                                                                       g)))
-            z0, enc = model.encode(batch)
-            t = torch.randint(1, fp.T + 1, (len(idx),), generator=g).to(z0.device)
-            z_t = fp.q_sample(z0, enc, t, torch.randn(z0.shape, generator=g).to(z0.device))
-            loss = label.loss(model(z_t, t).preds["label"], batch["label"]).mean()
-            common.optimizer_step(model, opt, ema, cfg, step, loss)
-        ema.copy_to(model)
-        return time.perf_counter() - start
-
-    key = {"preset": preset.to_dict(), "seed": seed, "taskset": taskset.to_config()}
-    wall = common.trained_module(model, run_dir / CLASSIFIER_FILE, key, fit)
-    return model.eval(), wall
+    return load_run(path, device=common.device_of(preset)).model
 
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
@@ -137,7 +90,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     trained = common.train(preset, [common.image_modality(preset), label_modality()], seed, run_dir, known_input=True)
     # the classifier does not depend on the design: a design study's variants share the default run's
     shared = run_dir.parents[2] / run_dir.name if common.DESIGN["variant"] else run_dir
-    classifier, clf_wall = train_standalone_classifier(preset, trained.data, seed, shared)
+    clf = train_standalone_classifier(preset, seed, shared)
     ev = common.make_evaluator(trained.data, preset)
     print(f"  feature net: {ev.feature_net}")
     model = trained.model
@@ -153,7 +106,7 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     metrics["conditional_noise_like"] = noise.share
     test = common.split_tensors(trained.data, "test", limit=preset.n_samples)
     metrics["label_head_accuracy"] = head_accuracy(model, test["image"], test["label"], preset, seed)
-    metrics["standalone_classifier_accuracy"] = head_accuracy(classifier, test["image"], test["label"], preset, seed)
+    metrics["standalone_classifier_accuracy"] = head_accuracy(clf.model, test["image"], test["label"], preset, seed)
     metrics["accuracy_n"] = float(len(test["label"]))
     print(f"  label head accuracy {metrics['label_head_accuracy']:.4f}, standalone classifier "
           f"{metrics['standalone_classifier_accuracy']:.4f} (n={len(test['label'])}, read-out t = {preset.read_t} T)")
@@ -166,9 +119,10 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
                               title="requested class")]
     protocol = common.base_protocol(preset, trained, ev)
     protocol.update({"read_t": preset.read_t, "conditional_requests": "labels 0..9 cycled",
-                     "n_conditional": preset.n_samples, "standalone_classifier_wall_s": clf_wall,
+                     "n_conditional": preset.n_samples, "standalone_classifier_wall_s": clf.train_wall_s,
                      "standalone_classifier": "same U-Net + label head, cross-entropy on the noised image z_t at "
-                                              "uniform t (label not injected), same steps/batch/lr schedule/EMA"})
+                                              "uniform t (label at weight zero, image loss weight 0), mtd's Trainer "
+                                              "with the same steps/batch/lr schedule/EMA"})
     return common.Outcome(metrics=metrics, protocol=protocol, grids=grids)
 
 

@@ -119,10 +119,10 @@ class Study:
         """image_label's standalone classifier of ``seed``'s run as a guidance classifier (x_t, t) -> logits (a
         design study's variants share the default run's, as image_label trains it)."""
         from experiments.image_label import load_standalone_classifier
+        from mtd_core.sampling import head_classifier
 
         run_dir = self.run_dir.parents[2] if self.variant else self.run_dir.parent
-        net = load_standalone_classifier(self.preset, run_dir / f"seed{seed}")
-        return lambda x_t, t: net(x_t, t).preds["label"]
+        return head_classifier(load_standalone_classifier(self.preset, run_dir / f"seed{seed}"), "label", self.model)
 
     def score(self, setting: Mapping[str, Any], n: int) -> dict[str, Any]:
         """FID, KID, noise-like share (and joint coherence or conditional fidelity where they apply)."""

@@ -203,6 +203,12 @@ def test_the_study_guides_with_the_runs_standalone_classifier(smoke_results: Pat
     finally:
         torch.set_num_threads(threads)
     assert guided.shape == plain.shape == (6, 1, 8, 8) and not torch.allclose(guided, plain)
+    # the classifier is an mtd run of examples/configs/label_classifier.toml's design
+    clf = json.loads((smoke_results.parent / "work" / "smoke" / "image_label" / "seed0" / "classifier" /
+                      "config.json").read_text())
+    by_kind = {m["kind"]: m for m in clf["taskset"]["modalities"]}
+    assert by_kind["image"]["loss_weight"] == 0 and by_kind["label"]["weights"]["kind"] == "zero"
+    assert clf["taskset"].get("aux_channels", 0) == 0 and not clf["taskset"].get("known_input", False)
 
 
 def test_make_results_without_runs_says_not_run(tmp_path: Path) -> None:
