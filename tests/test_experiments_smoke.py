@@ -353,7 +353,9 @@ def test_an_experiments_own_channels_are_its_default_and_a_design_study_override
         modalities = [common.image_modality(preset), aggregated]
         config = common.run_config(preset, modalities, 0, aux_channels=common.OWN_CHANNELS)
         assert config.taskset["aux_channels"] == 1 and config.taskset["aux_eps"] == "heads", module.NAME
-        assert config.taskset["modalities"][1]["head_grad"] == common.HEAD_GRAD, module.NAME
+        own = getattr(module, "HEAD_GRAD", common.HEAD_GRAD)  # the representation's: 0, its head on the map
+        assert config.taskset["modalities"][1]["head_grad"] == own, module.NAME
+    assert image_representation.representation_modality()["head"] == "map"
     single = common.run_config(preset, [common.image_modality(preset)], 0, aux_channels=1)
     assert "aux_channels" not in single.taskset  # no aggregated modality: nothing to give channels to
     monkeypatch.setitem(common.DESIGN, "aux_channels", 0)  # --aux-channels 0: the paper's shared channels
@@ -363,6 +365,7 @@ def test_an_experiments_own_channels_are_its_default_and_a_design_study_override
     monkeypatch.setitem(common.DESIGN, "aggregated", {"head_grad": 1.0})  # --aggregated head_grad=1
     assert image_transition.edges_modality(preset)["head_grad"] == 1.0
     assert masked_image.masked_modality(preset)["head_grad"] == 1.0
+    assert image_representation.representation_modality()["head_grad"] == 1.0
     monkeypatch.setitem(common.DESIGN, "aux_channels", None)
     monkeypatch.setitem(common.DESIGN, "aux_eps", "network")  # --aux-eps network: the backbone's own estimate
     network = common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
