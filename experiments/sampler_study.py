@@ -125,7 +125,8 @@ class Study:
         return head_classifier(load_standalone_classifier(self.preset, run_dir / f"seed{seed}"), "label", self.model)
 
     def score(self, setting: Mapping[str, Any], n: int) -> dict[str, Any]:
-        """FID, KID, noise-like share (and joint coherence or conditional fidelity where they apply)."""
+        """FID, noise-like share, and where they apply joint coherence, conditional fidelity, caption agreement (and
+        unparsed share) or the representation's cosine with the extractor applied to its image."""
         from mtd_core.metrics import conditional_fidelity, features, fid, joint_coherence, noise_like_share
 
         start = time.perf_counter()
@@ -142,6 +143,16 @@ class Study:
                                                                torch.arange(n) % CLASSES).accuracy
         elif "label" in samples:
             row["joint_coherence"] = joint_coherence(self.ev.feature_net, images, samples["label"]).accuracy
+        if "text" in samples:  # as experiments/image_caption.py measures it
+            from experiments.image_caption import joint_measures
+
+            row.update(joint_measures(self.ev, self.preset, self.model, samples))
+        if "representation" in samples:  # as experiments/image_representation.py measures it
+            from mtd_core.metrics import cosine_consistency
+
+            with torch.no_grad():
+                target = self.model.taskset["representation"].extractor(images).float()
+            row["representation_cosine"] = cosine_consistency(samples["representation"], target).mean
         return row
 
 

@@ -211,6 +211,29 @@ def test_the_study_guides_with_the_runs_standalone_classifier(smoke_results: Pat
     assert clf["taskset"].get("aux_channels", 0) == 0 and not clf["taskset"].get("known_input", False)
 
 
+@pytest.mark.filterwarnings("ignore:FID.*rank-deficient")
+def test_the_study_scores_captions_and_representations_as_their_experiments_do(
+        smoke_results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.sampler_study import Study
+
+    monkeypatch.setenv("MTD_CACHE_DIR", str(smoke_results.parent / "cache"))
+    threads = torch.get_num_threads()
+    try:
+        preset = get_preset("smoke")
+        caption = Study(preset, "image_caption", 0, "test", smoke_results.parent / "work").score(
+            {"nfe": preset.nfe}, preset.n_samples)
+        representation = Study(preset, "image_representation", 0, "test",
+                               smoke_results.parent / "work").score({"nfe": preset.nfe}, preset.n_samples)
+    finally:
+        torch.set_num_threads(threads)
+    # at the experiments' own seed, NFE and sample count the study reproduces their joint measures exactly
+    cap, rep = (_result(smoke_results, name)["metrics"] for name in ("image_caption", "image_representation"))
+    assert {k: caption[k] for k in ("fid", "caption_agreement", "caption_unparsed")} == {
+        k: cap[k] for k in ("fid", "caption_agreement", "caption_unparsed")}
+    assert representation["representation_cosine"] == rep["representation_cosine_mean"]
+    assert representation["fid"] == rep["fid"] and "caption_agreement" not in representation
+
+
 def test_make_results_without_runs_says_not_run(tmp_path: Path) -> None:
     text = make_results(tmp_path / "empty", tmp_path / "results.md").read_text()
     assert "not run" in text
