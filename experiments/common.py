@@ -230,8 +230,8 @@ def _normal(config: Mapping[str, Any]) -> dict[str, Any]:
 def trained_module(module: torch.nn.Module, path: Path, key: Mapping[str, Any], fit: Callable[[], float]) -> float:
     """Train ``module`` with ``fit`` (returns its wall time) and save its weights to ``path`` (safetensors, with
     ``key`` and the wall time in a JSON beside it), or load them when the JSON's key equals ``key`` (the same
-    training, already done). For the baselines trained outside the Trainer (the diffusers U-Net, the standalone
-    classifier), so that re-evaluating never retrains them. Returns the (original) training wall time."""
+    training, already done). For a baseline trained outside the Trainer (the diffusers U-Net), so that
+    re-evaluating never retrains it. Returns the (original) training wall time."""
     from safetensors.torch import load_file, save_file
 
     from mtd_core.training import write_atomic
