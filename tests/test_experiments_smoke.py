@@ -226,12 +226,15 @@ def test_the_study_scores_captions_and_representations_as_their_experiments_do(
                                smoke_results.parent / "work").score({"nfe": preset.nfe}, preset.n_samples)
     finally:
         torch.set_num_threads(threads)
-    # at the experiments' own seed, NFE and sample count the study reproduces their joint measures exactly
+    # at the experiments' own seed, NFE and sample count the study reproduces their joint measures (up to float
+    # rounding: the experiments may have run at another thread count)
     cap, rep = (_result(smoke_results, name)["metrics"] for name in ("image_caption", "image_representation"))
-    assert {k: caption[k] for k in ("fid", "caption_agreement", "caption_unparsed")} == {
-        k: cap[k] for k in ("fid", "caption_agreement", "caption_unparsed")}
-    assert representation["representation_cosine"] == rep["representation_cosine_mean"]
-    assert representation["fid"] == rep["fid"] and "caption_agreement" not in representation
+    assert (caption["caption_agreement"], caption["caption_unparsed"]) == (cap["caption_agreement"],
+                                                                          cap["caption_unparsed"])
+    assert representation["representation_cosine"] == pytest.approx(rep["representation_cosine_mean"], rel=1e-5)
+    assert caption["fid"] == pytest.approx(cap["fid"], rel=1e-5) and representation["fid"] == pytest.approx(
+        rep["fid"], rel=1e-5)
+    assert "caption_agreement" not in representation
 
 
 def test_make_results_without_runs_says_not_run(tmp_path: Path) -> None:
