@@ -367,6 +367,21 @@ def generate_batched(model: Any, preset: Preset, n: int | None = None, given: Ma
     return merged
 
 
+def conditional_measures(ev: Evaluator, preset: Preset, model: Any, given: Mapping[str, Any],
+                         classes: torch.Tensor, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Generate one image for each example of ``given`` and score whether it follows what it was given: the share
+    that the feature net puts in ``classes`` (each example's class: the requested label, or the class of the test
+    image whose caption or representation was given; ``conditional_fidelity``) and the noise-like share
+    (``conditional_noise_like``). Returns the metrics and the samples."""
+    from mtd_core.metrics import conditional_fidelity, noise_like_share
+
+    cond = generate_batched(model, preset, given=given, seed=seed)
+    cf = conditional_fidelity(ev.feature_net, cond["image"], classes)
+    noise = noise_like_share(cond["image"], ev.test["image"])
+    print(f"  given {', '.join(given)}: {cf}; {noise}")
+    return {"conditional_fidelity": cf.accuracy, "conditional_noise_like": noise.share}, cond
+
+
 def distribution_metrics(ev: Evaluator, images: torch.Tensor, prefix: str = "") -> dict[str, float]:
     """Classifier-FID, KID and precision/recall of generated images against the real test images, the noise-like
     share (docs/metrics.md) and the feature network's own test accuracy (the protocol every table states)."""

@@ -4,7 +4,8 @@ text modality's SentencePiece model.
 
 Caption agreement: the class word of each jointly generated caption (its last word) against the feature net's
 class of the generated image; captions whose last word is no class word count as disagreeing (their share is
-reported). For scale, the caption read out from real test images against their true class. Plus
+reported). For scale, the caption read out from real test images against their true class. Conditional fidelity:
+how often a garment generated given a test image's caption is of that image's class (feature net). Plus
 FID/KID/precision-recall of the generated garments and the ELBO.
 
     python -m experiments.image_caption --preset cpu --seed 0
@@ -28,7 +29,7 @@ NAME = "image_caption"
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
     return [*common.DISTRIBUTION_KEYS, "caption_agreement", "caption_unparsed", "caption_readout_accuracy",
-            *common.ELBO_KEYS]
+            "conditional_fidelity", "conditional_noise_like", *common.ELBO_KEYS]
 
 
 def text_modality(preset: Preset) -> dict[str, Any]:
@@ -77,6 +78,9 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     read_said = caption_classes(text.detokenize(read["text"]), preset.class_words)
     metrics["caption_readout_accuracy"] = float((read_said == test["label"]).double().mean())
     print(f"  read-out caption class vs true class {metrics['caption_readout_accuracy']:.4f} (n={len(read_said)})")
+    captions = common.split_tensors(trained.data, "test", fields=("text",), limit=preset.n_samples)["text"]
+    conditional, _ = common.conditional_measures(ev, preset, model, {"text": captions}, test["label"], seed + 1)
+    metrics.update(conditional)
     metrics.update(common.elbo_bits_per_dim(model, trained.data, preset, seed))
     grids = [common.save_grid(out_dir / f"seed{seed}_joint.png", model.taskset, samples,
                               title=f"image+caption, seed {seed}")]

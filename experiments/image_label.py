@@ -84,8 +84,6 @@ def load_standalone_classifier(preset: Preset, run_dir: Path) -> Any:
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image-label model and evaluate it (see the module docstring)."""
-    from mtd_core.metrics import conditional_fidelity, noise_like_share
-
     # the network is told the committed label (docs/sampling.md, "Telling the network the known part")
     trained = common.train(preset, [common.image_modality(preset), label_modality()], seed, run_dir, known_input=True)
     # the classifier does not depend on the design: a design study's variants share the default run's
@@ -98,12 +96,8 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     metrics = common.distribution_metrics(ev, samples["image"])
     metrics.update(joint_measures(ev, preset, model, samples))
     requested = torch.arange(preset.n_samples) % 10
-    cond = common.generate_batched(model, preset, given={"label": requested}, seed=seed + 1)
-    cf = conditional_fidelity(ev.feature_net, cond["image"], requested)
-    noise = noise_like_share(cond["image"], ev.test["image"])
-    print(f"  {cf}; conditional {noise}")
-    metrics["conditional_fidelity"] = cf.accuracy
-    metrics["conditional_noise_like"] = noise.share
+    conditional, cond = common.conditional_measures(ev, preset, model, {"label": requested}, requested, seed + 1)
+    metrics.update(conditional)
     test = common.split_tensors(trained.data, "test", limit=preset.n_samples)
     metrics["label_head_accuracy"] = head_accuracy(model, test["image"], test["label"], preset, seed)
     metrics["standalone_classifier_accuracy"] = head_accuracy(clf.model, test["image"], test["label"], preset, seed)

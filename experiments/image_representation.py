@@ -3,7 +3,9 @@ seeded random conv net, "random_conv": nothing downloaded).
 
 Representation consistency: the cosine between each jointly generated representation and the same frozen
 extractor applied to the generated image (1 = the two modalities agree). For scale, the same cosine for the
-representation read out from real test images. Plus FID/KID/precision-recall of the generated garments and the ELBO.
+representation read out from real test images. Conditional fidelity: how often a garment generated given a test
+image's representation is of that image's class (feature net). Plus FID/KID/precision-recall of the generated
+garments and the ELBO.
 
     python -m experiments.image_representation --preset cpu --seed 0
 """
@@ -27,7 +29,8 @@ DIM = 16
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
     return [*common.DISTRIBUTION_KEYS, "representation_cosine_mean", "representation_cosine_std",
-            "readout_cosine_mean", "readout_cosine_std", *common.ELBO_KEYS]
+            "readout_cosine_mean", "readout_cosine_std", "conditional_fidelity", "conditional_noise_like",
+            *common.ELBO_KEYS]
 
 
 LOSS_WEIGHT = 0.1
@@ -68,11 +71,15 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     test = ev.test["image"][: preset.n_samples]
     read = common.generate_batched(model, preset, given={"image": test}, seed=seed, read_t=preset.read_t)
     with torch.no_grad():
-        readout = cosine_consistency(read["representation"], extractor(test).float())
+        real = extractor(test).float()
+    readout = cosine_consistency(read["representation"], real)
     print(f"  representation consistency (joint samples): cosine {joint.mean:.4f} +- {joint.std:.4f} "
           f"(n={len(target)}); read-out on real test images: {readout.mean:.4f} +- {readout.std:.4f} (n={len(test)})")
     metrics.update({"representation_cosine_mean": joint.mean, "representation_cosine_std": joint.std,
                     "readout_cosine_mean": readout.mean, "readout_cosine_std": readout.std})
+    conditional, _ = common.conditional_measures(ev, preset, model, {"representation": real},
+                                                 ev.test["label"][: len(test)], seed + 1)
+    metrics.update(conditional)
     metrics.update(common.elbo_bits_per_dim(model, trained.data, preset, seed))
     grids = [common.save_grid(out_dir / f"seed{seed}_joint.png", model.taskset, {"image": samples["image"]},
                               title=f"image+repr., seed {seed}")]

@@ -46,6 +46,9 @@ FIDELITY_TARGET = 0.90
 GUIDED = {"nfe": 20, "given": "label", "cguide": 1}
 """The sampler study's setting of label-conditioned generation guided by image_label's standalone classifier
 (chosen on the validation protocol: docs/sampling.md, "A classifier of the image alone")."""
+STEER_TARGET = 0.80
+"""Images generated given a caption or representation in the class of the image it came from (session 21's
+measure; the issue is silent: the unguided label model's 85% is the level a conditional path reaches here)."""
 NOISE_LIKE_TARGET = 0.02
 JOINT = (("image_label", "label"), ("image_caption", "caption"), ("image_representation", "representation"))
 ACCURACY_GAP = 0.02
@@ -340,6 +343,15 @@ def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float],
     out.append(Claim(claim, "not run", f"needs the sampler study's test rows of image_label at {GUIDED}") if g is None
                else Claim(claim, "held" if g[0] >= FIDELITY_TARGET else "did not hold",
                           f"conditional fidelity {_pm(g)}"))
+
+    claim = (f"an image generated given a caption or representation is of its source image's class in >= "
+             f"{STEER_TARGET:.0%} of cases")
+    steer = {e: metric_mean(by_exp.get(e, []), "conditional_fidelity")
+             for e in ("image_caption", "image_representation")}
+    steer = {e: v for e, v in steer.items() if v is not None}
+    out.append(Claim(claim, "not run", "no image_caption or image_representation run reports it") if not steer else
+               Claim(claim, "held" if all(v[0] >= STEER_TARGET for v in steer.values()) else "did not hold",
+                     "; ".join(f"{e} {_pm(v)}" for e, v in steer.items()) + " (chance 10%)"))
 
     claim = f"noise-like share <= {NOISE_LIKE_TARGET:.0%} for every mtd model and every generation mode"
     shares = {f"{e}{'' if k == 'noise_like' else ' (conditional)'}": metric_mean(rs, k)

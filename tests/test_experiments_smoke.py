@@ -258,7 +258,8 @@ def test_claims_follow_the_targets() -> None:
                                                 "standalone_classifier_accuracy": 0.85, "conditional_fidelity": 0.88,
                                                 "noise_like": 0.015, "conditional_noise_like": 0.03,
                                                 "feature_net_test_accuracy": 0.89})],
-        "image_caption": [_run("image_caption", 0, {"fid": 11.6})],
+        "image_caption": [_run("image_caption", 0, {"fid": 11.6, "conditional_fidelity": 0.09})],
+        "image_representation": [_run("image_representation", 0, {"fid": 10.0, "conditional_fidelity": 0.85})],
         "masked_image": [_run("masked_image", 0, {"restored_psnr_r50": 15.0, "restored_kept_psnr_r50": 13.0,
                                                   "masked_input_psnr_r50": 9.0}, [(100, 10.5), (200, 9.0)])],
     }
@@ -271,22 +272,25 @@ def test_claims_follow_the_targets() -> None:
                for s, f in ((0, 0.92), (1, 0.9))),
              {"experiment": "image_label", "seed": 2, "setting": {"nfe": 20, "given": "label"},
               "conditional_fidelity": 0.1}]
-    # label 11.5 <= 1.05 * 11 = 11.55, caption 11.6 is not; 4.0 <= 1.1 * 3.5 = 3.85 is not (the row that changes the
-    # clip is not the defaults'); coherence 0.86 >= 0.85; fidelity 0.88 < 0.9; conditional noise-like 3% > 2%; head 5
-    # points below; masked reaches 11 at step 100; restored 15 dB beats input and SDEdit as generated, 13 < 14 kept;
-    # guided fidelity 0.91 on the two guided rows (the unguided one of seed 2 is not theirs)
+    # label 11.5 <= 1.05 * 11 = 11.55, caption 11.6 is not, representation 10.0 is; 4.0 <= 1.1 * 3.5 = 3.85 is not
+    # (the row that changes the clip is not the defaults'); coherence 0.86 >= 0.85; fidelity 0.88 < 0.9; guided
+    # fidelity 0.91 on the two guided rows (the unguided one of seed 2 is not theirs); given a caption 9% < 80% (the
+    # representation's 85% does not save it); conditional noise-like 3% > 2%; head 5 points below; masked reaches 11
+    # at step 100; restored 15 dB beats input and SDEdit as generated, 13 < 14 kept
     found = claims(by_exp, [0.5], study)
-    assert [c.status for c in found] == ["held", "did not hold", "not run", "did not hold", "held", "did not hold",
-                                         "held", "did not hold", "did not hold", "held", "held", "did not hold"]
+    assert [c.status for c in found] == ["held", "did not hold", "held", "did not hold", "held", "did not hold",
+                                         "held", "did not hold", "did not hold", "did not hold", "held", "held",
+                                         "did not hold"]
     assert "ratio 1.045" in found[0].evidence and "ratio 1.143" in found[3].evidence
     assert "real test pairs score 89.0%" in found[4].evidence
     assert "conditional fidelity 0.91 +- 0.01414 (2 seeds)" == found[6].evidence
-    assert "(worst: image_label (conditional))" in found[7].evidence
-    assert "ratio 0.50" in found[9].evidence
-    assert "pasted back" in found[11].claim and "13.00 vs input 9.00, SDEdit 14.00" in found[11].evidence
+    assert "image_caption 0.09 (1 seed); image_representation 0.85 (1 seed)" in found[7].evidence
+    assert "(worst: image_label (conditional))" in found[8].evidence
+    assert "ratio 0.50" in found[10].evidence
+    assert "pasted back" in found[12].claim and "13.00 vs input 9.00, SDEdit 14.00" in found[12].evidence
     ratio = steps_ratio(by_exp["single_task"], by_exp["masked_image"])
     assert ratio is not None and ratio.target_fid == 11.0 and ratio.ratio == 0.5
-    assert [c.status for c in claims({}, [0.5])] == ["not run"] * 12
+    assert [c.status for c in claims({}, [0.5])] == ["not run"] * 13
 
 
 def test_the_study_table_reads_the_default_and_named_samplers(tmp_path: Path) -> None:
