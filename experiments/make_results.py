@@ -525,8 +525,10 @@ so compare FIDs only within a preset (equal n). The reference set is the test sp
 EMA weights with mtd's default sampler and options (`generate`'s defaults, docs/sampling.md) at the preset's number
 of network evaluations (`nfe`); the protocol of each table names them. `noise_like` is the share of generated
 images rougher (in total variation) than 99% of the real test images (docs/metrics.md). Generation given an
-aggregated modality (label -> image, restoration, edges -> image) uses the same sampler with replacement
-conditioning. Read-outs (label head, image -> edges, representation, caption) take the given image at
+aggregated modality (label -> image, caption -> image, representation -> image, restoration, edges -> image) uses
+the same sampler with replacement conditioning; `conditional_fidelity` is the share of images so generated that the
+feature network puts in the requested class or in the class of the test image whose caption or representation was
+given. Read-outs (label head, image -> edges, representation, caption) take the given image at
 t = read_t * T. Restoration inputs (patch masks seeded by the ratio) are identical across experiments and seeds;
 the masked-image model was trained at ratio 0.5 only; restoration is scored on the generated images as they are and
 again with the observed pixels pasted back (`*_kept_*`, `mtd_plugins.masked_image.keep_observed`); restoration PSNR
