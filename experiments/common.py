@@ -24,7 +24,7 @@ import torch
 
 from experiments.presets import PRESETS, Preset, get_preset
 from mtd_core.errors import ConfigError, ModalityDataError, MTDError
-from mtd_core.taskset import AUX_EPS as AUX_EPS_CHOICES
+from mtd_core.taskset import AUX_EPS as AUX_EPS_CHOICES, ENCODING_SCALES
 
 DEFAULT_RESULTS = Path("experiments/results")
 DEFAULT_WORK = Path("runs/experiments")
@@ -33,14 +33,15 @@ WINDOWED = {"kind": "windowed", "peak": 1.0, "start": 0.05, "center": 0.4, "end"
 """The aggregated modalities' weight schedule w_t (eq. 4 of the paper): the example configs' windowed schedule."""
 
 DESIGN: dict[str, Any] = {"variant": "", "aux_channels": None, "weights": WINDOWED, "aggregated": {},
-                          "known_input": None, "known_dropout": None, "aux_eps": None}
+                          "known_input": None, "known_dropout": None, "aux_eps": None, "encoding_scale": None}
 """The design every multi-modal experiment trains with: where the encodings live in Z (the task set's
 ``aux_channels``; None: the experiment's own default), the aggregated modalities' weight schedule and any further
 option of theirs (e.g. ``loss_weight``, ``head_grad``) and whether the backbone reads the known aggregated part
 (``known_input``; None: the experiment's own default; ``known_dropout``: None for the task set's default) and
-where the auxiliary channels' noise estimate comes from (``aux_eps``; None: the task set's default).
+where the auxiliary channels' noise estimate comes from (``aux_eps``; None: the task set's default) and how the
+encodings are scaled (``encoding_scale``; None: the experiment's own default).
 ``--variant NAME --aux-channels A --weights kind=...,... --aggregated key=value,... --known-input true|false
---known-dropout P --aux-eps network|heads`` change it for a design study; such runs and results go to
+--known-dropout P --aux-eps network|heads --encoding-scale rms|spread`` change it for a design study; such runs and results go to
 ``<experiment>/variants/<NAME>/`` so that they never mix with the defaults' (docs/results.md is built from those)."""
 
 
@@ -94,10 +95,11 @@ def image_modality(preset: Preset, name: str | None = None, role: str = "base", 
 
 def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int,
                transforms: Sequence[Mapping[str, Any]] = (), *, checkpoint_every: int = 0, keep_last: int = 1,
-               known_input: bool = False, aux_channels: int = 0, design: bool = True) -> Any:
+               known_input: bool = False, aux_channels: int = 0, encoding_scale: str = "rms",
+               design: bool = True) -> Any:
     """The RunConfig of one training run of ``preset`` (same backbone, budget and schedule for every setting);
-    ``known_input`` and ``aux_channels`` are the experiment's defaults of the task set's options (a design study
-    may override them, unless ``design`` is False: a baseline whose design is fixed)."""
+    ``known_input``, ``aux_channels`` and ``encoding_scale`` are the experiment's defaults of the task set's
+    options (a design study may override them, unless ``design`` is False: a baseline whose design is fixed)."""
     from mtd_core.training.config import RunConfig, TrainConfig
 
     dataset = dict(preset.dataset)
@@ -122,6 +124,9 @@ def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: in
         taskset["known_input"] = True
     if study["known_dropout"] is not None:  # the task set rejects it without known_input
         taskset["known_dropout"] = study["known_dropout"]
+    scale = encoding_scale if study["encoding_scale"] is None else study["encoding_scale"]
+    if scale != "rms" and multi:  # the task set's default, left out as its to_config leaves it out
+        taskset["encoding_scale"] = scale
     return RunConfig(dataset=dataset, taskset=taskset,
                      backbone={"name": "unet", **preset.backbone}, trainer=trainer)
 
@@ -159,12 +164,12 @@ class TrainedOnly(Exception):
 
 def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, run_dir: Path,
           transforms: Sequence[Mapping[str, Any]] = (), *, curve: bool = False, known_input: bool = False,
-          aux_channels: int = 0, baseline: bool = False) -> Trained:
+          aux_channels: int = 0, encoding_scale: str = "rms", baseline: bool = False) -> Trained:
     """Train one setting from scratch in ``run_dir`` (emptied first) and return its EMA model.
 
     A checkpoint is written every ``preset.curve_every`` steps; ``curve`` keeps them all for :func:`learning_curve`,
-    else only the last. ``known_input`` and ``aux_channels`` are the experiment's defaults of the task set's options
-    (:func:`run_config`). With ``--reuse`` (``REUSE``), a run folder holding a finished run of this config
+    else only the last. ``known_input``, ``aux_channels`` and ``encoding_scale`` are the experiment's defaults of the
+    task set's options (:func:`run_config`). With ``--reuse`` (``REUSE``), a run folder holding a finished run of this config
     (:func:`_run_state`) is evaluated as it is (its recorded training time and final loss are reported), and one
     stopped part-way is resumed from its last checkpoint. A ``baseline`` (a fixed design: no design study's
     options) is reused or resumed so with or without ``--reuse``, as :func:`trained_module` reuses its baselines.
@@ -175,7 +180,7 @@ def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, ru
 
     config = run_config(preset, modalities, seed, transforms, checkpoint_every=preset.curve_every,
                         keep_last=0 if curve else 1, known_input=known_input, aux_channels=aux_channels,
-                        design=not baseline)
+                        encoding_scale=encoding_scale, design=not baseline)
     run = build_run(config)
     reuse = REUSE["finished_runs"] or baseline
     state = _run_state(run_dir, run.config.to_dict(), preset.steps) if reuse else None
@@ -371,15 +376,44 @@ def conditional_measures(ev: Evaluator, preset: Preset, model: Any, given: Mappi
                          classes: torch.Tensor, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
     """Generate one image for each example of ``given`` and score whether it follows what it was given: the share
     that the feature net puts in ``classes`` (each example's class: the requested label, or the class of the test
-    image whose caption or representation was given; ``conditional_fidelity``) and the noise-like share
-    (``conditional_noise_like``). Returns the metrics and the samples."""
+    image whose caption or representation was given; ``conditional_fidelity``), the noise-like share
+    (``conditional_noise_like``) and, for one given modality, :func:`encoding_measures`. Returns the metrics and the
+    samples."""
     from mtd_core.metrics import conditional_fidelity, noise_like_share
 
     cond = generate_batched(model, preset, given=given, seed=seed)
     cf = conditional_fidelity(ev.feature_net, cond["image"], classes)
     noise = noise_like_share(cond["image"], ev.test["image"])
     print(f"  given {', '.join(given)}: {cf}; {noise}")
-    return {"conditional_fidelity": cf.accuracy, "conditional_noise_like": noise.share}, cond
+    out = {"conditional_fidelity": cf.accuracy, "conditional_noise_like": noise.share}
+    if len(given) == 1:
+        out.update(encoding_measures(model, given, classes))
+    return out, cond
+
+
+CONDITIONAL_KEYS = ["conditional_fidelity", "conditional_noise_like", "encoding_spread", "encoding_class_share"]
+"""What :func:`conditional_measures` reports for one given modality."""
+
+
+def encoding_measures(model: Any, given: Mapping[str, Any], classes: torch.Tensor) -> dict[str, float]:
+    """How far the scaled encodings of one aggregated modality's values ``given`` tell examples apart: their RMS
+    spread about their mean (``encoding_spread``; near 0 for an encoder that maps every example to one vector) and
+    the share of that spread between the ``classes`` (``encoding_class_share``), as the model encodes them when it
+    samples (docs/sampling.md, "Captions and representations")."""
+    (name, values), = given.items()
+    if not isinstance(values, torch.Tensor):  # raw values (captions): the modality's derive tokenises them
+        values = model.taskset[name].derive({name: values}, None)
+    with torch.no_grad():
+        e = model.encode_some({name: values}, [name])[1][name]
+    e = e[:, -model.taskset.encoding_latent.shape[0]:].flatten(1).double()  # its own channels (zeros elsewhere)
+    y = classes.to(e.device)
+    centred = e - e.mean(0)
+    total = centred.pow(2).sum(1).mean()
+    between = sum(centred[y == c].mean(0).pow(2).sum() * (y == c).sum() for c in y.unique()) / len(y)
+    out = {"encoding_spread": float((total / e.shape[1]).sqrt()), "encoding_class_share": float(between / total)}
+    print(f"  encodings of the given {name}: spread {out['encoding_spread']:.4f}, "
+          f"{out['encoding_class_share']:.1%} of it between classes")
+    return out
 
 
 def distribution_metrics(ev: Evaluator, images: torch.Tensor, prefix: str = "") -> dict[str, float]:
@@ -671,14 +705,17 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
                    help="the task set's known_dropout (design study; with known_input)")
     p.add_argument("--aux-eps", choices=AUX_EPS_CHOICES, default=None,
                    help="the task set's aux_eps (design study; with auxiliary channels)")
+    p.add_argument("--encoding-scale", choices=ENCODING_SCALES, default=None,
+                   help="the task set's encoding_scale (design study)")
     args = p.parse_args(argv)
     REUSE["finished_runs"] = args.reuse
     REUSE["train_only"] = args.train_only
     designed = (args.aux_channels is not None or bool(args.weights) or bool(args.aggregated)
-                or args.known_input is not None or args.known_dropout is not None or args.aux_eps is not None)
+                or args.known_input is not None or args.known_dropout is not None or args.aux_eps is not None
+                or args.encoding_scale is not None)
     if designed != bool(args.variant):
         print(f"experiments.{experiment}: error: --variant goes with --aux-channels, --weights, --aggregated, "
-              "--known-input, --known-dropout or --aux-eps",
+              "--known-input, --known-dropout, --aux-eps or --encoding-scale",
               file=sys.stderr)
         return 2
     from experiments.sampler_study import parse_setting
@@ -687,7 +724,7 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
                   weights=parse_setting(args.weights) if args.weights else WINDOWED,
                   aggregated=parse_setting(args.aggregated) if args.aggregated else {},
                   known_input=None if args.known_input is None else args.known_input == "true",
-                  known_dropout=args.known_dropout, aux_eps=args.aux_eps)
+                  known_dropout=args.known_dropout, aux_eps=args.aux_eps, encoding_scale=args.encoding_scale)
     try:
         preset = get_preset(args.preset)
         if args.steps is not None:

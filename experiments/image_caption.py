@@ -29,7 +29,7 @@ NAME = "image_caption"
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
     return [*common.DISTRIBUTION_KEYS, "caption_agreement", "caption_unparsed", "caption_readout_accuracy",
-            "conditional_fidelity", "conditional_noise_like", *common.ELBO_KEYS]
+            *common.CONDITIONAL_KEYS, *common.ELBO_KEYS]
 
 
 def text_modality(preset: Preset) -> dict[str, Any]:

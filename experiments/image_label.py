@@ -29,7 +29,7 @@ CLASSIFIER_DIR = "classifier"
 
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
-    return [*common.DISTRIBUTION_KEYS, "joint_coherence", "conditional_fidelity", "conditional_noise_like",
+    return [*common.DISTRIBUTION_KEYS, "joint_coherence", *common.CONDITIONAL_KEYS,
             "label_head_accuracy", "standalone_classifier_accuracy", "accuracy_n", *common.ELBO_KEYS]
 
 

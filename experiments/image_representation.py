@@ -29,7 +29,7 @@ DIM = 16
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
     return [*common.DISTRIBUTION_KEYS, "representation_cosine_mean", "representation_cosine_std",
-            "readout_cosine_mean", "readout_cosine_std", "conditional_fidelity", "conditional_noise_like",
+            "readout_cosine_mean", "readout_cosine_std", *common.CONDITIONAL_KEYS,
             *common.ELBO_KEYS]
 
 

@@ -95,6 +95,9 @@ class Modality(abc.ABC):
             default, is the paper's joint training; 0 trains the head on the backbone's features without letting
             it shape them; docs/modalities.md, math.md section 6). The forward pass is unchanged; only training
             differs.
+        train_encoder: whether training updates its encoder E_i (True, the default). False keeps E_i at its
+            initialisation, a fixed code of the data, as diffusion models keep a pretrained text encoder fixed:
+            a learned encoder can drift to codes the denoiser predicts without looking (docs/sampling.md).
         **options: fields of ``Config``; an unknown one is a ConfigError naming the nearest valid field.
     """
 
@@ -108,7 +111,7 @@ class Modality(abc.ABC):
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
                  weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float | None = None,
-                 head_grad: float = 1.0, **options: ConfigValue) -> None:
+                 head_grad: float = 1.0, train_encoder: bool = True, **options: ConfigValue) -> None:
         self.name = name or self.kind
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise ConfigError(f"modality {self.name!r}: a name must be a Python identifier")
@@ -146,6 +149,9 @@ class Modality(abc.ABC):
             raise ConfigError(f"modality {self.name!r}: head_grad must be a number in [0, 1] (the share of its "
                               f"head's gradient that reaches the backbone), got {head_grad!r}")
         self.head_grad = float(head_grad)
+        if not isinstance(train_encoder, bool):
+            raise ConfigError(f"modality {self.name!r}: train_encoder must be true or false, got {train_encoder!r}")
+        self.train_encoder = train_encoder
 
     # -- configuration ----------------------------------------------------------------------------
     def default_weights(self) -> WeightSchedule:
@@ -162,6 +168,8 @@ class Modality(abc.ABC):
         out["loss_weight"] = self.loss_weight
         if self.head_grad != 1.0:  # left out at the default, so that configs saved before it load unchanged
             out["head_grad"] = self.head_grad
+        if not self.train_encoder:  # likewise
+            out["train_encoder"] = False
         out.update(attrs.asdict(self.config, value_serializer=_plain))
         return out
 

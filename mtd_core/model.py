@@ -9,9 +9,10 @@ Where encodings live in Z (TaskSet ``aux_channels``): the base's encoding fills 
 aggregated encoding the last A (zero elsewhere), or, with A = 0, both share the same C channels. With the task
 set's ``known_input`` the backbone is built for twice Z's channels: z_t, then the known part k_t = sum_j
 lambda_t^(j) E_j of the modalities a sampler knows (zeros for the others); the eps it returns for the second half
-is not used (docs/math.md, section 4). Each aggregated encoding is divided by its RMS (:class:`EncodingScale`)
-unless its modality's ``normalize`` option is off, so that the weight schedule alone sets its strength; the divisor
-is a constant at sampling time, which keeps the predicted encoding a posterior mean (docs/math.md, section 2).
+is not used (docs/math.md, section 4). Each aggregated encoding is divided by its RMS, or centred and divided by its
+spread (:class:`EncodingScale`, the task set's ``encoding_scale``) unless its modality's ``normalize`` option is
+off, so that the weight schedule alone sets its strength; the map is fixed at sampling time, which keeps the
+predicted encoding a posterior mean (docs/math.md, section 2).
 
 The model implements the :class:`mtd_core.diffusion.elbo.Denoiser` protocol, so the ELBO and the samplers take it
 directly. It never moves itself to a device: callers do (``model.to(device)``), and batches are moved to the
@@ -31,7 +32,7 @@ from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.loss import LossOutput, training_loss
 from mtd_core.errors import ConfigError, ModalityDataError, closest
 from mtd_core.modality import HeadInput, LatentSpec, Modality, Role
-from mtd_core.taskset import TaskSet
+from mtd_core.taskset import EncodingScaleKind, TaskSet
 from mtd_core.tomlio import plain
 
 if TYPE_CHECKING:
@@ -40,42 +41,64 @@ if TYPE_CHECKING:
 CONFIG_KEYS = ("taskset", "backbone", "backbone_options")
 
 
-class EncodingScale(nn.Module):
-    """Divides an aggregated modality's raw encodings by their RMS, so that unit RMS is what w_t scales.
+def _global_sums(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the ranks of data-parallel training (with gradients), else ``x``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_reduce
 
-    In training the true encodings are divided by the RMS over their whole batch (differentiable, so an encoder
-    cannot shrink its output away), and that RMS is tracked in a running average, the ``rms`` buffer. Everywhere
-    else, and for predicted encodings always, the divisor is the running average: a constant, so the encoding of
-    an expected value is the expected encoding (a per-example normalisation would re-inflate an unsure prediction).
+        return all_reduce(x)
+    return x
+
+
+class EncodingScale(nn.Module):
+    """Scales an aggregated modality's raw encodings, so that unit RMS is what w_t weighs (TaskSet
+    ``encoding_scale``).
+
+    "rms": e / RMS(e). "spread": (e - m) / s, with m the per-element mean of e over the examples and s the RMS of
+    e - m: an encoder can then neither shrink its output away nor map every example to nearly one vector (which
+    "rms" allows: the shared vector costs the denoising loss nothing, so a learned encoder drifts to it and the
+    model stops following what it is given; docs/sampling.md).
+
+    In training the true encodings are scaled by their whole batch's statistics (differentiable), which are tracked
+    in running averages, the ``rms`` buffer (the divisor of either kind) and, for "spread", the ``mean`` buffer.
+    Everywhere else, and for predicted encodings always, the running ones are used: an affine map fixed at sampling
+    time, so the encoding of an expected value is the expected encoding (a per-example normalisation would
+    re-inflate an unsure prediction).
 
     Args:
-        momentum: the weight of each training batch in the running average.
+        kind: "rms" or "spread".
+        shape: the encoding's shape (C, H, W) without the batch, for the running mean of "spread".
+        momentum: the weight of each training batch in the running averages.
     """
 
     rms: torch.Tensor
+    mean: torch.Tensor | None
 
-    def __init__(self, momentum: float = 0.02) -> None:
+    def __init__(self, kind: EncodingScaleKind = "rms", shape: tuple[int, ...] = (), momentum: float = 0.02) -> None:
         super().__init__()
-        self.momentum = momentum
+        self.kind, self.momentum = kind, momentum
         self.register_buffer("rms", torch.ones(()))
+        self.register_buffer("mean", torch.zeros(shape) if kind == "spread" else None)
 
     def forward(self, e: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
-        """``e`` divided by the batch's RMS (``batch_stats``; updates the running average) or the running one.
+        """``e`` scaled by the batch's statistics (``batch_stats``; updates the running ones) or the running ones.
 
         Under data-parallel training the batch is the global one (its sums are reduced over the ranks, with
         gradients), so N processes train exactly as one process with the same global batch."""
         if not batch_stats:
-            return e / self.rms.to(e.dtype)
-        sums = torch.stack([e.float().pow(2).sum(), e.new_tensor(float(e.numel()), dtype=torch.float32)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            from torch.distributed.nn.functional import all_reduce
-
-            sums = all_reduce(sums)
-        r = (sums[0] / sums[1]).sqrt().clamp_min(1e-6)
+            centred = e if self.mean is None else e - self.mean.to(e.dtype)
+            return centred / self.rms.to(e.dtype)
+        x = e.float()
+        n = _global_sums(x.new_tensor(float(x.shape[0])))  # examples in the (global) batch
+        m = _global_sums(x.sum(0)) / n if self.mean is not None else x.new_zeros(x.shape[1:])
+        # centred before squaring: E[e^2] - m^2 would cancel away the tiny spread of a collapsed encoder
+        r = (_global_sums((x - m).pow(2).sum()) / (n * m.numel())).sqrt().clamp_min(1e-6)  # the RMS of e - m
         with torch.no_grad():
             self.rms.lerp_(r.detach(), self.momentum)
-        return e / r.to(e.dtype)
+            if self.mean is not None:
+                self.mean.lerp_(m.detach(), self.momentum)
+        return ((x - m) / r).to(e.dtype)
 
 
 class MultiTaskModel(nn.Module):
@@ -127,8 +150,11 @@ class MultiTaskModel(nn.Module):
         self.encoders = nn.ModuleDict({
             name: m.build_encoder(taskset.base_latent if m.role is Role.BASE else latent)
             for name, m in taskset.modalities.items()})
-        self.scales = nn.ModuleDict({m.name: EncodingScale() for m in taskset.aggregated
-                                     if getattr(m.config, "normalize", True)})
+        for name, m in taskset.modalities.items():
+            if not m.train_encoder:  # a fixed code of the data (Modality ``train_encoder``)
+                self.encoders[name].requires_grad_(False)
+        self.scales = nn.ModuleDict({m.name: EncodingScale(taskset.encoding_scale, latent.shape)
+                                     for m in taskset.aggregated if getattr(m.config, "normalize", True)})
         self.heads = nn.ModuleDict()
         for m in taskset.aggregated:
             if m.head_input is HeadInput.NONE:

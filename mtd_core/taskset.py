@@ -15,6 +15,9 @@ Config format (a plain dict; the ``[taskset]`` table of a run config, or a TOML 
     aux_eps       with aux_channels: where the noise estimate of the auxiliary channels comes from: "network" (the
                   default, the backbone's output) or "heads" (implied by the heads' predicted encodings,
                   docs/math.md, section 2), so that only the heads learn the encodings
+    encoding_scale how each aggregated encoding is scaled before w_t weighs it (``MultiTaskModel``'s
+                  ``EncodingScale``): "rms" (the default, divided by its RMS) or "spread" (its running mean
+                  subtracted, then divided by its spread about that mean), docs/math.md, section 2
 
 See docs/models.md for an example.
 """
@@ -40,9 +43,12 @@ if TYPE_CHECKING:
     from mtd_core.plugins.registry import Registry
 
 
-CONFIG_KEYS = ("modalities", "diffusion", "latent_shape", "aux_channels", "known_input", "known_dropout", "aux_eps")
+CONFIG_KEYS = ("modalities", "diffusion", "latent_shape", "aux_channels", "known_input", "known_dropout", "aux_eps",
+               "encoding_scale")
 AuxEps = Literal["network", "heads"]
 AUX_EPS: tuple[AuxEps, ...] = ("network", "heads")
+EncodingScaleKind = Literal["rms", "spread"]
+ENCODING_SCALES: tuple[EncodingScaleKind, ...] = ("rms", "spread")
 DEFAULT_KNOWN_DROPOUT = 0.1
 PEAK_RATIO_BOUND = 5.0
 """Above this peak ratio max_t lambda_t / sqrt(abar_t), the task set warns when the encodings share the base's
@@ -82,6 +88,11 @@ class TaskSet:
             predicted encodings, eps_aux = (z_aux - sum_i lambda_t^(i) E_hat_i) / sqrt(1 - abar_t), exact since
             z_0 is zero there (docs/math.md, section 2); the backbone then learns only the base's noise, and the
             encodings' part of the loss reaches it through the heads (scaled by their ``head_grad``).
+        encoding_scale: how the model scales each aggregated encoding (those of modalities whose ``normalize``
+            option is not off) before w_t weighs it. "rms" (also when None, the default): divided by its RMS, which
+            stops an encoder from shrinking its output but not from mapping every example to nearly one vector.
+            "spread": a running per-element mean subtracted, then divided by the RMS spread about it, so that the
+            part of z_t that tells examples apart always has unit RMS (docs/math.md, section 2).
 
     Raises:
         ConfigError: duplicate names, two bases, a missing or conflicting latent shape, a non-Modality.
@@ -91,7 +102,8 @@ class TaskSet:
 
     def __init__(self, modalities: Sequence[Modality], noise: NoiseSchedule | None = None,
                  latent_shape: tuple[int, int, int] | None = None, aux_channels: int | None = None,
-                 known_input: bool = False, known_dropout: float | None = None, aux_eps: AuxEps | None = None) -> None:
+                 known_input: bool = False, known_dropout: float | None = None, aux_eps: AuxEps | None = None,
+                 encoding_scale: EncodingScaleKind | None = None) -> None:
         mods = list(modalities)
         if not mods:
             raise ConfigError("taskset: needs at least one modality, got none")
@@ -119,6 +131,7 @@ class TaskSet:
         self._latent = LatentSpec((C + self._aux, H, W))
         self._known_input, self._known_dropout = self._resolve_known(known_input, known_dropout)
         self._aux_eps = self._resolve_aux_eps(aux_eps)
+        self._encoding_scale = self._resolve_encoding_scale(encoding_scale)
         # Built eagerly: a weight schedule that is invalid on this noise schedule fails here, naming its modality.
         self._fp = ForwardProcess(self._noise, {m.name: m.weights for m in self.aggregated})
         for name, ratio in self.peak_ratios().items():
@@ -150,6 +163,14 @@ class TaskSet:
         if choice == "heads" and not self._aux:
             raise ConfigError("taskset: aux_eps = \"heads\" needs channels of the encodings' own (aux_channels > 0); "
                               "drop aux_eps or set aux_channels")
+        return choice
+
+    def _resolve_encoding_scale(self, given: object) -> EncodingScaleKind:
+        choice = "rms" if given is None else next((v for v in ENCODING_SCALES if v == given), None)
+        if choice is None:
+            raise ConfigError(f"taskset: encoding_scale must be one of {list(ENCODING_SCALES)}, got {given!r}")
+        if choice != "rms" and not self.aggregated:
+            raise ConfigError(f"taskset: encoding_scale = {choice!r} needs an aggregated modality; drop encoding_scale")
         return choice
 
     def _resolve_known(self, known_input: bool, dropout: float | None) -> tuple[bool, float]:
@@ -237,6 +258,11 @@ class TaskSet:
         return self._aux_eps
 
     @property
+    def encoding_scale(self) -> EncodingScaleKind:
+        """How the model scales each aggregated encoding: "rms" or "spread" (about its running mean)."""
+        return self._encoding_scale
+
+    @property
     def known_dropout(self) -> float:
         """With ``known_input``: the probability that training hides one modality's part from that input."""
         return self._known_dropout
@@ -288,6 +314,8 @@ class TaskSet:
             out["known_input"], out["known_dropout"] = True, self._known_dropout
         if self._aux_eps != "network":
             out["aux_eps"] = self._aux_eps
+        if self._encoding_scale != "rms":
+            out["encoding_scale"] = self._encoding_scale
         return out
 
     @classmethod
@@ -340,7 +368,7 @@ class TaskSet:
         latent = config.get("latent_shape")
         return cls(mods, noise, None if latent is None else _latent_shape(latent, "taskset: latent_shape"),
                    config.get("aux_channels"), config.get("known_input", False),
-                   config.get("known_dropout"), config.get("aux_eps"))
+                   config.get("known_dropout"), config.get("aux_eps"), config.get("encoding_scale"))
 
     @classmethod
     def from_toml(cls, path: str | Path, registry: Registry | None = None) -> TaskSet:

@@ -401,3 +401,18 @@ def test_an_experiments_own_channels_are_its_default_and_a_design_study_override
     network = common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
                                 aux_channels=common.OWN_CHANNELS)
     assert network.taskset["aux_channels"] == 1 and "aux_eps" not in network.taskset
+
+
+def test_an_experiments_encoding_scale_is_written_unless_rms_and_a_design_study_overrides_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments import image_representation
+
+    preset = get_preset("smoke")
+    modalities = [common.image_modality(preset), image_representation.representation_modality()]
+    assert common.run_config(preset, modalities, 0, encoding_scale="spread").taskset["encoding_scale"] == "spread"
+    assert "encoding_scale" not in common.run_config(preset, modalities, 0).taskset  # "rms", the task set's default
+    assert "encoding_scale" not in common.run_config(preset, modalities[:1], 0, encoding_scale="spread").taskset
+    monkeypatch.setitem(common.DESIGN, "encoding_scale", "rms")  # --encoding-scale rms
+    assert "encoding_scale" not in common.run_config(preset, modalities, 0, encoding_scale="spread").taskset
+    assert common.main("image_representation", "", lambda *a: None, lambda p: [],  # type: ignore[arg-type,return-value]
+                       ["--encoding-scale", "spread"]) == 2  # a design option needs --variant

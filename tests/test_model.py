@@ -69,6 +69,36 @@ def test_training_scales_the_encodings_by_the_batch_rms_and_tracks_it():
     assert torch.allclose(model.encode(b)[1]["label"][:, 1:], raw / model.scales["label"].rms)
 
 
+def test_spread_scaling_centres_the_encodings_and_keeps_what_tells_examples_apart():
+    """encoding_scale = "spread": in training each element's batch mean is subtracted and the rest divided by its
+    RMS, so an encoder mapping every example to nearly one vector still writes unit-RMS differences into z_t
+    ("rms" divides that vector by its norm: the differences stay tiny); sampling uses the running affine map."""
+    spread, rms = make_model({**CONFIG, "encoding_scale": "spread"}), make_model()
+    assert list(rms.scales["label"].state_dict()) == ["rms"]  # old checkpoints load: no new buffer by default
+    assert spread.scales["label"].mean.shape == (1, 8, 8)
+    b = batch(n=32)
+    for model in (spread, rms):  # a collapsed encoder: one shared vector plus 1e-2 of per-class signal
+        with torch.no_grad():
+            table = model.encoders["label"].embed.weight
+            table.copy_(5.0 + 1e-2 * torch.randn_like(table))
+    spread.train(), rms.train()
+    enc = spread.encode(b)[1]["label"][:, 1:]
+    assert enc.detach().mean(0).abs().max() < 1e-3  # centred per element (up to float32 rounding of 5 + 1e-2)
+    assert float((enc.detach() - enc.detach().mean(0)).pow(2).mean()) == pytest.approx(1.0, rel=1e-4)
+    collapsed = rms.encode(b)[1]["label"][:, 1:].detach()
+    assert float((collapsed - collapsed.mean(0)).pow(2).mean().sqrt()) < 1e-2
+    raw = spread.encoders["label"].table()[b["label"]].detach()
+    assert torch.allclose(spread.scales["label"].mean, 0.02 * raw.mean(0), atol=1e-6)  # lerp from zeros
+    enc.pow(2).sum().backward()  # differentiable through the batch's statistics
+    assert spread.encoders["label"].embed.weight.grad.abs().sum() > 0
+    spread.eval()  # sampling: (e - running mean) / running spread, affine, so expectations stay expectations
+    scale = spread.scales["label"]
+    assert torch.allclose(spread.encode(b)[1]["label"][:, 1:], (raw - scale.mean) / scale.rms, atol=1e-6)
+    uniform = spread.predicted_encodings({"label": torch.zeros(1, 10)})["label"][:, 1:]
+    every = spread.encode_some({"label": torch.arange(10)}, ["label"])[1]["label"][:, 1:]
+    assert torch.allclose(uniform[0], every.mean(0), atol=1e-5)
+
+
 def test_forward_returns_eps_and_every_head_prediction():
     model = make_model()
     z, t = torch.randn(3, 2, 8, 8), torch.tensor([1, 50, 100])
@@ -206,6 +236,27 @@ def test_head_grad_is_saved_only_when_it_is_not_the_default():
     ts = TaskSet.from_config(with_head_grad(0.5))
     again = TaskSet.from_config(json.loads(json.dumps(ts.to_config())))
     assert again["label"].head_grad == 0.5 and again.to_config() == ts.to_config()
+
+
+def test_a_fixed_encoder_stays_at_its_initialisation_while_the_rest_trains():
+    """train_encoder = false: E_i gets no gradient and no update (weight decay included), is saved only when off,
+    and a non-boolean is a clear error."""
+    fixed_cfg = {**CONFIG, "modalities": [CONFIG["modalities"][0], {**CONFIG["modalities"][1], "train_encoder": False}]}
+    model = make_model(fixed_cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for i in range(3):
+        opt.zero_grad()
+        model.loss(batch(8, seed=i), generator=torch.Generator().manual_seed(i)).loss.backward()
+        opt.step()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoders.label."))
+    assert not torch.equal(before["heads.label.0.weight"], after["heads.label.0.weight"])  # the head learns
+    assert TaskSet.from_config(fixed_cfg).to_config()["modalities"][1]["train_encoder"] is False
+    assert "train_encoder" not in TaskSet.from_config(CONFIG).to_config()["modalities"][1]
+    with pytest.raises(ConfigError, match=r"modality 'label': train_encoder must be true or false, got 'no'"):
+        TaskSet.from_config({**CONFIG, "modalities": [CONFIG["modalities"][0],
+                                                       {**CONFIG["modalities"][1], "train_encoder": "no"}]})
 
 
 def test_loss_is_seeded_by_its_generator():

@@ -75,6 +75,18 @@ def test_aux_channels_errors(kwargs, message):
         TaskSet([image()], aux_channels=2)
 
 
+def test_encoding_scale_round_trips_and_rejects_unknown_kinds():
+    assert TaskSet([image(), label()]).encoding_scale == "rms"  # the default, not written
+    assert "encoding_scale" not in TaskSet([image(), label()]).to_config()
+    spread = TaskSet([image(), label()], aux_channels=1, encoding_scale="spread")
+    assert spread.to_config()["encoding_scale"] == "spread"
+    assert TaskSet.from_config(spread.to_config()) == spread
+    with pytest.raises(ConfigError, match=r"encoding_scale must be one of \['rms', 'spread'\], got 'std'"):
+        TaskSet([image(), label()], encoding_scale="std")
+    with pytest.raises(ConfigError, match=r"encoding_scale = 'spread' needs an aggregated modality"):
+        TaskSet([image()], encoding_scale="spread")
+
+
 def test_aux_eps_round_trips_and_needs_channels_of_their_own():
     assert TaskSet([image(), label()], aux_channels=1).aux_eps == "network"  # the default, not written
     assert "aux_eps" not in TaskSet([image(), label()], aux_channels=1).to_config()

@@ -193,7 +193,8 @@ def _check_config_round_trip(m: Modality, c: _Checker) -> Modality:
     m2 = c.run("from_config", lambda: type(m).from_config(json.loads(text)))
     same = {"to_config": m2.to_config() == config, "Config": getattr(m2, "config", None) == m.config,
             "name": m2.name == m.name, "role": m2.role == m.role, "weights": m2.weights == m.weights,
-            "loss_weight": m2.loss_weight == m.loss_weight, "head_grad": m2.head_grad == m.head_grad}
+            "loss_weight": m2.loss_weight == m.loss_weight, "head_grad": m2.head_grad == m.head_grad,
+            "train_encoder": m2.train_encoder == m.train_encoder}
     c.expect("config round-trip", all(same.values()), "from_config(to_config()) to rebuild an equal modality",
              f"differences in {[k for k, v in same.items() if not v]}: {m.config} vs {getattr(m2, 'config', None)}")
     return m2
