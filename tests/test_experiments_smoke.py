@@ -403,16 +403,17 @@ def test_an_experiments_own_channels_are_its_default_and_a_design_study_override
     assert network.taskset["aux_channels"] == 1 and "aux_eps" not in network.taskset
 
 
-def test_an_experiments_encoding_scale_is_written_unless_rms_and_a_design_study_overrides_it(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_design_studys_encoding_scale_is_written_unless_rms(monkeypatch: pytest.MonkeyPatch) -> None:
     from experiments import image_representation
 
     preset = get_preset("smoke")
     modalities = [common.image_modality(preset), image_representation.representation_modality()]
-    assert common.run_config(preset, modalities, 0, encoding_scale="spread").taskset["encoding_scale"] == "spread"
     assert "encoding_scale" not in common.run_config(preset, modalities, 0).taskset  # "rms", the task set's default
-    assert "encoding_scale" not in common.run_config(preset, modalities[:1], 0, encoding_scale="spread").taskset
-    monkeypatch.setitem(common.DESIGN, "encoding_scale", "rms")  # --encoding-scale rms
-    assert "encoding_scale" not in common.run_config(preset, modalities, 0, encoding_scale="spread").taskset
+    monkeypatch.setitem(common.DESIGN, "encoding_scale", "spread")  # --encoding-scale spread
+    assert common.run_config(preset, modalities, 0).taskset["encoding_scale"] == "spread"
+    assert "encoding_scale" not in common.run_config(preset, modalities[:1], 0).taskset  # nothing to scale
+    assert "encoding_scale" not in common.run_config(preset, modalities, 0, design=False).taskset  # a baseline
+    monkeypatch.setitem(common.DESIGN, "encoding_scale", "rms")
+    assert "encoding_scale" not in common.run_config(preset, modalities, 0).taskset
     assert common.main("image_representation", "", lambda *a: None, lambda p: [],  # type: ignore[arg-type,return-value]
                        ["--encoding-scale", "spread"]) == 2  # a design option needs --variant

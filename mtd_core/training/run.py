@@ -137,8 +137,8 @@ def _with_aux_channels(model_config: ConfigDict) -> ConfigDict:
     """The model config of a checkpoint with the task set's ``aux_channels`` made explicit.
 
     Every task set with a base and aggregated modalities writes ``aux_channels`` into its config; one without it
-    was saved before the key existed, when encodings always shared the base's channels, so it means 0 (the
-    default for a new task set is a channel of its own)."""
+    was saved before the key existed, when encodings always shared the base's channels, so it means 0 (today's
+    default too; the key is still made explicit, so that such a config reads the same whatever the default)."""
     ts = model_config.get("taskset")
     if not isinstance(ts, dict) or "aux_channels" in ts or not isinstance(ts.get("modalities"), list):
         return model_config
