@@ -104,6 +104,26 @@ def test_resume_refuses_a_changed_config_and_fresh_runs_refuse_old_checkpoints(t
         Trainer(run3.model, run3.data, longer.trainer, tmp_path / "empty", resume=True)
 
 
+def test_a_spread_scaled_fixed_encoder_trains_saves_and_loads(tmp_path: Path) -> None:
+    """encoding_scale = "spread" with train_encoder = false through the Trainer: the encoder leaves training as it
+    was initialised, the running mean is saved (safetensors) and load_run rebuilds the same scaling."""
+    cfg = copy.deepcopy(TINY)
+    cfg["taskset"]["encoding_scale"] = "spread"
+    cfg["taskset"]["modalities"][1]["train_encoder"] = False
+    cfg["trainer"].update(steps=3, checkpoint_every=0)
+    config = RunConfig.from_dict(cfg)
+    run = build_run(config)
+    initial = run.model.encoders["label"].embed.weight.detach().clone()
+    Trainer(run.model, run.data, config.trainer, tmp_path, run_config=run.config.to_dict()).fit()
+    for ema in (True, False):
+        loaded = load_run(tmp_path, ema=ema).model
+        assert loaded.taskset.encoding_scale == "spread" and not loaded.taskset["label"].train_encoder
+        assert torch.equal(loaded.encoders["label"].embed.weight, initial)
+        scale = loaded.scales["label"]
+        assert scale.mean is not None and scale.mean.abs().sum() > 0  # tracked in training, saved, restored
+    assert torch.equal(load_run(tmp_path, ema=False).model.scales["label"].mean, run.model.scales["label"].mean)
+
+
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     cfg = tiny(steps=10, checkpoint_every=2)
     run = build_run(cfg)
