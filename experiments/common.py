@@ -395,13 +395,11 @@ CONDITIONAL_KEYS = ["conditional_fidelity", "conditional_noise_like", "encoding_
 
 
 def encoding_measures(model: Any, given: Mapping[str, Any], classes: torch.Tensor) -> dict[str, float]:
-    """How far the scaled encodings of one aggregated modality's values ``given`` tell examples apart: their RMS
+    """How far the scaled encodings of one aggregated modality's values ``given`` (a tensor) tell examples apart: their RMS
     spread about their mean (``encoding_spread``; near 0 for an encoder that maps every example to one vector) and
     the share of that spread between the ``classes`` (``encoding_class_share``), as the model encodes them when it
     samples (docs/sampling.md, "Captions and representations")."""
     (name, values), = given.items()
-    if not isinstance(values, torch.Tensor):  # raw values (captions): the modality's derive tokenises them
-        values = model.taskset[name].derive({name: values}, None)
     with torch.no_grad():
         e = model.encode_some({name: values}, [name])[1][name]
     e = e[:, -model.taskset.encoding_latent.shape[0]:].flatten(1).double()  # its own channels (zeros elsewhere)

@@ -78,7 +78,8 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     read_said = caption_classes(text.detokenize(read["text"]), preset.class_words)
     metrics["caption_readout_accuracy"] = float((read_said == test["label"]).double().mean())
     print(f"  read-out caption class vs true class {metrics['caption_readout_accuracy']:.4f} (n={len(read_said)})")
-    captions = common.split_tensors(trained.data, "test", fields=("text",), limit=preset.n_samples)["text"]
+    raw = common.split_tensors(trained.data, "test", fields=("text",), limit=preset.n_samples)["text"]
+    captions = text.tokenize(raw)  # once, for generation and for the encodings' measures
     conditional, _ = common.conditional_measures(ev, preset, model, {"text": captions}, test["label"], seed + 1)
     metrics.update(conditional)
     metrics.update(common.elbo_bits_per_dim(model, trained.data, preset, seed))

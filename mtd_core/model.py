@@ -77,7 +77,7 @@ class EncodingScale(nn.Module):
 
     def __init__(self, kind: EncodingScaleKind = "rms", shape: tuple[int, ...] = (), momentum: float = 0.02) -> None:
         super().__init__()
-        self.kind, self.momentum = kind, momentum
+        self.momentum = momentum
         self.register_buffer("rms", torch.ones(()))
         self.register_buffer("mean", torch.zeros(shape) if kind == "spread" else None)
 
