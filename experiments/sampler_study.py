@@ -5,8 +5,10 @@ Defaults are chosen on the validation protocol and reported on the test protocol
     val    reference: 10 000 training images (seeded); sampling seeds 1000 + seed. No test image is read.
     test   reference: the whole test split; sampling seed = seed (the experiments' own).
 
-Every setting is a dict of ``generate`` options (sampler, nfe, spacing, clip, clip_eps, eta, conditioning, given;
-``guide=S``: with given=label, the label head's guidance at scale S towards it; ``cguide=S``: instead the guidance
+Every setting is a dict of ``generate`` options (sampler, nfe, spacing, clip, clip_eps, eta, conditioning;
+``given=label``: the labels 0-9 in turn; ``given=text`` or ``given=representation``: the captions or representations
+of the split's first examples (val: of the reference's training images), each scored by conditional fidelity against
+its class; ``guide=S``: with given=label, the label head's guidance at scale S towards it; ``cguide=S``: instead the guidance
 of image_label's standalone classifier, a noise-aware classifier of the image alone saved with the run, or with
 ``classifier_seed=K`` with seed K's run; ``encoding_temperature=text:0.5``),
 written as ``key=value,key=value``; the diffusers baseline takes ``sampler=diffusers_ddim`` or
@@ -71,12 +73,15 @@ class Study:
         self.preset, self.experiment, self.seed, self.split = preset, experiment, seed, split
         self.variant = variant
         self.run_dir = work / preset.name / experiment / (f"variants/{variant}" if variant else "") / f"seed{seed}"
-        self.data = load_dataset(dict(preset.dataset), get_registry())
+        config = self.run_dir / "config.json"  # the run's dataset: its transforms write the captions
+        dataset = json.loads(config.read_text())["dataset"] if config.exists() else dict(preset.dataset)
+        self.data = load_dataset(dataset, get_registry())
         self.ev = common.make_evaluator(self.data, preset)
         if split == "val":
             train = common.split_tensors(self.data, "train", fields=("image",))["image"]
             pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345))[:VAL_REFERENCE]
-            self.reference_images = train[pick.sort().values]
+            self.val_index = pick.sort().values
+            self.reference_images = train[self.val_index]
             self.reference = reference_features(self.ev.feature_net, self.reference_images)
             self.sample_seed = VAL_SEED_OFFSET + seed
         else:
@@ -101,11 +106,10 @@ class Study:
                                                self.sample_seed, self.preset, options)}
         if self.model is None:
             raise ConfigError(f"{self.experiment}: only the diffusers_* samplers apply to the diffusers baseline")
-        given = {}
-        if options.pop("given", None) == "label":
-            given = {"label": torch.arange(n) % CLASSES}
+        name = options.pop("given", None)
+        given = self.conditions(name, n)[0] if name is not None else {}
         guide, cguide = float(options.pop("guide", 0.0)), float(options.pop("cguide", 0.0))
-        if (guide or cguide) and not given:
+        if (guide or cguide) and name != "label":
             raise ConfigError(f"setting {dict(setting)}: guide and cguide (guidance towards the given label) need "
                               "given=label")
         if guide and cguide:
@@ -114,6 +118,24 @@ class Study:
         classifier_seed = int(options.pop("classifier_seed", self.seed))
         classifier = self._classifier(classifier_seed) if cguide else None
         return _generate(self.model, self.preset, n, self.sample_seed, given, options, guide or cguide, classifier)
+
+    def conditions(self, name: str, n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """What ``given=name`` conditions on and the class each image generated from it should have: the labels 0-9
+        in turn, or the tokenised captions or the representations of the split's first ``n`` examples (val: of the
+        reference's training images) with those examples' labels."""
+        if name == "label":
+            return {"label": torch.arange(n) % CLASSES}, torch.arange(n) % CLASSES
+        if name not in ("text", "representation") or name not in self.model.taskset:
+            have = [g for g in ("label", "text", "representation") if g in self.model.taskset]
+            raise ConfigError(f"{self.experiment}: given must be one of {have}, got {name!r}")
+        ds, index = ((self.data.splits.train, self.val_index[:n]) if self.split == "val"
+                     else (self.data.splits.test, torch.arange(min(n, len(self.data.splits.test)))))
+        batch = self.data.batch(ds, index)
+        modality = self.model.taskset[name]
+        with torch.no_grad():
+            values = (modality.tokenize(batch["text"]) if name == "text"
+                      else modality.extractor(batch["image"]).float())
+        return {name: values}, batch["label"]
 
     def _classifier(self, seed: int) -> Any:
         """image_label's standalone classifier of ``seed``'s run as a guidance classifier (x_t, t) -> logits (a
@@ -138,12 +160,13 @@ class Study:
                                "setting": dict(setting), "n": n, "sample_wall_s": round(wall, 1)}
         row["fid"] = fid(features(self.ev.feature_net, images), self.reference, feature_net=self.ev.feature_net).value
         row["noise_like"] = noise_like_share(images, self.reference_images).share
-        if setting.get("given") == "label":
-            row["conditional_fidelity"] = conditional_fidelity(self.ev.feature_net, images,
-                                                               torch.arange(n) % CLASSES).accuracy
+        given = setting.get("given")
+        if given is not None:
+            classes = self.conditions(given, n)[1]
+            row["conditional_fidelity"] = conditional_fidelity(self.ev.feature_net, images, classes).accuracy
         elif "label" in samples:
             row["joint_coherence"] = joint_coherence(self.ev.feature_net, images, samples["label"]).accuracy
-        if "text" in samples:  # as experiments/image_caption.py measures it
+        if "text" in samples and given != "text":  # as experiments/image_caption.py measures it
             from experiments.image_caption import joint_measures
 
             row.update(joint_measures(self.ev, self.preset, self.model, samples))

@@ -237,6 +237,37 @@ def test_the_study_scores_captions_and_representations_as_their_experiments_do(
     assert "caption_agreement" not in representation
 
 
+@pytest.mark.filterwarnings("ignore:FID.*rank-deficient")
+def test_the_study_conditions_on_the_splits_own_captions_and_representations(
+        smoke_results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.image_caption import caption_classes
+    from experiments.sampler_study import Study
+
+    monkeypatch.setenv("MTD_CACHE_DIR", str(smoke_results.parent / "cache"))
+    threads = torch.get_num_threads()
+    work, preset = smoke_results.parent / "work", get_preset("smoke")
+    try:
+        caption = Study(preset, "image_caption", 0, "val", work)
+        given, classes = caption.conditions("text", 7)
+        row = caption.score({"nfe": 2, "given": "text"}, 7)
+        test_caption = Study(preset, "image_caption", 0, "test", work)
+        test_classes = test_caption.conditions("text", 7)[1]
+        representation = Study(preset, "image_representation", 0, "val", work)
+        reps, _ = representation.conditions("representation", 7)
+        with torch.no_grad():
+            want = representation.model.taskset["representation"].extractor(representation.reference_images[:7])
+        with pytest.raises(ConfigError, match=r"given must be one of \['representation'\], got 'text'"):
+            representation.conditions("text", 7)
+    finally:
+        torch.set_num_threads(threads)
+    # each caption names the class it is scored against; val draws them from the reference's training images, test
+    # from the test split
+    said = caption_classes(caption.model.taskset["text"].detokenize(given["text"]), preset.class_words)
+    assert torch.equal(said, classes) and torch.equal(test_classes, test_caption.ev.test["label"][:7])
+    assert torch.allclose(reps["representation"], want.float())
+    assert 0 <= row["conditional_fidelity"] <= 1 and "caption_agreement" not in row
+
+
 def test_make_results_without_runs_says_not_run(tmp_path: Path) -> None:
     text = make_results(tmp_path / "empty", tmp_path / "results.md").read_text()
     assert "not run" in text
