@@ -39,7 +39,7 @@ DESIGN: dict[str, Any] = {"variant": "", "aux_channels": None, "weights": WINDOW
 option of theirs (e.g. ``loss_weight``, ``head_grad``) and whether the backbone reads the known aggregated part
 (``known_input``; None: the experiment's own default; ``known_dropout``: None for the task set's default) and
 where the auxiliary channels' noise estimate comes from (``aux_eps``; None: the task set's default) and how the
-encodings are scaled (``encoding_scale``; None: the task set's default).
+encodings are scaled (``encoding_scale``; None: the experiment's own default).
 ``--variant NAME --aux-channels A --weights kind=...,... --aggregated key=value,... --known-input true|false
 --known-dropout P --aux-eps network|heads --encoding-scale rms|spread`` change it for a design study; such runs and
 results go to ``<experiment>/variants/<NAME>/`` so that they never mix with the defaults' (docs/results.md is built
@@ -96,10 +96,11 @@ def image_modality(preset: Preset, name: str | None = None, role: str = "base", 
 
 def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int,
                transforms: Sequence[Mapping[str, Any]] = (), *, checkpoint_every: int = 0, keep_last: int = 1,
-               known_input: bool = False, aux_channels: int = 0, design: bool = True) -> Any:
+               known_input: bool = False, aux_channels: int = 0, encoding_scale: str = "rms",
+               design: bool = True) -> Any:
     """The RunConfig of one training run of ``preset`` (same backbone, budget and schedule for every setting);
-    ``known_input`` and ``aux_channels`` are the experiment's defaults of the task set's options (a design study
-    may override them, unless ``design`` is False: a baseline whose design is fixed)."""
+    ``known_input``, ``aux_channels`` and ``encoding_scale`` are the experiment's defaults of the task set's options
+    (a design study may override them, unless ``design`` is False: a baseline whose design is fixed)."""
     from mtd_core.training.config import RunConfig, TrainConfig
 
     dataset = dict(preset.dataset)
@@ -124,8 +125,9 @@ def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: in
         taskset["known_input"] = True
     if study["known_dropout"] is not None:  # the task set rejects it without known_input
         taskset["known_dropout"] = study["known_dropout"]
-    if study["encoding_scale"] not in (None, "rms") and multi:  # "rms", the task set's default, is left out
-        taskset["encoding_scale"] = study["encoding_scale"]
+    scale = encoding_scale if study["encoding_scale"] is None else study["encoding_scale"]
+    if scale != "rms" and multi:  # "rms", the task set's default, is left out
+        taskset["encoding_scale"] = scale
     return RunConfig(dataset=dataset, taskset=taskset,
                      backbone={"name": "unet", **preset.backbone}, trainer=trainer)
 
@@ -163,14 +165,14 @@ class TrainedOnly(Exception):
 
 def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, run_dir: Path,
           transforms: Sequence[Mapping[str, Any]] = (), *, curve: bool = False, known_input: bool = False,
-          aux_channels: int = 0, baseline: bool = False) -> Trained:
+          aux_channels: int = 0, encoding_scale: str = "rms", baseline: bool = False) -> Trained:
     """Train one setting from scratch in ``run_dir`` (emptied first) and return its EMA model.
 
     A checkpoint is written every ``preset.curve_every`` steps; ``curve`` keeps them all for :func:`learning_curve`,
-    else only the last. ``known_input`` and ``aux_channels`` are the experiment's defaults of the task set's options
-    (:func:`run_config`). With ``--reuse`` (``REUSE``), a run folder holding a finished run of this config
-    (:func:`_run_state`) is evaluated as it is (its recorded training time and final loss are reported), and one
-    stopped part-way is resumed from its last checkpoint. A ``baseline`` (a fixed design: no design study's
+    else only the last. ``known_input``, ``aux_channels`` and ``encoding_scale`` are the experiment's defaults of the
+    task set's options (:func:`run_config`). With ``--reuse`` (``REUSE``), a run folder holding a finished run of
+    this config (:func:`_run_state`) is evaluated as it is (its recorded training time and final loss are reported),
+    and one stopped part-way is resumed from its last checkpoint. A ``baseline`` (a fixed design: no design study's
     options) is reused or resumed so with or without ``--reuse``, as :func:`trained_module` reuses its baselines.
     """
     import shutil
@@ -179,7 +181,7 @@ def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, ru
 
     config = run_config(preset, modalities, seed, transforms, checkpoint_every=preset.curve_every,
                         keep_last=0 if curve else 1, known_input=known_input, aux_channels=aux_channels,
-                        design=not baseline)
+                        encoding_scale=encoding_scale, design=not baseline)
     run = build_run(config)
     reuse = REUSE["finished_runs"] or baseline
     state = _run_state(run_dir, run.config.to_dict(), preset.steps) if reuse else None

@@ -8,12 +8,12 @@ Defaults are chosen on the validation protocol and reported on the test protocol
 Every setting is a dict of ``generate`` options (sampler, nfe, spacing, clip, clip_eps, eta, conditioning;
 ``given=label``: the labels 0-9 in turn; ``given=text`` or ``given=representation``: the captions or representations
 of the split's first examples (val: of the reference's training images), each scored by conditional fidelity against
-its class; ``guide=S``: with given=label, the label head's guidance at scale S towards it; ``cguide=S``: instead the guidance
-of image_label's standalone classifier, a noise-aware classifier of the image alone saved with the run, or with
-``classifier_seed=K`` with seed K's run; ``encoding_temperature=text:0.5``),
-written as ``key=value,key=value``; the diffusers baseline takes ``sampler=diffusers_ddim`` or
-``sampler=diffusers_dpmpp`` (diffusers' DDIMScheduler and DPMSolverMultistepScheduler at their defaults, on the
-baseline's saved U-Net). Rows are appended to ``--out`` (JSON lines), so a study can be extended and plotted later.
+its class; ``guide=S``: with given=label, the label head's guidance at scale S towards it; ``cguide=S``: instead the
+guidance of image_label's standalone classifier, a noise-aware classifier of the image alone saved with the run, or
+with ``classifier_seed=K`` with seed K's run; ``encoding_temperature=text:0.5``), written as ``key=value,key=value``;
+the diffusers baseline takes ``sampler=diffusers_ddim`` or ``sampler=diffusers_dpmpp`` (diffusers' DDIMScheduler and
+DPMSolverMultistepScheduler at their defaults, on the baseline's saved U-Net). Rows are appended to ``--out`` (JSON
+lines), so a study can be extended and plotted later.
 
     python -m experiments.sampler_study --preset cpu --experiment single_task --seed 0 --split val \\
         --setting sampler=ddim,nfe=20,clip=none --setting sampler=ddim,nfe=20,clip=static

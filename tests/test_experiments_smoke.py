@@ -448,3 +448,21 @@ def test_a_design_studys_encoding_scale_is_written_unless_rms(monkeypatch: pytes
     assert "encoding_scale" not in common.run_config(preset, modalities, 0).taskset
     assert common.main("image_representation", "", lambda *a: None, lambda p: [],  # type: ignore[arg-type,return-value]
                        ["--encoding-scale", "spread"]) == 2  # a design option needs --variant
+
+
+def test_the_caption_experiments_default_is_a_fixed_code_scaled_by_its_spread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments import image_caption
+
+    preset = get_preset("smoke")
+
+    def config() -> Any:
+        return common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
+                                 encoding_scale=image_caption.ENCODING_SCALE)
+
+    default = config().taskset
+    assert default["encoding_scale"] == "spread" and default["modalities"][1]["train_encoder"] is False
+    monkeypatch.setitem(common.DESIGN, "encoding_scale", "rms")  # --encoding-scale rms: the task set's default
+    monkeypatch.setitem(common.DESIGN, "aggregated", {"train_encoder": True})  # --aggregated train_encoder=true
+    learned = config().taskset
+    assert "encoding_scale" not in learned and learned["modalities"][1]["train_encoder"] is True
