@@ -451,18 +451,21 @@ def test_a_design_studys_encoding_scale_is_written_unless_rms(monkeypatch: pytes
 
 
 def test_the_caption_experiments_default_is_a_fixed_code_scaled_by_its_spread(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        smoke_results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+
     from experiments import image_caption
 
+    trained = json.loads((smoke_results.parent / "work" / "smoke" / "image_caption" / "seed0" / "config.json")
+                         .read_text())["taskset"]  # what the experiment's run trained
+    example = tomllib.loads((Path(__file__).parent.parent / "examples" / "configs" / "image_caption.toml")
+                            .read_text())["taskset"]
+    for taskset in (trained, example):
+        text = next(m for m in taskset["modalities"] if m["kind"] == "text")
+        assert taskset["encoding_scale"] == "spread" and text["train_encoder"] is False
     preset = get_preset("smoke")
-
-    def config() -> Any:
-        return common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
-                                 encoding_scale=image_caption.ENCODING_SCALE)
-
-    default = config().taskset
-    assert default["encoding_scale"] == "spread" and default["modalities"][1]["train_encoder"] is False
     monkeypatch.setitem(common.DESIGN, "encoding_scale", "rms")  # --encoding-scale rms: the task set's default
     monkeypatch.setitem(common.DESIGN, "aggregated", {"train_encoder": True})  # --aggregated train_encoder=true
-    learned = config().taskset
+    learned = common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
+                                encoding_scale=image_caption.ENCODING_SCALE).taskset
     assert "encoding_scale" not in learned and learned["modalities"][1]["train_encoder"] is True
