@@ -24,7 +24,7 @@ import torch
 
 from experiments.presets import PRESETS, Preset, get_preset
 from mtd_core.errors import ConfigError, ModalityDataError, MTDError
-from mtd_core.taskset import AUX_EPS as AUX_EPS_CHOICES, ENCODING_SCALES
+from mtd_core.taskset import AUX_EPS as AUX_EPS_CHOICES, ENCODING_SCALES, EncodingScaleKind
 
 DEFAULT_RESULTS = Path("experiments/results")
 DEFAULT_WORK = Path("runs/experiments")
@@ -96,7 +96,7 @@ def image_modality(preset: Preset, name: str | None = None, role: str = "base", 
 
 def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int,
                transforms: Sequence[Mapping[str, Any]] = (), *, checkpoint_every: int = 0, keep_last: int = 1,
-               known_input: bool = False, aux_channels: int = 0, encoding_scale: str = "rms",
+               known_input: bool = False, aux_channels: int = 0, encoding_scale: EncodingScaleKind = "rms",
                design: bool = True) -> Any:
     """The RunConfig of one training run of ``preset`` (same backbone, budget and schedule for every setting);
     ``known_input``, ``aux_channels`` and ``encoding_scale`` are the experiment's defaults of the task set's options
@@ -165,7 +165,7 @@ class TrainedOnly(Exception):
 
 def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, run_dir: Path,
           transforms: Sequence[Mapping[str, Any]] = (), *, curve: bool = False, known_input: bool = False,
-          aux_channels: int = 0, encoding_scale: str = "rms", baseline: bool = False) -> Trained:
+          aux_channels: int = 0, encoding_scale: EncodingScaleKind = "rms", baseline: bool = False) -> Trained:
     """Train one setting from scratch in ``run_dir`` (emptied first) and return its EMA model.
 
     A checkpoint is written every ``preset.curve_every`` steps; ``curve`` keeps them all for :func:`learning_curve`,

@@ -22,6 +22,7 @@ import torch
 
 from experiments import common
 from experiments.presets import Preset
+from mtd_core.taskset import EncodingScaleKind
 
 NAME = "image_caption"
 
@@ -32,7 +33,7 @@ def metric_keys(preset: Preset) -> list[str]:
             *common.CONDITIONAL_KEYS, *common.ELBO_KEYS]
 
 
-ENCODING_SCALE = "spread"
+ENCODING_SCALE: EncodingScaleKind = "spread"
 """The caption's design: a fixed random code (the text modality's ``train_encoder = false``) whose encodings the
 task set scales by their spread (``encoding_scale``). A learned code with RMS scaling, the task set's defaults,
 collapses to encodings that say almost nothing of the caption, so the model ignores the caption it is given.
