@@ -8,6 +8,7 @@ group with gloo on CPU and nccl on CUDA. Without those variables everything runs
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from typing import TypeVar
@@ -126,13 +127,22 @@ def init_distributed(device: str = "auto", init_method: str | None = None, rank:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method=init_method or "env://", rank=r, world_size=world)
+        # a script that ends without shutdown_distributed (e.g. after catching an error) still leaves the group:
+        # a gloo group left to the interpreter's teardown can abort the process ("terminate called without an
+        # active exception"), turning a clean exit into a failed rank
+        atexit.register(_leave)
     return DistContext(rank=r, world_size=world, local_rank=local, backend=backend)
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
     """Leave the process group (no-op for a single process)."""
-    if ctx.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+    if ctx.enabled:
+        _leave()
 
 
 def device_for(ctx: DistContext, device: str = "auto") -> torch.device:
