@@ -84,8 +84,11 @@ def load_standalone_classifier(preset: Preset, run_dir: Path) -> Any:
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image-label model and evaluate it (see the module docstring)."""
-    # the network is told the committed label (docs/sampling.md, "Telling the network the known part")
-    trained = common.train(preset, [common.image_modality(preset), label_modality()], seed, run_dir, known_input=True)
+    # the network is told the committed label (docs/sampling.md, "Telling the network the known part"), whose
+    # encoding has a channel of its own: its untold path is then a model of the image alone, and generate() follows
+    # a given label with classifier-free guidance by default (docs/sampling.md, "Conditional generation")
+    trained = common.train(preset, [common.image_modality(preset), label_modality()], seed, run_dir, known_input=True,
+                           aux_channels=common.OWN_CHANNELS)
     # the classifier does not depend on the design: a design study's variants share the default run's
     shared = run_dir.parents[2] / run_dir.name if common.DESIGN["variant"] else run_dir
     clf = train_standalone_classifier(preset, seed, shared)

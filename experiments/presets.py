@@ -119,7 +119,7 @@ PRESETS: dict[str, Preset] = {
         backbone={"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],
                   "mid_attention": False, "groups": 4, "num_heads": 1},
         steps=4, batch_size=16, lr=1e-3, warmup_steps=1, ema_decay=0.9, curve_every=2,
-        n_samples=24, n_reference=0, n_curve=12, n_paired=8, nfe=3, elbo_n=8, elbo_timesteps=2,
+        n_samples=24, n_reference=0, n_curve=12, n_paired=8, nfe=4, elbo_n=8, elbo_timesteps=2,
         feature_epochs=1, eval_batch=64, threads=1, class_words=DIGIT_CLASS_WORDS,
         mask_ratios=(0.25, 0.75),
     ),

@@ -196,8 +196,8 @@ def test_the_study_guides_with_the_runs_standalone_classifier(smoke_results: Pat
     threads = torch.get_num_threads()
     try:
         study = Study(get_preset("smoke"), "image_label", 0, "val", smoke_results.parent / "work")
-        plain = study.generate({"nfe": 2, "given": "label"}, 6)["image"]
-        guided = study.generate({"nfe": 2, "given": "label", "cguide": 30, "classifier_seed": 0}, 6)["image"]
+        plain = study.generate({"nfe": 4, "given": "label"}, 6)["image"]
+        guided = study.generate({"nfe": 4, "given": "label", "cguide": 30, "classifier_seed": 0}, 6)["image"]
         with pytest.raises(ConfigError, match="need given=label"):
             study.generate({"nfe": 2, "cguide": 1}, 6)
     finally:

@@ -9,6 +9,7 @@ from mtd_core.errors import ConfigError
 from mtd_core.model import MultiTaskModel
 from mtd_core.sampling.denoiser import ModelDenoiser
 from mtd_core.sampling.generate import generate
+from mtd_core.sampling.options import DEFAULT_CFG_SCALE, DEFAULT_STEPS
 from mtd_core.sampling.guidance import GuidanceConfig
 from mtd_core.taskset import TaskSet
 from mtd_core.types import DenoiserOutput
@@ -254,13 +255,46 @@ def test_classifier_free_guidance_extrapolates_from_the_untold_eps_to_the_told_o
     torch.testing.assert_close(pred.z0, fp.z0_from_eps(z, eps_u + w * (eps_c - eps_u), observed, k))
 
 
-def test_classifier_free_guidance_samples_and_counts_both_passes():
+def test_classifier_free_guidance_samples_and_counts_both_passes_in_the_budget():
     model = make_model()
     y = torch.tensor([3, 1, 4, 1, 5, 9])
+    steps: list[list[int]] = [[], []]
     outs = [generate(model, given={"label": y}, nfe=4, sampler="ddim", cfg_scale=w, progress=False,
-                     generator=torch.Generator().manual_seed(0)) for w in (1.0, 2.0)]
-    assert (outs[0].nfe, outs[1].nfe) == (4, 8)
+                     callback=lambda s, i=i: steps[i].append(s.index), generator=torch.Generator().manual_seed(0))
+            for i, w in enumerate((1.0, 2.0))]
+    assert (outs[0].nfe, outs[1].nfe) == (4, 4) and (len(steps[0]), len(steps[1])) == (4, 2)  # two passes a step
+    assert (outs[0].cfg_scale, outs[1].cfg_scale) == (1.0, 2.0)
     assert not torch.allclose(outs[0].samples["image"], outs[1].samples["image"])
+    with pytest.raises(ConfigError, match="NFE >= 2 with classifier-free guidance's two passes a step"):
+        generate(model, given={"label": y}, nfe=1, sampler="ddim", cfg_scale=2.0, progress=False)
+
+
+OWN_CHANNELS = {**CONFIG, "aux_channels": 1}
+
+
+@pytest.mark.parametrize("config, given, expected", [
+    (OWN_CHANNELS, True, DEFAULT_CFG_SCALE),
+    (OWN_CHANNELS, False, 1.0),  # joint: nothing to guide towards
+    ({**OWN_CHANNELS, "known_dropout": 0.0}, True, 1.0),  # no untold path trained
+    (CONFIG, True, 1.0),  # shared channels: the untold path still sees the label in z_t (measured to hurt)
+])
+def test_classifier_free_guidance_is_the_default_only_where_the_untold_path_hides_the_given_part(config, given,
+                                                                                                 expected):
+    model = make_model(config)
+    y = torch.tensor([3, 1, 4, 1, 5, 9])
+    kw = dict(given={"label": y}) if given else dict(n=6)
+
+    def run(**options):
+        steps: list[int] = []
+        out = generate(model, **kw, sampler="ddim", progress=False, callback=lambda s: steps.append(s.index),
+                       generator=torch.Generator().manual_seed(0), **options)
+        return out, len(steps)
+
+    default, n_default = run()
+    explicit, n_explicit = run(cfg_scale=expected, steps=DEFAULT_STEPS // 2 if expected != 1 else DEFAULT_STEPS)
+    assert default.cfg_scale == expected and n_default == n_explicit
+    assert default.nfe == DEFAULT_STEPS + (0 if given else 1)  # the budget stays 20 (a joint label's commit: +1)
+    torch.testing.assert_close(default.samples["image"], explicit.samples["image"], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("config, given, w, message", [

@@ -71,6 +71,8 @@ DEMO_CONFIG: ConfigDict = {
         ],
         "diffusion": {"kind": "linear", "T": 1000},
         "known_input": True,
+        "aux_channels": 1,
+        "aux_eps": "heads",
     },
     "backbone": {"name": "unet", "channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
                  "attention_resolutions": [], "mid_attention": True, "groups": 8, "num_heads": 4},

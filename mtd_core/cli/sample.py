@@ -32,6 +32,7 @@ from mtd_core.modality import Role
 from mtd_core.sampling.estimate import CLIPS, EPS_RULES
 from mtd_core.sampling.denoiser import CONDITIONING
 from mtd_core.sampling.options import (
+    DEFAULT_CFG_SCALE,
     DEFAULT_CLIP,
     DEFAULT_CLIP_EPS,
     DEFAULT_JOINT,
@@ -60,9 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default=DEFAULT_SAMPLER,
                    help=f"a registered sampler: ddim, ddpm, heun, dpmpp_2m or a plugin's (default {DEFAULT_SAMPLER})")
     steps = p.add_mutually_exclusive_group()
-    steps.add_argument("--steps", type=int, default=None, help=f"sampler steps (default {DEFAULT_STEPS})")
+    steps.add_argument("--steps", type=int, default=None, help=f"sampler steps (default {DEFAULT_STEPS}, "
+                       f"{DEFAULT_STEPS // 2} under classifier-free guidance)")
     steps.add_argument("--nfe", type=int, default=None,
-                       help="network evaluations per sample instead of --steps (Heun takes two per step)")
+                       help="network evaluations per sample instead of --steps (Heun takes two per step, "
+                            "classifier-free guidance twice that)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise level (default 0: deterministic)")
     p.add_argument("--spacing", choices=RESPACINGS, default=DEFAULT_SPACING,
                    help=f"where the sampler steps fall (default {DEFAULT_SPACING}; see docs/sampling.md)")
@@ -81,9 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", default=None, metavar="RUN",
                    help="a run trained as a noise-aware classifier of the base (its label at weights zero; "
                         "examples/configs/label_classifier.toml) whose head guides instead of the model's own")
-    p.add_argument("--cfg-scale", type=float, default=1.0, metavar="W",
+    p.add_argument("--cfg-scale", type=float, default=None, metavar="W",
                    help="classifier-free guidance towards the given modalities on a model told them (known_input): "
-                        "eps_untold + W (eps_told - eps_untold); default 1 (off); one more network evaluation a step")
+                        "eps_untold + W (eps_told - eps_untold), two network evaluations a step; default "
+                        f"{DEFAULT_CFG_SCALE:g} where the given encodings have channels of their own (aux_channels), "
+                        "else 1 (off)")
     p.add_argument("--joint", choices=JOINT, default=DEFAULT_JOINT,
                    help=f"commit: draw a label from its head first, then the rest given it; flow: generate it along "
                         f"(default {DEFAULT_JOINT})")
@@ -249,7 +254,8 @@ def main(args: argparse.Namespace) -> int:
     buf = io.BytesIO()
     np.savez(buf, **to_npz_arrays(model.taskset, samples))  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
     write_atomic(out_dir / "samples.npz", buf.getvalue())
-    how = "read-out" if out.mode == "readout" else f"{args.sampler}, {out.nfe} network evaluations"
+    how = "read-out" if out.mode == "readout" else f"{args.sampler}, {out.nfe} network evaluations" + (
+        f", classifier-free guidance {out.cfg_scale:g}" if out.cfg_scale != 1 else "")
     print(f"mtd sample: {total} samples ({out.mode}, {how}, {loaded.weights} weights of step {loaded.step})\n"
           f"  grid: {grid}\n  raw:  {out_dir / 'samples.npz'}")
     return 0

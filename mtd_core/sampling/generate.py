@@ -21,7 +21,8 @@
                      model's own guidance at scale 1 for every observed modality (guidance.py); exact for a model
                      whose eps and heads are exact. A task set with ``known_input`` shows the network the observed
                      part, so its eps is E[eps | z_t, y] already and the three modes coincide; there
-                     ``cfg_scale`` w > 1 applies classifier-free guidance, eps_untold + w (eps_told - eps_untold).
+                     ``cfg_scale`` w > 1 applies classifier-free guidance, eps_untold + w (eps_told - eps_untold),
+                     by default (DEFAULT_CFG_SCALE) where the encodings have channels of their own.
     readout      the base given (classification, representation or caption prediction). No reverse process: the
                  heads are read from z_t = sqrt(abar_t) z_0 + sum_j lambda_t^(j) E_j(x_j) + sqrt(1 - abar_t) eps
                  at the small t = read_t * T (the unknown modalities' injected parts, tiny at small t, are left out).
@@ -49,6 +50,7 @@ from mtd_core.sampling.estimate import BaseEstimate
 from mtd_core.sampling.denoiser import GuideTerm, ModelDenoiser, base_range, check_conditioning
 from mtd_core.sampling.guidance import Classifier, GuidanceConfig, check_guidance, resolve_target
 from mtd_core.sampling.options import (
+    DEFAULT_CFG_SCALE,
     DEFAULT_CLIP,
     DEFAULT_CLIP_EPS,
     DEFAULT_JOINT,
@@ -79,12 +81,14 @@ class GenerationOutput:
             the read-out), e.g. a label's logits.
         mode: "joint", "conditional" or "readout".
         nfe: network evaluations per sample (the sampler's, twice with classifier-free guidance, or the read-out's).
+        cfg_scale: the classifier-free guidance scale applied (1: none), the default's resolution included.
     """
 
     samples: Batch
     predictions: dict[str, Prediction]
     mode: str
     nfe: int = 0
+    cfg_scale: float = 1.0
 
 
 def generate(
@@ -123,7 +127,7 @@ def generate(
     plan = _plan(model, given, n, generator, o, guidance, dev)
     spec = kwargs = steps = None
     if plan.mode != "readout":
-        spec, steps, kwargs = _check_sampler(o, registry)
+        spec, steps, kwargs = _check_sampler(o, registry, passes=1 if plan.cfg_scale == 1 else 2)
         plan.estimate.check(base_range(model))
 
     was_training = model.training
@@ -139,11 +143,11 @@ def generate(
                 z0, predictions, committed = _reverse(model, plan.B, observed, spec, steps, o.spacing, kwargs,
                                                       _denoiser_args(model, plan, observed, o, dev),
                                                       generator, callback, progress, dev, plan.commit)
-                used = spec.nfe(steps) * (1 if o.cfg_scale == 1 else 2) + (1 if plan.commit else 0)
+                used = spec.nfe(steps) * (1 if plan.cfg_scale == 1 else 2) + (1 if plan.commit else 0)
     finally:
         model.train(was_training)
     samples = _samples(model, given, plan.mode, committed, z0, predictions, generator)
-    return GenerationOutput(samples=samples, predictions=predictions, mode=plan.mode, nfe=used)
+    return GenerationOutput(samples=samples, predictions=predictions, mode=plan.mode, nfe=used, cfg_scale=plan.cfg_scale)
 
 
 @attrs.frozen
@@ -158,6 +162,7 @@ class _Plan:
     temperature: dict[str, float]
     guide: list[GuideTerm]
     classifiers: dict[str, Classifier]
+    cfg_scale: float
 
 
 def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.Generator | None,
@@ -187,7 +192,7 @@ def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.G
                           "head at the first step (no encoding to temper); pass joint='flow' to temper them")
     if mode != "readout":  # the kinds' own defaults where the option is silent
         temperature.update(_default_temperatures(modalities, [*given, *commit, *temperature]))
-    _check_cfg(model, o.cfg_scale, mode)
+    cfg_scale = _cfg_scale(model, o.cfg_scale, mode)
     if mode == "readout" and guidance is not None:
         raise ConfigError("generate: guidance needs a reverse process; it does not apply when the base is given")
     guide: list[GuideTerm] = []
@@ -197,18 +202,23 @@ def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.G
         guide.append((gm, resolve_target(gm, guidance.target, B, dev), float(guidance.scale)))
         if guidance.classifier is not None:
             classifiers[gm.name] = guidance.classifier
-    return _Plan(mode, B, data, estimate, commit, temperature, guide, classifiers)
+    return _Plan(mode, B, data, estimate, commit, temperature, guide, classifiers, cfg_scale)
 
 
-def _check_cfg(model: MultiTaskModel, w: object, mode: str) -> None:
-    """Classifier-free guidance needs a number >= 0 and, unless off (1), a conditional run of a told model whose
-    untold path was trained (known_input with known_dropout > 0)."""
+def _cfg_scale(model: MultiTaskModel, w: object, mode: str) -> float:
+    """The classifier-free guidance scale: None resolves to DEFAULT_CFG_SCALE on a conditional run of a told task
+    set with a trained untold path and the encodings on channels of their own, else to 1 (off); a given scale
+    needs a number >= 0 and, unless 1, a conditional run of a told model whose untold path was trained (known_input
+    with known_dropout > 0)."""
+    ts = model.taskset
+    if w is None:
+        applies = mode == "conditional" and ts.known_input and ts.known_dropout > 0 and ts.aux_channels > 0
+        return DEFAULT_CFG_SCALE if applies else 1.0
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
         raise ConfigError(f"generate: cfg_scale must be a finite number >= 0 (1 turns classifier-free guidance off), "
                           f"got {w!r}")
     if w == 1:
-        return
-    ts = model.taskset
+        return 1.0
     if mode != "conditional":
         raise ConfigError(f"generate: cfg_scale = {w} guides towards given aggregated modalities, but this run is "
                           f"{mode} (give the label, caption, ... to condition on, and not the base)")
@@ -217,6 +227,7 @@ def _check_cfg(model: MultiTaskModel, w: object, mode: str) -> None:
                           f"a task set with known_input = true and known_dropout > 0 (this one has known_input = "
                           f"{str(ts.known_input).lower()}, known_dropout = {ts.known_dropout}); use guidance= (the "
                           "model's own heads) instead")
+    return float(w)
 
 
 def _denoiser_args(model: MultiTaskModel, plan: _Plan, observed: dict[str, torch.Tensor], o: SamplingOptions,
@@ -229,7 +240,7 @@ def _denoiser_args(model: MultiTaskModel, plan: _Plan, observed: dict[str, torch
     return {"guidance": plan.guide, "conditioning": o.conditioning, "temperature": plan.temperature,
             "estimate": plan.estimate, "base": base_range(model), "targets": targets,
             "observed_data": {k: v.to(dev) for k, v in plan.data.items()}, "classifiers": plan.classifiers,
-            "cfg_scale": o.cfg_scale}
+            "cfg_scale": plan.cfg_scale}
 
 
 def _samples(model: MultiTaskModel, given: Batch, mode: str, committed: dict[str, torch.Tensor], z0: torch.Tensor,
@@ -264,8 +275,10 @@ def _check_device(model: MultiTaskModel, given: Batch, device: torch.device | st
     return dev
 
 
-def _check_sampler(o: SamplingOptions, registry: Registry | None) -> tuple[Sampler, int, ConfigDict]:
-    """The sampler spec, its number of steps and its options, after checking every one of them."""
+def _check_sampler(o: SamplingOptions, registry: Registry | None, passes: int) -> tuple[Sampler, int, ConfigDict]:
+    """The sampler spec, its number of steps and its options, after checking every one of them. ``passes``: the
+    network evaluations behind each of the sampler's (2 under classifier-free guidance), which ``nfe`` and the
+    default budget count."""
     name, steps, nfe, eta, variance, sampler_options = o.sampler, o.steps, o.nfe, o.eta, o.variance, o.sampler_options
     if registry is None:
         from mtd_core.plugins.registry import get_registry
@@ -281,12 +294,13 @@ def _check_sampler(o: SamplingOptions, registry: Registry | None) -> tuple[Sampl
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"generate: {key} must be a positive integer, got {value!r}")
     if nfe is not None:
-        steps = spec.steps_for(nfe)
-    steps = DEFAULT_STEPS if steps is None else steps
+        steps = spec.steps_for(nfe // passes)
+    steps = DEFAULT_STEPS // passes if steps is None else steps
     if steps < spec.min_steps:
         got = f"nfe = {nfe} gives {steps} step(s)" if nfe is not None else f"steps = {steps}"
+        twice = " with classifier-free guidance's two passes a step" if passes > 1 else ""
         raise ConfigError(f"generate: sampler {name!r} needs at least {spec.min_steps} steps "
-                          f"(NFE >= {spec.nfe(spec.min_steps)}); {got}")
+                          f"(NFE >= {spec.nfe(spec.min_steps) * passes}{twice}); {got}")
     options = dict(sampler_options or {})
     if eta != 0.0:
         options["eta"] = eta

@@ -22,6 +22,12 @@ DEFAULT_SPACING = "karras"
 DEFAULT_CLIP = "static"
 DEFAULT_CLIP_EPS = "keep"
 DEFAULT_JOINT = "commit"
+DEFAULT_CFG_SCALE = 1.5
+"""Classifier-free guidance of a conditional run where the task set trained its untold path and keeps the encodings on
+channels of their own (known_input, known_dropout > 0, aux_channels > 0); 1 (off) everywhere else. Chosen on
+Fashion-MNIST validation: label-conditioned fidelity 91.6% / 93.6% against 88.1% / 88.2% unguided at 20 network
+evaluations (seeds 0 / 1); on shared channels it hurt (75.0% against 86.5%). docs/sampling.md, "Conditional
+generation"."""
 JOINT = ("commit", "flow")
 
 # Read-out at t = 0.02 T by default: small enough that the label (or caption) signal, which the heads were trained to
@@ -37,9 +43,11 @@ class SamplingOptions:
     Attributes:
         sampler: a registered sampler: "ddim", "ddpm" (ancestral), "heun", "dpmpp_2m" or "dpmpp_2m_sde" built in
             (``mtd plugins list`` shows every installed one).
-        steps: the number of reverse steps (default DEFAULT_STEPS); the process is respaced to ``steps``
+        steps: the number of reverse steps (default DEFAULT_STEPS, half as many under classifier-free guidance, so
+            that the default budget stays DEFAULT_STEPS network evaluations); the process is respaced to ``steps``
             timesteps (``spacing``). Give ``nfe`` instead to fix the network evaluations (Heun takes two a step).
-        nfe: the network evaluations per sample instead of ``steps`` (steps = the most whose NFE fits).
+        nfe: the network evaluations per sample instead of ``steps`` (steps = the most whose NFE fits, the two
+            passes of classifier-free guidance counted; GenerationOutput.nfe reports what was spent).
         eta: DDIM's noise level (0 = deterministic); only for "ddim".
         variance: "ddpm" only: sigma_t^2 = "beta" or "beta_tilde" (default "beta_tilde").
         sampler_options: further keyword options of the sampler (e.g. ``{"lower_order_final": False}``).
@@ -56,7 +64,8 @@ class SamplingOptions:
             2022) w on the observed modalities, eps = eps_untold + w (eps_told - eps_untold), where the untold pass
             hides their part from the network's known input (which ``known_dropout`` trains). 1 turns it off (the
             told eps alone); 0 is the untold eps; above 1 follows the given data more strictly, at one more
-            network evaluation a step.
+            network evaluation a step. None: DEFAULT_CFG_SCALE where it applies (a conditional run of a task set
+            with known_input, known_dropout > 0 and aux_channels > 0), else 1.
         joint: how generated modalities with ``Modality.exact_sample`` (a label) are generated: "commit" draws
             them from their heads at z_K (one more network evaluation) and generates the rest given them; "flow"
             lets them follow the reverse process with the others. A guided modality always follows the flow.
@@ -80,7 +89,7 @@ class SamplingOptions:
     clip_eps: str = DEFAULT_CLIP_EPS
     clip_percentile: float = 0.995
     conditioning: str = "replace"
-    cfg_scale: float = 1.0
+    cfg_scale: float | None = None
     joint: str = DEFAULT_JOINT
     encoding_temperature: Mapping[str, float] | None = None
     read_t: float | Sequence[float] = DEFAULT_READ_T
