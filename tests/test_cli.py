@@ -107,6 +107,22 @@ def test_unknown_keys_fail_with_the_nearest_valid_key(tmp_path: Path, capsys: py
     assert re.search(pattern, err), err
 
 
+def test_sample_guides_a_told_own_channel_run_by_default_and_says_so(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = copy.deepcopy(TINY)
+    cfg["taskset"].update(known_input=True, aux_channels=1, aux_eps="heads")
+    (tmp_path / "told.toml").write_text(dumps_toml(cfg))
+    run = tmp_path / "run"
+    assert _run(capsys, "train", str(tmp_path / "told.toml"), "--out", str(run), "--quick")[0] == 0
+    rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s"), "--given", "label=3", "--n", "2",
+                        "--nfe", "8", "--no-progress")
+    assert rc == 0, err
+    assert "8 network evaluations, classifier-free guidance 1.5" in out
+    rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s1"), "--given", "label=3", "--n", "2",
+                        "--nfe", "8", "--cfg-scale", "1", "--no-progress")
+    assert rc == 0 and "8 network evaluations" in out and "classifier-free" not in out, out
+
+
 def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"
