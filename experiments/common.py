@@ -163,6 +163,11 @@ class TrainedOnly(Exception):
     """Raised after training under ``--train-only``: the experiment stops before its evaluation."""
 
 
+class TrainingInterrupted(Exception):
+    """Raised when SIGINT or SIGTERM stopped a training (the trainer saved a checkpoint): the experiment stops
+    instead of evaluating, or training its next model after, a model trained part-way."""
+
+
 def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, run_dir: Path,
           transforms: Sequence[Mapping[str, Any]] = (), *, curve: bool = False, known_input: bool = False,
           aux_channels: int = 0, encoding_scale: EncodingScaleKind = "rms", baseline: bool = False) -> Trained:
@@ -195,6 +200,8 @@ def train(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: int, ru
             shutil.rmtree(run_dir)
         result = Trainer(run.model, run.data, run.config.trainer, run_dir, run_config=run.config.to_dict(),
                          resume=state is not None).fit()
+        if result.status == "interrupted":
+            raise TrainingInterrupted(f"{run_dir} at step {result.step}")
         loss = float(result.metrics.get("loss", float("nan")))
     loaded = load_run(run_dir, device=device_of(preset))
     wall = float(loaded.checkpoint.trainer.get("elapsed_s", float("nan")))  # the trainer's own clock, over resumes
@@ -734,6 +741,10 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
     except TrainedOnly as done:
         print(f"experiments.{experiment}: trained {done}; evaluate it with --reuse", flush=True)
         return 0
+    except TrainingInterrupted as stop:
+        print(f"experiments.{experiment}: interrupted: the training of {stop} stopped with a checkpoint; nothing "
+              "was evaluated or written; run the same command with --reuse to resume it", file=sys.stderr)
+        return 130
     except (MTDError, ConfigError) as e:
         print(f"experiments.{experiment}: error: {e}", file=sys.stderr)
         return 2

@@ -136,6 +136,30 @@ def test_reuse_evaluates_the_finished_run_without_training(smoke_results: Path, 
     assert {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")} == mtimes  # nothing retrained or rewritten
 
 
+def test_an_interrupted_training_stops_the_experiment_before_any_evaluation(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments import single_task
+    from mtd_core.training import Trainer
+
+    real = Trainer.fit
+
+    def stopped(self, *args, **kwargs):  # as a SIGTERM before the first step does
+        self.request_stop("SIGTERM")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", stopped)
+    threads = torch.get_num_threads()
+    try:
+        rc = single_task.main(["--preset", "smoke", "--results", str(tmp_path / "r"), "--work", str(tmp_path / "w")])
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert rc == 130 and "interrupted: the training of" in err and "with --reuse to resume it" in err
+    assert not list((tmp_path / "r").rglob("*.json"))  # no result of a model trained part-way
+    assert list((tmp_path / "w").rglob("step_00000000"))  # the checkpoint to resume from
+
+
 def test_a_run_saved_before_an_option_existed_is_still_the_same_run(smoke_results: Path, tmp_path: Path) -> None:
     import shutil
 
