@@ -147,7 +147,8 @@ def generate(
     finally:
         model.train(was_training)
     samples = _samples(model, given, plan.mode, committed, z0, predictions, generator)
-    return GenerationOutput(samples=samples, predictions=predictions, mode=plan.mode, nfe=used, cfg_scale=plan.cfg_scale)
+    return GenerationOutput(samples=samples, predictions=predictions, mode=plan.mode, nfe=used,
+                            cfg_scale=plan.cfg_scale)
 
 
 @attrs.frozen
