@@ -135,6 +135,7 @@ def init_distributed(device: str = "auto", init_method: str | None = None, rank:
 
 
 def _leave() -> None:
+    """Destroy the process group if this process is still in one (idempotent: also registered with atexit)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
