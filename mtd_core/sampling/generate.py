@@ -127,7 +127,7 @@ def generate(
     plan = _plan(model, given, n, generator, o, guidance, dev)
     spec = kwargs = steps = None
     if plan.mode != "readout":
-        spec, steps, kwargs = _check_sampler(o, registry, passes=1 if plan.cfg_scale == 1 else 2)
+        spec, steps, kwargs = _check_sampler(o, registry, plan.cfg_scale)
         plan.estimate.check(base_range(model))
 
     was_training = model.training
@@ -143,7 +143,7 @@ def generate(
                 z0, predictions, committed = _reverse(model, plan.B, observed, spec, steps, o.spacing, kwargs,
                                                       _denoiser_args(model, plan, observed, o, dev),
                                                       generator, callback, progress, dev, plan.commit)
-                used = spec.nfe(steps) * (1 if plan.cfg_scale == 1 else 2) + (1 if plan.commit else 0)
+                used = spec.nfe(steps) * _passes(plan.cfg_scale) + (1 if plan.commit else 0)
     finally:
         model.train(was_training)
     samples = _samples(model, given, plan.mode, committed, z0, predictions, generator)
@@ -276,10 +276,16 @@ def _check_device(model: MultiTaskModel, given: Batch, device: torch.device | st
     return dev
 
 
-def _check_sampler(o: SamplingOptions, registry: Registry | None, passes: int) -> tuple[Sampler, int, ConfigDict]:
-    """The sampler spec, its number of steps and its options, after checking every one of them. ``passes``: the
-    network evaluations behind each of the sampler's (2 under classifier-free guidance), which ``nfe`` and the
-    default budget count."""
+def _passes(cfg_scale: float) -> int:
+    """The network evaluations behind each of the sampler's: two under classifier-free guidance (told and untold)."""
+    return 1 if cfg_scale == 1 else 2
+
+
+def _check_sampler(o: SamplingOptions, registry: Registry | None, cfg_scale: float
+                   ) -> tuple[Sampler, int, ConfigDict]:
+    """The sampler spec, its number of steps and its options, after checking every one of them. ``nfe`` and the
+    default budget count every network evaluation, both passes of classifier-free guidance (``cfg_scale``, resolved)
+    included."""
     name, steps, nfe, eta, variance, sampler_options = o.sampler, o.steps, o.nfe, o.eta, o.variance, o.sampler_options
     if registry is None:
         from mtd_core.plugins.registry import get_registry
@@ -294,12 +300,14 @@ def _check_sampler(o: SamplingOptions, registry: Registry | None, passes: int) -
     for key, value in (("steps", steps), ("nfe", nfe)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"generate: {key} must be a positive integer, got {value!r}")
+    passes = _passes(cfg_scale)
     if nfe is not None:
         steps = spec.steps_for(nfe // passes)
     steps = DEFAULT_STEPS // passes if steps is None else steps
     if steps < spec.min_steps:
         got = f"nfe = {nfe} gives {steps} step(s)" if nfe is not None else f"steps = {steps}"
-        twice = " with classifier-free guidance's two passes a step" if passes > 1 else ""
+        twice = (f" with classifier-free guidance's two passes a step: cfg_scale = {cfg_scale:g}, 1 turns it off"
+                 if passes > 1 else "")
         raise ConfigError(f"generate: sampler {name!r} needs at least {spec.min_steps} steps "
                           f"(NFE >= {spec.nfe(spec.min_steps) * passes}{twice}); {got}")
     options = dict(sampler_options or {})
