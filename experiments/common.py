@@ -25,6 +25,7 @@ import torch
 from experiments.presets import PRESETS, Preset, get_preset
 from mtd_core.errors import ConfigError, ModalityDataError, MTDError
 from mtd_core.taskset import AUX_EPS as AUX_EPS_CHOICES, ENCODING_SCALES, EncodingScaleKind
+from mtd_core.training.config import GRAD_CLIP_SCOPES
 
 DEFAULT_RESULTS = Path("experiments/results")
 DEFAULT_WORK = Path("runs/experiments")
@@ -33,15 +34,17 @@ WINDOWED = {"kind": "windowed", "peak": 1.0, "start": 0.05, "center": 0.4, "end"
 """The aggregated modalities' weight schedule w_t (eq. 4 of the paper): the example configs' windowed schedule."""
 
 DESIGN: dict[str, Any] = {"variant": "", "aux_channels": None, "weights": WINDOWED, "aggregated": {},
-                          "known_input": None, "known_dropout": None, "aux_eps": None, "encoding_scale": None}
+                          "known_input": None, "known_dropout": None, "aux_eps": None, "encoding_scale": None,
+                          "grad_clip_scope": None}
 """The design every multi-modal experiment trains with: where the encodings live in Z (the task set's
 ``aux_channels``; None: the experiment's own default), the aggregated modalities' weight schedule and any further
 option of theirs (e.g. ``loss_weight``, ``head_grad``) and whether the backbone reads the known aggregated part
 (``known_input``; None: the experiment's own default; ``known_dropout``: None for the task set's default) and
 where the auxiliary channels' noise estimate comes from (``aux_eps``; None: the task set's default) and how the
-encodings are scaled (``encoding_scale``; None: the experiment's own default).
+encodings are scaled (``encoding_scale``; None: the experiment's own default) and how the trainer clips the gradient
+(``grad_clip_scope``; None: the trainer's default).
 ``--variant NAME --aux-channels A --weights kind=...,... --aggregated key=value,... --known-input true|false
---known-dropout P --aux-eps network|heads --encoding-scale rms|spread`` change it for a design study; such runs and
+--known-dropout P --aux-eps network|heads --encoding-scale rms|spread --grad-clip-scope model|part`` change it for a design study; such runs and
 results go to ``<experiment>/variants/<NAME>/`` so that they never mix with the defaults' (docs/results.md is built
 from those)."""
 
@@ -106,14 +109,15 @@ def run_config(preset: Preset, modalities: Sequence[Mapping[str, Any]], seed: in
     dataset = dict(preset.dataset)
     if transforms:
         dataset["transforms"] = [dict(t) for t in transforms]
+    study = DESIGN if design else dict.fromkeys(DESIGN)
     trainer = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,
                           warmup_steps=preset.warmup_steps, lr_schedule="cosine", final_lr_fraction=0.1,
                           ema_decay=preset.ema_decay, seed=seed, threads=preset.threads, device=preset.device,
                           log_every=max(1, min(50, preset.steps)), sample_every=0, sample_n=0,
-                          checkpoint_every=checkpoint_every, keep_last=keep_last, progress=False)
+                          checkpoint_every=checkpoint_every, keep_last=keep_last, progress=False,
+                          **({"grad_clip_scope": study["grad_clip_scope"]} if study["grad_clip_scope"] else {}))
     taskset: dict[str, Any] = {"modalities": [dict(m) for m in modalities], "diffusion": {"kind": "linear", "T": 1000}}
     multi = any(m.get("role", "aggregated") != "base" for m in modalities)  # the options need an aggregated one
-    study = DESIGN if design else dict.fromkeys(DESIGN)
     aux = aux_channels if study["aux_channels"] is None else study["aux_channels"]
     if aux and multi:
         taskset["aux_channels"] = aux
@@ -236,7 +240,8 @@ def _normal(config: Mapping[str, Any]) -> dict[str, Any]:
     from mtd_core.taskset import TaskSet
     from mtd_core.training.config import TrainConfig
 
-    trainer = {k: v for k, v in config["trainer"].items() if k not in TrainConfig.RESUMABLE_CHANGES}
+    written = TrainConfig.from_dict(config["trainer"]).to_dict()  # an option added since, at its default
+    trainer = {k: v for k, v in written.items() if k not in TrainConfig.RESUMABLE_CHANGES}
     return {**config, "taskset": TaskSet.from_config(config["taskset"]).to_config(), "trainer": trainer}
 
 
@@ -713,15 +718,17 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
                    help="the task set's aux_eps (design study; with auxiliary channels)")
     p.add_argument("--encoding-scale", choices=ENCODING_SCALES, default=None,
                    help="the task set's encoding_scale (design study)")
+    p.add_argument("--grad-clip-scope", choices=GRAD_CLIP_SCOPES, default=None,
+                   help="the trainer's grad_clip_scope (design study)")
     args = p.parse_args(argv)
     REUSE["finished_runs"] = args.reuse
     REUSE["train_only"] = args.train_only
     designed = (args.aux_channels is not None or bool(args.weights) or bool(args.aggregated)
                 or args.known_input is not None or args.known_dropout is not None or args.aux_eps is not None
-                or args.encoding_scale is not None)
+                or args.encoding_scale is not None or args.grad_clip_scope is not None)
     if designed != bool(args.variant):
         print(f"experiments.{experiment}: error: --variant goes with --aux-channels, --weights, --aggregated, "
-              "--known-input, --known-dropout, --aux-eps or --encoding-scale",
+              "--known-input, --known-dropout, --aux-eps, --encoding-scale or --grad-clip-scope",
               file=sys.stderr)
         return 2
     from experiments.sampler_study import parse_setting
@@ -730,7 +737,8 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
                   weights=parse_setting(args.weights) if args.weights else WINDOWED,
                   aggregated=parse_setting(args.aggregated) if args.aggregated else {},
                   known_input=None if args.known_input is None else args.known_input == "true",
-                  known_dropout=args.known_dropout, aux_eps=args.aux_eps, encoding_scale=args.encoding_scale)
+                  known_dropout=args.known_dropout, aux_eps=args.aux_eps, encoding_scale=args.encoding_scale,
+                  grad_clip_scope=args.grad_clip_scope)
     try:
         preset = get_preset(args.preset)
         if args.steps is not None:

@@ -295,6 +295,21 @@ class MultiTaskModel(nn.Module):
         return {name: self._place(name, self.taskset[name].predicted_encoding(self.encoders[name], pred))
                 for name, pred in preds.items()}
 
+    def parts(self) -> dict[str, list[nn.Parameter]]:
+        """The trainable parameters by part: "backbone", then each modality's encoder and head under its name (the
+        Trainer's ``grad_clip_scope = "part"`` clips each part's gradient norm apart)."""
+        out: dict[str, list[nn.Parameter]] = {"backbone": [p for p in self.backbone.parameters() if p.requires_grad]}
+        for name in self.modalities:
+            own = [*(self.encoders[name].parameters() if name in self.encoders else ()),
+                   *(self.heads[name].parameters() if name in self.heads else ())]
+            if any(p.requires_grad for p in own):
+                out[name] = [p for p in own if p.requires_grad]
+        seen = {id(p) for ps in out.values() for p in ps}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
+        if rest:  # anything a subclass adds
+            out["other"] = rest
+        return out
+
     def loss(self, batch: Mapping[str, BatchValue], kind: str = "simple", generator: torch.Generator | None = None,
              *, t: torch.Tensor | None = None, eps: torch.Tensor | None = None) -> LossOutput:
         """The multi-task training loss of ``batch`` ("simple" or "vlb"); see mtd_core/diffusion/loss.py.

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 SECTIONS = ("dataset", "taskset", "backbone", "trainer")
 LR_SCHEDULES = ("constant", "cosine")
+GRAD_CLIP_SCOPES = ("model", "part")
 
 _Validator = Callable[[object, attrs.Attribute, object], None]
 """An attrs validator: (instance, attribute, value) -> None, raising a ConfigError for a bad value."""
@@ -104,7 +105,10 @@ class TrainConfig:
         warmup_steps: linear learning-rate warm-up from 0 over this many steps.
         lr_schedule: "constant" after warm-up, or "cosine" decay to ``final_lr_fraction * lr`` at ``steps``.
         final_lr_fraction: the end point of the cosine schedule, as a fraction of ``lr``.
-        grad_clip: clip the global gradient norm to this value; 0 disables clipping.
+        grad_clip: clip the gradient norm to this value; 0 disables clipping.
+        grad_clip_scope: "model" (one norm over every parameter) or "part" (the backbone and each modality's
+            encoder and head clipped apart, so that one modality's large head gradients never shrink the backbone's
+            step; docs/training.md, "Gradient clipping").
         ema_decay: decay of the exponential moving average of the weights; 0 disables the EMA.
         ema_warmup: ramp the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) over the first updates.
         loss: the training loss, "simple" (eps MSE + heads' NLL) or "vlb".
@@ -131,6 +135,7 @@ class TrainConfig:
     lr_schedule: str = attrs.field(default="constant", validator=_one_of("lr_schedule", LR_SCHEDULES))
     final_lr_fraction: float = attrs.field(default=0.1, converter=_to_float, validator=_float("final_lr_fraction", 0.0))
     grad_clip: float = attrs.field(default=1.0, converter=_to_float, validator=_float("grad_clip", 0.0))
+    grad_clip_scope: str = attrs.field(default="model", validator=_one_of("grad_clip_scope", GRAD_CLIP_SCOPES))
     ema_decay: float = attrs.field(default=0.999, converter=_to_float, validator=_float("ema_decay", 0.0, 1.0))
     ema_warmup: bool = attrs.field(default=True, validator=_bool("ema_warmup"))
     loss: str = attrs.field(default="simple", validator=_one_of("loss", LOSS_KINDS))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mtd_core.errors import CheckpointError
+from mtd_core.errors import CheckpointError, ConfigError
 from mtd_core.training.checkpoint import Checkpoint, write_atomic
 from mtd_core.training.config import TrainConfig, config_diff
 from mtd_core.types import ConfigMapping
@@ -22,6 +22,10 @@ def check_resumable(ckpt: Checkpoint, model_config: ConfigMapping, config: Train
                               f"{config_diff(saved_model, now_model)[:8]}; resume with the config the run was started "
                               "with")
     saved_trainer = (ckpt.config.get("run") or {}).get("trainer", {})
+    try:  # an option added since the checkpoint was written, at its default
+        saved_trainer = TrainConfig.from_dict(saved_trainer).to_dict()
+    except ConfigError:  # compared as written: the differences name what changed
+        pass
     changed = [k for k in config_diff(saved_trainer, config.to_dict()) if k not in TrainConfig.RESUMABLE_CHANGES]
     if changed:
         raise CheckpointError(f"{ckpt.path}: trainer options {changed} differ from the checkpoint's; only "

@@ -9,6 +9,7 @@ import math
 import torch
 from torch import nn
 
+from mtd_core.model import MultiTaskModel
 from mtd_core.training.config import TrainConfig
 
 
@@ -35,15 +36,22 @@ def lr_at(config: TrainConfig, step: int) -> float:
 
 
 def backward_and_clip(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float,
-                      grad_clip: float) -> torch.Tensor:
+                      grad_clip: float, scope: str = "model") -> torch.Tensor:
     """Set the learning rate, backpropagate ``loss`` and clip the gradients to norm ``grad_clip`` (0: no clipping);
-    the gradient norm before clipping (a tensor: reading it is left to the caller, one synchronisation a step).
-    The caller then checks it and calls ``optimizer.step()``."""
+    the gradient norm before clipping over every parameter (a tensor: reading it is left to the caller, one
+    synchronisation a step). The caller then checks it and calls ``optimizer.step()``.
+
+    ``scope`` (TrainConfig ``grad_clip_scope``): "model" clips one norm over every parameter; "part" clips the
+    backbone and each modality's encoder and head apart (``MultiTaskModel.parts``), each to ``grad_clip``, so that
+    the large gradients of one modality's head never shrink the backbone's step (any other module is one part)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss.backward()
-    params = [p for p in model.parameters() if p.grad is not None]
     max_norm = grad_clip if grad_clip > 0 else float("inf")
-    if not params:
+    parts = (model.parts() if scope == "part" and isinstance(model, MultiTaskModel)
+             else {"model": list(model.parameters())})
+    groups = [[p for p in ps if p.grad is not None] for ps in parts.values()]
+    norms = [torch.nn.utils.clip_grad_norm_(g, max_norm) for g in groups if g]
+    if not norms:
         return torch.zeros((), device=loss.device)
-    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms))

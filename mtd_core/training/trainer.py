@@ -237,7 +237,8 @@ class Trainer:
         eps = torch.randn(cfg.batch_size, *self.taskset.latent.shape, generator=noise_gen)[local].to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             out = self.loss_module(batch, t, eps)
-        norm = backward_and_clip(self.model, self.optimizer, out.loss, lr_at(cfg, n), cfg.grad_clip)
+        norm = backward_and_clip(self.model, self.optimizer, out.loss, lr_at(cfg, n), cfg.grad_clip,
+                                 cfg.grad_clip_scope)
         # One host-device synchronisation per step, after backward so that every rank reaches the gradient
         # all-reduce: whether the loss is finite on every rank, and the gradient norm (the same on every rank).
         loss_bad, norm_bad, grad_norm = self.dist.all_max(torch.stack([
