@@ -309,6 +309,21 @@ def test_grid_sampler_and_steps_are_checked_against_the_registry_and_T() -> None
 
     with pytest.raises(ConfigError, match=r"trainer.sample_sampler: unknown sampler 'ddmi'.*known samplers: \['ddim'"):
         resolve_config(tiny(sample_sampler="ddmi", sample_n=4))
-    with pytest.raises(ConfigError, match=r"trainer.sample_steps must lie in 1..50 \(sampler 'ddim', T = 50\), got 51"):
+    with pytest.raises(ConfigError, match=r"trainer.sample_steps must lie in 2..50 \(sampler 'dpmpp_2m_sde', T = 50\), "
+                       r"got 51"):
         resolve_config(tiny(sample_steps=51, sample_n=4))
+    with pytest.raises(ConfigError, match=r"trainer.sample_steps must lie in 1..50 \(sampler 'ddim', T = 50\), got 51"):
+        resolve_config(tiny(sample_sampler="ddim", sample_steps=51, sample_n=4))
+    with pytest.raises(ConfigError, match=r"trainer.sample_steps must lie in 2..50 \(sampler 'heun', T = 50\), got 1"):
+        resolve_config(tiny(sample_sampler="heun", sample_steps=1, sample_n=4))
     assert resolve_config(tiny(sample_steps=51, sample_n=0)).trainer.sample_steps == 51  # no grid is drawn
+
+
+def test_grids_are_drawn_as_generate_draws_by_default() -> None:
+    """A training grid shows what ``mtd sample`` gives the run: generate()'s sampler and steps, not a fixed one."""
+    from mtd_core.sampling.options import DEFAULT_SAMPLER, DEFAULT_STEPS
+    from mtd_core.training.config import TrainConfig
+
+    cfg = TrainConfig()
+    assert (cfg.sample_sampler, cfg.sample_steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS)
+    assert TrainConfig.from_dict({"sample_sampler": "ddim", "sample_steps": 50}).sample_sampler == "ddim"

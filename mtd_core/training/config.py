@@ -20,6 +20,7 @@ import attrs
 
 from mtd_core.diffusion.loss import LOSS_KINDS
 from mtd_core.errors import ConfigError, MTDError, closest
+from mtd_core.sampling.options import DEFAULT_SAMPLER, DEFAULT_STEPS
 from mtd_core.tomlio import TOMLDecodeError, loads_toml, plain, read_toml
 from mtd_core.types import ConfigDict, ConfigMapping, ConfigValue
 
@@ -119,8 +120,9 @@ class TrainConfig:
         log_every: write a metrics line (and update the progress bar text) every this many steps.
         sample_every: write a sample grid every this many steps (0: only at the end of the run).
         sample_n: samples per grid.
-        sample_sampler: the registered sampler of the grids (checked against the registry by ``resolve_config``).
-        sample_steps: sampler steps for the grids.
+        sample_sampler: the registered sampler of the grids (checked against the registry by ``resolve_config``);
+            by default ``generate()``'s, so that a grid shows what ``mtd sample`` will draw from the run.
+        sample_steps: sampler steps for the grids (default ``generate()``'s).
         checkpoint_every: save a checkpoint every this many steps (0: only at the end and when stopped).
         keep_last: keep the newest this many checkpoints (0: keep all).
         progress: show a tqdm progress bar (rank 0 only).
@@ -146,8 +148,8 @@ class TrainConfig:
     log_every: int = attrs.field(default=50, validator=_int("log_every", 1))
     sample_every: int = attrs.field(default=0, validator=_int("sample_every", 0))
     sample_n: int = attrs.field(default=16, validator=_int("sample_n", 0))
-    sample_sampler: str = attrs.field(default="ddim", validator=_non_empty_str("sample_sampler"))
-    sample_steps: int = attrs.field(default=50, validator=_int("sample_steps", 1))
+    sample_sampler: str = attrs.field(default=DEFAULT_SAMPLER, validator=_non_empty_str("sample_sampler"))
+    sample_steps: int = attrs.field(default=DEFAULT_STEPS, validator=_int("sample_steps", 1))
     checkpoint_every: int = attrs.field(default=500, validator=_int("checkpoint_every", 0))
     keep_last: int = attrs.field(default=3, validator=_int("keep_last", 0))
     progress: bool = attrs.field(default=True, validator=_bool("progress"))
