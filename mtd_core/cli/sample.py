@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="condition on a modality (repeatable), e.g. --given label=3 or --given label=0,1,2")
     p.add_argument("--n", type=int, default=16, help="samples (per given value when a list is given); default 16")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER,
-                   help=f"a registered sampler: ddim, ddpm, heun, dpmpp_2m or a plugin's (default {DEFAULT_SAMPLER})")
+                   help=f"a registered sampler: ddim, ddpm, heun, dpmpp_2m, dpmpp_2m_sde or a plugin's "
+                        f"(default {DEFAULT_SAMPLER})")
     steps = p.add_mutually_exclusive_group()
     steps.add_argument("--steps", type=int, default=None, help=f"sampler steps (default {DEFAULT_STEPS}, "
                        f"{DEFAULT_STEPS // 2} under classifier-free guidance)")
