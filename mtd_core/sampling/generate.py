@@ -4,7 +4,7 @@
 
     joint        nothing given. Reverse diffusion from z_K ~ N(0, I); every step uses the posterior means
                  E[E_i | z_t] of every head's prediction (``encoding_temperature``, or the kind's
-                 ``default_encoding_temperature``, e.g. a caption's 0.5, sharpens a categorical head's
+                 ``default_encoding_temperature``, e.g. a caption's 0.7, sharpens a categorical head's
                  probabilities there). The base comes from z_0, each aggregated modality from its head at the
                  last step. With ``joint = "commit"`` (the default) a modality whose head is its whole
                  distribution (``Modality.exact_sample``: a label) is instead drawn from its head at z_K, the
