@@ -110,6 +110,41 @@ def test_the_old_checkpoint_moved_aside_is_put_back_not_deleted(tmp_path: Path) 
     assert float(load_checkpoint(root2).model["w"][0]) == 1.0
 
 
+def test_a_kill_while_the_manifest_is_written_restores_no_half_checkpoint(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill half-way through the manifest's bytes (CI caught one: the half manifest was put back as a checkpoint
+    that could not be read) leaves the new checkpoint incomplete and the earlier one the latest."""
+    root = tmp_path / "checkpoints"
+    save_checkpoint(root, _ckpt(1, 1.0))
+    write = ckpt_mod._write_file
+
+    def killed_in_the_manifest(path: Path, data: bytes) -> None:
+        if data.startswith(b'{') and b'"files"' in data:  # the manifest, under whatever name it is written
+            path.write_bytes(data[: len(data) // 2])  # what the kill leaves on disk: no cleanup runs
+            raise Crash("killed")
+        write(path, data)
+
+    monkeypatch.setattr(ckpt_mod, "_write_file", killed_in_the_manifest)
+    monkeypatch.setattr(ckpt_mod.Path, "unlink", lambda self, missing_ok=False: None)  # a kill runs no finally
+    monkeypatch.setattr(ckpt_mod.shutil, "rmtree", lambda *a, **k: None)
+    with pytest.raises(Crash):
+        save_checkpoint(root, _ckpt(2, 2.0))
+    monkeypatch.undo()
+    assert recover_checkpoints(root) == []
+    assert [p.name for p in list_checkpoints(root)] == ["step_00000001"]
+    assert float(load_checkpoint(root).model["w"][0]) == 1.0
+
+
+def test_a_leftover_whose_manifest_does_not_read_is_not_put_back(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    save_checkpoint(root, _ckpt(1, 1.0))
+    half = root / ".tmp-step_00000002-0123abcd"
+    half.mkdir()
+    (half / "manifest.json").write_text('{"format": ')
+    assert recover_checkpoints(root) == []
+    assert [p.name for p in root.iterdir()] == ["step_00000001"]
+
+
 def test_a_full_disk_is_a_checkpoint_error_and_leaves_the_earlier_checkpoint(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "checkpoints"

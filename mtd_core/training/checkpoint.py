@@ -10,14 +10,14 @@ A checkpoint is a folder ``step_00001234/`` under a run's ``checkpoints/`` folde
                             non-tensor state and param groups, python ``random`` and numpy RNG states
     config.json             the resolved configuration (model config, run config)
     assets/<modality>/<name> modality assets (e.g. a text tokenizer model)
-    manifest.json           every file above with its size and SHA-256; written last
+    manifest.json           every file above with its size and SHA-256; written last, itself atomically
 
 Nothing is pickled and nothing is unpickled: loading uses ``safetensors`` and ``json`` only. A checkpoint is
 written into a temporary folder beside its final place, every file is fsync'ed, and the folder is renamed into
 place with ``os.replace``; a crash at any point leaves either the complete new checkpoint or none (earlier
 checkpoints are untouched). Replacing a checkpoint of the same step moves the old one aside first; a crash
 between the two renames leaves both complete folders beside the missing name, and :func:`recover_checkpoints`
-(run before every save and by ``--resume``) puts the newest back instead of deleting it. Loading checks the
+(run before every save and by ``--resume``) puts the newest back instead of deleting it, if its manifest reads. Loading checks the
 manifest, so a truncated or altered file is a CheckpointError naming the file, and a manifest entry that points
 outside the checkpoint folder is refused before anything is read.
 """
@@ -157,6 +157,15 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 # -- saving ----------------------------------------------------------------------------------------
+def _complete(path: Path) -> bool:
+    """Whether a leftover folder holds a manifest that reads as one (its files are checked when it is loaded)."""
+    try:
+        _read_manifest(path / MANIFEST)
+    except (CheckpointError, OSError):
+        return False
+    return True
+
+
 def recover_checkpoints(root: str | Path) -> list[Path]:
     """Tidy what a crash during a save left in ``root``; returns the checkpoints it put back.
 
@@ -174,7 +183,7 @@ def recover_checkpoints(root: str | Path) -> list[Path]:
     for path in leftovers:
         kind, name = _LEFTOVER.match(path.name).groups()  # type: ignore[union-attr]
         final = root / name
-        if kind != "del-" and (path / MANIFEST).is_file() and not final.exists():
+        if kind != "del-" and _complete(path) and not final.exists():
             os.replace(path, final)
             restored.append(final)
         else:
@@ -242,8 +251,7 @@ def _write_checkpoint(root: Path, final: Path, tmp: Path, ckpt: Checkpoint) -> N
             entries[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         for sub in {(tmp / rel).parent for rel in files}:
             _fsync_dir(sub)
-        _write_file(tmp / MANIFEST, _json_bytes(manifest))
-        _fsync_dir(tmp)
+        write_atomic(tmp / MANIFEST, _json_bytes(manifest))  # a kill mid-write never leaves a half manifest
         if final.exists():  # same step saved twice (e.g. a signal right after a periodic save): replace it
             old = root / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
