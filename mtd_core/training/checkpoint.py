@@ -17,9 +17,9 @@ written into a temporary folder beside its final place, every file is fsync'ed, 
 place with ``os.replace``; a crash at any point leaves either the complete new checkpoint or none (earlier
 checkpoints are untouched). Replacing a checkpoint of the same step moves the old one aside first; a crash
 between the two renames leaves both complete folders beside the missing name, and :func:`recover_checkpoints`
-(run before every save and by ``--resume``) puts the newest back instead of deleting it, if its manifest reads. Loading checks the
-manifest, so a truncated or altered file is a CheckpointError naming the file, and a manifest entry that points
-outside the checkpoint folder is refused before anything is read.
+(run before every save and by ``--resume``) puts the newest back instead of deleting it, if its manifest reads.
+Loading checks the manifest, so a truncated or altered file is a CheckpointError naming the file, and a manifest
+entry that points outside the checkpoint folder is refused before anything is read.
 """
 
 from __future__ import annotations
