@@ -545,15 +545,31 @@ def ratio_tag(ratio: float) -> str:
     return f"r{round(ratio * 100):02d}"
 
 
-def restoration_set(ev: Evaluator, preset: Preset, ratio: float) -> dict[str, torch.Tensor]:
-    """The restoration benchmark at one mask ratio: the first ``n_paired`` test images, patch masks seeded by the
-    ratio alone (so every experiment and seed restores exactly the same inputs), and the masked images."""
+def restoration_set(ev: Evaluator, preset: Preset, ratio: float, n: int | None = None, *,
+                    images: torch.Tensor | None = None, seed_offset: int = 0) -> dict[str, torch.Tensor]:
+    """The restoration benchmark at one mask ratio: the first ``n`` (default ``n_paired``) test images, or of
+    ``images``, patch masks seeded by the ratio alone (plus ``seed_offset``; so every experiment and seed restores
+    exactly the same inputs), and the masked images."""
     from mtd_plugins.masked_image import apply_mask, make_mask
 
-    x = ev.test["image"][: preset.n_paired]
-    g = torch.Generator().manual_seed(round(ratio * 1000))
+    x = (ev.test["image"] if images is None else images)[: preset.n_paired if n is None else n]
+    g = torch.Generator().manual_seed(round(ratio * 1000) + seed_offset)
     mask = make_mask(x.shape, ratio, g, kind="patch", patch=preset.patch)
     return {"image": x, "mask": mask, "masked": apply_mask(x, mask, fill=0.0)}
+
+
+def restoration_scores(restored: torch.Tensor, rs: Mapping[str, torch.Tensor], name: str = "restored", suffix: str = ""
+                       ) -> dict[str, float]:
+    """PSNR (pooled, RESTORATION_PROTOCOL) and SSIM against the true images of ``rs`` (a :func:`restoration_set`):
+    the masked input's (``masked_input_*``), the restoration's as generated (``{name}_*``) and with the observed pixels
+    pasted back (``{name}_kept_*``)."""
+    from mtd_plugins.masked_image import keep_observed
+
+    kept = keep_observed(restored, rs["masked"], rs["mask"])
+    metrics: dict[str, float] = {}
+    for images, key in ((rs["masked"], "masked_input"), (restored, name), (kept, f"{name}_kept")):
+        metrics.update(paired_metrics(images, rs["image"], key, suffix, pooled=True))
+    return metrics
 
 
 RESTORATION_PROTOCOL = {
@@ -575,17 +591,13 @@ def restoration(restore: RestoreFn, name: str, ev: Evaluator, preset: Preset, ou
     against the true test images: as generated (``{name}_psnr_<ratio>``) and with the observed pixels pasted back
     (``{name}_kept_psnr_<ratio>``), with the masked input itself as the floor (``masked_input_psnr_<ratio>``). Grids
     of ratio 0.5 and the largest ratio are written to ``out_dir``; returns the metrics and the grid file names."""
-    from mtd_plugins.masked_image import keep_observed
-
     metrics: dict[str, float] = {}
     grids = []
     for r in preset.mask_ratios:
         tag = ratio_tag(r)
         rs = restoration_set(ev, preset, r)
         restored = restore(rs["masked"])
-        kept = keep_observed(restored, rs["masked"], rs["mask"])
-        for images, key in ((rs["masked"], "masked_input"), (restored, name), (kept, f"{name}_kept")):
-            metrics.update(paired_metrics(images, rs["image"], key, f"_{tag}", pooled=True))
+        metrics.update(restoration_scores(restored, rs, name, f"_{tag}"))
         print(f"  ratio {r:.2f}: {name} PSNR {metrics[f'{name}_psnr_{tag}']:.2f} dB (observed pixels kept "
               f"{metrics[f'{name}_kept_psnr_{tag}']:.2f}); masked input {metrics[f'masked_input_psnr_{tag}']:.2f} dB "
               f"(n={len(restored)})")

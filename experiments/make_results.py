@@ -530,7 +530,8 @@ the same sampler with replacement conditioning; `conditional_fidelity` is the sh
 feature network puts in the requested class or in the class of the test image whose caption or representation was
 given. Read-outs (label head, image -> edges, representation, caption) take the given image at
 t = read_t * T. Restoration inputs (patch masks seeded by the ratio) are identical across experiments and seeds;
-the masked-image model was trained at ratio 0.5 only; restoration is scored on the generated images as they are and
+the masked-image model was trained at ratio 0.5 only; restoration keeps the masked image's unhidden pixels in every
+step's base estimate (`generate`'s `keep_observed`, the default) and is scored on the generated images as they are and
 again with the observed pixels pasted back (`*_kept_*`, `mtd_plugins.masked_image.keep_observed`); restoration PSNR
 is pooled over the pairs (the PSNR of the mean squared error over all of them), since a restoration that keeps the
 observed pixels can be exact on an image. The ELBO (`elbo_bpd`, bits/dim) is the bound of the base (prior +

@@ -71,7 +71,8 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     protocol.update({"train_mask_ratio": TRAIN_RATIO, "masked_image_loss_weight": LOSS_WEIGHT,
                      "mask": f"patch {preset.patch}x{preset.patch}",
                      "n_paired": preset.n_paired, "n_curve": preset.n_curve, "curve_every": preset.curve_every,
-                     "restoration": "conditional generation given the masked image"})
+                     "restoration": "conditional generation given the masked image, its unhidden pixels kept in "
+                                    "every step's base estimate (generate's keep_observed)"})
     return common.Outcome(metrics=metrics, protocol=protocol, grids=grids, curve=curve)
 
 

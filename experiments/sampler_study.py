@@ -10,7 +10,10 @@ Every setting is a dict of ``generate`` options (sampler, nfe, spacing, clip, cl
 of the split's first examples (val: of the reference's training images), each scored by conditional fidelity against
 its class; ``guide=S``: with given=label, the label head's guidance at scale S towards it; ``cguide=S``: instead the
 guidance of image_label's standalone classifier, a noise-aware classifier of the image alone saved with the run, or
-with ``classifier_seed=K`` with seed K's run; ``encoding_temperature=text:0.5``), written as ``key=value,key=value``;
+with ``classifier_seed=K`` with seed K's run; ``encoding_temperature=text:0.5``; ``given=masked_image,mask_ratio=R``:
+restoration of the split's first examples with patch masks hiding R of each, scored by PSNR pooled over the pairs and
+SSIM against the true images as generated and with the observed pixels pasted back, beside the masked input's; the
+test masks are common.restoration_set's, the val masks seeded apart), written as ``key=value,key=value``;
 the diffusers baseline takes ``sampler=diffusers_ddim`` or ``sampler=diffusers_dpmpp`` (diffusers' DDIMScheduler and
 DPMSolverMultistepScheduler at their defaults, on the baseline's saved U-Net). Rows are appended to ``--out`` (JSON
 lines), so a study can be extended and plotted later.
@@ -107,7 +110,11 @@ class Study:
         if self.model is None:
             raise ConfigError(f"{self.experiment}: only the diffusers_* samplers apply to the diffusers baseline")
         name = options.pop("given", None)
-        given = self.conditions(name, n)[0] if name is not None else {}
+        ratio = options.pop("mask_ratio", None)
+        if (name == "masked_image") != (ratio is not None):
+            raise ConfigError(f"setting {dict(setting)}: given=masked_image and mask_ratio=R go together")
+        given = ({"masked_image": self.restoration_inputs(n, ratio)["masked"]} if name == "masked_image"
+                 else self.conditions(name, n)[0] if name is not None else {})
         guide, cguide = float(options.pop("guide", 0.0)), float(options.pop("cguide", 0.0))
         if (guide or cguide) and name != "label":
             raise ConfigError(f"setting {dict(setting)}: guide and cguide (guidance towards the given label) need "
@@ -137,6 +144,16 @@ class Study:
                       else modality.extractor(batch["image"]).float())
         return {name: values}, batch["label"]
 
+    def restoration_inputs(self, n: int, ratio: float) -> dict[str, torch.Tensor]:
+        """The restoration benchmark at one mask ratio on this split (common.restoration_set): the first ``n`` images
+        (val: of the reference's training images), their patch masks and the masked images; the val masks are
+        seeded VAL_SEED_OFFSET apart from the test ones."""
+        if "masked_image" not in self.model.taskset:
+            raise ConfigError(f"{self.experiment}: given=masked_image needs a model with a masked_image modality")
+        images = self.reference_images[:n] if self.split == "val" else None
+        offset = VAL_SEED_OFFSET if self.split == "val" else 0
+        return common.restoration_set(self.ev, self.preset, float(ratio), n, images=images, seed_offset=offset)
+
     def _classifier(self, seed: int) -> Any:
         """image_label's standalone classifier of ``seed``'s run as a guidance classifier (x_t, t) -> logits (a
         design study's variants share the default run's, as image_label trains it)."""
@@ -161,7 +178,10 @@ class Study:
         row["fid"] = fid(features(self.ev.feature_net, images), self.reference, feature_net=self.ev.feature_net).value
         row["noise_like"] = noise_like_share(images, self.reference_images).share
         given = setting.get("given")
-        if given is not None:
+        if given == "masked_image":
+            rs = self.restoration_inputs(n, setting["mask_ratio"])
+            row.update(common.restoration_scores(images, rs))
+        elif given is not None:
             classes = self.conditions(given, n)[1]
             row["conditional_fidelity"] = conditional_fidelity(self.ev.feature_net, images, classes).accuracy
         elif "label" in samples:
@@ -245,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with args.out.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
-            extra = {k: row[k] for k in ("joint_coherence", "conditional_fidelity") if k in row}
+            extra = {k: round(row[k], 4) for k in ("joint_coherence", "conditional_fidelity", "masked_input_psnr",
+                                                   "restored_psnr", "restored_kept_psnr") if k in row}
             name = f"{args.experiment}{'/' + args.variant if args.variant else ''}"
             print(f"{name} seed {args.seed} {args.split} {text}: FID {row['fid']:.3f}, noise-like "
                   f"{row['noise_like']:.2%} {extra} ({row['sample_wall_s']} s)", flush=True)

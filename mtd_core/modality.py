@@ -308,6 +308,17 @@ class Modality(abc.ABC):
         raise ConfigError(f"modality {self.name!r} ({self.kind}) has no encoding temperature: its predictions are not "
                           "categorical (it does not override Modality.temper)")
 
+    def observed_base(self, x: torch.Tensor, base: Modality) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """What this modality's data ``x`` shows of the base's data as it is: (values, known), ``values`` shaped
+        like a batch of the base's data and ``known`` a bool mask broadcasting to it, True where the base's value
+        is the one in ``values``; None (the default) where it shows no base value as it is (a label, a caption).
+
+        Generation given this modality then keeps the known values in every step's base estimate
+        (``generate(..., keep_observed=True)``, the default; estimate.py), so that a restoration keeps what it was
+        given and fills in the rest around it. A masked image returns its unhidden pixels.
+        """
+        return None
+
     @abc.abstractmethod
     def sample(self, pred: Prediction, *, greedy: bool = False, generator: torch.Generator | None = None
                ) -> torch.Tensor:

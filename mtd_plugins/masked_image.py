@@ -4,7 +4,8 @@ Aggregated into the latent as an image (identity encoder when it has the latent'
 an inpainting/restoration model: generating the base image given the masked one restores the hidden pixels. It is
 derived on the fly from the base image (:meth:`MaskedImageModality.derive`) with a fresh mask per example; the
 module-level :func:`make_mask` and :func:`apply_mask` build the masks used to evaluate restoration at a given ratio,
-and :func:`keep_observed` pastes the observed pixels back into a restoration.
+and :func:`keep_observed` pastes the observed pixels back into a restoration (``generate`` keeps them in every
+step's base estimate by default, :meth:`MaskedImageModality.observed_base`).
 
 Masks are boolean tensors of shape (B, 1, H, W), True where a pixel is hidden, shared by every channel.
 """
@@ -177,6 +178,13 @@ class MaskedImageModality(Modality):
     def predicted_encoding(self, encoder: nn.Module, pred: torch.Tensor) -> torch.Tensor:
         """E(xhat): the encoding of the predicted mean clamped to [-1, 1]."""
         return self.encode(encoder, pred.clamp(-1.0, 1.0))
+
+    def observed_base(self, x: torch.Tensor, base: Modality) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The unhidden pixels, where ``base`` is the source image (same shape): known wherever some channel is not
+        ``fill`` (a true pixel that equals ``fill`` in every channel counts as hidden and is generated)."""
+        if base.name != self.config.source or base.data_spec().shape != self.data_spec().shape:
+            return None
+        return x, (x != self.config.fill).any(dim=1, keepdim=True)
 
     def sample(self, pred: torch.Tensor, *, greedy: bool = False, generator: torch.Generator | None = None
                ) -> torch.Tensor:

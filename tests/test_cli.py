@@ -153,14 +153,16 @@ def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, caps
                         "--option", "lower_order_final=false", "--no-progress", "--spacing", "logsnr")
     assert rc == 0, err
     assert "dpmpp_2m, 4 network evaluations" in out and err == ""
-    assert {k: seen[-1][k] for k in ("sampler", "nfe", "clip", "conditioning", "sampler_options", "spacing")} == {
+    assert {k: seen[-1][k] for k in ("sampler", "nfe", "clip", "conditioning", "sampler_options", "spacing",
+                                     "keep_observed")} == {
         "sampler": "dpmpp_2m", "nfe": 4, "clip": "dynamic", "conditioning": "exact",
-        "sampler_options": {"lower_order_final": False}, "spacing": "logsnr"}
+        "sampler_options": {"lower_order_final": False}, "spacing": "logsnr", "keep_observed": True}
     rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s4"), "--sampler", "ddmp", "--n", "2")
     assert rc == 1 and "unknown sampler 'ddmp' (did you mean 'ddpm'?)" in err
     rc, _, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s5"), "--given", "label=1", "--n", "2",
-                      "--cfg-scale", "2")
+                      "--cfg-scale", "2", "--no-keep-observed")
     assert rc == 1 and "cfg_scale = 2.0 needs" in err and "known_input = false" in err and seen[-1]["cfg_scale"] == 2
+    assert seen[-1]["keep_observed"] is False
 
     rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "j"), "--n", "3", "--steps", "2")
     assert rc == 0 and "3 samples (joint" in out

@@ -292,6 +292,39 @@ def test_the_study_conditions_on_the_splits_own_captions_and_representations(
     assert 0 <= row["conditional_fidelity"] <= 1 and "caption_agreement" not in row
 
 
+@pytest.mark.filterwarnings("ignore:FID.*rank-deficient")
+def test_the_study_scores_restorations_as_the_experiment_does(smoke_results: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.sampler_study import Study
+
+    monkeypatch.setenv("MTD_CACHE_DIR", str(smoke_results.parent / "cache"))
+    threads = torch.get_num_threads()
+    work, preset = smoke_results.parent / "work", get_preset("smoke")
+    try:
+        test = Study(preset, "masked_image", 0, "test", work)
+        kept = test.score({"nfe": preset.nfe, "given": "masked_image", "mask_ratio": 0.75}, preset.n_paired)
+        free = test.score({"nfe": preset.nfe, "given": "masked_image", "mask_ratio": 0.75, "keep_observed": False},
+                          preset.n_paired)
+        val = Study(preset, "masked_image", 0, "val", work)
+        inputs = val.restoration_inputs(5, 0.5)
+        with pytest.raises(ConfigError, match="given=masked_image and mask_ratio=R go together"):
+            test.generate({"nfe": 2, "given": "masked_image"}, 4)
+        with pytest.raises(ConfigError, match="needs a model with a masked_image modality"):
+            Study(preset, "single_task", 0, "val", work).restoration_inputs(4, 0.5)
+    finally:
+        torch.set_num_threads(threads)
+    # the test inputs are the experiment's: the masked input scores what it scored there
+    metrics = _result(smoke_results, "masked_image")["metrics"]
+    assert kept["masked_input_psnr"] == pytest.approx(metrics["masked_input_psnr_r75"])
+    # keeping the observed pixels: as generated is about what pasting them back gives (not exactly: a digit's pixel
+    # of value 8/16 is 0, the fill, and counts as hidden); without, the model redraws them
+    assert abs(kept["restored_psnr"] - kept["restored_kept_psnr"]) < 0.05
+    assert free["restored_kept_psnr"] - free["restored_psnr"] > 0.5
+    # val restores the reference's training images under masks seeded apart from the test ones
+    assert torch.equal(inputs["image"], val.reference_images[:5])
+    assert not torch.equal(inputs["mask"], common.restoration_set(val.ev, preset, 0.5, 5)["mask"])
+
+
 def test_make_results_without_runs_says_not_run(tmp_path: Path) -> None:
     text = make_results(tmp_path / "empty", tmp_path / "results.md").read_text()
     assert "not run" in text

@@ -95,6 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"(default {DEFAULT_JOINT})")
     p.add_argument("--conditioning", choices=CONDITIONING, default="replace",
                    help="how given modalities enter each step (default replace; see docs/sampling.md)")
+    p.add_argument("--no-keep-observed", action="store_true",
+                   help="regenerate every pixel of the base, those a given masked image shows included (default: "
+                        "keep them in every step's estimate, so a restoration keeps what it was given)")
     p.add_argument("--encoding-temperature", action="append", default=[], metavar="NAME=TAU",
                    help="temper a generated label's (or caption's) probabilities behind its encoding in every "
                         "step (repeatable), e.g. --encoding-temperature label=0.125; default: the kind's own "
@@ -244,7 +247,7 @@ def main(args: argparse.Namespace) -> int:
                    conditioning=args.conditioning, encoding_temperature=parse_temperatures(args.encoding_temperature),
                    spacing=args.spacing, clip=args.clip, clip_eps=args.clip_eps, clip_percentile=args.clip_percentile,
                    sampler_options=parse_options(args.option), joint=args.joint,
-                   cfg_scale=args.cfg_scale)
+                   cfg_scale=args.cfg_scale, keep_observed=not args.no_keep_observed)
     samples = dict(out.samples)
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = sample_cells(model.taskset, samples, loaded.dataset_info.get("class_names"))

@@ -12,7 +12,7 @@ from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.errors import ConfigError
 from mtd_core.modality import Modality
 from mtd_core.sampling.base import StepPrediction
-from mtd_core.sampling.estimate import BaseEstimate, BaseRange
+from mtd_core.sampling.estimate import BaseEstimate, BaseRange, ObservedBase
 from mtd_core.sampling.guidance import Classifier, classifier_grad, guided_eps
 from mtd_core.types import Prediction
 
@@ -59,6 +59,8 @@ class ModelDenoiser:
         classifiers: guided modality name -> the external classifier that guides it instead of its head.
         cfg_scale: classifier-free guidance w on the observed modalities of a told model (``known_input``):
             eps_untold + w (eps_told - eps_untold), the untold pass without their part (1: off).
+        observed_base: (values, known) of the base that the observed modalities show as it is, kept in every
+            step's base estimate (estimate.py; ``Modality.observed_base``); None: nothing kept.
     """
 
     def __init__(self, model: MultiTaskModel, fp: ForwardProcess, observed: Mapping[str, torch.Tensor],
@@ -66,12 +68,14 @@ class ModelDenoiser:
                  temperature: Mapping[str, float] | None = None, estimate: BaseEstimate | None = None,
                  base: BaseRange | None = None, targets: Mapping[str, torch.Tensor] | None = None,
                  observed_data: Mapping[str, torch.Tensor] | None = None,
-                 classifiers: Mapping[str, Classifier] | None = None, cfg_scale: float = 1.0) -> None:
+                 classifiers: Mapping[str, Classifier] | None = None, cfg_scale: float = 1.0,
+                 observed_base: ObservedBase | None = None) -> None:
         check_conditioning(conditioning)
         self.model, self.fp, self.observed = model, fp, dict(observed)
         self.conditioning, self.temperature = conditioning, dict(temperature or {})
         self.estimate, self.base = estimate or BaseEstimate(), base if base is not None else base_range(model)
         self.targets, self.cfg_scale = dict(targets or {}), float(cfg_scale)
+        self.observed_base = observed_base
         self.classifiers = dict(classifiers or {})
         self.terms = [g for g in guidance if g[2] > 0 and g[0].name not in self.classifiers]
         self.classifier_terms = [g for g in guidance if g[2] > 0 and g[0].name in self.classifiers]
@@ -136,7 +140,7 @@ class ModelDenoiser:
             # swapping the observed E_j(xhat_j) for the true E_j leaves z0_hat unchanged and steps with the truth
             delta = {n: enc[n] - enc_dec[n] for n in enc}
             start = z + self.fp.injected(delta, k, z)
-        z0, eps, start = self.estimate.apply(self.fp, start, k, z0_hat, eps, enc, self.base)
+        z0, eps, start = self.estimate.apply(self.fp, start, k, z0_hat, eps, enc, self.base, self.observed_base)
         return StepPrediction(eps=eps, z0=z0, enc=enc, preds=preds, z_t=None if start is z else start)
 
 

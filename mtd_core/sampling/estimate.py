@@ -25,7 +25,11 @@ z_k = sqrt(abar_k) z0 + sum_i lambda_k^(i) E_i + sqrt(1 - abar_k) eps exact, so 
                is diffusers' clipped step (``use_clipped_model_output=False``); the other samplers step from z_k'.
 
 When the task set places the aggregated encodings in channels of their own (TaskSet ``aux_channels``), z_0 is zero
-there by construction, so those channels of z0_hat are set to 0 whatever the rule.
+there by construction, so those channels of z0_hat are set to 0 whatever the rule. Where a given modality shows part
+of the base as it is (``Modality.observed_base``: a masked image's unhidden pixels), those values replace the
+estimate's after clipping (``observed``), under the same rule: the data-consistency step of training-free
+restoration (DDNM, Wang et al. 2023: z0 <- A^+ y + (I - A^+ A) z0_hat, here with A a mask), which keeps every
+observed value in z_0 and lets the network fill in the rest around it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ Clip = Literal["none", "static", "dynamic"]
 EpsRule = Literal["rederive", "keep"]
 CLIPS: tuple[Clip, ...] = ("none", "static", "dynamic")
 EPS_RULES: tuple[EpsRule, ...] = ("rederive", "keep")
+ObservedBase = tuple[torch.Tensor, torch.Tensor]
+"""(values, known): base values shaped like the base's channels of z_0 and a bool mask broadcasting to them, True
+where the value is observed (``Modality.observed_base``)."""
 
 
 @attrs.frozen
@@ -96,15 +103,20 @@ class BaseEstimate:
                               "clip = 'none')")
 
     def apply(self, fp: ForwardProcess, z_t: torch.Tensor, k: int, z0_hat: torch.Tensor, eps: torch.Tensor,
-              enc: Encodings, base: BaseRange | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              enc: Encodings, base: BaseRange | None, observed: ObservedBase | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z0, eps, state) for a step at index ``k`` from ``z_t``, whose decomposition with the encodings ``enc``
-        gave ``z0_hat`` and ``eps``: the processed estimate, the noise and the state the step starts from."""
+        gave ``z0_hat`` and ``eps``: the processed estimate, the noise and the state the step starts from.
+        ``observed`` (values, known) replaces the base's known values of the estimate (the module docstring)."""
         z0 = z0_hat
-        if base is not None and (self.clip != "none" or base.channels < z0.shape[1]):
+        if base is not None and (self.clip != "none" or base.channels < z0.shape[1] or observed is not None):
             z0 = z0.clone()
             part = z0[:, : base.channels]
             if self.clip != "none":
-                z0[:, : base.channels] = _clip(part, base, self.clip, self.percentile)
+                part = _clip(part, base, self.clip, self.percentile)
+            if observed is not None:
+                part = torch.where(observed[1], observed[0].to(part.dtype), part)
+            z0[:, : base.channels] = part
             z0[:, base.channels:] = 0.0
         if z0 is z0_hat:
             return z0, eps, z_t
@@ -124,4 +136,4 @@ def _clip(x: torch.Tensor, base: BaseRange, clip: Clip, percentile: float) -> to
     return c + h * (torch.maximum(torch.minimum(u, s), -s) / s)
 
 
-__all__ = ["CLIPS", "EPS_RULES", "BaseEstimate", "BaseRange", "Clip", "EpsRule"]
+__all__ = ["CLIPS", "EPS_RULES", "BaseEstimate", "BaseRange", "Clip", "EpsRule", "ObservedBase"]

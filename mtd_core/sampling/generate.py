@@ -23,6 +23,8 @@
                      part, so its eps is E[eps | z_t, y] already and the three modes coincide; there
                      ``cfg_scale`` w > 1 applies classifier-free guidance, eps_untold + w (eps_told - eps_untold),
                      by default (DEFAULT_CFG_SCALE) where the encodings have channels of their own.
+                 Base values that a given modality shows as they are (a masked image's unhidden pixels,
+                 ``Modality.observed_base``) are kept in every step's base estimate (``keep_observed``, estimate.py).
     readout      the base given (classification, representation or caption prediction). No reverse process: the
                  heads are read from z_t = sqrt(abar_t) z_0 + sum_j lambda_t^(j) E_j(x_j) + sqrt(1 - abar_t) eps
                  at the small t = read_t * T (the unknown modalities' injected parts, tiny at small t, are left out).
@@ -46,7 +48,7 @@ from mtd_core.diffusion.noise import respaced_timesteps
 from mtd_core.errors import ConfigError, ModalityDataError, ScheduleError, closest
 from mtd_core.modality import Modality, Role, is_temperature
 from mtd_core.sampling.base import Callback, Sampler, randn_like
-from mtd_core.sampling.estimate import BaseEstimate
+from mtd_core.sampling.estimate import BaseEstimate, ObservedBase
 from mtd_core.sampling.denoiser import GuideTerm, ModelDenoiser, base_range, check_conditioning
 from mtd_core.sampling.guidance import Classifier, GuidanceConfig, check_guidance, resolve_target
 from mtd_core.sampling.options import (
@@ -164,6 +166,7 @@ class _Plan:
     guide: list[GuideTerm]
     classifiers: dict[str, Classifier]
     cfg_scale: float
+    observed_base: ObservedBase | None
 
 
 def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.Generator | None,
@@ -180,6 +183,8 @@ def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.G
     data, B = _observed_data(modalities, given, n, generator)
     base = model.taskset.base
     mode = "readout" if base is not None and base.name in given else ("conditional" if given else "joint")
+    if not isinstance(o.keep_observed, bool):
+        raise ConfigError(f"generate: keep_observed must be true or false, got {o.keep_observed!r}")
     if o.joint not in JOINT:
         raise ConfigError(f"generate: joint must be one of {list(JOINT)}, got {o.joint!r}")
     guided = {guidance.modality} if guidance is not None else set()
@@ -203,7 +208,8 @@ def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.G
         guide.append((gm, resolve_target(gm, guidance.target, B, dev), float(guidance.scale)))
         if guidance.classifier is not None:
             classifiers[gm.name] = guidance.classifier
-    return _Plan(mode, B, data, estimate, commit, temperature, guide, classifiers, cfg_scale)
+    kept = _observed_base(model, data, dev) if o.keep_observed and mode == "conditional" else None
+    return _Plan(mode, B, data, estimate, commit, temperature, guide, classifiers, cfg_scale, kept)
 
 
 def _cfg_scale(model: MultiTaskModel, w: object, mode: str) -> float:
@@ -241,7 +247,7 @@ def _denoiser_args(model: MultiTaskModel, plan: _Plan, observed: dict[str, torch
     return {"guidance": plan.guide, "conditioning": o.conditioning, "temperature": plan.temperature,
             "estimate": plan.estimate, "base": base_range(model), "targets": targets,
             "observed_data": {k: v.to(dev) for k, v in plan.data.items()}, "classifiers": plan.classifiers,
-            "cfg_scale": plan.cfg_scale}
+            "cfg_scale": plan.cfg_scale, "observed_base": plan.observed_base}
 
 
 def _samples(model: MultiTaskModel, given: Batch, mode: str, committed: dict[str, torch.Tensor], z0: torch.Tensor,
@@ -385,6 +391,33 @@ def _observed_data(modalities: dict[str, Modality], given: Batch, n: int | None,
     if not isinstance(B, int) or isinstance(B, bool) or B < 1:
         raise ConfigError(f"generate: n must be a positive integer, got {B!r}")
     return data, B
+
+
+def _observed_base(model: MultiTaskModel, data: Mapping[str, torch.Tensor], dev: torch.device
+                   ) -> ObservedBase | None:
+    """(values, known) of the base that the given modalities show as it is (``Modality.observed_base``; where
+    several show a value, the later one in ``data``), checked; None where none shows any."""
+    base = model.taskset.base
+    if base is None:
+        return None
+    shape = (*next(iter(data.values())).shape[:1], *base.data_spec().shape)
+    values = known = None
+    for name, x in data.items():
+        shown = model.taskset[name].observed_base(x, base)
+        if shown is None:
+            continue
+        v, k = shown
+        if tuple(v.shape) != shape or k.dtype != torch.bool or torch.broadcast_shapes(k.shape, v.shape) != v.shape:
+            raise ModalityDataError(
+                f"modality {name!r} ({model.taskset[name].kind}): observed_base() must return values shaped like "
+                f"the base {base.name!r}'s batch {shape} and a bool mask broadcasting to them, got values "
+                f"{tuple(v.shape)} and a {k.dtype} mask {tuple(k.shape)}")
+        v, k = v.to(dev), k.to(dev)
+        values = v if values is None else torch.where(k, v, values)
+        known = k if known is None else known | k
+    if values is None or known is None:
+        return None
+    return values, known
 
 
 def _reverse(model: MultiTaskModel, B: int, observed: dict[str, torch.Tensor], spec: Sampler, steps: int, spacing: str,

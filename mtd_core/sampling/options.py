@@ -22,6 +22,9 @@ DEFAULT_SPACING = "karras"
 DEFAULT_CLIP = "static"
 DEFAULT_CLIP_EPS = "keep"
 DEFAULT_JOINT = "commit"
+DEFAULT_KEEP_OBSERVED = True
+"""Keep the base values a given modality shows (a masked image's unhidden pixels) in every step's base estimate.
+Chosen on Fashion-MNIST validation restorations (docs/sampling.md, "Restoration: keeping the observed pixels")."""
 DEFAULT_CFG_SCALE = 1.5
 """Classifier-free guidance of a conditional run where the task set trained its untold path and keeps the encodings on
 channels of their own (known_input, known_dropout > 0, aux_channels > 0); 1 (off) everywhere else. Chosen on
@@ -74,6 +77,10 @@ class SamplingOptions:
             class (or token) earlier. A modality it does not name gets its kind's
             ``Modality.default_encoding_temperature`` (1, the posterior mean, but for the built-in text). Not in
             readout mode; the returned samples and predictions are the heads' own.
+        keep_observed: conditional mode only: keep the base values that the given modalities show as they are
+            (``Modality.observed_base``: a masked image's unhidden pixels) in every step's base estimate, so that
+            the generated base has them and the rest is generated around them (estimate.py); False regenerates
+            every value, the observed ones included.
         read_t: readout mode only: the read-out timestep(s) as fractions of T in (0, 1]; with several, the heads'
             tensor predictions (e.g. logits) are averaged over them.
     """
@@ -92,6 +99,7 @@ class SamplingOptions:
     cfg_scale: float | None = None
     joint: str = DEFAULT_JOINT
     encoding_temperature: Mapping[str, float] | None = None
+    keep_observed: bool = DEFAULT_KEEP_OBSERVED
     read_t: float | Sequence[float] = DEFAULT_READ_T
 
 
