@@ -102,7 +102,16 @@ def test_keep_observed_errors():
         def observed_base(self, x, base):
             return x[:, :, :4], x[:, :, :4] != 0
 
-    model.taskset.modalities["masked_image"].__class__ = Wrong
-    with pytest.raises(ModalityDataError, match=r"modality 'masked_image' \(wrong_masked\): observed_base\(\) must "
-                                                r"return values shaped like the base 'image''s batch \(3, 1, 8, 8\)"):
-        generate(model, given={"masked_image": masked}, steps=3, progress=False)
+    class WrongMask(MaskedImageModality):
+        kind = "wrong_mask"
+
+        def observed_base(self, x, base):
+            return x, torch.ones(3, 1, 4, 8, dtype=torch.bool)  # does not broadcast to the image
+
+    for cls, got in ((Wrong, r"got values \(3, 1, 4, 8\) and a torch.bool mask \(3, 1, 4, 8\)"),
+                     (WrongMask, r"got values \(3, 1, 8, 8\) and a torch.bool mask \(3, 1, 4, 8\)")):
+        model.taskset.modalities["masked_image"].__class__ = cls
+        with pytest.raises(ModalityDataError, match=rf"modality 'masked_image' \({cls.kind}\): observed_base\(\) "
+                                                    rf"must return values shaped like the base 'image''s batch "
+                                                    rf"\(3, 1, 8, 8\).*{got}"):
+            generate(model, given={"masked_image": masked}, steps=3, progress=False)

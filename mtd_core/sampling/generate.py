@@ -400,14 +400,14 @@ def _observed_base(model: MultiTaskModel, data: Mapping[str, torch.Tensor], dev:
     base = model.taskset.base
     if base is None:
         return None
-    shape = (*next(iter(data.values())).shape[:1], *base.data_spec().shape)
+    shape = (len(next(iter(data.values()))), *base.data_spec().shape)
     values = known = None
     for name, x in data.items():
         shown = model.taskset[name].observed_base(x, base)
         if shown is None:
             continue
         v, k = shown
-        if tuple(v.shape) != shape or k.dtype != torch.bool or torch.broadcast_shapes(k.shape, v.shape) != v.shape:
+        if tuple(v.shape) != shape or k.dtype != torch.bool or not _broadcasts(k.shape, v.shape):
             raise ModalityDataError(
                 f"modality {name!r} ({model.taskset[name].kind}): observed_base() must return values shaped like "
                 f"the base {base.name!r}'s batch {shape} and a bool mask broadcasting to them, got values "
@@ -418,6 +418,11 @@ def _observed_base(model: MultiTaskModel, data: Mapping[str, torch.Tensor], dev:
     if values is None or known is None:
         return None
     return values, known
+
+
+def _broadcasts(shape: torch.Size, to: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``to`` unchanged."""
+    return len(shape) <= len(to) and all(a in (1, b) for a, b in zip(reversed(shape), reversed(to), strict=False))
 
 
 def _reverse(model: MultiTaskModel, B: int, observed: dict[str, torch.Tensor], spec: Sampler, steps: int, spacing: str,
