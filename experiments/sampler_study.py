@@ -13,7 +13,9 @@ guidance of image_label's standalone classifier, a noise-aware classifier of the
 with ``classifier_seed=K`` with seed K's run; ``encoding_temperature=text:0.5``; ``given=masked_image,mask_ratio=R``:
 restoration of the split's first examples with patch masks hiding R of each, scored by PSNR pooled over the pairs and
 SSIM against the true images as generated and with the observed pixels pasted back, beside the masked input's; the
-test masks are common.restoration_set's, the val masks seeded apart), written as ``key=value,key=value``;
+test masks are common.restoration_set's, the val masks seeded apart; ``inpaint=R``: the same restoration by any
+model, generating the image around the masked image's unhidden pixels, generate's ``inpaint``), written as
+``key=value,key=value``;
 the diffusers baseline takes ``sampler=diffusers_ddim`` or ``sampler=diffusers_dpmpp`` (diffusers' DDIMScheduler and
 DPMSolverMultistepScheduler at their defaults, on the baseline's saved U-Net). Rows are appended to ``--out`` (JSON
 lines), so a study can be extended and plotted later.
@@ -110,11 +112,18 @@ class Study:
         if self.model is None:
             raise ConfigError(f"{self.experiment}: only the diffusers_* samplers apply to the diffusers baseline")
         name = options.pop("given", None)
-        ratio = options.pop("mask_ratio", None)
+        ratio, inpaint_ratio = options.pop("mask_ratio", None), options.pop("inpaint", None)
         if (name == "masked_image") != (ratio is not None):
             raise ConfigError(f"setting {dict(setting)}: given=masked_image and mask_ratio=R go together")
+        if name == "masked_image" and "masked_image" not in self.model.taskset:
+            raise ConfigError(f"{self.experiment}: given=masked_image needs a model with a masked_image modality "
+                              "(inpaint=R restores with any model)")
         given = ({"masked_image": self.restoration_inputs(n, ratio)["masked"]} if name == "masked_image"
                  else self.conditions(name, n)[0] if name is not None else {})
+        inpaint = None
+        if inpaint_ratio is not None:
+            rs = self.restoration_inputs(n, inpaint_ratio)
+            inpaint = (rs["masked"], rs["mask"])
         guide, cguide = float(options.pop("guide", 0.0)), float(options.pop("cguide", 0.0))
         if (guide or cguide) and name != "label":
             raise ConfigError(f"setting {dict(setting)}: guide and cguide (guidance towards the given label) need "
@@ -124,7 +133,8 @@ class Study:
                               "classifier), not both")
         classifier_seed = int(options.pop("classifier_seed", self.seed))
         classifier = self._classifier(classifier_seed) if cguide else None
-        return _generate(self.model, self.preset, n, self.sample_seed, given, options, guide or cguide, classifier)
+        return _generate(self.model, self.preset, n, self.sample_seed, given, options, guide or cguide, classifier,
+                         inpaint)
 
     def conditions(self, name: str, n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """What ``given=name`` conditions on and the class each image generated from it should have: the labels 0-9
@@ -148,8 +158,6 @@ class Study:
         """The restoration benchmark at one mask ratio on this split (common.restoration_set): the first ``n`` images
         (val: of the reference's training images), their patch masks and the masked images; the val masks are
         seeded VAL_SEED_OFFSET apart from the test ones."""
-        if "masked_image" not in self.model.taskset:
-            raise ConfigError(f"{self.experiment}: given=masked_image needs a model with a masked_image modality")
         images = self.reference_images[:n] if self.split == "val" else None
         offset = VAL_SEED_OFFSET if self.split == "val" else 0
         return common.restoration_set(self.ev, self.preset, float(ratio), n, images=images, seed_offset=offset)
@@ -178,8 +186,8 @@ class Study:
         row["fid"] = fid(features(self.ev.feature_net, images), self.reference, feature_net=self.ev.feature_net).value
         row["noise_like"] = noise_like_share(images, self.reference_images).share
         given = setting.get("given")
-        if given == "masked_image":
-            rs = self.restoration_inputs(n, setting["mask_ratio"])
+        if given == "masked_image" or "inpaint" in setting:
+            rs = self.restoration_inputs(n, setting["mask_ratio"] if given == "masked_image" else setting["inpaint"])
             row.update(common.restoration_scores(images, rs))
         elif given is not None:
             classes = self.conditions(given, n)[1]
@@ -200,10 +208,11 @@ class Study:
 
 
 def _generate(model: Any, preset: Preset, n: int, seed: int, given: dict[str, torch.Tensor],
-              options: dict[str, Any], guide: float = 0.0, classifier: Any = None) -> dict[str, Any]:
+              options: dict[str, Any], guide: float = 0.0, classifier: Any = None,
+              inpaint: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """``generate`` (its defaults where ``options`` are silent) in chunks of ``preset.eval_batch`` with one seeded
     generator; samples concatenated on CPU. ``guide``: the guidance scale towards the given labels, by the label
-    head or by ``classifier`` (GuidanceConfig.classifier)."""
+    head or by ``classifier`` (GuidanceConfig.classifier); ``inpaint``: generate's (images, mask), chunked alike."""
     from mtd_core.sampling import GuidanceConfig, generate
 
     g = torch.Generator(model.device).manual_seed(seed)
@@ -212,8 +221,9 @@ def _generate(model: Any, preset: Preset, n: int, seed: int, given: dict[str, to
         stop = min(n, start + preset.eval_batch)
         chunk = {k: v[start:stop].to(model.device) for k, v in given.items()}
         guidance = GuidanceConfig("label", chunk["label"], guide, classifier=classifier) if guide else None
-        out = generate(model, n=None if chunk else stop - start, given=chunk or None, guidance=guidance, generator=g,
-                       progress=False, **options)
+        part = None if inpaint is None else (inpaint[0][start:stop].to(model.device), inpaint[1][start:stop])
+        out = generate(model, n=None if chunk else stop - start, given=chunk or None, guidance=guidance,
+                       inpaint=part, generator=g, progress=False, **options)
         parts.append({k: v.detach().cpu() for k, v in out.samples.items() if isinstance(v, torch.Tensor)})
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 

@@ -309,8 +309,10 @@ def test_the_study_scores_restorations_as_the_experiment_does(smoke_results: Pat
         inputs = val.restoration_inputs(5, 0.5)
         with pytest.raises(ConfigError, match="given=masked_image and mask_ratio=R go together"):
             test.generate({"nfe": 2, "given": "masked_image"}, 4)
+        single = Study(preset, "single_task", 0, "test", work)
         with pytest.raises(ConfigError, match="needs a model with a masked_image modality"):
-            Study(preset, "single_task", 0, "val", work).restoration_inputs(4, 0.5)
+            single.generate({"nfe": 2, "given": "masked_image", "mask_ratio": 0.5}, 4)
+        inpainted = single.score({"nfe": preset.nfe, "inpaint": 0.75}, preset.n_paired)
     finally:
         torch.set_num_threads(threads)
     # the test inputs are the experiment's: the masked input scores what it scored there
@@ -320,6 +322,9 @@ def test_the_study_scores_restorations_as_the_experiment_does(smoke_results: Pat
     # of value 8/16 is 0, the fill, and counts as hidden); without, the model redraws them
     assert abs(kept["restored_psnr"] - kept["restored_kept_psnr"]) < 0.05
     assert free["restored_kept_psnr"] - free["restored_psnr"] > 0.5
+    # any model inpaints the same inputs around the same observed pixels
+    assert inpainted["masked_input_psnr"] == kept["masked_input_psnr"]
+    assert abs(inpainted["restored_psnr"] - inpainted["restored_kept_psnr"]) < 0.05
     # val restores the reference's training images under masks seeded apart from the test ones
     assert torch.equal(inputs["image"], val.reference_images[:5])
     assert not torch.equal(inputs["mask"], common.restoration_set(val.ev, preset, 0.5, 5)["mask"])

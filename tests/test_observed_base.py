@@ -115,3 +115,49 @@ def test_keep_observed_errors():
                                                     rf"must return values shaped like the base 'image''s batch "
                                                     rf"\(3, 1, 8, 8\).*{got}"):
             generate(model, given={"masked_image": masked}, steps=3, progress=False)
+
+
+SINGLE = {"modalities": [{"kind": "image", "role": "base", "size": 8}], "diffusion": {"kind": "linear", "T": 50}}
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m_sde", "ddim"])
+def test_inpainting_with_a_single_task_model_keeps_the_known_pixels(sampler):
+    model = restoration_model(SINGLE)
+    x, mask, _ = masked_batch()
+    out = generate(model, inpaint=(x, mask), sampler=sampler, steps=6, progress=False,
+                   generator=torch.Generator().manual_seed(0))
+    inpainted, known = out.samples["image"], ~mask.expand_as(x)
+    assert out.mode == "joint" and len(inpainted) == len(x)  # n from the images
+    torch.testing.assert_close(inpainted[known], x[known], rtol=0, atol=1e-6)
+    assert (inpainted[~known] - x[~known]).abs().mean() > 0.05  # the hidden ones are generated
+    plain = generate(model, len(x), sampler=sampler, steps=6, progress=False,
+                     generator=torch.Generator().manual_seed(0)).samples["image"]
+    assert (plain[known] - x[known]).abs().mean() > 0.05
+
+
+def test_inpainting_joins_what_a_given_masked_image_shows():
+    model = restoration_model()
+    x, mask, masked = masked_batch()
+    left = torch.zeros_like(mask)
+    left[..., :4] = True  # the inpainting images know the right half only
+    other = torch.rand(x.shape, generator=torch.Generator().manual_seed(9)) - 0.5
+    out = generate(model, given={"masked_image": masked}, inpaint=(other, left), steps=4, progress=False)
+    image = out.samples["image"]
+    right, seen = ~left.expand_as(x), ~mask.expand_as(x)
+    torch.testing.assert_close(image[right], other[right], rtol=0, atol=1e-6)  # the inpainting images win
+    torch.testing.assert_close(image[seen & ~right], masked[seen & ~right], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("inpaint, given, error, message", [
+    ("x", None, ConfigError, r"inpaint must be a tuple \(images, mask\) of tensors, got str"),
+    ((torch.zeros(3, 1, 4, 4), torch.zeros(3, 1, 4, 4, dtype=torch.bool)), None, ModalityDataError,
+     r"inpaint needs images shaped like a batch of the base 'image' \(3, 1, 8, 8\).*got images \(3, 1, 4, 4\)"),
+    ((torch.zeros(3, 1, 8, 8), torch.zeros(3, 1, 8, 8)), None, ModalityDataError, r"a torch.float32 mask"),
+    ((torch.full((3, 1, 8, 8), 2.0), torch.zeros(3, 1, 8, 8, dtype=torch.bool)), None, ModalityDataError,
+     r"inpaint images"),
+    ((torch.zeros(3, 1, 8, 8), torch.zeros(3, 1, 8, 8, dtype=torch.bool)), {"image": torch.zeros(3, 1, 8, 8)},
+     ConfigError, r"the base is given here \(read-out\)"),
+])
+def test_inpaint_errors(inpaint, given, error, message):
+    with pytest.raises(error, match=message):
+        generate(restoration_model(SINGLE), 3, given=given, inpaint=inpaint, steps=3, progress=False)

@@ -99,6 +99,7 @@ def generate(
     given: Mapping[str, BatchValue] | None = None,
     *,
     guidance: GuidanceConfig | None = None,
+    inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     progress: bool = True,
@@ -115,6 +116,11 @@ def generate(
         given: observed modality name -> a batch of its data (a tensor, or raw values its ``derive`` turns into
             one, e.g. caption strings).
         guidance: steer towards a target value of an aggregated modality with its own head (not in readout mode).
+        inpaint: (images, mask): generate the base around the known part of ``images`` (a batch of the base's
+            data), ``mask`` a bool tensor broadcasting to it, True where a value is to be generated (as
+            ``mtd_plugins.masked_image.make_mask``); the known values are kept in every step's base estimate, as
+            ``keep_observed`` keeps a given masked image's (training-free inpainting, any model with a base; not
+            in readout mode). ``n`` defaults to the number of images.
         generator: the RNG for every random draw; with a seeded CPU generator, generation is bit-for-bit repeatable.
         callback: called with a SamplerStep after each reverse step.
         progress: show a tqdm progress bar.
@@ -126,7 +132,9 @@ def generate(
     o = sampling_options(options, sampling)
     given = dict(given or {})
     dev = _check_device(model, given, device)
-    plan = _plan(model, given, n, generator, o, guidance, dev)
+    if inpaint is not None and n is None and not given and isinstance(inpaint, tuple) and len(inpaint) == 2:
+        n = len(inpaint[0])
+    plan = _plan(model, given, n, generator, o, guidance, dev, inpaint)
     spec = kwargs = steps = None
     if plan.mode != "readout":
         spec, steps, kwargs = _check_sampler(o, registry, plan.cfg_scale)
@@ -170,7 +178,8 @@ class _Plan:
 
 
 def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.Generator | None,
-          o: SamplingOptions, guidance: GuidanceConfig | None, dev: torch.device) -> _Plan:
+          o: SamplingOptions, guidance: GuidanceConfig | None, dev: torch.device,
+          inpaint: tuple[torch.Tensor, torch.Tensor] | None = None) -> _Plan:
     """Check generate()'s options against each other and the task set: the mode, the observed data, the base
     estimate, the modalities committed first, the temperatures and the guidance terms."""
     modalities: dict[str, Modality] = model.taskset.modalities
@@ -209,6 +218,8 @@ def _plan(model: MultiTaskModel, given: Batch, n: int | None, generator: torch.G
         if guidance.classifier is not None:
             classifiers[gm.name] = guidance.classifier
     kept = _observed_base(model, data, dev) if o.keep_observed and mode == "conditional" else None
+    if inpaint is not None:
+        kept = _inpaint(model, inpaint, B, mode, dev, kept)
     return _Plan(mode, B, data, estimate, commit, temperature, guide, classifiers, cfg_scale, kept)
 
 
@@ -417,6 +428,29 @@ def _observed_base(model: MultiTaskModel, data: Mapping[str, torch.Tensor], dev:
         known = k if known is None else known | k
     if values is None or known is None:
         return None
+    return values, known
+
+
+def _inpaint(model: MultiTaskModel, inpaint: object, B: int, mode: str, dev: torch.device,
+             kept: ObservedBase | None) -> ObservedBase:
+    """generate's ``inpaint`` (images, mask: True where generated) checked and turned into (values, known), joined
+    with what the given modalities show (``kept``; the inpainted images win where both know a value)."""
+    base = model.taskset.base
+    if mode == "readout" or base is None:
+        raise ConfigError("generate: inpaint generates the base around known values; "
+                          + ("the base is given here (read-out)" if base is not None else "this task set has no base"))
+    shape = (B, *base.data_spec().shape)
+    if not (isinstance(inpaint, tuple) and len(inpaint) == 2 and all(isinstance(t, torch.Tensor) for t in inpaint)):
+        raise ConfigError(f"generate: inpaint must be a tuple (images, mask) of tensors, got {type(inpaint).__name__}")
+    images, mask = inpaint
+    if tuple(images.shape) != shape or mask.dtype != torch.bool or not _broadcasts(mask.shape, images.shape):
+        raise ModalityDataError(f"generate: inpaint needs images shaped like a batch of the base {base.name!r} "
+                                f"{shape} and a bool mask broadcasting to them (True where generated), got images "
+                                f"{tuple(images.shape)} and a {mask.dtype} mask {tuple(mask.shape)}")
+    base.validate(images, where="inpaint images")
+    values, known = images.to(dev), ~mask.to(dev)
+    if kept is not None:
+        values, known = torch.where(known, values, kept[0]), known | kept[1]
     return values, known
 
 
