@@ -412,7 +412,7 @@ def _observed_base(model: MultiTaskModel, data: Mapping[str, torch.Tensor], dev:
     if base is None:
         return None
     shape = (len(next(iter(data.values()))), *base.data_spec().shape)
-    values = known = None
+    kept: ObservedBase | None = None
     for name, x in data.items():
         shown = model.taskset[name].observed_base(x, base)
         if shown is None:
@@ -423,12 +423,8 @@ def _observed_base(model: MultiTaskModel, data: Mapping[str, torch.Tensor], dev:
                 f"modality {name!r} ({model.taskset[name].kind}): observed_base() must return values shaped like "
                 f"the base {base.name!r}'s batch {shape} and a bool mask broadcasting to them, got values "
                 f"{tuple(v.shape)} and a {k.dtype} mask {tuple(k.shape)}")
-        v, k = v.to(dev), k.to(dev)
-        values = v if values is None else torch.where(k, v, values)
-        known = k if known is None else known | k
-    if values is None or known is None:
-        return None
-    return values, known
+        kept = _join(kept, v.to(dev), k.to(dev))
+    return kept
 
 
 def _inpaint(model: MultiTaskModel, inpaint: object, B: int, mode: str, dev: torch.device,
@@ -448,10 +444,14 @@ def _inpaint(model: MultiTaskModel, inpaint: object, B: int, mode: str, dev: tor
                                 f"{shape} and a bool mask broadcasting to them (True where generated), got images "
                                 f"{tuple(images.shape)} and a {mask.dtype} mask {tuple(mask.shape)}")
     base.validate(images, where="inpaint images")
-    values, known = images.to(dev), ~mask.to(dev)
-    if kept is not None:
-        values, known = torch.where(known, values, kept[0]), known | kept[1]
-    return values, known
+    return _join(kept, images.to(dev), ~mask.to(dev))
+
+
+def _join(kept: ObservedBase | None, values: torch.Tensor, known: torch.Tensor) -> ObservedBase:
+    """``kept`` with ``values`` known where ``known`` is True (the new values win where both know one)."""
+    if kept is None:
+        return values, known
+    return torch.where(known, values, kept[0]), known | kept[1]
 
 
 def _broadcasts(shape: torch.Size, to: torch.Size) -> bool:
