@@ -329,6 +329,48 @@ def test_sample_guided_by_a_classifier_run(tiny_run: Path, tmp_path: Path, capsy
     assert rc == 1 and "its noise schedule" in err and "at the wrong noise level" in err
 
 
+def test_sample_inpaints_an_image_and_keeps_its_unmasked_pixels(tiny_run: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    image = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 8, 8)
+    np.save(tmp_path / "image.npy", image)
+    hide = np.zeros((8, 8), dtype=np.uint8)
+    hide[2:6, 3:7] = 255  # white: generated
+    Image.fromarray(hide).save(tmp_path / "mask.png")
+    run = str(tiny_run / "run")
+    rc, out, err = _run(capsys, "sample", run, "--out", str(tmp_path / "p"), "--inpaint", str(tmp_path / "image.npy"),
+                        "--mask", str(tmp_path / "mask.png"), "--n", "3", "--steps", "3", "--no-progress")
+    assert rc == 0 and "3 samples (joint" in out, err
+    got = np.load(tmp_path / "p" / "samples.npz")["image"]
+    known = hide == 0
+    assert got.shape == (3, 1, 8, 8)
+    assert np.array_equal(got[:, 0][:, known], np.broadcast_to(image[0][known], (3, int(known.sum()))))
+    assert not np.allclose(got[:, 0][:, ~known], image[0][~known], atol=1e-3)  # the masked part is generated
+    np.save(tmp_path / "mask.npy", (hide > 0)[None])  # a bool mask of one channel, the same inpainting
+    rc, _, err = _run(capsys, "sample", run, "--out", str(tmp_path / "q"), "--inpaint", str(tmp_path / "image.npy"),
+                      "--mask", str(tmp_path / "mask.npy"), "--n", "3", "--steps", "3", "--no-progress")
+    assert rc == 0 and np.array_equal(np.load(tmp_path / "q" / "samples.npz")["image"], got), err
+
+    np.save(tmp_path / "half.npy", np.full((8, 8), 0.5))
+    np.save(tmp_path / "small.npy", np.ones((4, 4), dtype=bool))
+    np.save(tmp_path / "none.npy", np.zeros((8, 8), dtype=np.int64))
+    for argv, message in [
+        (["--inpaint", str(tmp_path / "image.npy")], "--inpaint IMAGE and --mask MASK go together"),
+        (["--mask", str(tmp_path / "mask.png")], "--inpaint IMAGE and --mask MASK go together"),
+        (["--inpaint", str(tmp_path / "image.npy"), "--mask", str(tmp_path / "half.npy")],
+         "half.npy: expected bools or 0/1 values (1 where generated), got torch.float64"),
+        (["--inpaint", str(tmp_path / "image.npy"), "--mask", str(tmp_path / "small.npy")],
+         "small.npy: expected a 8x8 mask (shape (8, 8), (1, 8, 8) or (1, 8, 8)) for the base 'image', got shape "
+         "(1, 4, 4)"),
+        (["--inpaint", str(tmp_path / "image.npy"), "--mask", str(tmp_path / "none.npy")], "marks nothing to generate"),
+        (["--inpaint", str(tmp_path / "image.npy"), "--mask", str(tmp_path / "missing.png")],
+         "missing.png (--mask): file not found"),
+        (["--inpaint", str(tmp_path / "mask.png"), "--mask", str(tmp_path / "mask.png"), "--given", "image=" +
+          str(tmp_path / "image.npy")], "inpaint generates the base around known values; the base is given here"),
+    ]:
+        rc, _, err = _run(capsys, "sample", run, "--out", str(tmp_path / "x"), "--n", "2", *argv)
+        assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "{cfg}", "--out", "{file}"], r"--out '.*a_file' is an existing file; it must name a folder"),
     (["sample", "{run}", "--out", "{file}", "--n", "1"], r"--out '.*a_file' is an existing file"),

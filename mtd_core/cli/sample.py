@@ -12,6 +12,10 @@ names, also as strings) into --out.
                     giving the base image reads the other modalities off it (classification)
     vectors         numbers separated by commas or spaces (``--given attributes=0,1,1,0``)
     anything        a .npy file holding one example, or a batch (each example a grid row of ``--n``)
+``--inpaint IMAGE --mask MASK`` generates the base around the known part of IMAGE (read as ``--given`` reads the base),
+MASK marking what is generated: a PNG (pixels of 128 and above) or a .npy file of bools or 0/1 values, shaped like
+the image or like one of its channels; ``--n`` inpaintings of the one image (any model with a base, a single-task
+one included; docs/sampling.md, "Restoration: keeping the observed pixels").
 ``--guidance S`` steers towards the one given aggregated modality with its own head (any modality, not only labels),
 or with the head of ``--classifier RUN``, a noise-aware classifier of the base (scale 1 unless --guidance says).
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -98,6 +103,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-keep-observed", action="store_true",
                    help="regenerate every pixel of the base, those a given masked image shows included (default: "
                         "keep them in every step's estimate, so a restoration keeps what it was given)")
+    p.add_argument("--inpaint", default=None, metavar="IMAGE",
+                   help="inpaint this image of the base (a PNG or .npy file): generate what --mask marks, keep the "
+                        "rest in every step (any model with a base)")
+    p.add_argument("--mask", default=None, metavar="MASK",
+                   help="with --inpaint: what is generated, a PNG (pixels of 128 and above) or a .npy file of bools "
+                        "or 0/1 values shaped like the image or like one of its channels")
     p.add_argument("--encoding-temperature", action="append", default=[], metavar="NAME=TAU",
                    help="temper a generated label's (or caption's) probabilities behind its encoding in every "
                         "step (repeatable), e.g. --encoding-temperature label=0.125; default: the kind's own "
@@ -211,6 +222,46 @@ def parse_temperatures(items: list[str]) -> dict[str, float]:
     return out
 
 
+def parse_inpaint(model: MultiTaskModel, image: str | None, mask: str | None, n: int
+                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``--inpaint IMAGE --mask MASK`` as generate()'s ``inpaint``: the image read by the base's ``parse``, repeated
+    ``n`` times, and the mask (True where generated) shaped like the image or like one of its channels."""
+    from mtd_core.imageio import read_image, read_npy
+
+    if image is None and mask is None:
+        return None
+    if image is None or mask is None:
+        raise ConfigError("--inpaint IMAGE and --mask MASK go together: the image to inpaint and what to generate of it")
+    base = model.taskset.base
+    if base is None:
+        raise ConfigError(f"--inpaint: the run's task set has no base modality to inpaint; it has "
+                          f"{list(model.taskset.modalities)}")
+    try:
+        images = base.parse(image)
+    except ModalityDataError as e:
+        raise ModalityDataError(f"--inpaint: {e}") from None
+    if not isinstance(images, torch.Tensor) or len(images) != 1:
+        raise ModalityDataError(f"--inpaint {image}: expected one image of the base {base.name!r}")
+    c, h, w = images.shape[1:]
+    if mask.endswith(".npy"):
+        m = read_npy(mask, where="--mask")
+        if m.dtype != torch.bool:
+            if m.is_floating_point() or not bool(((m == 0) | (m == 1)).all()):
+                raise ModalityDataError(f"--mask {mask}: expected bools or 0/1 values (1 where generated), got "
+                                        f"{m.dtype} values {m.unique()[:6].tolist()}")
+            m = m == 1
+    else:
+        m = torch.from_numpy(read_image(Path(mask), 1, where="--mask")[0] >= 128)
+    if m.ndim == 2:
+        m = m[None]
+    if tuple(m.shape) not in ((c, h, w), (1, h, w)):
+        raise ModalityDataError(f"--mask {mask}: expected a {w}x{h} mask (shape ({h}, {w}), (1, {h}, {w}) or "
+                                f"({c}, {h}, {w})) for the base {base.name!r}, got shape {tuple(m.shape)}")
+    if not bool(m.any()):
+        raise ModalityDataError(f"--mask {mask}: marks nothing to generate (every value is 0 or below 128)")
+    return images.repeat(n, 1, 1, 1), m[None].expand(n, c, h, w)
+
+
 @handle_errors("sample")
 def main(args: argparse.Namespace) -> int:
     """Run ``mtd sample``."""
@@ -226,6 +277,7 @@ def main(args: argparse.Namespace) -> int:
     loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
     model = loaded.model
     given, total, row_labels = parse_given(model, args.given, args.n, loaded.dataset_info.get("class_names"))
+    inpaint = parse_inpaint(model, args.inpaint, args.mask, total)
     guidance = None
     scale = args.guidance if args.guidance is not None else (1.0 if args.classifier else 0.0)
     if scale or args.classifier:
@@ -247,7 +299,7 @@ def main(args: argparse.Namespace) -> int:
                    conditioning=args.conditioning, encoding_temperature=parse_temperatures(args.encoding_temperature),
                    spacing=args.spacing, clip=args.clip, clip_eps=args.clip_eps, clip_percentile=args.clip_percentile,
                    sampler_options=parse_options(args.option), joint=args.joint,
-                   cfg_scale=args.cfg_scale, keep_observed=not args.no_keep_observed)
+                   cfg_scale=args.cfg_scale, keep_observed=not args.no_keep_observed, inpaint=inpaint)
     samples = dict(out.samples)
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = sample_cells(model.taskset, samples, loaded.dataset_info.get("class_names"))
