@@ -152,10 +152,10 @@ def metric_mean(runs: Sequence[Run], key: str) -> tuple[float, float, int] | Non
     return m, s, len(values)
 
 
-def paired_seeds(a: Sequence[Run], b: Sequence[Run], key: str) -> tuple[list[Run], list[Run]]:
-    """The runs of ``a`` and of ``b`` (sorted by seed) on the seeds both ran with ``key``: a ratio of two
-    experiments' means compares the same seeds, not a third seed that only one of them has."""
-    seeds = {r.seed for r in a if key in r.metrics} & {r.seed for r in b if key in r.metrics}
+def paired_seeds(a: Sequence[Run], b: Sequence[Run]) -> tuple[list[Run], list[Run]]:
+    """The runs of ``a`` and of ``b`` (sorted by seed) on the seeds both ran: a comparison of two experiments'
+    means compares the same seeds, not a third seed that only one of them has."""
+    seeds = {r.seed for r in a} & {r.seed for r in b}
     return ([r for r in a if r.seed in seeds], [r for r in b if r.seed in seeds])
 
 
@@ -313,7 +313,7 @@ def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float],
     for experiment, what in JOINT:
         claim = (f"joint image+{what} FID <= {FID_RATIO_TARGET} x single-task FID (same sampler and NFE, the seeds "
                  f"both ran)")
-        pair = paired_seeds(single, by_exp.get(experiment, []), "fid")
+        pair = paired_seeds(single, by_exp.get(experiment, []))
         s, j = metric_mean(pair[0], "fid"), metric_mean(pair[1], "fid")
         if s is None or j is None:
             out.append(Claim(claim, "not run", f"single-task FID {_pm(s)}, joint FID {_pm(j)} on common seeds"))
@@ -387,8 +387,9 @@ def claims(by_exp: Mapping[str, Sequence[Run]], ratios: Sequence[float],
                          f"label head {_pm(h)} vs standalone classifier {_pm(k)} (difference "
                          f"{(h[0] - k[0]) * 100:+.1f} points)"))
 
-    claim = "masked-image training reaches the single-task final FID in fewer steps (steps ratio < 1)"
-    sr = steps_ratio(single, masked)
+    claim = ("masked-image training reaches the single-task final FID in fewer steps (steps ratio < 1, the seeds "
+             "both ran)")
+    sr = steps_ratio(*paired_seeds(single, masked))
     if sr is None:
         out.append(Claim(claim, "not run", "needs the learning curves of single_task and masked_image"))
     elif sr.ratio is None:

@@ -14,8 +14,9 @@ with ``classifier_seed=K`` with seed K's run; ``encoding_temperature=text:0.5``;
 restoration of the split's first examples with patch masks hiding R of each, scored by PSNR pooled over the pairs and
 SSIM against the true images as generated and with the observed pixels pasted back, beside the masked input's; the
 test masks are common.restoration_set's, the val masks seeded apart; ``inpaint=R``: the same restoration by any
-model, generating the image around the masked image's unhidden pixels, generate's ``inpaint``), written as
-``key=value,key=value``;
+model, generating the image around the masked image's unhidden pixels, generate's ``inpaint``; ``draw=K``: the
+K-th other draw of the same setting, its sampling seed DRAW_SEED_OFFSET * K apart, to measure how much a score moves
+between two draws of the same model), written as ``key=value,key=value``;
 the diffusers baseline takes ``sampler=diffusers_ddim`` or ``sampler=diffusers_dpmpp`` (diffusers' DDIMScheduler and
 DPMSolverMultistepScheduler at their defaults, on the baseline's saved U-Net). Rows are appended to ``--out`` (JSON
 lines), so a study can be extended and plotted later.
@@ -42,6 +43,7 @@ from mtd_core.errors import ConfigError, MTDError
 
 VAL_REFERENCE = 10_000
 VAL_SEED_OFFSET = 1000
+DRAW_SEED_OFFSET = 10_000
 CLASSES = 10
 
 
@@ -104,11 +106,12 @@ class Study:
     def generate(self, setting: Mapping[str, Any], n: int) -> dict[str, Any]:
         """``n`` samples of ``setting`` from the split's seed (images in [-1, 1] and any generated modality)."""
         options = dict(setting)
+        seed = self.sample_seed + DRAW_SEED_OFFSET * int(options.pop("draw", 0))
         if str(options.get("sampler", "")).startswith("diffusers_"):
             from experiments.diffusers_baseline import diffusers_samples
 
             return {"image": diffusers_samples(self.unet, options.pop("sampler"), int(options.pop("nfe")), n,
-                                               self.sample_seed, self.preset, options)}
+                                               seed, self.preset, options)}
         if self.model is None:
             raise ConfigError(f"{self.experiment}: only the diffusers_* samplers apply to the diffusers baseline")
         name = options.pop("given", None)
@@ -133,8 +136,7 @@ class Study:
                               "classifier), not both")
         classifier_seed = int(options.pop("classifier_seed", self.seed))
         classifier = self._classifier(classifier_seed) if cguide else None
-        return _generate(self.model, self.preset, n, self.sample_seed, given, options, guide or cguide, classifier,
-                         inpaint)
+        return _generate(self.model, self.preset, n, seed, given, options, guide or cguide, classifier, inpaint)
 
     def conditions(self, name: str, n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """What ``given=name`` conditions on and the class each image generated from it should have: the labels 0-9
