@@ -61,7 +61,8 @@ channels and the whole gradient; masked image 2.17 / 1.30 against 7.04 (seed 0) 
 gradient; edge map 1.26 / 1.41 against 4.97 (seed 0) likewise; image + label (shared channels, ``known_input``) 1.03 /
 1.10 against 1.37 / 1.22 with the whole gradient. The heads' read-outs are unchanged or better, except the edge
 map's: 2.3 dB lower (docs/sampling.md, "Telling the network the known part", "Captions and representations", "The
-masked image" and "The edge map")."""
+masked image" and "The edge map"). The representation's own is 0 (its head on the feature map) and the caption's 0.01
+since session 31 (their modules' ``HEAD_GRAD``)."""
 
 
 def aggregated(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -718,7 +719,7 @@ def main(experiment: str, description: str, run: RunFn, metric_keys: KeysFn,
                         "(resume one stopped part-way)")
     p.add_argument("--train-only", action="store_true",
                    help="train (into --work) and stop before the evaluation; evaluate later with --reuse")
-    p.add_argument("--variant", default="", help="name a design study (needs --aux-channels or --weights)")
+    p.add_argument("--variant", default="", help="name a design study (needs at least one of the design options below)")
     p.add_argument("--aux-channels", type=int, default=None, help="the task set's aux_channels (design study)")
     p.add_argument("--weights", default=None, help="the aggregated weight schedule as kind=...,key=value,...")
     p.add_argument("--aggregated", default=None, help="further aggregated-modality options as key=value,...")
