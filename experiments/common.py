@@ -54,15 +54,15 @@ AUX_EPS = "heads"
 HEAD_GRAD = 0.1
 """The heads' share of their loss gradient into the shared backbone (``head_grad``) in the built-in image + label,
 image + masked image and image + edge map task sets (the caption and representation modules set their own
-``HEAD_GRAD``), and the channels of Z of their own (``aux_channels``) that every aggregated modality gives its
-encodings (the label's since session 25), whose noise estimate the heads imply (``aux_eps``). Validation FID at 20 NFE, seeds 0 / 1: caption 1.66 / 1.45,
+``HEAD_GRAD``: 0.01 since session 31, and 0 with the head on the feature map), and the channels of Z of their own
+(``aux_channels``) that every aggregated modality gives its encodings (the label's since session 25), whose noise
+estimate the heads imply (``aux_eps``). Validation FID at 20 NFE, seeds 0 / 1: caption 1.66 / 1.45,
 representation 2.00 / 2.15; with the backbone's own estimate of that channel 2.46 / 2.33 and 3.86 / 3.47; 9.50 (seed 0) and 5.08 / 5.27 with shared
 channels and the whole gradient; masked image 2.17 / 1.30 against 7.04 (seed 0) with shared channels and the whole
 gradient; edge map 1.26 / 1.41 against 4.97 (seed 0) likewise; image + label (shared channels, ``known_input``) 1.03 /
 1.10 against 1.37 / 1.22 with the whole gradient. The heads' read-outs are unchanged or better, except the edge
 map's: 2.3 dB lower (docs/sampling.md, "Telling the network the known part", "Captions and representations", "The
-masked image" and "The edge map"). The representation's own is 0 (its head on the feature map), the caption's 0.01
-since session 31."""
+masked image" and "The edge map")."""
 
 
 def aggregated(config: Mapping[str, Any]) -> dict[str, Any]:
