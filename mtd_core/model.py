@@ -41,13 +41,28 @@ if TYPE_CHECKING:
 CONFIG_KEYS = ("taskset", "backbone", "backbone_options")
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """y = sum_r x_r over the ranks, differentiable: every rank's loss depends on the same y, so the gradient for
+    x_r is the sum over ranks of dL_r/dy (an all-reduce of the incoming gradients)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        torch.distributed.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor) -> torch.Tensor:
+        g = g.clone()
+        torch.distributed.all_reduce(g)
+        return g
+
+
 def _global_sums(x: torch.Tensor) -> torch.Tensor:
     """``x`` summed over the ranks of data-parallel training (with gradients), else ``x``."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(x)
+        return _SumOverRanks.apply(x)  # type: ignore[no-untyped-call]
     return x
 
 

@@ -43,6 +43,11 @@ def run() -> None:
     is ignored, so the process exits with that status instead of dying by SIGINT."""
     code = main()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # after data-parallel training the exit skips the interpreter's teardown (exit_process); a command that never
+    # imported the module joined no group, and importing it (and torch) only to learn that would slow every exit
+    distributed = sys.modules.get("mtd_core.training.distributed")
+    if distributed is not None:
+        distributed.exit_process(code)
     sys.exit(code)
 
 

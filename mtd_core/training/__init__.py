@@ -19,6 +19,7 @@ from mtd_core.training.config import (
 )
 from mtd_core.training.distributed import (
     DistContext,
+    exit_process,
     init_distributed,
     shutdown_distributed,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "backward_and_clip",
     "build_run",
     "capture_rng_state",
+    "exit_process",
     "find_checkpoint",
     "init_distributed",
     "list_checkpoints",

@@ -11,7 +11,8 @@ from __future__ import annotations
 import atexit
 import json
 import os
-from typing import TypeVar
+import sys
+from typing import NoReturn, TypeVar
 
 import attrs
 import torch
@@ -20,6 +21,7 @@ import torch.distributed as dist
 from mtd_core.errors import ConfigError
 
 _J = TypeVar("_J")  # a JSON-representable value
+_joined = False  # whether this process joined a process group (see exit_process)
 
 
 @attrs.frozen
@@ -116,6 +118,7 @@ def init_distributed(device: str = "auto", init_method: str | None = None, rank:
         init_method: a rendezvous URL (default: the ``env://`` variables torchrun sets).
         rank, world_size: explicit values (tests spawning processes themselves); default: from the environment.
     """
+    global _joined
     world = int(world_size if world_size is not None else os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
@@ -127,10 +130,10 @@ def init_distributed(device: str = "auto", init_method: str | None = None, rank:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method=init_method or "env://", rank=r, world_size=world)
-        # a script that ends without shutdown_distributed (e.g. after catching an error) still leaves the group:
-        # a gloo group left to the interpreter's teardown can abort the process ("terminate called without an
-        # active exception"), turning a clean exit into a failed rank
+        # a script that ends without shutdown_distributed (e.g. after catching an error) still leaves the group,
+        # before the interpreter's teardown (exit_process runs this hook, then skips the teardown)
         atexit.register(_leave)
+        _joined = True
     return DistContext(rank=r, world_size=world, local_rank=local, backend=backend)
 
 
@@ -144,6 +147,27 @@ def shutdown_distributed(ctx: DistContext) -> None:
     """Leave the process group (no-op for a single process)."""
     if ctx.enabled:
         _leave()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with ``code``; one that joined a process group skips the interpreter's teardown.
+
+    torch 2.13's DistributedDataParallel keeps its process group alive in C++ after destroy_process_group (the
+    gloo worker threads survive ``del`` of the wrapper and garbage collection), and an interpreter that finalises
+    with those threads alive can abort ("terminate called without an active exception": a finished rank reported
+    as failed by torchrun). So such a process runs its exit handlers (leaving the group among them), flushes its
+    output and ends with ``os._exit``. A process that never joined a group exits normally (``sys.exit``). The
+    ``mtd`` command ends this way; a script launched with torchrun should end with it too.
+    """
+    if not _joined:
+        sys.exit(code)
+    atexit._run_exitfuncs()  # noqa: SLF001 - the handlers a normal exit would run, while the interpreter is whole
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken (e.g. the reader of a pipe went away)
+            pass
+    os._exit(code)
 
 
 def device_for(ctx: DistContext, device: str = "auto") -> torch.device:
