@@ -12,6 +12,7 @@ mtd_plugins.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 try:  # the optional extra "bench"
-    from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
+    import diffusers
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "benchmarks/speed.py compares against diffusers, which is not installed.\n"
@@ -30,6 +32,15 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 # The tolerance of the parameter match: |params_diffusers / params_ours - 1| must not exceed it.
 PARAM_TOLERANCE = 0.10
+
+DPM_SETTINGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "best": {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True, "thresholding": True,
+             "sample_max_value": 1.0},
+}
+"""DPMSolverMultistepScheduler's settings the baseline is sampled with: its defaults (DPM-Solver++(2M)) and its
+best documented settings for a bounded image in [-1, 1] (the SDE variant, Karras sigmas, dynamic thresholding at
+1.0); :func:`scheduler_options` checks them against the installed version's signature."""
 
 
 @attrs.frozen
@@ -193,21 +204,45 @@ def build_unet2d(spec: UNet2DSpec, device: torch.device) -> UNet2DModel:
     return UNet2DModel(**spec.kwargs()).to(device).train()
 
 
+def scheduler_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` of the scheduler class ``cls``, after checking that the installed diffusers accepts each one.
+
+    Raises:
+        ValueError: an option the installed version's ``cls.__init__`` does not take (named, with the version).
+    """
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k in options if k not in accepted)
+    if unknown:
+        raise ValueError(f"diffusers {diffusers.__version__}: {cls.__name__} does not take {unknown}; it takes "
+                         f"{sorted(k for k in accepted if k != 'self')}")
+    return dict(options)
+
+
+def dpm_solver(setting: str, num_train_timesteps: int = 1000, **options: Any) -> DPMSolverMultistepScheduler:
+    """DPMSolverMultistepScheduler with linear betas at DPM_SETTINGS[``setting``] (then ``options``)."""
+    if setting not in DPM_SETTINGS:
+        raise ValueError(f"unknown DPM-Solver setting {setting!r}; expected one of {sorted(DPM_SETTINGS)}")
+    chosen = scheduler_options(DPMSolverMultistepScheduler, {**DPM_SETTINGS[setting], **options})
+    return DPMSolverMultistepScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear", **chosen)
+
+
 class DiffusersTrainStep:
-    """One diffusers training step as its examples write it: eps MSE on DDPMScheduler.add_noise, AdamW.
+    """One diffusers training step as its examples write it: eps MSE on DDPMScheduler.add_noise, AdamW (without
+    weight decay by default, as mtd's trainer).
 
     Args:
         unet: the UNet2DModel (on its device).
         lr: AdamW's learning rate.
         num_train_timesteps: T of the DDPM schedule (linear betas, as ours).
         autocast: run the forward pass and the loss under bfloat16 autocast (backward and the step outside it).
+        weight_decay: AdamW's decoupled weight decay (mtd's default 0, where torch's AdamW defaults to 0.01).
     """
 
     def __init__(self, unet: UNet2DModel, lr: float = 1e-4, num_train_timesteps: int = 1000,
-                 autocast: bool = False) -> None:
+                 autocast: bool = False, weight_decay: float = 0.0) -> None:
         self.unet = unet
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear")
-        self.optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)
+        self.optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=weight_decay)
         self.T = num_train_timesteps
         self.autocast = autocast
 
@@ -242,6 +277,7 @@ def sample_ddim(pipe: DDIMPipeline, batch: int, steps: int, generator: torch.Gen
 
 
 __all__ = [
+    "DPM_SETTINGS",
     "PARAM_TOLERANCE",
     "DiffusersTrainStep",
     "ParamMatch",
@@ -249,7 +285,9 @@ __all__ = [
     "build_unet2d",
     "count_parameters",
     "ddim_pipeline",
+    "dpm_solver",
     "match_parameters",
     "mirror_spec",
     "sample_ddim",
+    "scheduler_options",
 ]

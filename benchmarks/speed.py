@@ -25,16 +25,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import json
 import os
 import platform
-import statistics
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _diffusers_baseline as base  # noqa: E402  (needs diffusers: the optional extra "bench")
+from _speed_timing import Candidate, Result, results_of, run_interleaved  # noqa: E402
 
 from mtd_core.model import MultiTaskModel  # noqa: E402
 from mtd_core.sampling.generate import generate  # noqa: E402
@@ -59,155 +55,6 @@ FULL = {"size": 28, "batch": 64, "steps": 3, "warmup": 2, "repeats": 3, "sample_
 QUICK = {"size": 8, "batch": 4, "steps": 1, "warmup": 1, "repeats": 2, "sample_steps": 2, "channels": 16,
          "num_res_blocks": 1}
 TARGETS = {"train_vs_diffusers": 1.0, "multitask_overhead": 0.10, "sample_vs_diffusers": 1.0}
-
-
-# -- measurement ----------------------------------------------------------------------------------------
-@attrs.frozen
-class Candidate:
-    """One thing timed.
-
-    Attributes:
-        name: its label in the table and the JSON.
-        phase: "train" (one call = one optimizer step) or "sample" (one call = one full DDIM run).
-        framework: "mtd" or "diffusers".
-        params: trainable parameters.
-        images: images per call (the batch).
-        run: one call; returns something holding the result, so that the device can be synchronised on it.
-        warm: a cheap call that warms caches (first kernels, allocator) before timing.
-    """
-
-    name: str
-    phase: str
-    framework: str
-    params: int
-    images: int
-    run: Callable[[], Any]
-    warm: Callable[[], Any]
-
-
-@attrs.frozen
-class Result:
-    """The measurement of one candidate: per-call seconds of every repeat, their median and the peak memory.
-
-    Attributes:
-        seconds: wall-clock seconds per call, one entry per repeat; ``median_s`` and ``min_s`` summarise them.
-        cpu_seconds: CPU seconds of this process per call (all its threads), per repeat. With one thread this is
-            the work done, nearly blind to other processes taking turns on the cores; with several threads it also
-            counts their spin-waiting.
-        peak_delta_bytes: the peak during one call above the level before it (CPU: resident set, approximate).
-        peak_total_bytes: CUDA only: the peak of all allocated memory (weights and optimizer state included).
-    """
-
-    name: str
-    phase: str
-    framework: str
-    params: int
-    images: int
-    seconds: list[float]
-    median_s: float
-    min_s: float
-    cpu_seconds: list[float]
-    cpu_median_s: float
-    images_per_s: float
-    peak_delta_bytes: int | None
-    peak_total_bytes: int | None
-    memory_method: str
-
-
-@attrs.frozen
-class Ratio:
-    """A comparison against its target: ``met`` when ``value >= target`` (direction "min") or ``<=`` ("max").
-
-    ``value`` compares median wall-clock times (the target's measure); ``value_best`` the fastest repeat of each
-    candidate and ``value_cpu`` the median CPU times: checks that are less sensitive to other load on a shared
-    machine.
-    """
-
-    name: str
-    value: float
-    value_best: float
-    value_cpu: float
-    target: float
-    direction: str
-    met: bool
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA runs asynchronously; timing without this measures launches)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _release_cpu_memory() -> None:
-    """Return freed heap memory to the OS (glibc), so that the next RSS baseline is not inflated by free chunks."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def measure_memory(fn: Callable[[], Any], device: torch.device) -> tuple[int | None, int | None, str]:
-    """(peak delta, peak total, method) of one call of ``fn``."""
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-        return peak - before, peak, "torch.cuda.max_memory_allocated"
-    _release_cpu_memory()
-    before = _rss_bytes()
-    if before is None:
-        return None, None, "unavailable (no /proc/self/statm)"
-    peak = [before]
-    done = threading.Event()
-
-    def poll() -> None:
-        while not done.is_set():
-            r = _rss_bytes()
-            if r is not None and r > peak[0]:
-                peak[0] = r
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        thread.join()
-    return max(0, max(peak[0], _rss_bytes() or 0) - before), None, "RSS sampled every 1 ms (approximate)"
-
-
-def run_interleaved(cands: list[Candidate], calls: int, repeats: int, warmup: int,
-                    device: torch.device) -> dict[str, tuple[list[float], list[float]]]:
-    """Per-call (wall, CPU) seconds of every candidate in every repeat, the candidates taking turns (the start
-    rotating from repeat to repeat)."""
-    for c in cands:
-        for _ in range(warmup):
-            c.warm()
-    synchronize(device)
-    out: dict[str, tuple[list[float], list[float]]] = {c.name: ([], []) for c in cands}
-    for r in range(repeats):
-        for i in range(len(cands)):
-            c = cands[(r + i) % len(cands)]
-            print(f"  repeat {r + 1}/{repeats}: {c.name}", file=sys.stderr, flush=True)
-            synchronize(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(calls):
-                c.run()
-            synchronize(device)
-            out[c.name][0].append((time.perf_counter() - t0) / calls)
-            out[c.name][1].append((time.process_time() - c0) / calls)
-    return out
 
 
 # -- the candidates -----------------------------------------------------------------------------------------
@@ -319,6 +166,24 @@ def diffusers_candidates(unet: Any, x0: torch.Tensor, s: Setup) -> tuple[Candida
 
 
 # -- report ---------------------------------------------------------------------------------------------------
+@attrs.frozen
+class Ratio:
+    """A comparison against its target: ``met`` when ``value >= target`` (direction "min") or ``<=`` ("max").
+
+    ``value`` compares median wall-clock times (the target's measure); ``value_best`` the fastest repeat of each
+    candidate and ``value_cpu`` the median CPU times: checks that are less sensitive to other load on a shared
+    machine.
+    """
+
+    name: str
+    value: float
+    value_best: float
+    value_cpu: float
+    target: float
+    direction: str
+    met: bool
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
     """CPU model, cores, threads, versions and the accelerator's name."""
     cpu = platform.processor() or platform.machine()
@@ -475,14 +340,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"sampling: {len(sample)} candidates x {s.repeats} repeats x {s.sample_steps} DDIM steps", file=sys.stderr,
           flush=True)
     times.update(run_interleaved(sample, 1, s.repeats, min(1, s.warmup), dev))
-    results = []
-    for c in train + sample:
-        # the warm-up call: one training step, or a 2-step sampling run (a sampler's peak does not grow with steps)
-        delta, total, method = measure_memory(c.warm, dev)
-        wall, cpu = times[c.name]
-        med = statistics.median(wall)
-        results.append(Result(c.name, c.phase, c.framework, c.params, c.images, wall, med, min(wall), cpu,
-                              statistics.median(cpu), c.images / med, delta, total, method))
+    results = results_of(train + sample, times, dev)
     rs = ratios({r.name: r for r in results})
     print_report(results, rs, match, s)
     load_end = os.getloadavg()

@@ -1,12 +1,15 @@
-"""The diffusers baseline: UNet2DModel + DDPMScheduler trained on the same data, steps, batch size, learning-rate
-schedule, gradient clipping and EMA as mtd's single-task run, with a parameter count within 10% of ours (the
-structure mirrors our U-Net; benchmarks/_diffusers_baseline.py searches the width and blocks per level).
+"""The diffusers baseline: UNet2DModel + DDPMScheduler trained on the same data with the same training config as
+mtd's single-task run (steps, batch size, AdamW's learning rate, betas and weight decay 0, warm-up and cosine
+schedule, gradient clipping, EMA, seed: the single-task run's TrainConfig itself), with a parameter count within 10%
+of ours (the structure mirrors our U-Net; benchmarks/_diffusers_baseline.py searches the width and blocks per level).
 
-Sampling uses diffusers' DPMSolverMultistepScheduler at its defaults (DPM-Solver++(2M)) with the preset's NFE; the
-weights are saved (``unet_ema.safetensors`` in the run folder) so that experiments.sampler_study can sample them with
-other schedulers and NFE. The ELBO is the same bound as ours (fixed variance beta_t; diffusers' timestep index k is
-our t = k + 1). diffusers is the optional extra
-``bench``; without it this experiment stops with the install command.
+Sampling uses diffusers' DPMSolverMultistepScheduler twice: at its defaults (DPM-Solver++(2M), "default") and at
+its best settings for a bounded image ("best": SDE-DPM-Solver++, Karras sigmas, dynamic thresholding at 1.0;
+benchmarks/_diffusers_baseline.py's DPM_SETTINGS), each at the preset's NFE and at 10 NFE; the result's metrics hold
+every one under ``<metric>_<setting>_nfe<N>`` and the default at the preset's NFE under the plain names. The weights
+are saved (``unet_ema.safetensors`` in the run folder) so that experiments.sampler_study can sample them with other
+schedulers and NFE. The ELBO is the same bound as ours (fixed variance beta_t; diffusers' timestep index k is our
+t = k + 1). diffusers is the optional extra ``bench``; without it this experiment stops with the install command.
 
     python -m experiments.diffusers_baseline --preset cpu --seed 0
 """
@@ -27,13 +30,23 @@ from experiments.presets import Preset
 from mtd_core.errors import ConfigError
 
 NAME = "diffusers_baseline"
-SAMPLER = "diffusers_dpmpp"
+SETTINGS = ("default", "best")
+"""DPMSolverMultistepScheduler's settings (benchmarks/_diffusers_baseline.py's DPM_SETTINGS)."""
+SAMPLERS = {"default": "diffusers_dpmpp", "best": "diffusers_best"}
+"""The sampler names of the settings (experiments.sampler_study's ``sampler=``)."""
+LOW_NFE = 10
+
+
+def nfes(preset: Preset) -> list[int]:
+    """The NFE every setting is sampled at: the preset's and LOW_NFE."""
+    return sorted({preset.nfe, LOW_NFE})
 
 
 def metric_keys(preset: Preset) -> list[str]:
     """Every metric this experiment reports."""
-    return ["fid", "kid_mean", "kid_std", "precision", "recall", "n_generated", "elbo_bpd", "elbo_bpd_se", "elbo_n",
-            "feature_net_test_accuracy", "params_ours", "params_diffusers", "param_ratio", "noise_like"]
+    per_setting = [f"{k}_{s}_nfe{n}" for s in SETTINGS for n in nfes(preset) for k in common.DRAWN_KEYS]
+    return [*common.DISTRIBUTION_KEYS, "elbo_bpd", "elbo_bpd_se", "elbo_n", "params_ours", "params_diffusers",
+            "param_ratio", *per_setting]
 
 
 def _baseline_module() -> Any:
@@ -85,20 +98,23 @@ class DiffusersDenoiser(torch.nn.Module):
         return {}
 
 
-def train_unet(unet: torch.nn.Module, images: torch.Tensor, preset: Preset, seed: int) -> float:
-    """eps-MSE training on DDPMScheduler.add_noise with AdamW, our warm-up + cosine schedule, clipping at 1 and an
-    EMA of the same decay (copied into ``unet`` at the end). Returns the wall time."""
+def train_config(preset: Preset, seed: int) -> Any:
+    """The training config: mtd's single-task run's TrainConfig (common.run_config), every field of it."""
+    return common.run_config(preset, [common.image_modality(preset)], seed, design=False).trainer
+
+
+def train_unet(unet: torch.nn.Module, images: torch.Tensor, cfg: Any) -> float:
+    """eps-MSE training on DDPMScheduler.add_noise with the TrainConfig ``cfg`` as mtd's Trainer reads it: AdamW
+    (lr, betas, weight decay), warm-up + cosine schedule, clipping at ``grad_clip`` and an EMA of the same decay and
+    warm-up (copied into ``unet`` at the end), data order and noise from ``cfg.seed``. Returns the wall time."""
     from diffusers import DDPMScheduler
 
     from mtd_core.training import EMA
-    from mtd_core.training.config import TrainConfig
 
-    cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,
-                      warmup_steps=preset.warmup_steps, lr_schedule="cosine", final_lr_fraction=0.1)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr)
-    ema = EMA(unet, preset.ema_decay)
-    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    ema = EMA(unet, cfg.ema_decay, cfg.ema_warmup)
+    g = torch.Generator().manual_seed(cfg.seed)
     dev = next(unet.parameters()).device
     n = len(images)
     order, pos = torch.randperm(n, generator=g), 0
@@ -118,73 +134,152 @@ def train_unet(unet: torch.nn.Module, images: torch.Tensor, preset: Preset, seed
     return time.perf_counter() - start
 
 
+def make_scheduler(sampler: str, options: Mapping[str, Any]) -> Any:
+    """diffusers' scheduler of ``sampler`` (linear betas, T = 1000), ``options`` changing its settings, each checked
+    against the installed version's signature."""
+    from diffusers import DDIMScheduler
+
+    bl = _baseline_module()
+    if sampler == "diffusers_ddim":
+        return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear",
+                             **bl.scheduler_options(DDIMScheduler, dict(options)))
+    setting = {v: k for k, v in SAMPLERS.items()}.get(sampler)
+    if setting is None:
+        raise ConfigError(f"unknown diffusers sampler {sampler!r}; expected diffusers_ddim or one of "
+                          f"{sorted(SAMPLERS.values())}")
+    try:
+        return bl.dpm_solver(setting, **options)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 @torch.no_grad()
 def diffusers_samples(unet: Any, sampler: str, nfe: int, n: int, seed: int, preset: Preset,
-                       options: Mapping[str, Any]) -> torch.Tensor:
-    """``n`` images from diffusers' own scheduler loop (linear betas, T = 1000; ``options`` change its defaults),
-    ``nfe`` network evaluations, in [-1, 1]. ``sampler``: "diffusers_ddim" (DDIMScheduler) or "diffusers_dpmpp"
-    (DPMSolverMultistepScheduler: DPM-Solver++(2M))."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
-    cls = {"diffusers_ddim": DDIMScheduler, "diffusers_dpmpp": DPMSolverMultistepScheduler}.get(sampler)
-    if cls is None:
-        raise ConfigError(f"unknown diffusers sampler {sampler!r}; expected diffusers_ddim or diffusers_dpmpp")
-    scheduler = cls(num_train_timesteps=1000, beta_schedule="linear", **options)
+                      options: Mapping[str, Any]) -> torch.Tensor:
+    """``n`` images from diffusers' own scheduler loop, ``nfe`` network evaluations each (counted, under
+    ``<sampler>_nfe<N>``), in [-1, 1]. ``sampler``: "diffusers_ddim" (DDIMScheduler), "diffusers_dpmpp"
+    (DPMSolverMultistepScheduler at its defaults: DPM-Solver++(2M)) or "diffusers_best" (at its best settings);
+    ``options`` change the scheduler's settings."""
+    scheduler = make_scheduler(sampler, options)
     dev = next(unet.parameters()).device
     g = torch.Generator(dev).manual_seed(seed)
-    out = []
+    out, calls = [], 0
     for start in range(0, n, preset.eval_batch):
         b = min(preset.eval_batch, n - start)
         x = torch.randn((b, 1, preset.image_size, preset.image_size), generator=g, device=dev)
         scheduler.set_timesteps(nfe)
+        calls = 0
         for t in scheduler.timesteps:
-            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+            x = scheduler.step(unet(x, t).sample, t, x, generator=g).prev_sample
+            calls += 1
         out.append(x.clamp(-1, 1).cpu())
+    common.record_nfe(f"{sampler}_nfe{nfe}", calls)
     return torch.cat(out)
 
 
-def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
-    """Build the parameter-matched UNet2DModel, train it, sample with DDIM and evaluate (module docstring)."""
-    from mtd_core.data.build import load_dataset
+def build(preset: Preset) -> tuple[Any, Any, Any, int]:
+    """The single-image task set, the parameter-matched UNet2DModel spec's match, the module of
+    benchmarks/_diffusers_baseline.py and our parameter count."""
     from mtd_core.model import MultiTaskModel
-    from mtd_core.plugins.registry import get_registry
     from mtd_core.taskset import TaskSet
 
     bl = _baseline_module()
-    registry = get_registry()
-    data = load_dataset(dict(preset.dataset), registry)
     taskset = TaskSet.from_config({"modalities": [common.image_modality(preset)],
-                                   "diffusion": {"kind": "linear", "T": 1000}}, registry)
-    ours = MultiTaskModel(taskset, "unet", dict(preset.backbone), registry)
+                                   "diffusion": {"kind": "linear", "T": 1000}})
+    ours = MultiTaskModel(taskset, "unet", dict(preset.backbone))
     params_ours = common.count_parameters(ours)
     match = bl.match_parameters(bl.mirror_spec(ours.backbone.config, preset.image_size, 1), params_ours)
+    return taskset, match, bl, params_ours
+
+
+def training_key(preset: Preset, seed: int, spec: Mapping[str, Any], cfg: Any) -> dict[str, Any]:
+    """What decides the baseline's weights (common.trained_module's key): the preset, the seed, the UNet2DModel
+    spec and the training config without the options that never change the weights (threads, logging, ...)."""
+    from mtd_core.training.config import TrainConfig
+
+    neutral = set(TrainConfig.RESUMABLE_CHANGES) - {"steps"}
+    return {"preset": preset.to_dict(), "seed": seed, "unet2d": dict(spec),
+            "trainer": {k: v for k, v in cfg.to_dict().items() if k not in neutral}}
+
+
+def baseline_config(preset: Preset, taskset: Any, spec: Mapping[str, Any], cfg: Any) -> dict[str, Any]:
+    """The baseline's own config (the result's provenance): its data, the single-image task set it models (the
+    single-task run's), its network and noise schedule (diffusers' DDPMScheduler) and its training config."""
+    return {"dataset": dict(preset.dataset), "taskset": taskset.to_config(),
+            "backbone": {"name": "diffusers.UNet2DModel", **spec},
+            "scheduler": {"name": "DDPMScheduler", "beta_schedule": "linear", "num_train_timesteps": 1000},
+            "trainer": cfg.to_dict()}
+
+
+def sample_settings(unet: Any, ev: common.Evaluator, preset: Preset, seed: int
+                    ) -> tuple[dict[str, float], dict[str, list[float]], dict[str, Any], torch.Tensor]:
+    """Every setting at every NFE (nfes) in the preset's draws: metrics ``<metric>_<setting>_nfe<N>`` and their
+    draws, the default at the preset's NFE also under the plain names with the FID curve; returns metrics, draws,
+    that FID curve and that setting's samples."""
+    metrics: dict[str, float] = {}
+    draws: dict[str, list[float]] = {}
+    curve: dict[str, Any] = {}
+    headline = torch.empty(0)
+    for setting in SETTINGS:
+        for nfe in nfes(preset):
+            images = common.drawn(lambda n, s: {"image": diffusers_samples(
+                unet, SAMPLERS[setting], nfe, n, s, preset, {})}, preset, seed)["image"]
+            print(f"  DPMSolverMultistepScheduler, {setting} settings, NFE {nfe}:")
+            dist = common.distribution_metrics(ev, preset, images)
+            tag = f"_{setting}_nfe{nfe}"
+            metrics.update({f"{k}{tag}": dist.metrics[k] for k in common.DRAWN_KEYS})
+            draws.update({f"{k}{tag}": dist.draws[k] for k in common.DRAWN_KEYS})
+            if setting == "default" and nfe == preset.nfe:
+                metrics.update(dist.metrics)
+                draws.update(dist.draws)
+                curve, headline = dist.fid_curve, images
+    return metrics, draws, curve, headline
+
+
+def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
+    """Build the parameter-matched UNet2DModel, train it, sample it with both settings and evaluate it (module
+    docstring)."""
+    from mtd_core.data.build import load_dataset
+    from mtd_core.plugins.registry import get_registry
+
+    data = load_dataset(dict(preset.dataset), get_registry())
+    taskset, match, bl, params_ours = build(preset)
     print(f"  ours {params_ours:,} parameters; UNet2DModel {match.params:,} (ratio {match.ratio:.3f}), "
           f"{match.spec.to_dict()}")
     torch.manual_seed(seed)
-    dev = common.device_of(preset)
-    unet = bl.build_unet2d(match.spec, dev)
+    unet = bl.build_unet2d(match.spec, common.device_of(preset))
+    cfg = train_config(preset, seed)
     train_images = common.split_tensors(data, "train", fields=("image",))["image"]
-    key = {"preset": preset.to_dict(), "seed": seed, "unet2d": match.spec.to_dict()}
-    wall = common.trained_module(unet, run_dir / "unet_ema.safetensors", key,
-                                 lambda: train_unet(unet, train_images, preset, seed))
+    wall = common.trained_module(unet, run_dir / "unet_ema.safetensors",
+                                 training_key(preset, seed, match.spec.to_dict(), cfg),
+                                 lambda: train_unet(unet, train_images, cfg))
     unet.eval()
     ev = common.make_evaluator(data, preset)
     print(f"  feature net: {ev.feature_net}")
-    images = diffusers_samples(unet, SAMPLER, preset.nfe, preset.n_samples, seed, preset, {})
-    metrics = common.distribution_metrics(ev, images)
-    metrics.update(common.elbo_bits_per_dim(DiffusersDenoiser(unet, taskset), data, preset, seed))
+    s = ev.sample_seed(seed)
+    metrics, draws, curve, images = sample_settings(unet, ev, preset, s)
+    metrics.update(common.elbo_bits_per_dim(DiffusersDenoiser(unet, taskset), data, preset, s, ev.split))
     metrics.update({"params_ours": float(params_ours), "params_diffusers": float(match.params),
                     "param_ratio": float(match.ratio)})
     grids = [common.save_grid(out_dir / f"seed{seed}_samples.png", taskset, {"image": images},
                               title=f"diffusers, seed {seed}")]
+    return common.Outcome(metrics=metrics, protocol=protocol(preset, match, wall, ev), grids=grids, draws=draws,
+                          fid_curve=curve, config=baseline_config(preset, taskset, match.spec.to_dict(), cfg))
+
+
+def protocol(preset: Preset, match: Any, wall: float, ev: common.Evaluator) -> dict[str, Any]:
+    """What the baseline's numbers depend on."""
     import diffusers
 
-    protocol = {"dataset": preset.dataset["name"], "steps": preset.steps, "batch_size": preset.batch_size,
-                "lr": preset.lr, "unet2d": match.spec.to_dict(), "parameters": match.params,
-                "sampler": "diffusers DPMSolverMultistepScheduler (its defaults: DPM-Solver++(2M))", "nfe": preset.nfe,
-                "n_samples": preset.n_samples, "train_wall_s": wall, "weights": "EMA",
-                "diffusers": diffusers.__version__, **ev.protocol()}
-    return common.Outcome(metrics=metrics, protocol=protocol, grids=grids)
+    bl = _baseline_module()
+    return {"dataset": preset.dataset["name"], "holdout": int(preset.dataset.get("holdout", 0) or 0),
+            "steps": preset.steps, "batch_size": preset.batch_size, "lr": preset.lr, "weight_decay": 0.0,
+            "unet2d": match.spec.to_dict(), "parameters": match.params,
+            "sampler": "diffusers DPMSolverMultistepScheduler at its defaults (DPM-Solver++(2M)) for the plain "
+                       "metric names; <metric>_<setting>_nfe<N> for every setting and NFE",
+            "samplers": {s: {"scheduler": "DPMSolverMultistepScheduler", **bl.DPM_SETTINGS[s]} for s in SETTINGS},
+            "nfe": preset.nfe, "nfes": nfes(preset), **common.draw_protocol(preset), "train_wall_s": wall,
+            "weights": "EMA", "diffusers": diffusers.__version__, **ev.protocol()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

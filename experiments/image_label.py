@@ -2,10 +2,10 @@
 requested class, and the class of a given garment.
 
 Measures FID/KID/precision-recall of joint samples, joint coherence (generated label vs the feature net's class of
-the generated image), conditional fidelity (images generated for requested labels, balanced over classes), the
-label head's test accuracy at the read-out t against a standalone classifier (the same U-Net and the same label
-head, trained with cross-entropy alone for the same steps, batch and learning-rate schedule, read out at the same
-t), and the ELBO in bits/dim.
+the generated image), conditional fidelity (images generated for requested labels, balanced over classes), the label
+head's accuracy on the evaluation split at the read-out t against a standalone classifier (the same U-Net and the
+same label head, trained with cross-entropy alone for the same steps, batch and learning-rate schedule, read out at
+the same t), and the ELBO in bits/dim.
 
     python -m experiments.image_label --preset cpu --seed 0
 """
@@ -34,9 +34,8 @@ def metric_keys(preset: Preset) -> list[str]:
 
 
 def label_modality() -> dict[str, Any]:
-    """The aggregated label modality (10 classes, the windowed weight schedule, a tenth of its head's gradient into the
-    backbone: common.HEAD_GRAD)."""
-    return common.aggregated({"kind": "label", "num_classes": 10, "head_grad": common.HEAD_GRAD})
+    """The aggregated label modality's minimal config (10 classes): its design is the label kind's."""
+    return common.aggregated({"kind": "label", "num_classes": 10})
 
 
 def joint_measures(ev: common.Evaluator, preset: Preset, model: Any, samples: Mapping[str, Any]) -> dict[str, float]:
@@ -50,7 +49,7 @@ def joint_measures(ev: common.Evaluator, preset: Preset, model: Any, samples: Ma
 
 @torch.no_grad()
 def head_accuracy(model: Any, images: torch.Tensor, labels: torch.Tensor, preset: Preset, seed: int) -> float:
-    """Accuracy of the model's label head read out from the given test images at t = read_t * T."""
+    """Accuracy of the model's label head read out from the given real images at t = read_t * T."""
     out = common.generate_batched(model, preset, given={"image": images}, seed=seed, read_t=preset.read_t)
     return float((out["label"] == labels).double().mean())
 
@@ -61,7 +60,7 @@ def classifier_modalities(preset: Preset) -> list[dict[str, Any]]:
     eps, and the image's loss weight 0, so that the label head's cross-entropy at uniform t alone trains it. The
     label's design options do not enter it: every design study shares one classifier per seed."""
     return [{**common.image_modality(preset), "loss_weight": 0.0},
-            {"kind": "label", "num_classes": 10, "weights": {"kind": "zero"}, "loss_weight": 1.0}]
+            {"kind": "label", "num_classes": 10, "weights": {"kind": "zero"}, "loss_weight": 1.0, "head_grad": 1.0}]
 
 
 def train_standalone_classifier(preset: Preset, seed: int, run_dir: Path) -> common.Trained:
@@ -84,30 +83,28 @@ def load_standalone_classifier(preset: Preset, run_dir: Path) -> Any:
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image-label model and evaluate it (see the module docstring)."""
-    # the network is told the committed label (docs/sampling.md, "Telling the network the known part"), whose
-    # encoding has a channel of its own: its untold path is then a model of the image alone, and generate() follows
-    # a given label with classifier-free guidance by default (docs/sampling.md, "Conditional generation")
-    trained = common.train(preset, [common.image_modality(preset), label_modality()], seed, run_dir, known_input=True,
-                           aux_channels=common.OWN_CHANNELS)
+    trained = common.train(preset, [common.image_modality(preset), label_modality()], seed, run_dir)
     # the classifier does not depend on the design: a design study's variants share the default run's
     shared = run_dir.parents[2] / run_dir.name if common.DESIGN["variant"] else run_dir
     clf = train_standalone_classifier(preset, seed, shared)
     ev = common.make_evaluator(trained.data, preset)
     print(f"  feature net: {ev.feature_net}")
-    model = trained.model
-    samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
-    metrics = common.distribution_metrics(ev, samples["image"])
+    model, s = trained.model, ev.sample_seed(seed)
+    samples = common.joint_samples(model, preset, s)
+    dist = common.distribution_metrics(ev, preset, samples["image"])
+    metrics = dict(dist.metrics)
     metrics.update(joint_measures(ev, preset, model, samples))
-    requested = torch.arange(preset.n_samples) % 10
-    conditional, cond = common.conditional_measures(ev, preset, model, {"label": requested}, requested, seed + 1)
+    requested = torch.arange(preset.per_draw) % 10
+    conditional, cond = common.conditional_measures(ev, preset, model, {"label": requested}, requested, s + 1)
     metrics.update(conditional)
-    test = common.split_tensors(trained.data, "test", limit=preset.n_samples)
-    metrics["label_head_accuracy"] = head_accuracy(model, test["image"], test["label"], preset, seed)
-    metrics["standalone_classifier_accuracy"] = head_accuracy(clf.model, test["image"], test["label"], preset, seed)
-    metrics["accuracy_n"] = float(len(test["label"]))
+    real = ev.real  # the whole reference set of the split: a read-out costs one network evaluation
+    metrics["label_head_accuracy"] = head_accuracy(model, real["image"], real["label"], preset, s)
+    metrics["standalone_classifier_accuracy"] = head_accuracy(clf.model, real["image"], real["label"], preset, s)
+    metrics["accuracy_n"] = float(len(real["label"]))
     print(f"  label head accuracy {metrics['label_head_accuracy']:.4f}, standalone classifier "
-          f"{metrics['standalone_classifier_accuracy']:.4f} (n={len(test['label'])}, read-out t = {preset.read_t} T)")
-    metrics.update(common.elbo_bits_per_dim(model, trained.data, preset, seed))
+          f"{metrics['standalone_classifier_accuracy']:.4f} (n={len(real['label'])} of the {ev.split} split, "
+          f"read-out t = {preset.read_t} T)")
+    metrics.update(common.elbo_bits_per_dim(model, trained.data, preset, s, ev.split))
     names = list(preset.class_words)
     grids = [common.save_grid(out_dir / f"seed{seed}_joint.png", model.taskset, samples, class_names=names,
                               title=f"image+label, seed {seed}"),
@@ -116,11 +113,12 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
                               title="requested class")]
     protocol = common.base_protocol(preset, trained, ev)
     protocol.update({"read_t": preset.read_t, "conditional_requests": "labels 0..9 cycled",
-                     "n_conditional": preset.n_samples, "standalone_classifier_wall_s": clf.train_wall_s,
+                     "n_conditional": preset.per_draw, "standalone_classifier_wall_s": clf.train_wall_s,
                      "standalone_classifier": "same U-Net + label head, cross-entropy on the noised image z_t at "
                                               "uniform t (label at weight zero, image loss weight 0), mtd's Trainer "
                                               "with the same steps/batch/lr schedule/EMA"})
-    return common.Outcome(metrics=metrics, protocol=protocol, grids=grids)
+    return common.Outcome(metrics=metrics, protocol=protocol, grids=grids, draws=dist.draws,
+                          fid_curve=dist.fid_curve, config=trained.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

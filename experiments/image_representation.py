@@ -1,9 +1,9 @@
 """Image + representation: the garment and a 16-dimensional feature vector of it from a frozen extractor (mtd's
 seeded random conv net, "random_conv": nothing downloaded).
 
-Representation consistency: the cosine between each jointly generated representation and the same frozen
-extractor applied to the generated image (1 = the two modalities agree). For scale, the same cosine for the
-representation read out from real test images. Conditional fidelity: how often a garment generated given a test
+Representation consistency: the cosine between each jointly generated representation and the same frozen extractor
+applied to the generated image (1 = the two modalities agree). For scale, the same cosine for the representation
+read out from real images of the evaluation split. Conditional fidelity: how often a garment generated given such an
 image's representation is of that image's class (feature net). Plus FID/KID/precision-recall of the generated
 garments and the ELBO.
 
@@ -33,60 +33,48 @@ def metric_keys(preset: Preset) -> list[str]:
             *common.ELBO_KEYS]
 
 
-LOSS_WEIGHT = 0.1
-"""The representation head's weight in the training loss: its Gaussian NLL would otherwise outweigh the eps loss
-about four times over (digits, seed 0: joint FID 12.6 at weight 1, 7.0 at 0.1, consistency cosine unchanged)."""
-
-
-HEAD, HEAD_GRAD = "map", 0.0
-"""The representation's head reads the full-resolution feature map and none of its gradient shapes the backbone.
-Fashion-MNIST validation FID at 20 NFE, seeds 0 / 1: 0.99 / 1.49 (single-task 1.02 / 1.21), joint cosine 0.982 /
-0.992, read-out 0.991 / 0.995; the pooled head at a tenth of its gradient: 2.00 / 2.15, 0.996 / 0.997 (the mean
-representation scores 0.952); the pooled head without it: 1.13 (seed 0) but read-out 0.975 (docs/sampling.md,
-"Captions and representations")."""
-
-
 def representation_modality() -> dict[str, Any]:
-    """The aggregated representation modality (the built-in frozen random conv extractor)."""
-    return common.aggregated({"kind": "representation", "dim": DIM, "loss": "gaussian", "source": "image",
-                              "builtin_extractor": "random_conv", "seed": 0, "loss_weight": LOSS_WEIGHT,
-                              "head": HEAD, "head_grad": HEAD_GRAD})
+    """The aggregated representation modality's minimal config (the built-in frozen random conv extractor): its
+    design (the head on the feature map, none of its gradient into the backbone, loss weight 0.1) is the kind's."""
+    return common.aggregated({"kind": "representation", "dim": DIM, "source": "image",
+                              "builtin_extractor": "random_conv", "seed": 0})
 
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image + representation model and evaluate it (see the module docstring)."""
     from mtd_core.metrics import cosine_consistency
 
-    trained = common.train(preset, [common.image_modality(preset), representation_modality()], seed, run_dir,
-                           aux_channels=common.OWN_CHANNELS)
+    trained = common.train(preset, [common.image_modality(preset), representation_modality()], seed, run_dir)
     ev = common.make_evaluator(trained.data, preset)
     print(f"  feature net: {ev.feature_net}")
-    model = trained.model
+    model, s = trained.model, ev.sample_seed(seed)
     extractor = model.taskset["representation"].extractor
-    samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
-    metrics = common.distribution_metrics(ev, samples["image"])
+    samples = common.joint_samples(model, preset, s)
+    dist = common.distribution_metrics(ev, preset, samples["image"])
+    metrics = dict(dist.metrics)
     with torch.no_grad():
         target = extractor(samples["image"]).float()
     joint = cosine_consistency(samples["representation"], target)
-    test = ev.test["image"][: preset.n_samples]
-    read = common.generate_batched(model, preset, given={"image": test}, seed=seed, read_t=preset.read_t)
+    real = ev.take(min(preset.per_draw, len(ev.real["image"])), "the representations given")
+    read = common.generate_batched(model, preset, given={"image": real["image"]}, seed=s, read_t=preset.read_t)
     with torch.no_grad():
-        real = extractor(test).float()
-    readout = cosine_consistency(read["representation"], real)
+        reps = extractor(real["image"]).float()
+    readout = cosine_consistency(read["representation"], reps)
     print(f"  representation consistency (joint samples): cosine {joint.mean:.4f} +- {joint.std:.4f} "
-          f"(n={len(target)}); read-out on real test images: {readout.mean:.4f} +- {readout.std:.4f} (n={len(test)})")
+          f"(n={len(target)}); read-out on real {ev.split} images: {readout.mean:.4f} +- {readout.std:.4f} "
+          f"(n={len(reps)})")
     metrics.update({"representation_cosine_mean": joint.mean, "representation_cosine_std": joint.std,
                     "readout_cosine_mean": readout.mean, "readout_cosine_std": readout.std})
-    conditional, _ = common.conditional_measures(ev, preset, model, {"representation": real},
-                                                 ev.test["label"][: len(test)], seed + 1)
+    conditional, _ = common.conditional_measures(ev, preset, model, {"representation": reps}, real["label"], s + 1)
     metrics.update(conditional)
-    metrics.update(common.elbo_bits_per_dim(model, trained.data, preset, seed))
+    metrics.update(common.elbo_bits_per_dim(model, trained.data, preset, s, ev.split))
     grids = [common.save_grid(out_dir / f"seed{seed}_joint.png", model.taskset, {"image": samples["image"]},
                               title=f"image+repr., seed {seed}")]
     protocol = common.base_protocol(preset, trained, ev)
-    protocol.update({"extractor": f"random_conv (dim {DIM}, seed 0, frozen)", "n_readout": len(test),
+    protocol.update({"extractor": f"random_conv (dim {DIM}, seed 0, frozen)", "n_readout": len(reps),
                      "readout_t": preset.read_t})
-    return common.Outcome(metrics=metrics, protocol=protocol, grids=grids)
+    return common.Outcome(metrics=metrics, protocol=protocol, grids=grids, draws=dist.draws,
+                          fid_curve=dist.fid_curve, config=trained.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,10 +1,11 @@
 """Image transition: a garment and its edge map (Sobel, made on the fly by the dataset's "edges" transform) as two
 image modalities of one model, the garment the base and the edge map aggregated.
 
-Both directions from the one model: edges -> image (the image generated given the true edge map of a test image)
-and image -> edges (the edge map read out from the edges head given the test image), each scored by PSNR/SSIM
-against the true partner; plus FID/KID/precision-recall of jointly generated garments and the ELBO. The edge map
-lives on a channel of Z of its own, as the masked image's does (docs/sampling.md, "The edge map: the same design").
+Both directions from the one model: edges -> image (the image generated given the true edge map of an image of the
+evaluation split) and image -> edges (the edge map read out from the edges head given the image), each scored by
+PSNR/SSIM against the true partner; plus FID/KID/precision-recall of jointly generated garments and the ELBO. The
+edge map lives on a channel of Z of its own, as the masked image's does (experiments/notes/edge-map.md, "A channel
+of its own").
 
     python -m experiments.image_transition --preset cpu --seed 0
 """
@@ -21,9 +22,6 @@ from experiments.presets import Preset
 
 NAME = "image_transition"
 EDGES = {"kind": "edges", "source": "image", "into": "edges"}
-EDGES_LOSS_WEIGHT = 0.05
-"""The edge-map head's weight in the training loss (as the masked image's, experiments/masked_image.py): its Gaussian
-NLL is 50 x the squared error per pixel and would otherwise dominate the eps loss."""
 
 
 def metric_keys(preset: Preset) -> list[str]:
@@ -33,31 +31,32 @@ def metric_keys(preset: Preset) -> list[str]:
 
 
 def edges_modality(preset: Preset) -> dict[str, Any]:
-    """The aggregated edge map: an image modality whose head shapes the backbone with common.HEAD_GRAD of its
-    gradient."""
-    return common.image_modality(preset, name="edges", role="aggregated", loss_weight=EDGES_LOSS_WEIGHT,
-                                 head_grad=common.HEAD_GRAD)
+    """The aggregated edge map's minimal config: an image modality; its design (loss weight 0.05 when aggregated, a
+    tenth of its head's gradient into the backbone, a channel of its own) is the image kind's."""
+    return common.image_modality(preset, name="edges", role="aggregated")
 
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
     """Train the image + edges model and evaluate both directions (see the module docstring)."""
     modalities = [common.image_modality(preset), edges_modality(preset)]
-    trained = common.train(preset, modalities, seed, run_dir, transforms=[EDGES], aux_channels=common.OWN_CHANNELS)
+    trained = common.train(preset, modalities, seed, run_dir, transforms=[EDGES])
     ev = common.make_evaluator(trained.data, preset)
     print(f"  feature net: {ev.feature_net}")
-    model = trained.model
-    samples = common.generate_batched(model, preset, n=preset.n_samples, seed=seed)
-    metrics = common.distribution_metrics(ev, samples["image"])
-    pairs = common.split_tensors(trained.data, "test", fields=("image", "edges"), limit=preset.n_paired)
-    to_image = common.generate_batched(model, preset, given={"edges": pairs["edges"]}, seed=seed)["image"]
-    to_edges = common.generate_batched(model, preset, given={"image": pairs["image"]}, seed=seed,
+    model, s = trained.model, ev.sample_seed(seed)
+    samples = common.joint_samples(model, preset, s)
+    dist = common.distribution_metrics(ev, preset, samples["image"])
+    metrics = dict(dist.metrics)
+    pairs = common.split_tensors(trained.data, ev.split, fields=("image", "edges"), n=preset.n_paired,
+                                 what="the transition pairs (n_paired)")
+    to_image = common.generate_batched(model, preset, given={"edges": pairs["edges"]}, seed=s)["image"]
+    to_edges = common.generate_batched(model, preset, given={"image": pairs["image"]}, seed=s,
                                        read_t=preset.read_t)["edges"]
     metrics.update(common.paired_metrics(to_image, pairs["image"], "edges_to_image"))
     metrics.update(common.paired_metrics(to_edges, pairs["edges"], "image_to_edges"))
     print(f"  edges -> image: PSNR {metrics['edges_to_image_psnr']:.2f} dB, SSIM {metrics['edges_to_image_ssim']:.3f}; "
           f"image -> edges: PSNR {metrics['image_to_edges_psnr']:.2f} dB, SSIM {metrics['image_to_edges_ssim']:.3f} "
           f"(n={len(to_image)})")
-    metrics.update(common.elbo_bits_per_dim(model, trained.data, preset, seed))
+    metrics.update(common.elbo_bits_per_dim(model, trained.data, preset, s, ev.split))
     grids = [common.save_grid(out_dir / f"seed{seed}_joint.png", model.taskset, samples,
                               title=f"image+edges, seed {seed}"),
              common.save_rows(out_dir / f"seed{seed}_edges_to_image.png",
@@ -70,7 +69,8 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     protocol.update({"n_paired": len(to_image), "edges": "Sobel magnitude scaled per image to [-1, 1]",
                      "image_to_edges": f"read-out of the edges head at t = {preset.read_t} T",
                      "edges_to_image": "conditional generation given the edge map"})
-    return common.Outcome(metrics=metrics, protocol=protocol, grids=grids)
+    return common.Outcome(metrics=metrics, protocol=protocol, grids=grids, draws=dist.draws,
+                          fid_curve=dist.fid_curve, config=trained.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,8 +5,14 @@ settings differ only in their modalities. Four presets:
 
     smoke    scikit-learn digits (8x8), a tiny U-Net, a few steps; seconds. Exercises the code, measures nothing.
     digits   scikit-learn digits (8x8), the example configs' U-Net, 1200 steps; minutes per run on 2 CPU cores.
-    cpu      Fashion-MNIST 28x28 (full 60k/10k), a small U-Net, 2000 steps; about an hour per run on 2 free cores.
-    gpu      Fashion-MNIST 28x28, a larger U-Net, 30k steps and the full test split as FID reference and n.
+    cpu      Fashion-MNIST 28x28 (55k train, 5k validation, 10k test), a small U-Net, 2000 steps; about an hour per
+             run on 2 free cores.
+    gpu      Fashion-MNIST 28x28 (the same splits), a larger U-Net, 30k steps.
+
+The evaluation protocol (experiments/README.md): every number is measured on one split, ``--split val`` (the
+held-out validation split, where designs and sampler settings are chosen) or ``--split test`` (read for the
+claims); the distribution metrics are the mean of ``n_draws`` draws of ``n_samples / n_draws`` samples each, plus
+the FID of the pooled samples at each of ``fid_curve_n`` and its extrapolation to infinitely many samples.
 
 Presets are plain attrs classes that round-trip through dicts (they are stored in every result JSON).
 """
@@ -42,10 +48,12 @@ class Preset:
         warmup_steps: linear warm-up steps.
         ema_decay: decay of the EMA whose weights are evaluated.
         curve_every: checkpoint interval of the learning-curve runs (single-task and masked image).
-        n_samples: generated samples per distribution metric (FID/KID/precision-recall, coherence, agreement).
-        n_reference: real test images in the FID reference set (0: the whole test split).
+        n_samples: generated samples in all (FID/KID/precision-recall, coherence, agreement), drawn in ``n_draws``
+            draws of ``n_samples / n_draws`` (:attr:`per_draw`) whose seeds lie apart; each draw is scored alone
+            (the result's ``draws``) and the metrics are their mean.
+        n_reference: real images of the evaluation split in the FID reference set (0: the whole split).
         n_curve: generated samples per learning-curve point (FID at that n only compares along the curve).
-        n_paired: test images for restoration and transition PSNR/SSIM.
+        n_paired: images of the evaluation split for restoration and transition PSNR/SSIM.
         nfe: network evaluations of every generation (joint, conditional, restoration, SDEdit), with
             ``generate``'s default sampler and options (docs/sampling.md, "Defaults").
         sampling: further ``generate`` options for every generation ({}: the defaults; a design study may set
@@ -61,6 +69,9 @@ class Preset:
         threads: torch CPU threads (0: torch's default).
         device: "cpu", "cuda" or "auto".
         class_words: one-word class nouns (captions; the caption agreement parses the last word).
+        n_draws: draws the ``n_samples`` are split into (it must divide ``n_samples``).
+        fid_curve_n: sample counts N of the FID curve: FID of the first N pooled samples (those N <= n_samples),
+            extrapolated to N = infinity (Chong & Forsyth 2020: FID_N is linear in 1/N).
     """
 
     name: str
@@ -91,6 +102,18 @@ class Preset:
     threads: int = 0
     device: str = "cpu"
     class_words: tuple[str, ...] = attrs.field(default=FASHION_CLASS_WORDS, converter=tuple)
+    n_draws: int = 1
+    fid_curve_n: tuple[int, ...] = attrs.field(default=(2500, 5000, 10000), converter=tuple)
+
+    def __attrs_post_init__(self) -> None:
+        if self.n_draws < 1 or self.n_samples % self.n_draws:
+            raise ConfigError(f"preset {self.name!r}: n_draws = {self.n_draws} must be >= 1 and divide n_samples = "
+                              f"{self.n_samples}")
+
+    @property
+    def per_draw(self) -> int:
+        """Generated samples per draw (n_samples / n_draws)."""
+        return self.n_samples // self.n_draws
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (lists for tuples); :meth:`from_dict` inverts it."""
@@ -111,7 +134,8 @@ class Preset:
 
 
 _DIGITS = {"name": "digits"}
-_FASHION = {"name": "fashion_mnist"}
+_FASHION = {"name": "fashion_mnist", "holdout": 5000}
+"""Fashion-MNIST with its last 5 000 training examples held out as the validation split (never trained on)."""
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
@@ -121,7 +145,7 @@ PRESETS: dict[str, Preset] = {
         steps=4, batch_size=16, lr=1e-3, warmup_steps=1, ema_decay=0.9, curve_every=2,
         n_samples=24, n_reference=0, n_curve=12, n_paired=8, nfe=4, elbo_n=8, elbo_timesteps=2,
         feature_epochs=1, eval_batch=64, threads=1, class_words=DIGIT_CLASS_WORDS,
-        mask_ratios=(0.25, 0.75),
+        mask_ratios=(0.25, 0.75), n_draws=1, fid_curve_n=(12, 24),
     ),
     "digits": Preset(
         name="digits", dataset=_DIGITS, image_size=8, patch=2,
@@ -129,15 +153,16 @@ PRESETS: dict[str, Preset] = {
                   "mid_attention": True, "groups": 8, "num_heads": 4},
         steps=1200, batch_size=64, lr=1e-3, warmup_steps=100, ema_decay=0.995, curve_every=200,
         n_samples=360, n_reference=0, n_curve=360, n_paired=360, nfe=20, elbo_n=360, elbo_timesteps=50,
-        feature_epochs=20, eval_batch=360, threads=1, class_words=DIGIT_CLASS_WORDS,
+        feature_epochs=20, eval_batch=360, threads=1, class_words=DIGIT_CLASS_WORDS, n_draws=1,
+        fid_curve_n=(90, 180, 360),
     ),
     "cpu": Preset(
         name="cpu", dataset=_FASHION, image_size=28, patch=4,
         backbone={"channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_resolutions": [],
                   "mid_attention": True, "groups": 8, "num_heads": 4},
         steps=2000, batch_size=64, lr=1e-3, warmup_steps=100, ema_decay=0.995, curve_every=250,
-        n_samples=1000, n_reference=0, n_curve=500, n_paired=500, nfe=20, elbo_n=256, elbo_timesteps=25,
-        feature_epochs=5, eval_batch=250, threads=2,
+        n_samples=10000, n_reference=0, n_curve=500, n_paired=500, nfe=20, elbo_n=256, elbo_timesteps=25,
+        feature_epochs=5, eval_batch=250, threads=2, n_draws=2,
     ),
     "gpu": Preset(
         name="gpu", dataset=_FASHION, image_size=28, patch=4,
@@ -145,7 +170,7 @@ PRESETS: dict[str, Preset] = {
                   "mid_attention": True, "groups": 16, "num_heads": 4},
         steps=30000, batch_size=128, lr=2e-4, warmup_steps=500, ema_decay=0.9995, curve_every=2500,
         n_samples=10000, n_reference=0, n_curve=2000, n_paired=2000, nfe=50, elbo_n=1000,
-        elbo_timesteps=100, elbo_batch=50, feature_epochs=20, eval_batch=1000, threads=0, device="cuda",
+        elbo_timesteps=100, elbo_batch=50, feature_epochs=20, eval_batch=1000, threads=0, device="cuda", n_draws=2,
     ),
 }
 

@@ -1,9 +1,16 @@
 """The sampler study: FID, noise-like share and joint measures of finished runs under many sampler settings.
 
-Defaults are chosen on the validation protocol and reported on the test protocol (docs/sampling.md, "Defaults"):
+Defaults are chosen on the validation protocol and reported on the test protocol (docs/sampling.md, "Defaults"),
+the experiments' own (``--split``, experiments/evaluation.py):
 
-    val    reference: 10 000 training images (seeded); sampling seeds 1000 + seed. No test image is read.
+    val    reference: the validation split the run's dataset holds out (``holdout``), as the experiments' --split val
+           reads it; sampling seeds 1000 + seed. A run whose dataset holds nothing out (smoke, digits, runs from
+           before the holdout) falls back to 10 000 of its training images (seeded): the row's ``reference`` says
+           which. No test image is read but the feature net's accuracy.
     test   reference: the whole test split; sampling seed = seed (the experiments' own).
+
+Every row carries the split, its reference, the network evaluations it spent (``nfe_spent``) and the provenance of
+the results (commit, command, the run's config).
 
 Every setting is a dict of ``generate`` options (sampler, nfe, spacing, clip, clip_eps, eta, conditioning;
 ``given=label``: the labels 0-9 in turn; ``given=text`` or ``given=representation``: the captions or representations
@@ -13,12 +20,14 @@ guidance of image_label's standalone classifier, a noise-aware classifier of the
 with ``classifier_seed=K`` with seed K's run; ``encoding_temperature=text:0.5``; ``given=masked_image,mask_ratio=R``:
 restoration of the split's first examples with patch masks hiding R of each, scored by PSNR pooled over the pairs and
 SSIM against the true images as generated and with the observed pixels pasted back, beside the masked input's; the
-test masks are common.restoration_set's, the val masks seeded apart; ``inpaint=R``: the same restoration by any
-model, generating the image around the masked image's unhidden pixels, generate's ``inpaint``; ``draw=K``: the
+masks are common.restoration_set's, the val masks seeded apart from the test ones; ``inpaint=R``: the same
+restoration by any model, generating the image around the masked image's unhidden pixels, generate's ``inpaint``;
+``draw=K``: the
 K-th other draw of the same setting, its sampling seed DRAW_SEED_OFFSET * K apart, to measure how much a score moves
 between two draws of the same model), written as ``key=value,key=value``;
-the diffusers baseline takes ``sampler=diffusers_ddim`` or ``sampler=diffusers_dpmpp`` (diffusers' DDIMScheduler and
-DPMSolverMultistepScheduler at their defaults, on the baseline's saved U-Net). Rows are appended to ``--out`` (JSON
+the diffusers baseline takes ``sampler=diffusers_ddim``, ``sampler=diffusers_dpmpp`` (diffusers' DDIMScheduler and
+DPMSolverMultistepScheduler at their defaults) or ``sampler=diffusers_best`` (DPMSolverMultistepScheduler at its best
+settings, experiments/diffusers_baseline.py), on the baseline's saved U-Net. Rows are appended to ``--out`` (JSON
 lines), so a study can be extended and plotted later.
 
     python -m experiments.sampler_study --preset cpu --experiment single_task --seed 0 --split val \\
@@ -38,70 +47,61 @@ from typing import Any
 import torch
 
 from experiments import common
+from experiments.cli import parse_setting
+from experiments.evaluation import DRAW_SEED_OFFSET, VAL_SEED_OFFSET, check_count, split_examples
 from experiments.presets import Preset, get_preset
 from mtd_core.errors import ConfigError, MTDError
 
+__all__ = ["DRAW_SEED_OFFSET", "Study", "main", "parse_setting"]
 VAL_REFERENCE = 10_000
-VAL_SEED_OFFSET = 1000
-DRAW_SEED_OFFSET = 10_000
 CLASSES = 10
-
-
-def parse_setting(text: str) -> dict[str, Any]:
-    """``"sampler=ddim,nfe=20,eta=1"`` -> {"sampler": "ddim", "nfe": 20, "eta": 1} (values as ``mtd sample
-    --option`` reads them)."""
-    from mtd_core.cli.sample import parse_value
-
-    out: dict[str, Any] = {}
-    for part in filter(None, text.split(",")):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise ConfigError(f"setting {text!r}: expected key=value pairs, got {part!r}")
-        if key == "encoding_temperature":  # name:tau[;name:tau], e.g. encoding_temperature=text:0.5
-            pairs = [item.partition(":") for item in value.split(";")]
-            if not all(sep and name for name, sep, _ in pairs):
-                raise ConfigError(f"setting {text!r}: encoding_temperature takes name:tau[;name:tau], got {value!r}")
-            out[key] = {name: parse_value(tau) for name, _, tau in pairs}
-        else:
-            out[key] = parse_value(value)
-    return out
 
 
 class Study:
     """A finished run with its evaluation protocol (reference set, seeds) for one split."""
 
-    def __init__(self, preset: Preset, experiment: str, seed: int, split: str, work: Path, variant: str = "") -> None:
+    def __init__(self, preset: Preset, experiment: str, seed: int, split: str, work: Path, variant: str = "",
+                 command: str | None = None) -> None:
         from mtd_core.data.build import load_dataset
-        from mtd_core.metrics import reference_features
         from mtd_core.plugins.registry import get_registry
 
-        if split not in ("val", "test"):
+        if split not in common.SPLITS:
             raise ConfigError(f"split must be 'val' or 'test', got {split!r}")
         self.preset, self.experiment, self.seed, self.split = preset, experiment, seed, split
-        self.variant = variant
+        self.variant, self.command = variant, command
         self.run_dir = work / preset.name / experiment / (f"variants/{variant}" if variant else "") / f"seed{seed}"
-        config = self.run_dir / "config.json"  # the run's dataset: its transforms write the captions
-        dataset = json.loads(config.read_text())["dataset"] if config.exists() else dict(preset.dataset)
-        self.data = load_dataset(dataset, get_registry())
-        self.ev = common.make_evaluator(self.data, preset)
-        if split == "val":
-            train = common.split_tensors(self.data, "train", fields=("image",))["image"]
-            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345))[:VAL_REFERENCE]
-            self.val_index = pick.sort().values
-            self.reference_images = train[self.val_index]
-            self.reference = reference_features(self.ev.feature_net, self.reference_images)
-            self.sample_seed = VAL_SEED_OFFSET + seed
+        path = self.run_dir / "config.json"  # the run's dataset: its transforms write the captions
+        self.config: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        self.data = load_dataset(self.config.get("dataset", dict(preset.dataset)), get_registry())
+        held_out = split == "val" and self.data.splits.val is not None
+        self.ev = common.make_evaluator(self.data, preset, split="val" if held_out else "test")
+        self.sample_seed = VAL_SEED_OFFSET + seed if split == "val" else seed
+        self.val_index: torch.Tensor | None = None
+        if split == "val" and not held_out:
+            self._training_reference()
         else:
-            self.reference_images, self.reference = self.ev.test["image"], self.ev.reference
-            self.sample_seed = seed
+            self.reference_images, self.reference = self.ev.real["image"], self.ev.reference
+            self.reference_source = {"split": self.ev.split, "n": len(self.reference_images)}
         self.model: Any = None
         self.unet: Any = None
         if experiment == "diffusers_baseline":
-            self.unet = _load_unet(preset, self.run_dir)
+            self.unet, self.config = _load_unet(preset, seed, self.run_dir)
         else:
             from mtd_core.training import load_run
 
             self.model = load_run(self.run_dir, device=common.device_of(preset)).model
+
+    def _training_reference(self) -> None:
+        """The validation reference of a dataset without a holdout: VAL_REFERENCE training images (seeded)."""
+        from mtd_core.metrics import reference_features
+
+        train = common.split_tensors(self.data, "train", fields=("image",))["image"]
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345))[:VAL_REFERENCE]
+        self.val_index = pick.sort().values
+        self.reference_images = train[self.val_index]
+        self.reference = reference_features(self.ev.feature_net, self.reference_images)
+        self.reference_source = {"split": "train", "n": len(self.reference_images),
+                                 "note": "the dataset holds out no validation split: seeded training images"}
 
     def generate(self, setting: Mapping[str, Any], n: int) -> dict[str, Any]:
         """``n`` samples of ``setting`` from the split's seed (images in [-1, 1] and any generated modality)."""
@@ -147,8 +147,12 @@ class Study:
         if name not in ("text", "representation") or name not in self.model.taskset:
             have = [g for g in ("label", "text", "representation") if g in self.model.taskset]
             raise ConfigError(f"{self.experiment}: given must be one of {have}, got {name!r}")
-        ds, index = ((self.data.splits.train, self.val_index[:n]) if self.split == "val"
-                     else (self.data.splits.test, torch.arange(min(n, len(self.data.splits.test)))))
+        if self.val_index is not None:
+            ds, index = self.data.splits.train, self.val_index[:n]
+        else:
+            ds = split_examples(self.data, self.ev.split)
+            check_count(self.ev.split, n, len(ds), f"given={name}")
+            index = torch.arange(n)
         batch = self.data.batch(ds, index)
         modality = self.model.taskset[name]
         with torch.no_grad():
@@ -157,12 +161,13 @@ class Study:
         return {name: values}, batch["label"]
 
     def restoration_inputs(self, n: int, ratio: float) -> dict[str, torch.Tensor]:
-        """The restoration benchmark at one mask ratio on this split (common.restoration_set): the first ``n`` images
-        (val: of the reference's training images), their patch masks and the masked images; the val masks are
-        seeded VAL_SEED_OFFSET apart from the test ones."""
-        images = self.reference_images[:n] if self.split == "val" else None
-        offset = VAL_SEED_OFFSET if self.split == "val" else 0
-        return common.restoration_set(self.ev, self.preset, float(ratio), n, images=images, seed_offset=offset)
+        """The restoration benchmark at one mask ratio on this split (common.restoration_set, as the experiments
+        restore): the first ``n`` images of the reference, their patch masks and the masked images; the val masks
+        are seeded VAL_SEED_OFFSET apart from the test ones."""
+        if self.val_index is not None:
+            return common.restoration_set(self.ev, self.preset, float(ratio), n, images=self.reference_images,
+                                          seed_offset=VAL_SEED_OFFSET)
+        return common.restoration_set(self.ev, self.preset, float(ratio), n)
 
     def _classifier(self, seed: int) -> Any:
         """image_label's standalone classifier of ``seed``'s run as a guidance classifier (x_t, t) -> logits (a
@@ -178,13 +183,16 @@ class Study:
         unparsed share) or the representation's cosine with the extractor applied to its image."""
         from mtd_core.metrics import conditional_fidelity, features, fid, joint_coherence, noise_like_share
 
+        common.NFE_SPENT.clear()
         start = time.perf_counter()
         samples = self.generate(setting, n)
         wall = time.perf_counter() - start
         images = samples["image"]
         row: dict[str, Any] = {"experiment": self.experiment, "variant": self.variant, "seed": self.seed,
-                               "split": self.split,
-                               "setting": dict(setting), "n": n, "sample_wall_s": round(wall, 1)}
+                               "split": self.split, "reference": dict(self.reference_source),
+                               "setting": dict(setting), "n": n, "sample_wall_s": round(wall, 1),
+                               "nfe_spent": dict(common.NFE_SPENT),
+                               "provenance": common.provenance(self.config, self.command)}
         row["fid"] = fid(features(self.ev.feature_net, images), self.reference, feature_net=self.ev.feature_net).value
         row["noise_like"] = noise_like_share(images, self.reference_images).share
         given = setting.get("given")
@@ -226,30 +234,24 @@ def _generate(model: Any, preset: Preset, n: int, seed: int, given: dict[str, to
         part = None if inpaint is None else (inpaint[0][start:stop].to(model.device), inpaint[1][start:stop])
         out = generate(model, n=None if chunk else stop - start, given=chunk or None, guidance=guidance,
                        inpaint=part, generator=g, progress=False, **options)
+        common.record_nfe(f"{out.mode}[{','.join(given)}]" if given else out.mode, out.nfe)
         parts.append({k: v.detach().cpu() for k, v in out.samples.items() if isinstance(v, torch.Tensor)})
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def _load_unet(preset: Preset, run_dir: Path) -> Any:
-    """The diffusers baseline's saved EMA U-Net (experiments/diffusers_baseline.py), in eval mode."""
+def _load_unet(preset: Preset, seed: int, run_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The diffusers baseline's saved EMA U-Net (experiments/diffusers_baseline.py), in eval mode, and its config."""
     from safetensors.torch import load_file
 
-    from experiments.diffusers_baseline import _baseline_module
-    from mtd_core.model import MultiTaskModel
-    from mtd_core.taskset import TaskSet
+    from experiments import diffusers_baseline as db
 
-    bl = _baseline_module()
-    taskset = TaskSet.from_config({"modalities": [common.image_modality(preset)],
-                                   "diffusion": {"kind": "linear", "T": 1000}})
-    ours = MultiTaskModel(taskset, "unet", dict(preset.backbone))
-    match = bl.match_parameters(bl.mirror_spec(ours.backbone.config, preset.image_size, 1),
-                                common.count_parameters(ours))
+    taskset, match, bl, _ = db.build(preset)
     unet = bl.build_unet2d(match.spec, common.device_of(preset))
     path = run_dir / "unet_ema.safetensors"
     if not path.exists():
         raise ConfigError(f"{path} does not exist: train the baseline with experiments.diffusers_baseline first")
     unet.load_state_dict(load_file(str(path)))
-    return unet.eval()
+    return unet.eval(), db.baseline_config(preset, taskset, match.spec.to_dict(), db.train_config(preset, seed))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -260,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", default="", help="a design study's run (experiments' --variant)")
     p.add_argument("--split", default="val", choices=("val", "test"))
-    p.add_argument("--n", type=int, default=None, help="samples per setting (default: the preset's n_samples)")
+    p.add_argument("--n", type=int, default=None,
+                   help="samples per setting (default: the preset's samples per draw, n_samples / n_draws)")
     p.add_argument("--setting", action="append", default=[], help="key=value,... (repeatable)")
     p.add_argument("--work", type=Path, default=common.DEFAULT_WORK)
     p.add_argument("--out", type=Path, required=True, help="JSON-lines file the rows are appended to")
@@ -269,8 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         preset = get_preset(args.preset)
         torch.set_num_threads(args.threads or preset.threads or torch.get_num_threads())
-        study = Study(preset, args.experiment, args.seed, args.split, args.work, args.variant)
-        n = args.n or preset.n_samples
+        study = Study(preset, args.experiment, args.seed, args.split, args.work, args.variant,
+                      command=common.command_line("sampler_study", argv))
+        n = args.n or preset.per_draw
         for text in args.setting:
             row = study.score(parse_setting(text), n)
             row["threads"] = torch.get_num_threads()

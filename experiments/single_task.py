@@ -56,14 +56,15 @@ def sdedit(model: torch.nn.Module, x_masked: torch.Tensor, preset: Preset, seed:
         z = math.sqrt(abar) * x + math.sqrt(1 - abar) * eps
         res = spec(ModelDenoiser(model, fp, {}, estimate=estimate), z, fp, generator=g, **opts)
         out.append(res.z0.clamp(-1, 1).cpu())
+    common.record_nfe("sdedit", spec.nfe(steps))
     return torch.cat(out)
 
 
 def restoration(model: torch.nn.Module, ev: common.Evaluator, preset: Preset, out_dir: Path, seed: int
                 ) -> tuple[dict[str, float], list[str]]:
     """The SDEdit baseline at every mask ratio (common.restoration)."""
-    return common.restoration(lambda masked: sdedit(model, masked, preset, seed), "sdedit", ev, preset, out_dir,
-                              seed)
+    return common.restoration(lambda masked: sdedit(model, masked, preset, ev.sample_seed(seed)), "sdedit", ev,
+                              preset, out_dir, seed)
 
 
 def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outcome:
@@ -71,10 +72,12 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     trained = common.train(preset, [common.image_modality(preset)], seed, run_dir, curve=True)
     ev = common.make_evaluator(trained.data, preset)
     print(f"  feature net: {ev.feature_net}")
-    samples = common.generate_batched(trained.model, preset, n=preset.n_samples, seed=seed)
-    metrics = common.distribution_metrics(ev, samples["image"])
-    metrics.update(common.elbo_bits_per_dim(trained.model, trained.data, preset, seed))
-    curve = common.learning_curve(run_dir, preset, ev, seed)
+    s = ev.sample_seed(seed)
+    samples = common.joint_samples(trained.model, preset, s)
+    dist = common.distribution_metrics(ev, preset, samples["image"])
+    metrics = dict(dist.metrics)
+    metrics.update(common.elbo_bits_per_dim(trained.model, trained.data, preset, s, ev.split))
+    curve = common.learning_curve(run_dir, preset, ev, s)
     metrics.update(common.curve_metrics(curve))
     grids = [common.save_grid(out_dir / f"seed{seed}_samples.png", trained.model.taskset, samples,
                               title=f"single-task, seed {seed}")]
@@ -85,7 +88,8 @@ def run(preset: Preset, seed: int, out_dir: Path, run_dir: Path) -> common.Outco
     protocol.update({"sdedit_t0": round(preset.sdedit_t * 1000), "sdedit_nfe": max(1, round(preset.nfe *
                      preset.sdedit_t)), "n_paired": preset.n_paired, "mask": f"patch {preset.patch}x{preset.patch}",
                      "n_curve": preset.n_curve, "curve_every": preset.curve_every})
-    return common.Outcome(metrics=metrics, protocol=protocol, grids=grids, curve=curve)
+    return common.Outcome(metrics=metrics, protocol=protocol, grids=grids, curve=curve, draws=dist.draws,
+                          fid_curve=dist.fid_curve, config=trained.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

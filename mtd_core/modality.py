@@ -23,6 +23,7 @@ import attrs
 import torch
 from torch import nn
 
+from mtd_core.design import Design
 from mtd_core.diffusion.weights import WeightSchedule, ZeroWeight, weight_schedule_from_config
 from mtd_core.errors import ConfigError, ModalityDataError, closest
 from mtd_core import values
@@ -41,7 +42,7 @@ from mtd_core.types import (
     Role,
 )
 
-__all__ = ["BasePrediction", "DataSpec", "FeatureSpec", "HeadInput", "LatentSpec", "Modality", "NoOptions", "Role",
+__all__ = ["BasePrediction", "DataSpec", "Design", "FeatureSpec", "HeadInput", "LatentSpec", "Modality", "NoOptions", "Role",
            "rms_normalize"]
 
 
@@ -78,6 +79,9 @@ class Modality(abc.ABC):
             prior of the modality; ``generate`` may then draw it first and generate the rest given it (joint =
             "commit"). False for heads that model each element apart (a caption's tokens) or only a mean.
         default_loss_weight: the weight c_i of this kind's term in the training loss when a config gives none.
+        design: the training and sampling design this kind was measured best with (mtd_core/design.py): its own
+            channels of Z, head gradient share, known input, encoding scale, fixed or learned code, guidance
+            scale. Whatever a config leaves out comes from here, so a minimal config builds the measured design.
         default_encoding_temperature: the temperature of its head's probabilities behind its encoding in every
             reverse step when ``generate(..., encoding_temperature=...)`` does not name it (1: the posterior mean;
             set below 1 only by a kind that overrides ``temper`` and measured it; docs/sampling.md). A sampling
@@ -91,13 +95,13 @@ class Modality(abc.ABC):
         loss_weight: this modality's weight c_i >= 0 in the multi-task training loss (default:
             ``default_loss_weight``, which a kind sets to what was measured for it). The base's weights the
             denoising term (1: DDPM; 0 trains the heads alone, e.g. a noise-aware classifier of the base).
-        head_grad: the share in [0, 1] of its head's loss gradient that reaches the shared backbone (1, the
-            default, is the paper's joint training; 0 trains the head on the backbone's features without letting
-            it shape them; docs/modalities.md, math.md section 6). The forward pass is unchanged; only training
-            differs.
-        train_encoder: whether training updates its encoder E_i (True, the default). False keeps E_i at its
-            initialisation, a fixed code of the data, as diffusion models keep a pretrained text encoder fixed:
-            a learned encoder can drift to codes the denoiser predicts without looking (docs/sampling.md).
+        head_grad: the share in [0, 1] of its head's loss gradient that reaches the shared backbone (default: the
+            kind's ``design.head_grad``; 1 is the paper's joint training; 0 trains the head on the backbone's
+            features without letting it shape them; docs/modalities.md, math.md section 6). The forward pass is
+            unchanged; only training differs.
+        train_encoder: whether training updates its encoder E_i (default: the kind's ``design.train_encoder``).
+            False keeps E_i at its initialisation, a fixed code of the data, as diffusion models keep a pretrained
+            text encoder fixed: a learned encoder can drift to codes the denoiser predicts without looking.
         **options: fields of ``Config``; an unknown one is a ConfigError naming the nearest valid field.
     """
 
@@ -108,10 +112,11 @@ class Modality(abc.ABC):
     exact_sample: ClassVar[bool] = False
     default_loss_weight: ClassVar[float] = 1.0
     default_encoding_temperature: ClassVar[float] = 1.0
+    design: ClassVar[Design] = Design()
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
                  weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float | None = None,
-                 head_grad: float = 1.0, train_encoder: bool = True, **options: ConfigValue) -> None:
+                 head_grad: float | None = None, train_encoder: bool | None = None, **options: ConfigValue) -> None:
         self.name = name or self.kind
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise ConfigError(f"modality {self.name!r}: a name must be a Python identifier")
@@ -140,11 +145,13 @@ class Modality(abc.ABC):
         else:
             self.weights = (weight_schedule_from_config(dict(weights) if isinstance(weights, Mapping) else weights, self.name)
                             if weights is not None else self.default_weights())
-        c = self.default_loss_weight if loss_weight is None else loss_weight
+        c = self.default_loss_weight_for(self.role) if loss_weight is None else loss_weight
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
             raise ConfigError(f"modality {self.name!r}: loss_weight must be a finite number >= 0 (its weight in the "
                               f"training loss), got {loss_weight!r}")
         self.loss_weight = float(c)
+        head_grad = self.design.head_grad if head_grad is None else head_grad
+        train_encoder = self.design.train_encoder if train_encoder is None else train_encoder
         if isinstance(head_grad, bool) or not isinstance(head_grad, (int, float)) or not 0.0 <= head_grad <= 1.0:
             raise ConfigError(f"modality {self.name!r}: head_grad must be a number in [0, 1] (the share of its "
                               f"head's gradient that reaches the backbone), got {head_grad!r}")
@@ -154,6 +161,12 @@ class Modality(abc.ABC):
         self.train_encoder = train_encoder
 
     # -- configuration ----------------------------------------------------------------------------
+    @classmethod
+    def default_loss_weight_for(cls, role: Role) -> float:
+        """The loss weight c_i when a config gives none: ``default_loss_weight`` (a kind that takes both roles and
+        was measured apart in each, as the image, overrides this)."""
+        return cls.default_loss_weight
+
     def default_weights(self) -> WeightSchedule:
         """The aggregation schedule used when none is given."""
         from mtd_core.diffusion.weights import WindowedLambda
@@ -166,10 +179,8 @@ class Modality(abc.ABC):
         if self.role is Role.AGGREGATED:
             out["weights"] = self.weights.to_config()
         out["loss_weight"] = self.loss_weight
-        if self.head_grad != 1.0:  # left out at the default, so that configs saved before it load unchanged
-            out["head_grad"] = self.head_grad
-        if not self.train_encoder:  # likewise
-            out["train_encoder"] = False
+        if self.role is Role.AGGREGATED:  # written out, so that a saved config keeps them if a kind's design changes
+            out["head_grad"], out["train_encoder"] = self.head_grad, self.train_encoder
         out.update(attrs.asdict(self.config, value_serializer=_plain))
         return out
 

@@ -168,7 +168,7 @@ class MultiTaskModel(nn.Module):
         for name, m in taskset.modalities.items():
             if not m.train_encoder:  # a fixed code of the data (Modality ``train_encoder``)
                 self.encoders[name].requires_grad_(False)
-        self.scales = nn.ModuleDict({m.name: EncodingScale(taskset.encoding_scale, latent.shape)
+        self.scales = nn.ModuleDict({m.name: EncodingScale(taskset.encoding_scales[m.name], latent.shape)
                                      for m in taskset.aggregated if getattr(m.config, "normalize", True)})
         self.heads = nn.ModuleDict()
         for m in taskset.aggregated:
@@ -326,19 +326,22 @@ class MultiTaskModel(nn.Module):
         return out
 
     def loss(self, batch: Mapping[str, BatchValue], kind: str = "simple", generator: torch.Generator | None = None,
-             *, t: torch.Tensor | None = None, eps: torch.Tensor | None = None) -> LossOutput:
+             *, t: torch.Tensor | None = None, eps: torch.Tensor | None = None,
+             hide: torch.Tensor | None = None) -> LossOutput:
         """The multi-task training loss of ``batch`` ("simple" or "vlb"); see mtd_core/diffusion/loss.py.
 
         Args:
             batch: name -> data for every modality (moved to the model's device).
             kind: "simple" (eps MSE + heads' NLL) or "vlb" (T * L_{t-1} + heads' NLL).
             generator: the RNG for t ~ U{1..T} and eps (on its own device; moved to the model's).
-            t, eps: fixed timesteps (B,) and noise, for tests.
+            t, eps, hide: fixed timesteps (B,), noise and (with ``known_input``) the draws deciding which known
+                parts are hidden (``training_loss``): the trainer draws them for the global batch.
         """
         batch = self.to_device(batch)
         ts = self.taskset
         return training_loss(self.forward_process, self, ts.modalities, batch, self.encode, kind=kind, t=t, eps=eps,
-                             generator=generator, known_dropout=ts.known_dropout if ts.known_input else None)
+                             generator=generator, known_dropout=ts.known_dropout if ts.known_input else None,
+                             hide=hide)
 
     # -- configuration --------------------------------------------------------------------------------
     def config(self) -> ConfigDict:
@@ -359,7 +362,8 @@ class MultiTaskModel(nn.Module):
 
     @classmethod
     def from_config(cls, config: ConfigMapping, registry: Registry | None = None,
-                    assets: Mapping[str, Mapping[str, bytes]] | None = None) -> MultiTaskModel:
+                    assets: Mapping[str, Mapping[str, bytes]] | None = None, *, saved: bool = False
+                    ) -> MultiTaskModel:
         """Rebuild a model (freshly initialised) from :meth:`config`'s dict.
 
         Args:
@@ -367,6 +371,7 @@ class MultiTaskModel(nn.Module):
             registry: builds modalities and the backbone (default: ``get_registry()``).
             assets: modality name -> its saved assets, loaded before the networks are built (needed e.g. by
                 a text modality, whose head size depends on its tokenizer).
+            saved: the config is a checkpoint's: its task set is read as it was saved (``TaskSet.from_config``).
         """
         if not isinstance(config, Mapping):
             raise ConfigError(f"model config: expected a dict, got {type(config).__name__}")
@@ -380,7 +385,7 @@ class MultiTaskModel(nn.Module):
             from mtd_core.plugins.registry import get_registry
 
             registry = get_registry()
-        taskset = TaskSet.from_config(config["taskset"], registry)
+        taskset = TaskSet.from_config(config["taskset"], registry, saved=saved)
         for name, a in (assets or {}).items():
             if name not in taskset:
                 raise ConfigError(f"model assets: no modality {name!r} in the task set"

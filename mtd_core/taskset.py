@@ -5,20 +5,19 @@ Config format (a plain dict; the ``[taskset]`` table of a run config, or a TOML 
     modalities    a list of modality configs, each with a "kind" (built by the plugin registry)
     diffusion     the noise schedule: {"kind": "linear" | "cosine" | "custom", ...its parameters}
     latent_shape  [C, H, W]; required only when no modality is the base (otherwise inferred from it)
-    aux_channels  where the aggregated encodings live in Z (docs/math.md, section 2): 0 (the default) adds them on
-                  top of the base's own channels (the shared-pixel design), A > 0 gives them A channels of their
-                  own after the base's C channels (Z = C + A channels)
-    known_input   true: the backbone also sees the known aggregated part sum_j lambda_t^(j) E_j(x_j) of z_t as
-                  input channels of its own (docs/math.md, section 4); default false, the paper's eps_theta(z_t, t)
+    aux_channels  channels of Z that only the aggregated encodings occupy, after the base's C channels; 0 puts them
+                  on the base's own channels (the paper's shared design, docs/math.md, section 2)
+    known_input   whether the backbone also sees the known aggregated part sum_j lambda_t^(j) E_j(x_j) of z_t as
+                  input channels of its own (docs/math.md, section 4)
     known_dropout with known_input: the probability that training hides one modality's part from that input
                   (default 0.1), so that the network also works where the part is unknown
-    aux_eps       with aux_channels: where the noise estimate of the auxiliary channels comes from: "network" (the
-                  default, the backbone's output) or "heads" (implied by the heads' predicted encodings,
-                  docs/math.md, section 2), so that only the heads learn the encodings
-    encoding_scale how each aggregated encoding is scaled before w_t weighs it (``MultiTaskModel``'s
-                  ``EncodingScale``): "rms" (the default, divided by its RMS) or "spread" (its running mean
-                  subtracted, then divided by its spread about that mean), docs/math.md, section 2
+    aux_eps       with aux_channels: where the auxiliary channels' noise estimate comes from: "heads" (implied by
+                  the heads' predicted encodings; "network", the backbone's output, is retired)
+    encoding_scale how the model scales each aggregated encoding before w_t weighs it: "rms" or "spread" (about
+                  its running mean), for all, or a table {name = kind} for some
 
+Every option a config leaves out comes from its modalities' kinds' designs (``Modality.design``): a minimal config
+builds the measured design (docs/models.md, "Defaults and why"); ``mtd config show`` prints every resolved option.
 See docs/models.md for an example.
 """
 
@@ -29,14 +28,26 @@ import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from mtd_core.design import ENCODING_SCALES, EncodingScaleKind
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.noise import NoiseSchedule
 from mtd_core.diffusion.weights import peak_ratio, weight_schedule_from_config
 from mtd_core.errors import ConfigError, MTDError, PluginError, ScheduleError, closest
 from mtd_core.modality import LatentSpec, Modality, Role
 from mtd_core.tomlio import dumps_toml, read_toml
+from mtd_core.taskset_options import (
+    AUX_EPS,
+    DEFAULT_KNOWN_DROPOUT,
+    AuxEps,
+    encoding_scale_config,
+    resolve_aux,
+    resolve_aux_eps,
+    resolve_encoding_scales,
+    resolve_known,
+    saved_taskset_config,
+)
 from mtd_core.types import ConfigDict, ConfigMapping, ConfigValue
 
 if TYPE_CHECKING:
@@ -45,16 +56,12 @@ if TYPE_CHECKING:
 
 CONFIG_KEYS = ("modalities", "diffusion", "latent_shape", "aux_channels", "known_input", "known_dropout", "aux_eps",
                "encoding_scale")
-AuxEps = Literal["network", "heads"]
-AUX_EPS: tuple[AuxEps, ...] = ("network", "heads")
-EncodingScaleKind = Literal["rms", "spread"]
-ENCODING_SCALES: tuple[EncodingScaleKind, ...] = ("rms", "spread")
-DEFAULT_KNOWN_DROPOUT = 0.1
 PEAK_RATIO_BOUND = 5.0
 """Above this peak ratio max_t lambda_t / sqrt(abar_t), the task set warns when the encodings share the base's
 channels (aux_channels = 0): an error of the predicted encoding enters the base estimate multiplied by the ratio.
-The default window peaks at 4.27 and measured better than a window bounded at 1 (docs/sampling.md); larger ratios
-were not measured. With channels of their own (aux_channels > 0) the ratio is reported, not warned about."""
+The default window peaks at 4.27 and measured better than a window bounded at 1
+(experiments/notes/where-encodings-live.md); larger ratios were not measured. With channels of their own
+(aux_channels > 0) the ratio is reported, not warned about."""
 
 
 def _latent_shape(value: ConfigValue, where: str) -> tuple[int, int, int]:
@@ -75,24 +82,23 @@ class TaskSet:
         latent_shape: (C, H, W) of the base's part of Z. Inferred from the base's ``latent_shape()`` when omitted;
             required when there is no base; a ConfigError when it contradicts the base.
         aux_channels: A >= 0, the channels of Z that only the aggregated encodings occupy (Z is then
-            (C + A, H, W); the base fills the first C, every encoder E_i maps into the last A). 0 (also when None,
-            the default): the encodings share the base's channels (the shared-pixel design, measured the better
-            one, docs/sampling.md).
+            (C + A, H, W); the base fills the first C, every encoder E_i maps into the last A); 0 puts them on the
+            base's channels. None (the default): the most any aggregated kind's ``design.own_channels`` asks for.
         known_input: the backbone also sees the known aggregated part of z_t (docs/math.md, section 4): what a
             sampler knows exactly (observed or committed modalities' sum_j lambda_t^(j) E_j(x_j)) enters as C + A
-            channels of their own beside z_t, zeros where nothing is known. False (the default): eps_theta(z_t, t).
+            channels of their own beside z_t, zeros where nothing is known. None (the default): true when any
+            aggregated kind's ``design.known_input`` asks for it (the label's).
         known_dropout: with ``known_input``, the probability in [0, 1) that a training example's part of one
             modality is hidden from that input (default 0.1).
-        aux_eps: with ``aux_channels``, where eps_theta's auxiliary channels come from. "network" (also when None,
-            the default): the backbone's output, as for the base's channels. "heads": implied by the heads'
-            predicted encodings, eps_aux = (z_aux - sum_i lambda_t^(i) E_hat_i) / sqrt(1 - abar_t), exact since
-            z_0 is zero there (docs/math.md, section 2); the backbone then learns only the base's noise, and the
-            encodings' part of the loss reaches it through the heads (scaled by their ``head_grad``).
+        aux_eps: with ``aux_channels``, where eps_theta's auxiliary channels come from: "heads" (the default),
+            implied by the heads' predicted encodings, eps_aux = (z_aux - sum_i lambda_t^(i) E_hat_i) /
+            sqrt(1 - abar_t), exact since z_0 is zero there (docs/math.md, section 2). "network" (the backbone's
+            output) is retired: it is replaced by "heads" with a RetiredOptionWarning unless ``pinned``.
         encoding_scale: how the model scales each aggregated encoding (those of modalities whose ``normalize``
-            option is not off) before w_t weighs it. "rms" (also when None, the default): divided by its RMS, which
-            stops an encoder from shrinking its output but not from mapping every example to nearly one vector.
-            "spread": a running per-element mean subtracted, then divided by the RMS spread about it, so that the
-            part of z_t that tells examples apart always has unit RMS (docs/math.md, section 2).
+            option is not off) before w_t weighs it: "rms" (divided by its RMS) or "spread" (a running mean
+            subtracted, then divided by the RMS spread about it; docs/math.md, section 2), for every modality, or
+            a mapping naming some. None (the default): each kind's ``design.encoding_scale``.
+        pinned: the options come from a saved config (a checkpoint's): retired values load as they were.
 
     Raises:
         ConfigError: duplicate names, two bases, a missing or conflicting latent shape, a non-Modality.
@@ -102,8 +108,9 @@ class TaskSet:
 
     def __init__(self, modalities: Sequence[Modality], noise: NoiseSchedule | None = None,
                  latent_shape: tuple[int, int, int] | None = None, aux_channels: int | None = None,
-                 known_input: bool = False, known_dropout: float | None = None, aux_eps: AuxEps | None = None,
-                 encoding_scale: EncodingScaleKind | None = None) -> None:
+                 known_input: bool | None = None, known_dropout: float | None = None, aux_eps: AuxEps | None = None,
+                 encoding_scale: EncodingScaleKind | Mapping[str, EncodingScaleKind] | None = None, *,
+                 pinned: bool = False) -> None:
         mods = list(modalities)
         if not mods:
             raise ConfigError("taskset: needs at least one modality, got none")
@@ -126,12 +133,12 @@ class TaskSet:
         self._base = bases[0] if bases else None
         self._given_latent = latent_shape is not None
         self._base_latent = LatentSpec(self._resolve_latent(latent_shape))
-        self._aux = self._resolve_aux(aux_channels)
+        self._aux = resolve_aux(aux_channels, self._base is not None, self.aggregated)
         C, H, W = self._base_latent.shape
         self._latent = LatentSpec((C + self._aux, H, W))
-        self._known_input, self._known_dropout = self._resolve_known(known_input, known_dropout)
-        self._aux_eps = self._resolve_aux_eps(aux_eps)
-        self._encoding_scale = self._resolve_encoding_scale(encoding_scale)
+        self._known_input, self._known_dropout = resolve_known(known_input, known_dropout, self.aggregated)
+        self._aux_eps = resolve_aux_eps(aux_eps, self._aux, pinned)
+        self._encoding_scales = resolve_encoding_scales(encoding_scale, self.aggregated)
         # Built eagerly: a weight schedule that is invalid on this noise schedule fails here, naming its modality.
         self._fp = ForwardProcess(self._noise, {m.name: m.weights for m in self.aggregated})
         for name, ratio in self.peak_ratios().items():
@@ -143,48 +150,6 @@ class TaskSet:
                     "Bound the ratio with a 'ratio' weight schedule or give the encodings channels of their own "
                     "(aux_channels > 0); docs/math.md, section 2.",
                     stacklevel=2)
-
-    def _resolve_aux(self, given: int | None) -> int:
-        shared_only = self._base is None or not self.aggregated
-        if given is None:
-            return 0
-        if isinstance(given, bool) or not isinstance(given, int) or given < 0:
-            raise ConfigError(f"taskset: aux_channels must be an integer >= 0, got {given!r}")
-        if given and shared_only:
-            why = "there is no base modality" if self._base is None else "there is no aggregated modality"
-            raise ConfigError(f"taskset: aux_channels = {given} needs a base and at least one aggregated modality, "
-                              f"but {why}; drop aux_channels")
-        return given
-
-    def _resolve_aux_eps(self, given: object) -> AuxEps:
-        choice = "network" if given is None else next((v for v in AUX_EPS if v == given), None)
-        if choice is None:
-            raise ConfigError(f"taskset: aux_eps must be one of {list(AUX_EPS)}, got {given!r}")
-        if choice == "heads" and not self._aux:
-            raise ConfigError("taskset: aux_eps = \"heads\" needs channels of the encodings' own (aux_channels > 0); "
-                              "drop aux_eps or set aux_channels")
-        return choice
-
-    def _resolve_encoding_scale(self, given: object) -> EncodingScaleKind:
-        choice = "rms" if given is None else next((v for v in ENCODING_SCALES if v == given), None)
-        if choice is None:
-            raise ConfigError(f"taskset: encoding_scale must be one of {list(ENCODING_SCALES)}, got {given!r}")
-        if choice != "rms" and not self.aggregated:
-            raise ConfigError(f"taskset: encoding_scale = {choice!r} needs an aggregated modality; drop encoding_scale")
-        return choice
-
-    def _resolve_known(self, known_input: bool, dropout: float | None) -> tuple[bool, float]:
-        if not isinstance(known_input, bool):
-            raise ConfigError(f"taskset: known_input must be true or false, got {known_input!r}")
-        if known_input and not self.aggregated:
-            raise ConfigError("taskset: known_input = true needs at least one aggregated modality; drop known_input")
-        if dropout is None:
-            return known_input, DEFAULT_KNOWN_DROPOUT
-        if not known_input:
-            raise ConfigError(f"taskset: known_dropout = {dropout!r} applies only with known_input = true")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"taskset: known_dropout must be a probability in [0, 1), got {dropout!r}")
-        return known_input, float(dropout)
 
     def _resolve_latent(self, given: tuple[int, int, int] | None) -> tuple[int, int, int]:
         base = self._base
@@ -258,9 +223,9 @@ class TaskSet:
         return self._aux_eps
 
     @property
-    def encoding_scale(self) -> EncodingScaleKind:
-        """How the model scales each aggregated encoding: "rms" or "spread" (about its running mean)."""
-        return self._encoding_scale
+    def encoding_scales(self) -> dict[str, EncodingScaleKind]:
+        """Aggregated name -> how the model scales its encodings: "rms" or "spread" (about its running mean)."""
+        return dict(self._encoding_scales)
 
     @property
     def known_dropout(self) -> float:
@@ -308,24 +273,28 @@ class TaskSet:
         }
         if self._given_latent or self._base is None or self._base.latent_shape() is None:
             out["latent_shape"] = list(self._base_latent.shape)
-        if self._base is not None and self.aggregated:
+        if self._base is not None and self.aggregated:  # every option written out: the config pins the design
             out["aux_channels"] = self._aux
-        if self._known_input:
-            out["known_input"], out["known_dropout"] = True, self._known_dropout
-        if self._aux_eps != "network":
+        if self._aux:
             out["aux_eps"] = self._aux_eps
-        if self._encoding_scale != "rms":
-            out["encoding_scale"] = self._encoding_scale
+        if self.aggregated:
+            out["known_input"] = self._known_input
+            out["encoding_scale"] = encoding_scale_config(self._encoding_scales)
+        if self._known_input:
+            out["known_dropout"] = self._known_dropout
         return out
 
     @classmethod
-    def from_config(cls, config: ConfigMapping, registry: Registry | None = None) -> TaskSet:
+    def from_config(cls, config: ConfigMapping, registry: Registry | None = None, *, saved: bool = False) -> TaskSet:
         """Build a task set from :meth:`to_config`'s format.
 
         Args:
             config: {"modalities": [modality configs with "kind"], "diffusion": {...}, "latent_shape": [C, H, W]};
-                a ready Modality instance may stand in for a modality config.
+                a ready Modality instance may stand in for a modality config. Options left out come from the
+                modalities' kinds' designs.
             registry: the plugin registry that builds modalities by kind (default: ``get_registry()``).
+            saved: the config is a saved one (a checkpoint's): an option it leaves out takes the value it had when
+                it was left out (``saved_taskset_config``), and retired values load as they were.
 
         Raises:
             ConfigError: an unknown or missing key (with the nearest valid key), a malformed modality list,
@@ -338,6 +307,8 @@ class TaskSet:
                 raise ConfigError(
                     f"taskset: unknown key {key!r}{closest(str(key), CONFIG_KEYS)}; valid keys: {list(CONFIG_KEYS)}"
                 )
+        if saved:
+            config = saved_taskset_config(dict(config))
         if "modalities" not in config:
             raise ConfigError("taskset: missing key 'modalities' (a list of modality configs, each with a 'kind')")
         raw = config["modalities"]
@@ -367,8 +338,8 @@ class TaskSet:
         noise = _noise_from_config(config.get("diffusion"), registry.table("noise_schedule"))
         latent = config.get("latent_shape")
         return cls(mods, noise, None if latent is None else _latent_shape(latent, "taskset: latent_shape"),
-                   config.get("aux_channels"), config.get("known_input", False),
-                   config.get("known_dropout"), config.get("aux_eps"), config.get("encoding_scale"))
+                   config.get("aux_channels"), config.get("known_input"), config.get("known_dropout"),
+                   config.get("aux_eps"), config.get("encoding_scale"), pinned=saved)
 
     @classmethod
     def from_toml(cls, path: str | Path, registry: Registry | None = None) -> TaskSet:
@@ -416,4 +387,4 @@ def _noise_from_config(config: object, kinds: Mapping[str, Callable[..., NoiseSc
         raise ConfigError(f"taskset: diffusion: {e}") from None
 
 
-__all__ = ["TaskSet"]
+__all__ = ["AUX_EPS", "DEFAULT_KNOWN_DROPOUT", "ENCODING_SCALES", "AuxEps", "EncodingScaleKind", "TaskSet"]

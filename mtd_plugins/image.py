@@ -145,6 +145,12 @@ class ImageModality(Modality):
     roles = (Role.BASE, Role.AGGREGATED)
     Config = ImageConfig
 
+    @classmethod
+    def default_loss_weight_for(cls, role: Role) -> float:
+        """1 as the base (DDPM's term); 0.05 aggregated (an edge map): its Gaussian NLL is 50 x the squared error per
+        pixel and would otherwise starve the backbone's eps objective, as the masked image's does."""
+        return 1.0 if role is Role.BASE else 0.05
+
     @property
     def head_input(self) -> HeadInput:  # type: ignore[override]
         """HeadInput.NONE as the base, HeadInput.MAP when aggregated."""

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtd_core.errors import ModalityDataError
-from mtd_core.modality import DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role
+from mtd_core.modality import DataSpec, Design, FeatureSpec, HeadInput, LatentSpec, Modality, Role
 from mtd_core.plugins import hookimpl
 from mtd_core.types import Prediction
 from mtd_core.plugins.validate import optional_names, positive_int
@@ -75,8 +75,12 @@ class LabelModality(Modality):
     exact_sample = True  # the head's softmax is the whole distribution of the label
     # The cross-entropy is read at every t, also where the label cannot be read from z_t: at weight 1 it is ~10 x the
     # eps loss and its gradient dominates the shared backbone's (Fashion-MNIST: joint FID 2.75 at 1, 2.18 at 0.1,
-    # docs/sampling.md, "The label's loss weight and where its window opens").
+    # experiments/notes/image-label.md, "The label's loss weight and where its window opens").
     default_loss_weight = 0.1
+    # the backbone is told the label it generates for (drawn first) or is given, its encoding on a channel of its own
+    # whose noise the head implies, a tenth of the head's gradient into the backbone, a given label guided
+    # classifier-free at 1.5 (docs/models.md, "Defaults and why")
+    design = Design(known_input=True)
     Config = LabelConfig
 
     def data_spec(self) -> DataSpec:

@@ -19,7 +19,7 @@ from torch import nn
 from mtd_core.diffusion.weights import WeightSchedule
 from mtd_core.errors import ModalityDataError
 from mtd_core.heads import MapReader
-from mtd_core.modality import DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role, rms_normalize
+from mtd_core.modality import DataSpec, Design, FeatureSpec, HeadInput, LatentSpec, Modality, Role, rms_normalize
 from mtd_core.plugins import hookimpl
 from mtd_core.plugins.validate import (
     is_bool,
@@ -94,8 +94,9 @@ class RepresentationConfig:
     Attributes:
         dim: the representation's dimension d.
         hidden: width of the head's hidden layer (its MLP's -> d).
-        head: the features the head reads: "pooled" (the backbone's bottleneck, an MLP) or "map" (the last
-            full-resolution feature map: :class:`~mtd_core.heads.MapReader`).
+        head: the features the head reads: "map" (the default: the last full-resolution feature map,
+            :class:`~mtd_core.heads.MapReader`; measured the better, docs/models.md) or "pooled" (the backbone's
+            bottleneck, an MLP).
         loss: "gaussian" (NLL with std sigma) or "cosine" ((1 - cos) / sigma^2, direction only).
         sigma: the std of the Gaussian likelihood; the cosine loss's temperature.
         source: the name of the image modality the extractor reads in derive().
@@ -108,7 +109,7 @@ class RepresentationConfig:
 
     dim: int = attrs.field(default=16, validator=positive_int)
     hidden: int = attrs.field(default=128, validator=positive_int)
-    head: str = attrs.field(default="pooled", validator=one_of("pooled", "map"))
+    head: str = attrs.field(default="map", validator=one_of("pooled", "map"))
     loss: str = attrs.field(default="gaussian", validator=one_of("gaussian", "cosine"))
     sigma: float = attrs.field(default=0.1, validator=positive_float)
     source: str = attrs.field(default="image", validator=modality_name)
@@ -132,6 +133,9 @@ class RepresentationModality(Modality):
     kind = "representation"
     roles = (Role.AGGREGATED,)
     default_loss_weight = 0.1  # measured as the masked image's (docs/results.md): 1 starves the backbone
+    # the head reads the full-resolution feature map (Config.head) and none of its gradient shapes the backbone
+    # (docs/models.md, "Defaults and why")
+    design = Design(head_grad=0.0)
     Config = RepresentationConfig
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,

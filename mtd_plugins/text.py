@@ -26,6 +26,7 @@ from mtd_core.errors import CheckpointError, ConfigError, ModalityDataError
 from mtd_core.heads import MapReader
 from mtd_core.modality import (
     DataSpec,
+    Design,
     FeatureSpec,
     HeadInput,
     LatentSpec,
@@ -137,6 +138,9 @@ class TextModality(Modality):
     # 20 NFE, the default design (a fixed code), seeds 0 / 1: 1.45 / 1.10 at 0.7 against 2.01 / 1.33 at 0.5, 3.76 / 2.18
     # at 0.25 (docs/sampling.md, the encoding temperature)
     default_encoding_temperature = 0.7
+    # a fixed random code scaled by its spread (a learned code collapses to encodings that say almost nothing of the
+    # caption), a hundredth of the head's gradient into the backbone (docs/models.md, "Defaults and why")
+    design = Design(head_grad=0.01, encoding_scale="spread", train_encoder=False)
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
                  weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float | None = None,

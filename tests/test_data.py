@@ -384,3 +384,48 @@ def test_png_folder_refuses_a_decompression_bomb_naming_the_file_and_line(tmp_pa
     with pytest.raises(ModalityDataError, match=r"img0.png \(.*labels.csv, line 2\): refused: the image is too "
                                                 r"large to decode safely"):
         load_png_folder(str(tmp_path))
+
+
+def test_a_holdout_keeps_the_last_training_examples_out_of_training_as_the_validation_split() -> None:
+    from mtd_core.data.build import load_dataset
+
+    whole = load_dataset({"name": "digits", "seed": 0}, get_registry())
+    held = load_dataset({"name": "digits", "seed": 0, "holdout": 100}, get_registry())
+    train, val = held.splits.train.fields["image"], held.splits.val.fields["image"]  # type: ignore[union-attr]
+    everything = whole.splits.train.fields["image"]  # type: ignore[attr-defined]
+    assert len(train) == len(everything) - 100 and len(val) == 100 and whole.splits.val is None
+    assert torch.equal(train, everything[:-100]) and torch.equal(val, everything[-100:])  # disjoint, deterministic
+    assert held.info["val_size"] == 100 and held.info["train_size"] == len(train)
+    assert torch.equal(held.splits.test.fields["image"], whole.splits.test.fields["image"])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("holdout, pattern", [
+    (-1, r"dataset.holdout: expected an integer >= 0"),
+    (2.5, r"dataset.holdout: expected an integer >= 0"),
+    (True, r"dataset.holdout: expected an integer >= 0"),
+    (100_000, r"dataset.holdout = 100000 leaves nothing to train on: the training split has \d+ examples"),
+])
+def test_a_bad_holdout_is_a_clear_error(holdout: object, pattern: str) -> None:
+    from mtd_core.data.build import load_dataset
+
+    with pytest.raises(ConfigError, match=pattern):
+        load_dataset({"name": "digits", "holdout": holdout}, get_registry())
+
+
+def test_a_holdout_of_a_dataset_not_in_memory_slices_it_without_loading_it() -> None:
+    from mtd_core.data.splits import DatasetSplits, hold_out
+
+    class Lazy(torch.utils.data.Dataset):  # a plugin's dataset: items on demand
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"x": torch.tensor(i)}
+
+    splits = hold_out(DatasetSplits(train=Lazy(), test=Lazy()), 3, "dataset")
+    assert [int(splits.train[i]["x"]) for i in range(len(splits.train))] == list(range(7))
+    assert [int(splits.val[i]["x"]) for i in range(len(splits.val))] == [7, 8, 9]  # type: ignore[index,arg-type]
+    with pytest.raises(IndexError):
+        splits.val[3]  # type: ignore[index]
+    with pytest.raises(ConfigError, match="already has a validation split; drop holdout"):
+        hold_out(splits, 1, "dataset")

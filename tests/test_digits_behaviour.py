@@ -117,7 +117,7 @@ def test_label_conditioned_generation_follows_the_label(trained):
     print("[digits] label-conditioned accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
           + " (chance 0.1)")
     # with the label in a channel of its own, the base estimate never subtracts a label encoding, so injecting the
-    # true one is as good as replacing (on shared channels injection fell to 0.4: docs/sampling.md)
+    # true one is as good as replacing (on shared channels injection fell to 0.4: experiments/notes/conditional-generation.md)
     assert min(accuracy.values()) > 0.6
 
 

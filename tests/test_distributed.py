@@ -89,7 +89,7 @@ except NonFiniteLossError as e:
     print(f"rank {ctx.rank} stopped at step {trainer.step}: {str(e).splitlines()[0]}")
 # ends without shutdown_distributed: exit_process runs init_distributed's exit hook, which leaves the group, then
 # skips the interpreter's teardown, in which rank 0 could abort ("terminate called without an active exception":
-# 3 of 16 runs without the hook; with it, 2 of one session's 6 runs in CI beside other jobs, none of 66 alone)
+# 3 of 16 runs without the hook; with it, 2 of 6 CI runs beside other jobs on 2026-12-04, none of 66 alone)
 exit_process(0)
 """
 

@@ -1,6 +1,7 @@
-"""The experiments at the smoke preset (digits, a tiny U-Net, a few steps): every script runs end to end and writes
-a JSON with every metric key of its setting, and make_results turns the JSON into the report. Also the report's
-claim logic on hand-made results, and the data check's install instructions."""
+"""The experiments at the smoke preset (digits, a tiny U-Net, a few steps): every script runs end to end on the test
+split and writes a JSON with every metric key of its setting, its draws, FID curve, NFE spent, split and provenance,
+and make_results turns the JSONs into the report; the validation split of a dataset with a holdout; the sampler
+study; the data check's install instructions. (make_results' own logic: tests/test_make_results.py.)"""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ import pytest
 import torch
 
 # experiments/ is a top-level folder of the repository (on sys.path through pytest's `pythonpath = ["."]`)
-from experiments import common
-from experiments.make_results import EXPERIMENTS, Run, claims, load_runs, make_results, steps_ratio
+from experiments import common, runs
+from experiments.make_results import make_results
 from experiments.presets import PRESETS, Preset, get_preset
 from mtd_core.errors import ConfigError, ModalityDataError, MTDError
 
 pytestmark = pytest.mark.slow
+EXPERIMENTS = ("single_task", "diffusers_baseline", "image_label", "masked_image", "image_transition",
+               "image_representation", "image_caption")
+SPLIT = "test"  # the smoke preset's dataset holds out no validation split
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None
 RUNNABLE = [e for e in EXPERIMENTS if HAS_DIFFUSERS or e != "diffusers_baseline"]
 
@@ -39,7 +43,7 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for name in RUNNABLE:
                 module = importlib.import_module(f"experiments.{name}")
                 rc = common.run_experiment(name, module.run, module.metric_keys, get_preset("smoke"), 0,
-                                           root / "results", root / "work")
+                                           root / "results", root / "work", split=SPLIT)
                 assert rc == 0
     finally:
         torch.set_num_threads(threads)
@@ -47,8 +51,8 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "results"
 
 
-def _result(results: Path, name: str) -> dict[str, Any]:
-    return json.loads(common.result_path(results, "smoke", name, 0).read_text())
+def _result(results: Path, name: str, split: str = SPLIT) -> dict[str, Any]:
+    return json.loads(common.result_path(results, "smoke", name, 0, split).read_text())
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
@@ -60,12 +64,46 @@ def test_experiment_writes_every_metric_with_its_protocol(smoke_results: Path, n
     assert not missing, f"{name}: JSON lacks {missing}"
     assert all(isinstance(v, (float, str)) for v in data["metrics"].values())
     assert data["experiment"] == name and data["preset"] == "smoke" and data["seed"] == 0
-    assert data["protocol"]["n_samples"] == preset.n_samples
+    assert data["split"] == SPLIT and data["protocol"]["split"] == SPLIT
+    assert data["protocol"]["n_samples"] == preset.n_samples and data["protocol"]["n_draws"] == preset.n_draws
     assert data["protocol"]["steps"] == preset.steps
-    assert data["metrics"]["n_generated"] == preset.n_samples
+    assert data["metrics"]["n_generated"] == preset.per_draw and data["metrics"]["n_draws"] == preset.n_draws
     assert 0.0 < data["metrics"]["feature_net_test_accuracy"] <= 1.0
     assert data["wall_s"] > 0 and data["hardware"]["device"] == "cpu"
-    assert data["grids"] and all((smoke_results / "smoke" / name / g).is_file() for g in data["grids"])
+    folder = smoke_results / "smoke" / name / SPLIT
+    assert data["grids"] and all((folder / g).is_file() for g in data["grids"])
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_a_result_carries_its_draws_fid_curve_nfe_and_provenance(smoke_results: Path, name: str) -> None:
+    data = _result(smoke_results, name)
+    preset = get_preset("smoke")
+    for key in common.DRAWN_KEYS:  # the metrics are the mean of the draws
+        assert len(data["draws"][key]) == preset.n_draws
+        assert data["metrics"][key] == pytest.approx(sum(data["draws"][key]) / preset.n_draws)
+    curve = data["fid_curve"]
+    assert curve["n"] == [n for n in preset.fid_curve_n if n <= preset.n_samples] and len(curve["fid"]) == 2
+    assert curve["fid"][-1] == pytest.approx(data["draws"]["fid"][0])  # all 24 samples: the one draw
+    assert curve["fid_inf"] == pytest.approx(common.fid_infinity(curve["n"], curve["fid"]))
+    assert data["nfe_spent"] and all(isinstance(v, int) and v > 0 for v in data["nfe_spent"].values())
+    prov = data["provenance"]
+    assert set(prov) == {"commit", "dirty", "command", "config"}
+    assert prov["commit"] == "unknown" or len(prov["commit"]) == 40
+    assert prov["dirty"] in (True, False, None)
+    assert prov["command"].startswith(f"python -m experiments.{name} --preset smoke --seed 0 --split test")
+    assert {"dataset", "taskset", "backbone", "trainer"} <= set(prov["config"])
+    assert prov["config"]["trainer"]["seed"] == 0 and prov["config"]["trainer"]["weight_decay"] == 0.0
+    if name != "diffusers_baseline":  # an mtd run: the config its run folder holds
+        run = smoke_results.parent / "work" / "smoke" / name / "seed0" / "config.json"
+        assert prov["config"] == json.loads(run.read_text())
+
+
+def test_the_nfe_spent_names_every_generation_mode(smoke_results: Path) -> None:
+    preset = get_preset("smoke")
+    single, label = _result(smoke_results, "single_task"), _result(smoke_results, "image_label")
+    assert single["nfe_spent"]["joint"] == preset.nfe and single["nfe_spent"]["sdedit"] >= 1
+    assert {"joint", "conditional[label]", "readout[image]"} <= set(label["nfe_spent"])
+    assert label["nfe_spent"]["readout[image]"] < label["nfe_spent"]["joint"]
 
 
 def test_learning_curves_have_one_point_per_checkpoint(smoke_results: Path) -> None:
@@ -100,15 +138,39 @@ def test_diffusers_baseline_matches_parameters_within_ten_percent(smoke_results:
     assert m["param_ratio"] == pytest.approx(m["params_diffusers"] / m["params_ours"])
 
 
-def test_make_results_generates_the_report(smoke_results: Path, tmp_path: Path) -> None:
+@pytest.mark.skipif(not HAS_DIFFUSERS, reason="the diffusers baseline needs the optional extra 'bench'")
+def test_diffusers_baseline_samples_with_the_default_and_the_best_settings(smoke_results: Path) -> None:
+    from experiments import diffusers_baseline
+
+    data = _result(smoke_results, "diffusers_baseline")
+    preset, m = get_preset("smoke"), data["metrics"]
+    assert diffusers_baseline.nfes(preset) == [preset.nfe, 10]
+    for setting in ("default", "best"):
+        for nfe in (preset.nfe, 10):
+            assert len(data["draws"][f"fid_{setting}_nfe{nfe}"]) == preset.n_draws
+            assert data["nfe_spent"][f"{diffusers_baseline.SAMPLERS[setting]}_nfe{nfe}"] == nfe
+    assert m["fid"] == m[f"fid_default_nfe{preset.nfe}"] and m["fid_best_nfe10"] != m["fid_default_nfe10"]
+    assert data["protocol"]["samplers"]["best"] == {
+        "scheduler": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True,
+        "thresholding": True, "sample_max_value": 1.0}
+    # trained as mtd's single-task run: its very trainer config (weight decay 0, not AdamW's default 0.01)
+    from mtd_core.training.config import TrainConfig
+
+    single = _result(smoke_results, "single_task")["provenance"]["config"]
+    weights = [k for k in single["trainer"] if k not in TrainConfig.RESUMABLE_CHANGES or k == "steps"]
+    trainer = data["provenance"]["config"]["trainer"]
+    assert {k: trainer[k] for k in weights} == {k: single["trainer"][k] for k in weights}
+    assert data["provenance"]["config"]["taskset"] == single["taskset"]
+    meta = json.loads((smoke_results.parent / "work" / "smoke" / "diffusers_baseline" / "seed0" /
+                       "unet_ema.json").read_text())
+    assert meta["key"]["trainer"]["weight_decay"] == 0.0  # the reuse key names the training
+
+
+def test_make_results_reads_the_smoke_results(smoke_results: Path, tmp_path: Path) -> None:
     out = make_results(smoke_results, tmp_path / "docs" / "results.md")
     text = out.read_text()
-    assert "## Preset `smoke`" in text and "no claim is evaluated" in text
     for name in RUNNABLE:
-        assert f"(`{name}`)" in text
-    assert text.count("| `fid` |") == len(RUNNABLE)
-    pngs = sorted(p.name for p in (tmp_path / "docs" / "results").glob("*.png"))
-    assert "smoke_learning_curve.png" in pngs
+        assert name in text
     for link in [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]:
         assert (out.parent / link).is_file(), link
 
@@ -124,10 +186,10 @@ def test_reuse_evaluates_the_finished_run_without_training(smoke_results: Path, 
     mtimes = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")}
     threads = torch.get_num_threads()
     try:
-        args = ["--preset", "smoke", "--reuse", "--results", str(tmp_path), "--work", str(work)]
+        args = ["--preset", "smoke", "--split", "test", "--reuse", "--results", str(tmp_path), "--work", str(work)]
         assert image_label.main(args) == 0
     finally:
-        common.REUSE["finished_runs"] = False
+        runs.REUSE["finished_runs"] = False
         torch.set_num_threads(threads)
     assert "reusing the finished run" in capsys.readouterr().out
     again = _result(tmp_path, "image_label")
@@ -151,7 +213,8 @@ def test_an_interrupted_training_stops_the_experiment_before_any_evaluation(tmp_
     monkeypatch.setattr(Trainer, "fit", stopped)
     threads = torch.get_num_threads()
     try:
-        rc = single_task.main(["--preset", "smoke", "--results", str(tmp_path / "r"), "--work", str(tmp_path / "w")])
+        rc = single_task.main(["--preset", "smoke", "--split", "test", "--results", str(tmp_path / "r"), "--work",
+                               str(tmp_path / "w")])
     finally:
         torch.set_num_threads(threads)
     err = capsys.readouterr().err
@@ -174,11 +237,11 @@ def test_a_run_saved_before_an_option_existed_is_still_the_same_run(smoke_result
     next(m for m in saved["taskset"]["modalities"] if m["kind"] == "label").pop("hidden")  # as if added since
     saved["trainer"]["threads"] = 1  # trained at one thread: weights-neutral, as a resume may change it
     (old / "config.json").write_text(json.dumps(saved))
-    assert common._run_state(old, config, steps) is not None
+    assert runs._run_state(old, config, steps) is not None
     changed = json.loads(json.dumps(config))
     next(m for m in changed["taskset"]["modalities"] if m["kind"] == "label")["hidden"] = label["hidden"] + 1
-    assert common._run_state(old, changed, steps) is None  # a real difference is still one
-    assert common._run_state(old, config, steps + 1) is None  # unfinished, and no checkpoint to resume from
+    assert runs._run_state(old, changed, steps) is None  # a real difference is still one
+    assert runs._run_state(old, config, steps + 1) is None  # unfinished, and no checkpoint to resume from
 
 
 def test_reuse_resumes_a_killed_run_from_its_checkpoint(smoke_results: Path, tmp_path: Path,
@@ -199,11 +262,11 @@ def test_reuse_resumes_a_killed_run_from_its_checkpoint(smoke_results: Path, tmp
     shutil.rmtree(ckpts[-1])  # killed after the one before the last checkpoint
     trim_metrics(killed / "metrics.jsonl", steps[-2])
     threads = torch.get_num_threads()
-    common.REUSE["finished_runs"] = True
+    runs.REUSE["finished_runs"] = True
     try:
-        trained = common.train(preset, [common.image_modality(preset)], 0, killed, curve=True)
+        trained = runs.train(preset, [runs.image_modality(preset)], 0, killed, curve=True)
     finally:
-        common.REUSE["finished_runs"] = False
+        runs.REUSE["finished_runs"] = False
         torch.set_num_threads(threads)
     assert f"resuming the run {killed} from its checkpoint at step {steps[-2]}" in capsys.readouterr().out
     assert trained.steps == preset.steps
@@ -289,7 +352,7 @@ def test_the_study_conditions_on_the_splits_own_captions_and_representations(
     # each caption names the class it is scored against; val draws them from the reference's training images, test
     # from the test split
     said = caption_classes(caption.model.taskset["text"].detokenize(given["text"]), preset.class_words)
-    assert torch.equal(said, classes) and torch.equal(test_classes, test_caption.ev.test["label"][:7])
+    assert torch.equal(said, classes) and torch.equal(test_classes, test_caption.ev.real["label"][:7])
     assert torch.allclose(reps["representation"], want.float())
     assert 0 <= row["conditional_fidelity"] <= 1 and "caption_agreement" not in row
 
@@ -332,87 +395,6 @@ def test_the_study_scores_restorations_as_the_experiment_does(smoke_results: Pat
     assert not torch.equal(inputs["mask"], common.restoration_set(val.ev, preset, 0.5, 5)["mask"])
 
 
-def test_make_results_without_runs_says_not_run(tmp_path: Path) -> None:
-    text = make_results(tmp_path / "empty", tmp_path / "results.md").read_text()
-    assert "not run" in text
-
-
-def _run(experiment: str, seed: int, metrics: dict[str, float], curve: list[tuple[int, float]] = ()) -> Run:
-    data = {"metrics": metrics, "curve": [{"step": s, "fid": f, "n_generated": 10} for s, f in curve]}
-    return Run(path=Path(f"{experiment}/seed{seed}.json"), experiment=experiment, preset="digits", seed=seed, data=data)
-
-
-def test_claims_follow_the_targets() -> None:
-    restoration = {"sdedit_psnr_r50": 12.0, "sdedit_kept_psnr_r50": 14.0}
-    by_exp = {
-        "single_task": [_run("single_task", 0, {"fid": 10.0, "noise_like": 0.01, **restoration},
-                             [(100, 20.0), (200, 10.0)]),
-                        _run("single_task", 1, {"fid": 12.0, "noise_like": 0.0, **restoration},
-                             [(100, 22.0), (200, 12.0)]),
-                        _run("single_task", 4, {"fid": 1.0}, [(100, 1.0), (200, 1.0)])],
-        "image_label": [_run("image_label", 0, {"fid": 11.5, "joint_coherence": 0.86, "label_head_accuracy": 0.80,
-                                                "standalone_classifier_accuracy": 0.85, "conditional_fidelity": 0.88,
-                                                "noise_like": 0.015, "conditional_noise_like": 0.03,
-                                                "feature_net_test_accuracy": 0.89}),
-                        _run("image_label", 1, {"fid": 11.4}), _run("image_label", 3, {"fid": 100.0})],
-        "image_caption": [_run("image_caption", 0, {"fid": 11.6, "conditional_fidelity": 0.09})],
-        "image_representation": [_run("image_representation", 0, {"fid": 10.0, "conditional_fidelity": 0.85})],
-        "masked_image": [_run("masked_image", 0, {"restored_psnr_r50": 15.0, "restored_kept_psnr_r50": 13.0,
-                                                  "masked_input_psnr_r50": 9.0}, [(100, 9.5), (200, 9.0)])],
-    }
-    study = [{"experiment": "single_task", "seed": 0, "setting": {"nfe": 10}, "fid": 4.0},
-             {"experiment": "diffusers_baseline", "seed": 0, "setting": {"sampler": "diffusers_dpmpp", "nfe": 10},
-              "fid": 3.5},
-             {"experiment": "single_task", "seed": 0, "setting": {"nfe": 10, "clip": "none"}, "fid": 1.0},
-             *({"experiment": "image_label", "seed": s, "conditional_fidelity": f,
-                "setting": {"nfe": 20, "given": "label", "cguide": 1, "classifier_seed": 0}}
-               for s, f in ((0, 0.92), (1, 0.9))),
-             {"experiment": "image_label", "seed": 2, "setting": {"nfe": 20, "given": "label"},
-              "conditional_fidelity": 0.1}]
-    # label 11.45 <= 1.05 * 11 = 11.55 on the seeds both ran (not its seed 3 nor single-task's seed 4), caption
-    # 11.6 > 1.05 * 10 on seed 0 alone, representation 10.0 is not above; 4.0 <= 1.1 * 3.5 = 3.85 is not
-    # (the row that changes the clip is not the defaults'); coherence 0.86 >= 0.85; fidelity 0.88 < 0.9; guided
-    # fidelity 0.91 on the two guided rows (the unguided one of seed 2 is not theirs); given a caption 9% < 80% (the
-    # representation's 85% does not save it); conditional noise-like 3% > 2%; head 5 points below; masked reaches
-    # seed 0's final 10.0 at step 100 (with seed 4's curve the target would be 7.67, never reached); restored 15 dB
-    # beats input and SDEdit as generated, 13 < 14 kept
-    found = claims(by_exp, [0.5], study)
-    assert [c.status for c in found] == ["held", "did not hold", "held", "did not hold", "held", "did not hold",
-                                         "held", "did not hold", "did not hold", "did not hold", "held", "held",
-                                         "did not hold"]
-    assert "ratio 1.041 (per seed 0, 1: 1.15, 0.95)" in found[0].evidence and "ratio 1.143" in found[3].evidence
-    assert "joint 11.6 (1 seed) vs single-task 10 (1 seed): ratio 1.160 (per seed 0: 1.16)" == found[1].evidence
-    assert "real test pairs score 89.0%" in found[4].evidence
-    assert "conditional fidelity 0.91 +- 0.01414 (2 seeds)" == found[6].evidence
-    assert "image_caption 0.09 (1 seed); image_representation 0.85 (1 seed)" in found[7].evidence
-    assert "(worst: image_label (conditional))" in found[8].evidence
-    assert "FID <= 10.000 at step 100 of 200: ratio 0.50" in found[10].evidence
-    assert "pasted back" in found[12].claim and "13.00 vs input 9.00, SDEdit 14.00" in found[12].evidence
-    ratio = steps_ratio(by_exp["single_task"][:2], by_exp["masked_image"])
-    assert ratio is not None and ratio.target_fid == 11.0 and ratio.ratio == 0.5
-    assert [c.status for c in claims({}, [0.5])] == ["not run"] * 13
-
-
-def test_the_study_table_reads_the_default_and_named_samplers(tmp_path: Path) -> None:
-    from experiments.make_results import load_study, study_section
-
-    rows = [{"experiment": "single_task", "variant": "", "seed": s, "split": "test", "setting": {"nfe": n},
-             "fid": f + s} for s in (0, 1) for n, f in ((10, 4.0), (20, 3.0))]
-    rows += [{"experiment": "single_task", "variant": "", "seed": 0, "split": "val", "setting": {"nfe": 10},
-              "fid": 99.0},
-             {"experiment": "single_task", "variant": "", "seed": 0, "split": "test",
-              "setting": {"sampler": "ddim", "nfe": 10}, "fid": 7.0}]
-    (tmp_path / "cpu").mkdir()
-    (tmp_path / "cpu" / "sampler_study.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    study = load_study(tmp_path, "cpu")
-    assert len(study) == 5  # the validation row is left out
-    lines = study_section(study, tmp_path / "assets", "assets", "cpu")
-    table = "\n".join(lines)
-    assert "| single_task: defaults | 2 | - | 4.5 | 3.5 | - |" in table
-    assert "| single_task: ddim | 1 | - | 7 | - | - |" in table
-    assert (tmp_path / "assets" / "cpu_fid_vs_nfe.png").is_file()
-
-
 def test_a_study_setting_reads_numbers_and_encoding_temperatures() -> None:
     from experiments.sampler_study import parse_setting
 
@@ -430,11 +412,6 @@ def test_results_json_must_be_complete(tmp_path: Path) -> None:
     outcome = common.Outcome(metrics={"fid": 1.0}, protocol={})
     with pytest.raises(MTDError, match="lacks the metrics"):
         common.write_result(tmp_path / "r.json", "x", preset, 0, outcome, 1.0, ["fid", "kid_mean"])
-    bad = tmp_path / "smoke" / "x" / "seed0.json"
-    bad.parent.mkdir(parents=True)
-    bad.write_text('{"format": "something else"}')
-    with pytest.raises(MTDError, match="not an experiment result"):
-        load_runs(tmp_path)
 
 
 def test_missing_fashion_mnist_says_how_to_install(tmp_path: Path) -> None:
@@ -471,70 +448,155 @@ def test_a_trained_module_is_reused_when_only_evaluation_settings_changed(tmp_pa
     assert len(fits) == 2  # trained again: the training changed
 
 
-def test_an_experiments_own_channels_are_its_default_and_a_design_study_overrides_them(
+def test_an_experiment_states_no_design_and_a_design_study_overrides_the_kinds(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The experiments train the kinds' designs (tests/test_defaults.py checks them against minimal configs); a
+    design study's options (DESIGN) are written into the task set and the aggregated modalities."""
     from experiments import image_caption, image_representation, image_transition, masked_image
 
     preset = get_preset("smoke")
-    for module, aggregated in [(image_caption, image_caption.text_modality(preset)),
-                               (image_representation, image_representation.representation_modality()),
-                               (masked_image, masked_image.masked_modality(preset)),
-                               (image_transition, image_transition.edges_modality(preset))]:
-        modalities = [common.image_modality(preset), aggregated]
-        config = common.run_config(preset, modalities, 0, aux_channels=common.OWN_CHANNELS)
-        assert config.taskset["aux_channels"] == 1 and config.taskset["aux_eps"] == "heads", module.NAME
-        own = getattr(module, "HEAD_GRAD", common.HEAD_GRAD)  # the representation's: 0, its head on the map
-        assert config.taskset["modalities"][1]["head_grad"] == own, module.NAME
-    assert image_representation.representation_modality()["head"] == "map"
-    single = common.run_config(preset, [common.image_modality(preset)], 0, aux_channels=1)
-    assert "aux_channels" not in single.taskset  # no aggregated modality: nothing to give channels to
+    caption = [common.image_modality(preset), image_caption.text_modality(preset)]
+    assert set(common.run_config(preset, caption, 0).taskset) == {"modalities", "diffusion"}
+    for builder in (lambda: image_caption.text_modality(preset), image_representation.representation_modality,
+                    lambda: masked_image.masked_modality(preset), lambda: image_transition.edges_modality(preset)):
+        assert not {"head_grad", "loss_weight", "weights", "train_encoder"} & set(builder())
     monkeypatch.setitem(common.DESIGN, "aux_channels", 0)  # --aux-channels 0: the paper's shared channels
-    shared = common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
-                               aux_channels=common.OWN_CHANNELS)
-    assert "aux_channels" not in shared.taskset and "aux_eps" not in shared.taskset
+    monkeypatch.setitem(common.DESIGN, "encoding_scale", "rms")  # --encoding-scale rms
+    shared = common.run_config(preset, caption, 0).taskset
+    assert shared["aux_channels"] == 0 and shared["encoding_scale"] == "rms"
+    assert "aux_channels" not in common.run_config(preset, caption[:1], 0).taskset  # nothing aggregated
+    assert "aux_channels" not in common.run_config(preset, caption, 0, design=False).taskset  # a baseline
     monkeypatch.setitem(common.DESIGN, "aggregated", {"head_grad": 1.0})  # --aggregated head_grad=1
     assert image_transition.edges_modality(preset)["head_grad"] == 1.0
     assert masked_image.masked_modality(preset)["head_grad"] == 1.0
-    assert image_representation.representation_modality()["head_grad"] == 1.0
-    monkeypatch.setitem(common.DESIGN, "aux_channels", None)
-    monkeypatch.setitem(common.DESIGN, "aux_eps", "network")  # --aux-eps network: the backbone's own estimate
-    network = common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
-                                aux_channels=common.OWN_CHANNELS)
-    assert network.taskset["aux_channels"] == 1 and "aux_eps" not in network.taskset
-
-
-def test_a_design_studys_encoding_scale_is_written_unless_rms(monkeypatch: pytest.MonkeyPatch) -> None:
-    from experiments import image_representation
-
-    preset = get_preset("smoke")
-    modalities = [common.image_modality(preset), image_representation.representation_modality()]
-    assert "encoding_scale" not in common.run_config(preset, modalities, 0).taskset  # "rms", the task set's default
-    monkeypatch.setitem(common.DESIGN, "encoding_scale", "spread")  # --encoding-scale spread
-    assert common.run_config(preset, modalities, 0).taskset["encoding_scale"] == "spread"
-    assert "encoding_scale" not in common.run_config(preset, modalities[:1], 0).taskset  # nothing to scale
-    assert "encoding_scale" not in common.run_config(preset, modalities, 0, design=False).taskset  # a baseline
-    monkeypatch.setitem(common.DESIGN, "encoding_scale", "rms")
-    assert "encoding_scale" not in common.run_config(preset, modalities, 0).taskset
+    monkeypatch.setitem(common.DESIGN, "weights", {"kind": "windowed", "peak": 2.0})  # --weights kind=windowed,...
+    assert image_representation.representation_modality()["weights"] == {"kind": "windowed", "peak": 2.0}
     assert common.main("image_representation", "", lambda *a: None, lambda p: [],  # type: ignore[arg-type,return-value]
                        ["--encoding-scale", "spread"]) == 2  # a design option needs --variant
 
 
-def test_the_caption_experiments_default_is_a_fixed_code_scaled_by_its_spread(
-        smoke_results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_caption_experiments_default_is_a_fixed_code_scaled_by_its_spread(smoke_results: Path) -> None:
     import tomllib
-
-    from experiments import image_caption
 
     trained = json.loads((smoke_results.parent / "work" / "smoke" / "image_caption" / "seed0" / "config.json")
                          .read_text())["taskset"]  # what the experiment's run trained
     example = tomllib.loads((Path(__file__).parent.parent / "examples" / "configs" / "image_caption.toml")
                             .read_text())["taskset"]
-    for taskset in (trained, example):
-        text = next(m for m in taskset["modalities"] if m["kind"] == "text")
-        assert taskset["encoding_scale"] == "spread" and text["train_encoder"] is False
-    preset = get_preset("smoke")
-    monkeypatch.setitem(common.DESIGN, "encoding_scale", "rms")  # --encoding-scale rms: the task set's default
-    monkeypatch.setitem(common.DESIGN, "aggregated", {"train_encoder": True})  # --aggregated train_encoder=true
-    learned = common.run_config(preset, [common.image_modality(preset), image_caption.text_modality(preset)], 0,
-                                encoding_scale=image_caption.ENCODING_SCALE).taskset
-    assert "encoding_scale" not in learned and learned["modalities"][1]["train_encoder"] is True
+    from mtd_core.taskset import TaskSet
+
+    for taskset in (trained, example):  # as resolved: an option left out comes from the kinds' designs
+        resolved = TaskSet.from_config(taskset).to_config()
+        text = next(m for m in resolved["modalities"] if m["kind"] == "text")
+        assert resolved["encoding_scale"] == "spread" and text["train_encoder"] is False
+
+
+def test_a_split_the_preset_cannot_evaluate_is_refused_before_training(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments import single_task
+
+    args = ["--preset", "smoke", "--results", str(tmp_path / "r"), "--work", str(tmp_path / "w")]
+    assert single_task.main(args) == 2  # --split val is the default: the smoke preset holds nothing out
+    err = capsys.readouterr().err
+    assert "preset 'smoke' has no validation split" in err and "--split test" in err
+    assert not (tmp_path / "w").exists()  # refused before any training
+    with pytest.raises(ConfigError, match="--split must be one of"):
+        common.check_split(get_preset("cpu"), "train")
+    common.check_split(get_preset("cpu"), "val")  # Fashion-MNIST's last 5000 training examples
+
+
+def test_asking_a_split_for_more_examples_than_it_holds_names_both_counts(smoke_results: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtd_core.data.build import load_dataset
+    from mtd_core.plugins.registry import get_registry
+
+    monkeypatch.setenv("MTD_CACHE_DIR", str(smoke_results.parent / "cache"))
+    data = load_dataset({"name": "digits", "holdout": 100}, get_registry())
+    held = len(data.splits.test)
+    with pytest.raises(MTDError, match=rf"the FID reference set \(n_reference\): 5000 examples of the test split "
+                                       rf"were asked for, but it holds {held}"):
+        common.make_evaluator(data, get_preset("smoke").with_overrides(n_reference=5000), split="test")
+    with pytest.raises(MTDError, match="500 examples of the val split were asked for, but it holds 100"):
+        common.split_tensors(data, "val", n=500, what="the transition pairs (n_paired)")
+    ev = common.make_evaluator(data, get_preset("smoke"), split="val")
+    with pytest.raises(MTDError, match=r"the restoration inputs \(n_paired\): 101 examples of the val split"):
+        common.restoration_set(ev, get_preset("smoke"), 0.5, 101)
+    assert len(ev.real["image"]) == 100 and ev.sample_seed(3) == 1003  # the whole held-out split; seeds apart
+    assert ev.feature_net.info.n_train == len(data.splits.train)  # the feature net never sees the val split
+
+
+@pytest.mark.filterwarnings("ignore:FID.*rank-deficient")
+def test_the_validation_split_of_a_dataset_with_a_holdout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments import single_task
+
+    monkeypatch.setenv("MTD_CACHE_DIR", str(tmp_path / "cache"))
+    preset = get_preset("smoke").with_overrides(dataset={"name": "digits", "holdout": 120})
+    threads = torch.get_num_threads()
+    try:
+        rc = common.run_experiment("single_task", single_task.run, single_task.metric_keys, preset, 0,
+                                   tmp_path / "results", tmp_path / "work", split="val")
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    data = json.loads((tmp_path / "results" / "smoke" / "single_task" / "val" / "seed0.json").read_text())
+    assert data["split"] == "val" and data["protocol"]["n_reference"] == 120
+    assert data["protocol"]["sampling_seed_offset"] == common.VAL_SEED_OFFSET
+    assert data["provenance"]["config"]["dataset"]["holdout"] == 120  # trained without the held-out examples
+    assert data["metrics"]["elbo_n"] == preset.elbo_n
+    # the sampler study's validation protocol is the experiment's: the held-out split, sampling seeds 1000 + seed
+    from experiments.sampler_study import Study
+
+    try:
+        study = Study(preset, "single_task", 0, "val", tmp_path / "work")
+        row = study.score({"nfe": preset.nfe}, preset.per_draw)
+    finally:
+        torch.set_num_threads(threads)
+    assert row["reference"] == {"split": "val", "n": 120} and row["split"] == "val"
+    assert row["fid"] == pytest.approx(data["metrics"]["fid"], rel=1e-5)
+    assert row["provenance"]["config"] == data["provenance"]["config"]
+
+
+def test_provenance_names_the_commit_the_command_and_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments import results
+
+    prov = common.provenance({"trainer": {"seed": 1}}, "python -m experiments.x --seed 1")
+    assert prov["command"] == "python -m experiments.x --seed 1" and prov["config"] == {"trainer": {"seed": 1}}
+    assert prov["commit"] == "unknown" or len(prov["commit"]) == 40
+    monkeypatch.setattr(results, "_git", lambda *args: None)  # outside git
+    assert common.provenance({})["commit"] == "unknown" and common.provenance({})["dirty"] is None
+    monkeypatch.setattr("sys.argv", [str(Path(results.__file__).parent / "sampler_study.py"), "--seed", "2"])
+    assert common.command_line() == "python -m experiments.sampler_study --seed 2"
+    assert common.command_line("image_label", ["--preset", "cpu"]) == "python -m experiments.image_label --preset cpu"
+
+
+@pytest.mark.filterwarnings("ignore:FID.*rank-deficient")
+def test_the_study_writes_rows_with_split_reference_nfe_and_provenance(smoke_results: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments import sampler_study
+
+    monkeypatch.setenv("MTD_CACHE_DIR", str(smoke_results.parent / "cache"))
+    out = tmp_path / "study.jsonl"
+    args = ["--preset", "smoke", "--seed", "0", "--split", "test", "--work", str(smoke_results.parent / "work"),
+            "--out", str(out)]
+    settings = [("single_task", ["--setting", "nfe=4", "--setting", "nfe=2,sampler=ddim"])]
+    if HAS_DIFFUSERS:
+        settings.append(("diffusers_baseline", ["--setting", "sampler=diffusers_best,nfe=3"]))
+    threads = torch.get_num_threads()
+    try:
+        for experiment, extra in settings:
+            assert sampler_study.main(["--experiment", experiment, *args, *extra]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["split"] for r in rows] == ["test"] * len(rows)
+    assert rows[0]["reference"]["split"] == "test" and rows[0]["nfe_spent"] == {"joint": 4}
+    assert rows[1]["nfe_spent"] == {"joint": 2}
+    single = _result(smoke_results, "single_task")
+    assert rows[0]["fid"] == pytest.approx(single["metrics"]["fid"], rel=1e-5)  # the experiment's own samples
+    for row in rows:
+        prov = row["provenance"]
+        assert prov["command"].startswith(f"python -m experiments.sampler_study --experiment {row['experiment']}")
+        assert {"taskset", "backbone", "trainer"} <= set(prov["config"]) and "commit" in prov and "dirty" in prov
+    assert rows[0]["provenance"]["config"] == single["provenance"]["config"]
+    if HAS_DIFFUSERS:
+        assert rows[2]["nfe_spent"] == {"diffusers_best_nfe3": 3}
+        assert rows[2]["provenance"]["config"] == _result(smoke_results, "diffusers_baseline")["provenance"]["config"]

@@ -86,7 +86,7 @@ def test_cosine_loss_ignores_norm_and_scales_with_sigma() -> None:
 
 
 def test_encoder_and_head_shapes_and_sampling() -> None:
-    m = RepresentationModality(dim=5, hidden=16)
+    m = RepresentationModality(dim=5, hidden=16, head="pooled")
     latent = LatentSpec((2, 4, 4))
     enc, head = m.build_encoder(latent), m.build_head(latent, FeatureSpec(pooled_dim=7, map_channels=3))
     x = torch.randn(3, 5)
@@ -98,8 +98,8 @@ def test_encoder_and_head_shapes_and_sampling() -> None:
 
 
 def test_map_head_reads_the_full_resolution_map_and_its_positions() -> None:
-    m = RepresentationModality(dim=5, hidden=16, head="map")
-    assert m.head_input is HeadInput.MAP and RepresentationModality(dim=5).head_input is HeadInput.POOLED
+    m = RepresentationModality(dim=5, hidden=16)  # the map: the kind's measured head
+    assert m.head_input is HeadInput.MAP and RepresentationModality(dim=5, head="pooled").head_input is HeadInput.POOLED
     assert RepresentationModality.from_config(json.loads(json.dumps(m.to_config()))).head_input is HeadInput.MAP
     torch.manual_seed(0)
     head = m.build_head(LatentSpec((2, 8, 8)), FeatureSpec(pooled_dim=7, map_channels=3))

@@ -17,12 +17,13 @@ from mtd_core.taskset import TaskSet
 
 UNET = dict(channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4], groups=8, num_heads=2)
 CONFIG = {"modalities": [{"kind": "image", "role": "base", "size": 8}, {"kind": "label", "num_classes": 10, "hidden": 32}],
-          "diffusion": {"kind": "linear", "T": 100}, "aux_channels": 1}  # the label in a channel of its own
+          "diffusion": {"kind": "linear", "T": 100}, "aux_channels": 1,  # the label in a channel of its own
+          "known_input": False}  # the paper's eps_theta(z_t, t): tests/test_known_input.py tests the told network
 
 
-def make_model(config=CONFIG, **unet) -> MultiTaskModel:
+def make_model(config=CONFIG, saved=False, **unet) -> MultiTaskModel:
     torch.manual_seed(0)
-    return MultiTaskModel(TaskSet.from_config(config), "unet", {**UNET, **unet})
+    return MultiTaskModel(TaskSet.from_config(config, saved=saved), "unet", {**UNET, **unet})
 
 
 def batch(n=4, seed=0):
@@ -111,7 +112,7 @@ def test_heads_imply_the_auxiliary_noise_and_keep_the_backbone_out_of_it():
     """aux_eps = "heads": the base's channels are the backbone's, the auxiliary ones (z_aux - lambda_t E_hat) /
     sqrt(1 - abar_t); the true encoding gives back the true noise; the backbone's own auxiliary output gets no
     gradient, and with head_grad = 0 the backbone learns from the base's noise alone."""
-    net, heads = make_model(), make_model({**CONFIG, "aux_eps": "heads"})
+    net, heads = make_model({**CONFIG, "aux_eps": "network"}, saved=True), make_model()  # "network": retired
     heads.load_state_dict(net.state_dict())
     z, t = torch.randn(3, 2, 8, 8), torch.tensor([1, 50, 100])
     a, b = net(z, t), heads(z, t)
@@ -184,7 +185,8 @@ def test_loss_is_training_loss_and_trains_every_part():
     b = batch()
     t, eps = torch.tensor([1, 10, 50, 100]), torch.randn(4, 1, 8, 8)
     out = model.loss(b, t=t, eps=eps)
-    ref = training_loss(model.forward_process, model, model.taskset.modalities, b, model.encode, t=t, eps=eps)
+    twin = make_model()  # the same weights and encoding scale's running statistics, which a training loss updates
+    ref = training_loss(twin.forward_process, twin, twin.taskset.modalities, b, twin.encode, t=t, eps=eps)
     assert torch.equal(out.loss, ref.loss) and set(out.terms) == {"eps", "label"}
     out.loss.backward()
     # the output conv starts at zero, so only parameters upstream of eps and the label path get gradients at step 0
@@ -231,16 +233,16 @@ def test_a_negative_or_non_numeric_loss_weight_is_a_clear_error(bad):
                                                        {**CONFIG["modalities"][1], "loss_weight": bad}]})
 
 
-def test_head_grad_is_saved_only_when_it_is_not_the_default():
-    assert "head_grad" not in TaskSet.from_config(CONFIG).to_config()["modalities"][1]
+def test_head_grad_is_always_saved():
+    assert TaskSet.from_config(CONFIG).to_config()["modalities"][1]["head_grad"] == 0.1  # the label kind's
     ts = TaskSet.from_config(with_head_grad(0.5))
     again = TaskSet.from_config(json.loads(json.dumps(ts.to_config())))
     assert again["label"].head_grad == 0.5 and again.to_config() == ts.to_config()
 
 
 def test_a_fixed_encoder_stays_at_its_initialisation_while_the_rest_trains():
-    """train_encoder = false: E_i gets no gradient and no update (weight decay included), is saved only when off,
-    and a non-boolean is a clear error."""
+    """train_encoder = false: E_i gets no gradient and no update (weight decay included), is saved, and a non-boolean
+    is a clear error."""
     fixed_cfg = {**CONFIG, "modalities": [CONFIG["modalities"][0], {**CONFIG["modalities"][1], "train_encoder": False}]}
     model = make_model(fixed_cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -253,17 +255,18 @@ def test_a_fixed_encoder_stays_at_its_initialisation_while_the_rest_trains():
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoders.label."))
     assert not torch.equal(before["heads.label.0.weight"], after["heads.label.0.weight"])  # the head learns
     assert TaskSet.from_config(fixed_cfg).to_config()["modalities"][1]["train_encoder"] is False
-    assert "train_encoder" not in TaskSet.from_config(CONFIG).to_config()["modalities"][1]
+    assert TaskSet.from_config(CONFIG).to_config()["modalities"][1]["train_encoder"] is True
     with pytest.raises(ConfigError, match=r"modality 'label': train_encoder must be true or false, got 'no'"):
         TaskSet.from_config({**CONFIG, "modalities": [CONFIG["modalities"][0],
                                                        {**CONFIG["modalities"][1], "train_encoder": "no"}]})
 
 
 def test_loss_is_seeded_by_its_generator():
-    model = make_model()
-    a = model.loss(batch(), generator=torch.Generator().manual_seed(5)).loss
-    b = model.loss(batch(), generator=torch.Generator().manual_seed(5)).loss
-    c = model.loss(batch(), generator=torch.Generator().manual_seed(6)).loss
+    # fresh models: a training loss updates the encoding scale's running statistics, which the heads' implied
+    # noise reads
+    a = make_model().loss(batch(), generator=torch.Generator().manual_seed(5)).loss
+    b = make_model().loss(batch(), generator=torch.Generator().manual_seed(5)).loss
+    c = make_model().loss(batch(), generator=torch.Generator().manual_seed(6)).loss
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 

@@ -33,12 +33,15 @@ from mtd_core.sampling import (
     sample_ddim,
 )
 from mtd_core.sampling.denoiser import ModelDenoiser, base_range
+from mtd_core.sampling.options import DEFAULT_CFG_SCALE, DEFAULT_STEPS
 from mtd_core.taskset import TaskSet
 
 T = 100
 CONFIG = {"modalities": [{"kind": "image", "role": "base", "size": 8}, {"kind": "label", "num_classes": 10, "hidden": 16}],
-          "diffusion": {"kind": "linear", "T": T}, "aux_channels": 1}  # the label in a channel of its own
-SHARED = {**CONFIG, "aux_channels": 0}  # the encodings on the image's own channel (the default)
+          "diffusion": {"kind": "linear", "T": T}, "aux_channels": 1,  # the label in a channel of its own
+          "known_input": False,  # an untold network, whose eps is E[eps | z_t] (the label's design would tell it)
+          "aux_eps": "network"}  # the backbone's own noise of that channel: retired, read as a saved config pins it
+SHARED = {**CONFIG, "aux_channels": 0, "aux_eps": None}  # the encodings on the image's own channel (the paper's)
 UNET = dict(channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4], groups=4, num_heads=2)
 IMPLIED = {**CONFIG, "aux_eps": "heads"}  # the auxiliary channel's noise implied by the head
 DESIGNS = pytest.mark.parametrize("design", [pytest.param(CONFIG, id="separate"), pytest.param(SHARED, id="shared"),
@@ -68,7 +71,7 @@ class Oracle(MultiTaskModel):
 
 def oracle(n: int = 4, seed: int = 0, wrong_head: bool = False, config: dict = CONFIG) -> Oracle:
     torch.manual_seed(seed)
-    model = Oracle(TaskSet.from_config(config), "unet", UNET)
+    model = Oracle(TaskSet.from_config(config, saved=True), "unet", UNET)
     g = torch.Generator().manual_seed(seed)
     x0 = torch.rand(n, 1, 8, 8, generator=g) * 1.8 - 0.9
     y = torch.randint(0, 10, (n,), generator=g)
@@ -79,7 +82,7 @@ def oracle(n: int = 4, seed: int = 0, wrong_head: bool = False, config: dict = C
 def tiny_model(seed: int = 0, config: dict = CONFIG) -> MultiTaskModel:
     """A real, untrained model whose zero-initialised layers are randomised so that eps is not identically 0."""
     torch.manual_seed(seed)
-    model = MultiTaskModel(TaskSet.from_config(config), "unet", UNET)
+    model = MultiTaskModel(TaskSet.from_config(config, saved=True), "unet", UNET)
     with torch.no_grad():
         for p in model.parameters():
             if not p.any():
@@ -269,7 +272,7 @@ def test_encoding_temperature_of_a_non_categorical_modality_is_refused():
     config = {"modalities": [{"kind": "image", "role": "base", "size": 8},
                              {"kind": "image", "name": "edges", "role": "aggregated", "size": 8}],
               "diffusion": {"kind": "linear", "T": T}}
-    model = MultiTaskModel(TaskSet.from_config(config), "unet", UNET)
+    model = MultiTaskModel(TaskSet.from_config(config, saved=True), "unet", UNET)
     with pytest.raises(ConfigError, match=r"modality 'edges' \(image\) has categorical predictions only if it "
                                           r"overrides Modality.temper"):
         generate(model, n=1, progress=False, encoding_temperature={"edges": 0.5})
@@ -447,7 +450,8 @@ def test_guidance_errors():
     (dict(n=2, steps=0), ConfigError, r"steps must be a positive integer, got 0"),
     (dict(n=2, nfe=2.5), ConfigError, r"nfe must be a positive integer, got 2.5"),
     (dict(n=2, steps=3, nfe=3), ConfigError, r"give steps or nfe, not both"),
-    (dict(n=2, sampler="heun", nfe=2), ConfigError, r"sampler 'heun' needs at least 2 steps \(NFE >= 3\); nfe = 2 gives"),
+    (dict(n=2, sampler="heun", nfe=2), ConfigError,
+     r"sampler 'heun' needs at least 2 steps \(NFE >= 4; the committed draw at z_K included: .*\); nfe = 2 gives"),
     (dict(n=2, sampler="dpmpp_2m", steps=1), ConfigError, r"sampler 'dpmpp_2m' needs at least 2 steps"),
     (dict(n=2, spacing="trailing"), ConfigError, r"spacing = 'trailing': respacing: spacing must be one of"),
     (dict(n=2, clip="soft"), ConfigError, r"clip must be one of \['none', 'static', 'dynamic'\], got 'soft'"),
@@ -479,7 +483,7 @@ def test_a_task_set_without_a_base_generates_its_aggregated_modalities():
     config = {"modalities": [{"kind": "label", "num_classes": 4, "hidden": 8}], "latent_shape": [1, 8, 8],
               "diffusion": {"kind": "cosine", "T": 20}}
     torch.manual_seed(0)
-    model = MultiTaskModel(TaskSet.from_config(config), "unet", UNET)
+    model = MultiTaskModel(TaskSet.from_config(config, saved=True), "unet", UNET)
     out = generate(model, n=3, steps=5, progress=False)
     assert out.mode == "joint" and list(out.samples) == ["label"]
     assert out.samples["label"].dtype == torch.int64 and out.samples["label"].max() <= 3
@@ -552,7 +556,7 @@ def test_dynamic_thresholding_rescales_by_the_percentile_and_leaves_estimates_in
 def test_clipping_needs_a_base_with_a_data_range():
     config = {"modalities": [{"kind": "label", "num_classes": 4, "hidden": 8}], "latent_shape": [1, 8, 8],
               "diffusion": {"kind": "cosine", "T": 20}}
-    model = MultiTaskModel(TaskSet.from_config(config), "unet", UNET)
+    model = MultiTaskModel(TaskSet.from_config(config, saved=True), "unet", UNET)
     with pytest.raises(ConfigError, match=r"clip = 'static' needs a base modality; this task set has none"):
         generate(model, n=2, steps=3, clip="static", progress=False)
     with pytest.raises(ConfigError, match=r"needs the base modality 'x' to define a data range"):
@@ -613,7 +617,7 @@ def test_a_plugin_sampler_is_found_by_name_and_gets_its_options(mtd_registry_bui
     assert calls == [4] and out.nfe == 3 + 1  # and the committed label's draw
     assert generate(model, n=2, sampler="spec", nfe=7, progress=False, registry=mtd_registry_builtin,
                     joint="flow").nfe == 7
-    with pytest.raises(ConfigError, match=r"sampler 'spec' needs at least 3 steps \(NFE >= 5\); steps = 2"):
+    with pytest.raises(ConfigError, match=r"sampler 'spec' needs at least 3 steps \(NFE >= 6; the committed draw"):
         generate(model, n=2, sampler="spec", steps=2, progress=False, registry=mtd_registry_builtin)
 
 
@@ -642,6 +646,87 @@ def test_commit_leaves_guided_and_non_categorical_modalities_to_the_flow_and_ref
     a = generate(model, n=3, steps=3, progress=False, generator=torch.Generator().manual_seed(4))
     b = generate(model, n=3, steps=3, progress=False, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a.samples["label"], b.samples["label"]) and torch.equal(a.samples["image"], b.samples["image"])
+
+
+# -- the budget: every network evaluation counts ----------------------------------------------------------------
+SINGLE = {"modalities": [{"kind": "image", "role": "base", "size": 8}], "diffusion": {"kind": "linear", "T": T}}
+TOLD = {**CONFIG, "known_input": True, "known_dropout": 0.1}  # classifier-free guidance applies to a given label
+
+
+def counted(model: MultiTaskModel) -> list[int]:
+    """A list that grows at every real evaluation of ``model``'s network (a call of its backbone's forward)."""
+    calls: list[int] = []
+    model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("config", [CONFIG, SINGLE], ids=["image+label", "single-task"])
+def test_the_default_budget_is_every_network_evaluation_the_committed_draw_included(config):
+    model = tiny_model(config=config)
+    calls = counted(model)
+    steps = []
+    out = generate(model, n=2, progress=False, callback=steps.append, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == out.nfe == DEFAULT_STEPS
+    assert len(steps) == DEFAULT_STEPS - ("label" in model.taskset.modalities)  # the label's draw at z_K is one
+
+
+@pytest.mark.parametrize("sampler, nfe, spent, steps", [
+    ("dpmpp_2m_sde", 10, 10, 9), ("ddim", 10, 10, 9),
+    ("heun", 10, 10, 5),  # 1 + (2 * 5 - 1)
+    ("heun", 11, 10, 5),  # 10 left for the sampler: 6 steps would take 11 + 1
+])
+def test_a_joint_budget_spends_at_most_nfe_and_reports_what_it_spent(sampler, nfe, spent, steps):
+    model = tiny_model()
+    calls = counted(model)
+    seen = []
+    out = generate(model, n=2, nfe=nfe, sampler=sampler, progress=False, callback=seen.append)
+    assert len(calls) == out.nfe == spent <= nfe and len(seen) == steps
+    flow = generate(model, n=2, nfe=nfe, sampler=sampler, progress=False, joint="flow")
+    assert flow.nfe <= nfe and flow.nfe == len(calls) - spent  # no draw: the sampler gets the whole budget
+
+
+def test_a_budget_below_the_samplers_minimum_counts_the_committed_draw():
+    model = tiny_model()
+    with pytest.raises(ConfigError, match=r"sampler 'dpmpp_2m' needs at least 2 steps \(NFE >= 3; the committed "
+                                          r"draw at z_K included: joint='flow' draws none\); nfe = 2 gives 1 step"):
+        generate(model, n=2, nfe=2, sampler="dpmpp_2m", progress=False)
+    with pytest.raises(ConfigError, match=r"sampler 'ddim' needs at least 1 steps \(NFE >= 2; .*nfe = 1 gives 0"):
+        generate(model, n=2, nfe=1, sampler="ddim", progress=False)
+    assert generate(model, n=2, nfe=2, sampler="dpmpp_2m", progress=False, joint="flow").nfe == 2
+    assert generate(model, n=2, nfe=2, sampler="ddim", progress=False).nfe == 2  # one draw, one step
+
+
+def test_classifier_free_guidance_counts_both_passes_as_real_evaluations():
+    model = tiny_model(config=TOLD)
+    calls = counted(model)
+    y = torch.tensor([1, 7])
+    out = generate(model, given={"label": y}, progress=False)
+    assert out.cfg_scale == DEFAULT_CFG_SCALE and len(calls) == out.nfe == DEFAULT_STEPS  # 10 steps, told + untold
+    calls.clear()
+    out = generate(model, given={"label": y}, nfe=7, sampler="ddim", progress=False)
+    assert len(calls) == out.nfe == 6
+
+
+def test_the_default_cfg_scale_is_the_largest_the_given_kinds_declare():
+    import attrs
+
+    from mtd_core.diffusion.noise import NoiseSchedule
+    from mtd_plugins.image import ImageModality
+    from mtd_plugins.label import LabelModality
+
+    class Sharper(LabelModality):
+        design = attrs.evolve(LabelModality.design, cfg_scale=2.0)
+
+    def run(label: type[LabelModality], given: bool) -> float:
+        torch.manual_seed(0)
+        ts = TaskSet([ImageModality(role="base", size=8), label(num_classes=10, hidden=16)], NoiseSchedule.linear(T),
+                     aux_channels=1, known_input=True, known_dropout=0.1)
+        kw = dict(given={"label": torch.tensor([2, 5])}) if given else dict(n=2)
+        return generate(MultiTaskModel(ts, "unet", UNET), **kw, steps=2, progress=False).cfg_scale
+
+    assert run(Sharper, True) == 2.0
+    assert run(LabelModality, True) == DEFAULT_CFG_SCALE == LabelModality.design.cfg_scale
+    assert run(Sharper, False) == 1.0  # joint: nothing given to guide towards
 
 
 def test_every_builtin_sampler_has_the_shared_signature(mtd_registry_builtin):

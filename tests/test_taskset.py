@@ -42,8 +42,8 @@ def test_views_and_latent_inferred_from_the_base():
     assert ts.base is not None and ts.base.name == "image"
     assert [m.name for m in ts.aggregated] == ["label", "digit2"]
     assert list(ts.modalities) == ["image", "label", "digit2"]
-    assert ts.latent.shape == ts.base_latent.shape == ts.encoding_latent.shape == (1, 8, 8)
-    assert ts.aux_channels == 0  # by default the encodings share the base's channel
+    assert ts.base_latent.shape == (1, 8, 8) and ts.latent.shape == (2, 8, 8)
+    assert ts.aux_channels == 1 and ts.encoding_latent.shape == (1, 8, 8)  # the label kind's channel of its own
     fp = ts.forward_process()
     assert fp is ts.forward_process()  # built once
     assert fp.names == ("label", "digit2") and fp.T == 50
@@ -76,8 +76,8 @@ def test_aux_channels_errors(kwargs, message):
 
 
 def test_encoding_scale_round_trips_and_rejects_unknown_kinds():
-    assert TaskSet([image(), label()]).encoding_scale == "rms"  # the default, not written
-    assert "encoding_scale" not in TaskSet([image(), label()]).to_config()
+    assert TaskSet([image(), label()]).encoding_scales == {"label": "rms"}  # the label kind's, written out
+    assert TaskSet([image(), label()]).to_config()["encoding_scale"] == "rms"
     spread = TaskSet([image(), label()], aux_channels=1, encoding_scale="spread")
     assert spread.to_config()["encoding_scale"] == "spread"
     assert TaskSet.from_config(spread.to_config()) == spread
@@ -88,34 +88,33 @@ def test_encoding_scale_round_trips_and_rejects_unknown_kinds():
 
 
 def test_aux_eps_round_trips_and_needs_channels_of_their_own():
-    assert TaskSet([image(), label()], aux_channels=1).aux_eps == "network"  # the default, not written
-    assert "aux_eps" not in TaskSet([image(), label()], aux_channels=1).to_config()
-    heads = TaskSet([image(), label()], aux_channels=1, aux_eps="heads")
-    assert heads.to_config()["aux_eps"] == "heads"
+    heads = TaskSet([image(), label()], aux_channels=1)
+    assert heads.aux_eps == "heads" and heads.to_config()["aux_eps"] == "heads"  # the default, written out
     assert TaskSet.from_config(json.loads(json.dumps(heads.to_config())), registry()) == heads
-    assert heads != TaskSet([image(), label()], aux_channels=1)
+    assert TaskSet([image(), label()], aux_channels=0).aux_eps == "network"  # shared channels: the backbone's
+    assert "aux_eps" not in TaskSet([image(), label()], aux_channels=0).to_config()
     with pytest.raises(ConfigError, match=r"aux_eps must be one of \['network', 'heads'\], got 'head'"):
         TaskSet([image(), label()], aux_channels=1, aux_eps="head")
     with pytest.raises(ConfigError, match=r"aux_eps = \"heads\" needs channels of the encodings' own "
                                           r"\(aux_channels > 0\)"):
-        TaskSet([image(), label()], aux_eps="heads")
+        TaskSet([image(), label()], aux_channels=0, aux_eps="heads")
 
 
 def test_peak_ratios_are_reported_and_warned_about_only_on_shared_channels():
-    ts = TaskSet([image(), label()])  # the default window: lambda_t / sqrt(abar_t) peaks far above 1
+    ts = TaskSet([image(), label()], aux_channels=0)  # the default window: lambda_t / sqrt(abar_t) peaks far above 1
     ratio = ts.peak_ratios()["label"]
     fp = ts.forward_process()
     assert ratio == pytest.approx(float((fp.lam[0, 1:] / fp.abar[1:].sqrt()).max()))
     assert ratio > 4
     strong = label(weights={"kind": "windowed", "peak": 2.0})
     with pytest.warns(UserWarning, match=r"modality 'label' reaches lambda_t / sqrt\(abar_t\) = 8.53 \(above 5\)"):
-        TaskSet([image(), strong])
+        TaskSet([image(), strong], aux_channels=0)
     bounded = label(weights={"kind": "ratio", "rho": 0.8})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert TaskSet([image(), bounded]).peak_ratios()["label"] == pytest.approx(0.8)
-        TaskSet([image(), label()])  # the default window (4.27) does not warn
-        TaskSet([image(), strong], aux_channels=1)  # in channels of its own the ratio is only reported
+        assert TaskSet([image(), bounded], aux_channels=0).peak_ratios()["label"] == pytest.approx(0.8)
+        TaskSet([image(), label()], aux_channels=0)  # the default window (4.27) does not warn
+        TaskSet([image(), strong])  # in channels of its own (the default) the ratio is only reported
 
 
 def test_default_noise_is_linear_1000():

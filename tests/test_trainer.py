@@ -117,7 +117,7 @@ def test_a_spread_scaled_fixed_encoder_trains_saves_and_loads(tmp_path: Path) ->
     Trainer(run.model, run.data, config.trainer, tmp_path, run_config=run.config.to_dict()).fit()
     for ema in (True, False):
         loaded = load_run(tmp_path, ema=ema).model
-        assert loaded.taskset.encoding_scale == "spread" and not loaded.taskset["label"].train_encoder
+        assert loaded.taskset.encoding_scales == {"label": "spread"} and not loaded.taskset["label"].train_encoder
         assert torch.equal(loaded.encoders["label"].embed.weight, initial)
         scale = loaded.scales["label"]
         assert scale.mean is not None and scale.mean.abs().sum() > 0  # tracked in training, saved, restored
@@ -292,16 +292,17 @@ def test_docs_cover_every_trainer_key_and_dataset_option() -> None:
 
 
 def test_a_checkpoint_from_before_aux_channels_loads_with_the_encodings_on_the_base_channels() -> None:
-    from mtd_core.training.run import _with_aux_channels
+    from mtd_core.taskset_options import saved_taskset_config
 
     image = {"kind": "image", "role": "base", "size": 8}
     label = {"kind": "label", "role": "aggregated", "num_classes": 10}
-    old = {"taskset": {"modalities": [image, label]}, "backbone": "unet"}
-    assert _with_aux_channels(old)["taskset"]["aux_channels"] == 0 and "aux_channels" not in old["taskset"]
-    new = {"taskset": {"modalities": [image, label], "aux_channels": 1}}
-    assert _with_aux_channels(new) is new  # written by this version: explicit, kept
-    single = {"taskset": {"modalities": [image]}}
-    assert _with_aux_channels(single) is single  # nothing aggregated: no auxiliary channels either way
+    old = {"modalities": [image, label]}
+    assert saved_taskset_config(old)["aux_channels"] == 0 and "aux_channels" not in old
+    new = {"modalities": [image, {**label, "head_grad": 0.1, "train_encoder": True}], "aux_channels": 1,
+           "aux_eps": "heads", "known_input": True, "encoding_scale": "rms"}
+    assert saved_taskset_config(new) == new  # written by this version: explicit, kept
+    single = {"modalities": [image]}
+    assert saved_taskset_config(single) == single  # nothing aggregated: no auxiliary channels either way
 
 
 def test_grid_sampler_and_steps_are_checked_against_the_registry_and_T() -> None:

@@ -65,14 +65,9 @@ DEMO_CONFIG: ConfigDict = {
     "taskset": {
         "modalities": [
             {"kind": "image", "role": "base", "channels": 1, "size": 8},
-            {"kind": "label", "num_classes": 10,
-             "weights": {"kind": "windowed", "peak": 1.0, "start": 0.05, "center": 0.4, "end": 0.9},
-             "head_grad": 0.1},
+            {"kind": "label", "num_classes": 10},  # the rest of the design from the kinds (docs/models.md)
         ],
         "diffusion": {"kind": "linear", "T": 1000},
-        "known_input": True,
-        "aux_channels": 1,
-        "aux_eps": "heads",
     },
     "backbone": {"name": "unet", "channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1,
                  "attention_resolutions": [], "mid_attention": True, "groups": 8, "num_heads": 4},

@@ -63,15 +63,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--given", action="append", default=[], metavar="NAME=VALUE",
                    help="condition on a modality (repeatable), e.g. --given label=3 or --given label=0,1,2")
     p.add_argument("--n", type=int, default=16, help="samples (per given value when a list is given); default 16")
+    _add_sampler_options(p)
+    _add_conditioning_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.set_defaults(func=main)
+
+
+def _add_sampler_options(p: argparse.ArgumentParser) -> None:
+    """The sampler, its budget and spacing, and the base estimate of every step."""
     p.add_argument("--sampler", default=DEFAULT_SAMPLER,
                    help=f"a registered sampler: ddim, ddpm, heun, dpmpp_2m, dpmpp_2m_sde or a plugin's "
                         f"(default {DEFAULT_SAMPLER})")
     steps = p.add_mutually_exclusive_group()
-    steps.add_argument("--steps", type=int, default=None, help=f"sampler steps (default {DEFAULT_STEPS}, "
-                       f"{DEFAULT_STEPS // 2} under classifier-free guidance)")
+    steps.add_argument("--steps", type=int, default=None,
+                       help=f"sampler steps (default: as many as a budget of {DEFAULT_STEPS} network evaluations "
+                            "allows, a committed label's draw and both passes of classifier-free guidance counted)")
     steps.add_argument("--nfe", type=int, default=None,
-                       help="network evaluations per sample instead of --steps (Heun takes two per step, "
-                            "classifier-free guidance twice that)")
+                       help=f"network evaluations per sample instead of --steps (default {DEFAULT_STEPS}; every one "
+                            "counts: Heun takes two per step, classifier-free guidance twice that, a committed "
+                            "label's draw one)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise level (default 0: deterministic)")
     p.add_argument("--spacing", choices=RESPACINGS, default=DEFAULT_SPACING,
                    help=f"where the sampler steps fall (default {DEFAULT_SPACING}; see docs/sampling.md)")
@@ -84,6 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-percentile", type=float, default=0.995, help="dynamic thresholding's quantile")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a further option of the sampler (repeatable), e.g. --option lower_order_final=false")
+
+
+def _add_conditioning_options(p: argparse.ArgumentParser) -> None:
+    """Guidance, conditioning, joint generation, restoration and inpainting, encoding temperatures."""
     p.add_argument("--guidance", type=float, default=None, metavar="SCALE",
                    help="also steer towards the given label with the model's own label head, or with --classifier's "
                         "(classifier guidance at this scale; default 0, or 1 with --classifier)")
@@ -92,9 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "examples/configs/label_classifier.toml) whose head guides instead of the model's own")
     p.add_argument("--cfg-scale", type=float, default=None, metavar="W",
                    help="classifier-free guidance towards the given modalities on a model told them (known_input): "
-                        "eps_untold + W (eps_told - eps_untold), two network evaluations a step; default "
-                        f"{DEFAULT_CFG_SCALE:g} where the given encodings have channels of their own (aux_channels), "
-                        "else 1 (off)")
+                        "eps_untold + W (eps_told - eps_untold), two network evaluations a step; default: the given "
+                        f"kinds' own scale ({DEFAULT_CFG_SCALE:g} for the built-ins) where the given encodings have "
+                        "channels of their own (aux_channels), else 1 (off)")
     p.add_argument("--joint", choices=JOINT, default=DEFAULT_JOINT,
                    help=f"commit: draw a label from its head first, then the rest given it; flow: generate it along "
                         f"(default {DEFAULT_JOINT})")
@@ -113,11 +130,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="temper a generated label's (or caption's) probabilities behind its encoding in every "
                         "step (repeatable), e.g. --encoding-temperature label=0.125; default: the kind's own "
                         "(1, the posterior mean, but for text; see docs/sampling.md)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    p.set_defaults(func=main)
 
 
 def parse_given(model: MultiTaskModel, items: list[str], n: int, dataset_names: list[str] | None = None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import attrs
 import torch
 
-from mtd_core.data.splits import ArrayDataset, DatasetSplits, Examples
+from mtd_core.data.splits import ArrayDataset, DatasetSplits, Examples, hold_out
 from mtd_core.data.transforms import apply_transforms, build_transform
 from mtd_core.errors import ConfigError, ModalityDataError, closest
 from mtd_core.types import Batch, BatchTransform, BatchValue, ConfigDict, ConfigMapping
@@ -24,7 +24,7 @@ from mtd_core.types import Batch, BatchTransform, BatchValue, ConfigDict, Config
 if TYPE_CHECKING:
     from mtd_core.plugins.registry import Registry
 
-RESERVED = ("name", "keys", "transforms")
+RESERVED = ("name", "keys", "transforms", "holdout")
 
 
 def factory_defaults(factory: Callable[..., object]) -> ConfigDict:
@@ -56,6 +56,8 @@ class DatasetConfig:
         name: the registered dataset name ("digits", "fashion_mnist", "npz", "png_folder", or a plugin's).
         keys: dataset field -> batch key renaming (e.g. {"image": "photo"}); unlisted fields keep their names.
         transforms: transform configs applied to every batch, in order (see mtd_core/data/transforms.py).
+        holdout: the last ``holdout`` training examples form the validation split (``DatasetSplits.val``), never
+            trained on; 0 (the default): no validation split.
         options: every other key: keyword options of the dataset's factory.
     """
 
@@ -63,6 +65,7 @@ class DatasetConfig:
     keys: dict[str, str] = attrs.field(factory=dict)
     transforms: list[ConfigDict] = attrs.field(factory=list)
     options: ConfigDict = attrs.field(factory=dict)
+    holdout: int = 0
 
     @classmethod
     def from_dict(cls, d: ConfigMapping) -> DatasetConfig:
@@ -74,13 +77,17 @@ class DatasetConfig:
             raise ConfigError(f"dataset.keys must be a table of field = \"name\" strings, got {keys!r}")
         if not isinstance(transforms, Sequence) or not all(isinstance(t, Mapping) for t in transforms):
             raise ConfigError(f"dataset.transforms must be a list of tables with a 'kind', got {transforms!r}")
+        holdout = d.pop("holdout", 0)
+        if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
+            raise ConfigError(f"dataset.holdout: expected an integer >= 0 (the last training examples kept out of "
+                              f"training as the validation split), got {holdout!r}")
         return cls(name=str(d.pop("name", "digits")), keys=dict(keys), transforms=[dict(t) for t in transforms],
-                   options=d)
+                   options=d, holdout=holdout)
 
     def to_dict(self) -> ConfigDict:
         """The flat table; :meth:`from_dict` inverts it."""
         return {"name": self.name, "keys": dict(self.keys), "transforms": [dict(t) for t in self.transforms],
-                **self.options}
+                **({"holdout": self.holdout} if self.holdout else {}), **self.options}
 
 
 @attrs.frozen
@@ -135,7 +142,7 @@ def resolve_dataset_config(config: ConfigMapping, registry: Registry) -> Dataset
     check_options(f"dataset {dc.name!r}", factory, dc.options)
     transforms = [build_transform(t, registry.table("transform")).to_config() for t in dc.transforms]
     options = {**factory_defaults(factory), **dc.options}
-    return DatasetConfig(name=dc.name, keys=dc.keys, transforms=transforms, options=options)
+    return DatasetConfig(name=dc.name, keys=dc.keys, transforms=transforms, options=options, holdout=dc.holdout)
 
 
 def _factory(name: str, registry: Registry) -> Callable[..., DatasetSplits]:
@@ -159,6 +166,7 @@ def load_dataset(config: ConfigMapping | DatasetConfig, registry: Registry) -> L
             raise ConfigError(f"dataset {dc.name!r}: the 'keys' option needs an in-memory dataset (ArrayDataset)")
         splits = DatasetSplits(train=splits.train.renamed(dc.keys), test=splits.test.renamed(dc.keys),
                                info=splits.info)
+    splits = hold_out(splits, dc.holdout, "dataset")
     kinds = registry.table("transform")
     transforms = [build_transform(t, kinds) for t in dc.transforms]
     # a transform may read the dataset's info (e.g. the captions transform its class names) through with_info(info)

@@ -14,7 +14,7 @@ import attrs
 import torch
 from torch.utils.data import Dataset
 
-from mtd_core.errors import ModalityDataError
+from mtd_core.errors import ConfigError, ModalityDataError
 from mtd_core.types import BatchValue, ConfigDict
 
 Field = torch.Tensor | list[str]
@@ -101,11 +101,15 @@ class DatasetSplits:
         test: held-out examples of the same fields (evaluation, accuracy, the ELBO in bits/dim).
         info: JSON-representable facts about the data: "name", "source", and where known "num_classes",
             "class_names", "image_shape". Used for captions in sample grids and for reports.
+        val: the validation split, carved out of the training examples by a dataset config's ``holdout`` and
+            never trained on (every design choice is made on it; the test split is read once per claim); None
+            without a holdout.
     """
 
     train: Examples
     test: Examples
     info: ConfigDict = attrs.field(factory=dict)
+    val: Examples | None = None
 
 
 def split_indices(n: int, test_fraction: float, seed: int, source: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +121,46 @@ def split_indices(n: int, test_fraction: float, seed: int, source: str) -> tuple
         raise ModalityDataError(f"{source}: {n} examples are too few to hold out {test_fraction:.0%} for testing")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
     return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+class _Slice:
+    """Examples ``start <= i < stop`` of a map-style dataset that is not in memory (in-memory ones use subset)."""
+
+    def __init__(self, dataset: Examples, start: int, stop: int) -> None:
+        self.dataset, self.start, self.stop = dataset, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int) -> Mapping[str, BatchValue]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} examples")
+        return self.dataset[self.start + index]
+
+
+def hold_out(splits: DatasetSplits, n: object, where: str) -> DatasetSplits:
+    """The splits with the last ``n`` training examples moved to a validation split (``val``), which training
+    never sees; ``n = 0`` returns them unchanged. Deterministic: the same examples for every seed and run."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"{where}.holdout: expected an integer >= 0 (the last training examples kept out of "
+                          f"training as the validation split), got {n!r}")
+    if n == 0:
+        return splits
+    if splits.val is not None:
+        raise ConfigError(f"{where}.holdout = {n}: this dataset already has a validation split; drop holdout")
+    total = len(splits.train)
+    if n >= total:
+        raise ConfigError(f"{where}.holdout = {n} leaves nothing to train on: the training split has {total} "
+                          "examples")
+    keep = total - n
+    train: Examples
+    val: Examples
+    if isinstance(splits.train, ArrayDataset):
+        train, val = splits.train.subset(range(keep)), splits.train.subset(range(keep, total))
+    else:
+        train, val = _Slice(splits.train, 0, keep), _Slice(splits.train, keep, total)
+    info = {**splits.info, "train_size": keep, "val_size": n}
+    return DatasetSplits(train=train, test=splits.test, info=info, val=val)
 
 
 def images_to_unit_range(x: torch.Tensor, maximum: float) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 from mtd_core.diffusion.elbo import base_prediction, step_kl
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.errors import ConfigError
-from mtd_core.types import Denoiser, Role
+from mtd_core.types import Denoiser, DenoiserOutput, Role
 
 if TYPE_CHECKING:
     from mtd_core.modality import Modality
@@ -64,6 +64,7 @@ def training_loss(
     eps: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     known_dropout: float | None = None,
+    hide: torch.Tensor | None = None,
 ) -> LossOutput:
     """The multi-task loss of one batch.
 
@@ -79,6 +80,9 @@ def training_loss(
         known_dropout: for a denoiser that also reads the known aggregated part of z_t (TaskSet ``known_input``):
             the probability that one modality's part is hidden from that input, drawn per example and modality.
             None: the denoiser is called as ``denoiser(z_t, t)``.
+        hide: with ``known_dropout``, fixed uniform draws (B, number of aggregated modalities) instead of drawing
+            them: a modality's part is hidden where its draw is below ``known_dropout`` (the trainer draws them for
+            the global batch, as t and eps, so that N processes hide what one process would).
     """
     if kind not in LOSS_KINDS:
         raise ConfigError(f"loss kind must be one of {LOSS_KINDS}, got {kind!r}")
@@ -95,19 +99,11 @@ def training_loss(
     if known_dropout is None:
         out = denoiser(z_t, t_orig)
     else:
-        out = denoiser(z_t, t_orig, known=fp.injected(_shown(enc, known_dropout, generator), t, z_t))
-    terms: dict[str, torch.Tensor] = {}
+        out = denoiser(z_t, t_orig, known=fp.injected(_shown(enc, known_dropout, generator, hide), t, z_t))
     if kind == "simple":
-        terms["eps"] = (out.eps.float() - eps.float()).pow(2).flatten(1).sum(1) / D
+        terms = {"eps": (out.eps.float() - eps.float()).pow(2).flatten(1).sum(1) / D}
     else:
-        enc_hat = denoiser.predicted_encodings(out.preds)
-        kl = step_kl(fp, t.clamp(min=2), z_t, z0, enc, out.eps.to(z0.dtype), enc_hat) / D
-        if base is not None:
-            pred0 = base_prediction(fp, z_t, out.eps.to(z0.dtype), enc_hat, batch[base].shape[1])
-            nll0 = modalities[base].loss(pred0, batch[base]) / D
-        else:
-            nll0 = torch.zeros_like(kl)
-        terms["vlb"] = fp.T * torch.where(t == 1, nll0, kl)
+        terms = {"vlb": _vlb_term(fp, denoiser, out, t, z_t, z0, enc, batch, modalities[base] if base is not None else None, D)}
     total = sum(terms.values(), torch.zeros(B, device=z0.device))
     if base is not None and modalities[base].loss_weight != 1.0:  # c_0: 0 trains the heads alone
         total = modalities[base].loss_weight * total
@@ -120,12 +116,30 @@ def training_loss(
     return LossOutput(loss=loss, parts={k: v.detach().mean() for k, v in terms.items()})
 
 
-def _shown(enc: Mapping[str, torch.Tensor], p: float, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+def _vlb_term(fp: ForwardProcess, denoiser: Denoiser, out: DenoiserOutput, t: torch.Tensor, z_t: torch.Tensor,
+              z0: torch.Tensor, enc: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
+              base: Modality | None, D: int) -> torch.Tensor:
+    """T * L_{t-1} per example, per dimension: the KL of the reverse step for t >= 2, the base's reconstruction
+    NLL at t = 1 (docs/math.md, section 5)."""
+    enc_hat = denoiser.predicted_encodings(out.preds)
+    kl = step_kl(fp, t.clamp(min=2), z_t, z0, enc, out.eps.to(z0.dtype), enc_hat) / D
+    if base is not None:
+        pred0 = base_prediction(fp, z_t, out.eps.to(z0.dtype), enc_hat, batch[base.name].shape[1])
+        nll0 = base.loss(pred0, batch[base.name]) / D
+    else:
+        nll0 = torch.zeros_like(kl)
+    return fp.T * torch.where(t == 1, nll0, kl)
+
+
+def _shown(enc: Mapping[str, torch.Tensor], p: float, generator: torch.Generator | None,
+           hide: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Each encoding with its examples hidden (zeroed) independently with probability ``p``: what the known input
-    shows in training, so that the network learns both to use a known part and to work without it."""
+    shows in training, so that the network learns both to use a known part and to work without it. ``hide``: the
+    uniform draws (B, len(enc)) to use instead of drawing them from ``generator``."""
     dev = generator.device if generator is not None else "cpu"
     shown = {}
-    for name, e in enc.items():
-        keep = torch.rand(e.shape[0], generator=generator, device=dev).to(e.device) >= p
+    for i, (name, e) in enumerate(enc.items()):
+        u = torch.rand(e.shape[0], generator=generator, device=dev) if hide is None else hide[:, i]
+        keep = u.to(e.device) >= p
         shown[name] = e.detach() * keep.to(e.dtype).reshape(-1, *([1] * (e.ndim - 1)))
     return shown

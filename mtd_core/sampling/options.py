@@ -27,7 +27,9 @@ DEFAULT_KEEP_OBSERVED = True
 Chosen on Fashion-MNIST validation restorations (docs/sampling.md, "Restoration: keeping the observed pixels")."""
 DEFAULT_CFG_SCALE = 1.5
 """Classifier-free guidance of a conditional run where the task set trained its untold path and keeps the encodings on
-channels of their own (known_input, known_dropout > 0, aux_channels > 0); 1 (off) everywhere else. Chosen on
+channels of their own (known_input, known_dropout > 0, aux_channels > 0); 1 (off) everywhere else. The built-in kinds'
+measured scale, ``Design.cfg_scale``'s default: a kind may declare its own (``Modality.design``), and a run resolves
+to the largest among its given aggregated modalities' kinds (cfg.py). Chosen on
 Fashion-MNIST validation: label-conditioned fidelity 91.6% / 93.6% against 88.1% / 88.2% unguided at 20 network
 evaluations (seeds 0 / 1); on shared channels it hurt (75.0% against 86.5%). docs/sampling.md, "Conditional
 generation"."""
@@ -46,11 +48,13 @@ class SamplingOptions:
     Attributes:
         sampler: a registered sampler: "ddim", "ddpm" (ancestral), "heun", "dpmpp_2m" or "dpmpp_2m_sde" built in
             (``mtd plugins list`` shows every installed one).
-        steps: the number of reverse steps (default DEFAULT_STEPS, half as many under classifier-free guidance, so
-            that the default budget stays DEFAULT_STEPS network evaluations); the process is respaced to ``steps``
-            timesteps (``spacing``). Give ``nfe`` instead to fix the network evaluations (Heun takes two a step).
-        nfe: the network evaluations per sample instead of ``steps`` (steps = the most whose NFE fits, the two
-            passes of classifier-free guidance counted; GenerationOutput.nfe reports what was spent).
+        steps: the number of reverse steps (default: the most whose network evaluations fit a budget of
+            DEFAULT_STEPS, every evaluation counted as for ``nfe``); the process is respaced to ``steps`` timesteps
+            (``spacing``). Give ``nfe`` instead to fix the network evaluations (Heun takes two a step).
+        nfe: the network evaluations per sample instead of ``steps``, every one counted: the committed draw of
+            joint = "commit" (one) and the two passes of classifier-free guidance; steps = the most whose NFE fits
+            what is left (budget.py). GenerationOutput.nfe reports what was spent: ``nfe`` where the sampler's step
+            count allows, never more.
         eta: DDIM's noise level (0 = deterministic); only for "ddim".
         variance: "ddpm" only: sigma_t^2 = "beta" or "beta_tilde" (default "beta_tilde").
         sampler_options: further keyword options of the sampler (e.g. ``{"lower_order_final": False}``).
@@ -67,11 +71,13 @@ class SamplingOptions:
             2022) w on the observed modalities, eps = eps_untold + w (eps_told - eps_untold), where the untold pass
             hides their part from the network's known input (which ``known_dropout`` trains). 1 turns it off (the
             told eps alone); 0 is the untold eps; above 1 follows the given data more strictly, at one more
-            network evaluation a step. None: DEFAULT_CFG_SCALE where it applies (a conditional run of a task set
-            with known_input, known_dropout > 0 and aux_channels > 0), else 1.
+            network evaluation a step. None: where it applies (a conditional run of a task set with known_input,
+            known_dropout > 0 and aux_channels > 0) the largest ``design.cfg_scale`` of the given aggregated
+            modalities' kinds (DEFAULT_CFG_SCALE for the built-ins), else 1.
         joint: how generated modalities with ``Modality.exact_sample`` (a label) are generated: "commit" draws
-            them from their heads at z_K (one more network evaluation) and generates the rest given them; "flow"
-            lets them follow the reverse process with the others. A guided modality always follows the flow.
+            them from their heads at z_K (one network evaluation, counted in the budget) and generates the rest
+            given them; "flow" lets them follow the reverse process with the others. A guided modality always
+            follows the flow.
         encoding_temperature: generated categorical modality name -> temperature of its head's probabilities
             behind its encoding in every reverse step (``Modality.temper``). Below 1 the trajectory commits to one
             class (or token) earlier. A modality it does not name gets its kind's

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mtd_core.errors import CheckpointError, ConfigError
+from mtd_core.taskset_options import saved_taskset_config
 from mtd_core.training.checkpoint import Checkpoint, write_atomic
 from mtd_core.training.config import TrainConfig, config_diff
 from mtd_core.types import ConfigMapping
@@ -16,6 +17,8 @@ def check_resumable(ckpt: Checkpoint, model_config: ConfigMapping, config: Train
                     run_config: ConfigMapping) -> None:
     """Raise CheckpointError naming the first differences when ``ckpt`` is not a checkpoint of this run."""
     saved_model = ckpt.config.get("model")
+    if isinstance(saved_model, dict):  # the options a config saved before they were written out, made explicit
+        saved_model = {**saved_model, "taskset": saved_taskset_config(saved_model.get("taskset"))}
     now_model = json.loads(json.dumps(model_config))
     if saved_model != now_model:
         raise CheckpointError(f"{ckpt.path}: the checkpoint's model differs from this run's at "

@@ -133,21 +133,6 @@ class LoadedRun:
         return dict(self.checkpoint.config.get("dataset_info") or {})
 
 
-def _with_aux_channels(model_config: ConfigDict) -> ConfigDict:
-    """The model config of a checkpoint with the task set's ``aux_channels`` made explicit.
-
-    Every task set with a base and aggregated modalities writes ``aux_channels`` into its config; one without it
-    was saved before the key existed, when encodings always shared the base's channels, so it means 0 (today's
-    default too; the key is still made explicit, so that such a config reads the same whatever the default)."""
-    ts = model_config.get("taskset")
-    if not isinstance(ts, dict) or "aux_channels" in ts or not isinstance(ts.get("modalities"), list):
-        return model_config
-    roles = [m.get("role", "aggregated") if isinstance(m, dict) else None for m in ts["modalities"]]
-    if "base" in roles and any(r != "base" for r in roles):
-        return {**model_config, "taskset": {**ts, "aux_channels": 0}}
-    return model_config
-
-
 def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu", registry: Registry | None = None) -> LoadedRun:
     """Rebuild the model of a run folder (or of one checkpoint folder) with its trained weights.
 
@@ -164,9 +149,8 @@ def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device =
     model_config = ckpt.config.get("model")
     if not isinstance(model_config, dict):
         raise CheckpointError(f"{ckpt_dir}/config.json: has no 'model' config; it was not written by mtd's trainer")
-    model_config = _with_aux_channels(model_config)
     try:
-        model = MultiTaskModel.from_config(model_config, registry, assets=ckpt.assets)
+        model = MultiTaskModel.from_config(model_config, registry, assets=ckpt.assets, saved=True)
     except MTDError as e:
         raise type(e)(f"{ckpt_dir}: cannot rebuild the model: {e}") from e
     try:

@@ -2,11 +2,10 @@
 seeded determinism, data-parallel processes, periodic sample grids, a JSON-lines metrics log, a progress bar,
 safe checkpoints, ``--resume``, clean stops on SIGINT/SIGTERM, and a clear stop on a non-finite loss.
 
-Determinism: every random draw of step n (its timesteps t, its noise eps, its derived modalities such as masks,
-and the global torch RNG used by dropout) comes from generators seeded by (seed, n, rank), and the data order
-from the sampler's (seed, epoch). So a run stopped at step n and resumed continues exactly as if it had never
-stopped (on CPU: bit-identical weights), and t and eps of every example are the same whatever the number of
-data-parallel processes.
+Determinism: every random draw of step n (t, eps, the known parts hidden, derived modalities such as masks, the
+global torch RNG used by dropout) comes from generators seeded by (seed, n, rank), the data order from the
+sampler's (seed, epoch): a resumed run continues exactly as if it had never stopped (on CPU: bit-identical
+weights), and t, eps and the hidden parts of every example are the same whatever the number of processes.
 
 Run folder layout (``out_dir``): config.json (the resolved config), metrics.jsonl, samples/step_<n>.png,
 checkpoints/step_<n>/ (mtd_core/training/checkpoint.py).
@@ -99,8 +98,9 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model, self.kind = model, kind
 
-    def forward(self, batch: Mapping[str, torch.Tensor], t: torch.Tensor, eps: torch.Tensor) -> LossOutput:
-        return self.model.loss(batch, self.kind, t=t, eps=eps)
+    def forward(self, batch: Mapping[str, torch.Tensor], t: torch.Tensor, eps: torch.Tensor,
+                hide: torch.Tensor | None = None) -> LossOutput:
+        return self.model.loss(batch, self.kind, t=t, eps=eps, hide=hide)
 
 
 class Trainer:
@@ -231,12 +231,13 @@ class Trainer:
         b = cfg.batch_size // world
         local = slice(rank * b, (rank + 1) * b)
         batch = self._local_batch(global_idx[local], derive_gen)
-        # t and eps of the whole global batch, sliced: the same draws whatever the number of processes
-        T = self.taskset.forward_process().T
-        t = torch.randint(1, T + 1, (cfg.batch_size,), generator=noise_gen)[local].to(self.device)
-        eps = torch.randn(cfg.batch_size, *self.taskset.latent.shape, generator=noise_gen)[local].to(self.device)
+        # t, eps and the known parts hidden, drawn for the whole global batch and sliced (whatever the processes)
+        ts, B = self.taskset, cfg.batch_size
+        t = torch.randint(1, ts.forward_process().T + 1, (B,), generator=noise_gen)[local].to(self.device)
+        eps = torch.randn(B, *ts.latent.shape, generator=noise_gen)[local].to(self.device)
+        hide = torch.rand(B, len(ts.aggregated), generator=noise_gen)[local] if ts.known_input else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            out = self.loss_module(batch, t, eps)
+            out = self.loss_module(batch, t, eps, hide)
         norm = backward_and_clip(self.model, self.optimizer, out.loss, lr_at(cfg, n), cfg.grad_clip,
                                  cfg.grad_clip_scope)
         # One host-device synchronisation per step, after backward so that every rank reaches the gradient

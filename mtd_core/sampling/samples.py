@@ -1,0 +1,50 @@
+"""The samples generate() returns: every modality of the task set by name, in task-set order. The given data as
+given (the very objects passed in), the draws joint = "commit" made at z_K, the base decoded from z_0 (its encoder is
+the identity: x = clip(z_0) to the data range) and every other aggregated modality read from its head,
+x_i = sample(pred_i, greedy=True)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from mtd_core.errors import ConfigError
+from mtd_core.modality import Modality, Role
+from mtd_core.types import Batch, Prediction
+
+if TYPE_CHECKING:
+    from mtd_core.model import MultiTaskModel
+
+
+def samples(model: MultiTaskModel, given: Batch, mode: str, committed: dict[str, torch.Tensor], z0: torch.Tensor,
+            predictions: dict[str, Prediction], generator: torch.Generator | None) -> Batch:
+    """Every modality's samples: the given data as given, committed draws, the decoded base, the heads' reads."""
+    out: Batch = {}
+    for name, m in model.taskset.modalities.items():
+        if name in given:
+            out[name] = given[name]
+        elif mode != "readout" and name in committed:
+            out[name] = committed[name]
+        elif m.role is Role.BASE:
+            out[name] = decode_base(m, model.base_part(z0))
+        else:
+            x = m.sample(predictions[name], greedy=True, generator=generator)
+            m.validate(x, where="generated sample")
+            out[name] = x
+    return out
+
+
+def decode_base(m: Modality, z0: torch.Tensor) -> torch.Tensor:
+    """The base modality's data from z_0: its encoder is the identity, so z_0 clipped to the data range."""
+    spec = m.data_spec()
+    if tuple(z0.shape[1:]) != spec.shape:
+        raise ConfigError(f"generate: base modality {m.name!r} has data shape {spec.shape} but z_0 is "
+                          f"{tuple(z0.shape[1:])}; only bases with an identity encoder can be generated")
+    x = z0.float().clamp(spec.low if spec.low is not None else -float("inf"),
+                         spec.high if spec.high is not None else float("inf")).to(spec.torch_dtype)
+    m.validate(x, where="generated sample")
+    return x
+
+
+__all__ = ["decode_base", "samples"]
