@@ -83,11 +83,12 @@ class TaskSet:
             required when there is no base; a ConfigError when it contradicts the base.
         aux_channels: A >= 0, the channels of Z that only the aggregated encodings occupy (Z is then
             (C + A, H, W); the base fills the first C, every encoder E_i maps into the last A); 0 puts them on the
-            base's channels. None (the default): the most any aggregated kind's ``design.own_channels`` asks for.
+            base's channels. None (the default): the most any aggregated kind's ``design.own_channels`` asks for
+            (a modality weighted zero, which never reaches z_t, asks for none).
         known_input: the backbone also sees the known aggregated part of z_t (docs/math.md, section 4): what a
             sampler knows exactly (observed or committed modalities' sum_j lambda_t^(j) E_j(x_j)) enters as C + A
             channels of their own beside z_t, zeros where nothing is known. None (the default): true when any
-            aggregated kind's ``design.known_input`` asks for it (the label's).
+            aggregated kind's ``design.known_input`` asks for it (the label's), unless it is weighted zero.
         known_dropout: with ``known_input``, the probability in [0, 1) that a training example's part of one
             modality is hidden from that input (default 0.1).
         aux_eps: with ``aux_channels``, where eps_theta's auxiliary channels come from: "heads" (the default),
