@@ -8,21 +8,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from mtd_core.diffusion import (
-    ConstantWeight,
-    CustomLambda,
-    CustomWeight,
-    ELBOTerms,
-    ForwardProcess,
-    LossOutput,
-    MultiModalELBO,
-    NoiseSchedule,
-    WeightSchedule,
-    WindowedLambda,
-    ZeroWeight,
-    training_loss,
-    weight_schedule_from_config,
-)
 from mtd_core.errors import (
     CheckpointError,
     ConfigError,
@@ -33,11 +18,14 @@ from mtd_core.errors import (
     PluginError,
     ScheduleError,
 )
-from mtd_core.modality import BasePrediction, DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what a type checker sees for the lazily imported names below
+    from mtd_core.diffusion import (  # noqa: F401
+        ConstantWeight, CustomLambda, CustomWeight, ELBOTerms, ForwardProcess, LossOutput, MultiModalELBO,
+        NoiseSchedule, WeightSchedule, WindowedLambda, ZeroWeight, training_loss, weight_schedule_from_config)
+    from mtd_core.modality import BasePrediction, DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role  # noqa: F401
     from mtd_core.backbones import BackboneOutput, UNet  # noqa: F401
     from mtd_core.data import DatasetSplits, load_dataset  # noqa: F401
     from mtd_core.metrics import EvalContext  # noqa: F401
@@ -48,9 +36,16 @@ if TYPE_CHECKING:  # what a type checker sees for the lazily imported names belo
     from mtd_core.taskset import TaskSet  # noqa: F401
     from mtd_core.training import RunConfig, TrainConfig, Trainer, build_run, load_run, read_config  # noqa: F401
 
-# name -> module that defines it; imported on first attribute access, so that `import mtd_core` does not load the
-# model, samplers, training and metrics (the TYPE_CHECKING block above gives a type checker the same names).
+# name -> module that defines it; imported on first attribute access, so that `import mtd_core` loads neither torch
+# nor the model, samplers, training and metrics (a Ctrl-C while `mtd` starts is then the CLI's to handle; the
+# TYPE_CHECKING block above gives a type checker the same names).
+_DIFFUSION = ("ConstantWeight", "CustomLambda", "CustomWeight", "ELBOTerms", "ForwardProcess", "LossOutput",
+              "MultiModalELBO", "NoiseSchedule", "WeightSchedule", "WindowedLambda", "ZeroWeight", "training_loss",
+              "weight_schedule_from_config")
+_MODALITY = ("BasePrediction", "DataSpec", "FeatureSpec", "HeadInput", "LatentSpec", "Modality", "Role")
 _LAZY: dict[str, str] = {
+    **dict.fromkeys(_DIFFUSION, "mtd_core.diffusion"),
+    **dict.fromkeys(_MODALITY, "mtd_core.modality"),
     "TaskSet": "mtd_core.taskset",
     "MultiTaskModel": "mtd_core.model",
     "generate": "mtd_core.sampling",
@@ -79,34 +74,5 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'mtd_core' has no attribute {name!r}")
 
 
-__all__ = [
-    "BasePrediction",
-    "CheckpointError",
-    "ConfigError",
-    "ConstantWeight",
-    "CustomLambda",
-    "CustomWeight",
-    "DataSpec",
-    "ELBOTerms",
-    "FeatureSpec",
-    "ForwardProcess",
-    "HeadInput",
-    "LatentSpec",
-    "LossOutput",
-    "MTDError",
-    "MetricError",
-    "Modality",
-    "ModalityDataError",
-    "MultiModalELBO",
-    "NonFiniteLossError",
-    "NoiseSchedule",
-    "PluginError",
-    "Role",
-    "ScheduleError",
-    "WeightSchedule",
-    "WindowedLambda",
-    "ZeroWeight",
-    "training_loss",
-    "weight_schedule_from_config",
-    *_LAZY,
-]
+__all__ = ["CheckpointError", "ConfigError", "MTDError", "MetricError", "ModalityDataError", "NonFiniteLossError",
+           "PluginError", "ScheduleError", *_LAZY]

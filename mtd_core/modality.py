@@ -23,8 +23,9 @@ import attrs
 import torch
 from torch import nn
 
+from mtd_core.config_types import FLOAT32_MAX, check_fields, check_weights, is_float32
 from mtd_core.design import Design
-from mtd_core.diffusion.weights import WeightSchedule, ZeroWeight, weight_schedule_from_config
+from mtd_core.diffusion.weights import SCHEDULES, WeightSchedule, ZeroWeight, weight_schedule_from_config
 from mtd_core.errors import ConfigError, ModalityDataError, closest
 from mtd_core import values
 from mtd_core.types import (
@@ -117,7 +118,7 @@ class Modality(abc.ABC):
     def __init__(self, name: str | None = None, role: Role | str | None = None,
                  weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float | None = None,
                  head_grad: float | None = None, train_encoder: bool | None = None, **options: ConfigValue) -> None:
-        self.name = name or self.kind
+        self.name = self.kind if name is None else name  # "", 0 or False is an error, not the default
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise ConfigError(f"modality {self.name!r}: a name must be a Python identifier")
         try:
@@ -138,21 +139,25 @@ class Modality(abc.ABC):
                 )
         try:
             self.config = self.Config(**options)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"modality {self.name!r} (kind {self.kind!r}): invalid options {options}: {e}") from None
+        # what the fields' own validators let through (a field without one): its annotation's type, or an error
+        check_fields(self.Config, options, lambda key: f"modality {self.name!r} (kind {self.kind!r}): option {key!r}")
+        if weights is not None and not isinstance(weights, WeightSchedule):
+            check_weights(weights, self.name, SCHEDULES)
         if self.role is Role.BASE:
             self.weights: WeightSchedule = ZeroWeight()
         else:
             self.weights = (weight_schedule_from_config(dict(weights) if isinstance(weights, Mapping) else weights, self.name)
                             if weights is not None else self.default_weights())
         c = self.default_loss_weight_for(self.role) if loss_weight is None else loss_weight
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
+        if not is_float32(c) or c < 0:
             raise ConfigError(f"modality {self.name!r}: loss_weight must be a finite number >= 0 (its weight in the "
-                              f"training loss), got {loss_weight!r}")
+                              f"training loss; at most {FLOAT32_MAX:.3g}, float32's largest), got {loss_weight!r}")
         self.loss_weight = float(c)
         head_grad = self.design.head_grad if head_grad is None else head_grad
         train_encoder = self.design.train_encoder if train_encoder is None else train_encoder
-        if isinstance(head_grad, bool) or not isinstance(head_grad, (int, float)) or not 0.0 <= head_grad <= 1.0:
+        if not is_float32(head_grad) or not 0.0 <= head_grad <= 1.0:
             raise ConfigError(f"modality {self.name!r}: head_grad must be a number in [0, 1] (the share of its "
                               f"head's gradient that reaches the backbone), got {head_grad!r}")
         self.head_grad = float(head_grad)

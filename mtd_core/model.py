@@ -32,88 +32,15 @@ from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.loss import LossOutput, training_loss
 from mtd_core.errors import ConfigError, ModalityDataError, closest
 from mtd_core.modality import HeadInput, LatentSpec, Modality, Role
-from mtd_core.taskset import EncodingScaleKind, TaskSet
+from mtd_core.outputs import check_encoding, checked_head
+from mtd_core.encoding_scale import EncodingScale
+from mtd_core.taskset import TaskSet
 from mtd_core.tomlio import plain
 
 if TYPE_CHECKING:
     from mtd_core.plugins.registry import Registry
 
 CONFIG_KEYS = ("taskset", "backbone", "backbone_options")
-
-
-class _SumOverRanks(torch.autograd.Function):
-    """y = sum_r x_r over the ranks, differentiable: every rank's loss depends on the same y, so the gradient for
-    x_r is the sum over ranks of dL_r/dy (an all-reduce of the incoming gradients)."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
-        y = x.clone()
-        torch.distributed.all_reduce(y)
-        return y
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, g: torch.Tensor) -> torch.Tensor:
-        g = g.clone()
-        torch.distributed.all_reduce(g)
-        return g
-
-
-def _global_sums(x: torch.Tensor) -> torch.Tensor:
-    """``x`` summed over the ranks of data-parallel training (with gradients), else ``x``."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        return _SumOverRanks.apply(x)  # type: ignore[no-untyped-call]
-    return x
-
-
-class EncodingScale(nn.Module):
-    """Scales an aggregated modality's raw encodings, so that unit RMS is what w_t weighs (TaskSet
-    ``encoding_scale``).
-
-    "rms": e / RMS(e). "spread": (e - m) / s, with m the per-element mean of e over the examples and s the RMS of
-    e - m: an encoder can then neither shrink its output away nor map every example to nearly one vector (which
-    "rms" allows: the shared vector costs the denoising loss nothing, so a learned encoder drifts to it and the
-    model stops following what it is given; docs/sampling.md).
-
-    In training the true encodings are scaled by their whole batch's statistics (differentiable), which are tracked
-    in running averages, the ``rms`` buffer (the divisor of either kind) and, for "spread", the ``mean`` buffer.
-    Everywhere else, and for predicted encodings always, the running ones are used: an affine map fixed at sampling
-    time, so the encoding of an expected value is the expected encoding (a per-example normalisation would
-    re-inflate an unsure prediction).
-
-    Args:
-        kind: "rms" or "spread".
-        shape: the encoding's shape (C, H, W) without the batch, for the running mean of "spread".
-        momentum: the weight of each training batch in the running averages.
-    """
-
-    rms: torch.Tensor
-    mean: torch.Tensor | None
-
-    def __init__(self, kind: EncodingScaleKind = "rms", shape: tuple[int, ...] = (), momentum: float = 0.02) -> None:
-        super().__init__()
-        self.momentum = momentum
-        self.register_buffer("rms", torch.ones(()))
-        self.register_buffer("mean", torch.zeros(shape) if kind == "spread" else None)
-
-    def forward(self, e: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
-        """``e`` scaled by the batch's statistics (``batch_stats``; updates the running ones) or the running ones.
-
-        Under data-parallel training the batch is the global one (its sums are reduced over the ranks, with
-        gradients), so N processes train exactly as one process with the same global batch."""
-        if not batch_stats:
-            centred = e if self.mean is None else e - self.mean.to(e.dtype)
-            return centred / self.rms.to(e.dtype)
-        x = e.float()
-        n = _global_sums(x.new_tensor(float(x.shape[0])))  # examples in the (global) batch
-        m = _global_sums(x.sum(0)) / n if self.mean is not None else x.new_zeros(x.shape[1:])
-        # centred before squaring: E[e^2] - m^2 would cancel away the tiny spread of a collapsed encoder
-        r = (_global_sums((x - m).pow(2).sum()) / (n * m.numel())).sqrt().clamp_min(1e-6)  # the RMS of e - m
-        with torch.no_grad():
-            self.rms.lerp_(r.detach(), self.momentum)
-            if self.mean is not None:
-                self.mean.lerp_(m.detach(), self.momentum)
-        return ((x - m) / r).to(e.dtype)
 
 
 class MultiTaskModel(nn.Module):
@@ -244,29 +171,36 @@ class MultiTaskModel(nn.Module):
             x = x.to(dev) if isinstance(x, torch.Tensor) else x
             e = m.encode(self.encoders[name], x)
             if m.role is Role.BASE:
-                z0 = self._place(name, e, base=True)
+                z0 = self._place(name, e, base=True, batch=sizes[name])
             else:
-                enc[name] = self._place(name, e, batch_stats=self.training)
+                enc[name] = self._place(name, e, batch_stats=self.training, batch=sizes[name])
         if z0 is None:
             B = next(iter(sizes.values()), 0)
             z0 = torch.zeros(B, *self.taskset.latent.shape, device=dev)
         return z0, enc
 
-    def _place(self, name: str, e: torch.Tensor, *, base: bool = False, batch_stats: bool = False) -> torch.Tensor:
-        """An encoder's output checked, scaled (aggregated) and put in its channels of Z (zeros elsewhere)."""
+    def _place(self, name: str, e: torch.Tensor, *, base: bool = False, batch_stats: bool = False,
+               batch: int | None = None, what: str = "its encoder returned") -> torch.Tensor:
+        """An encoder's output checked (outputs.py), scaled (aggregated) and put in its channels of Z (zeros
+        elsewhere)."""
         ts = self.taskset
         part = ts.base_latent if base else ts.encoding_latent
-        if tuple(e.shape[1:]) != part.shape:
-            where = "the latent shape" if part is ts.latent else ("the base's part of Z" if base else
-                                                                  "the aggregated encodings' channels of Z")
-            raise ModalityDataError(f"modality {name!r}: its encoder returned shape {tuple(e.shape)}, expected "
-                                    f"(B, {', '.join(map(str, part.shape))}) ({where})")
+        check_encoding(ts[name], e, batch, part.shape, self._dtypes(e), what)
         if not base and name in self.scales:
             e = self.scales[name](e, batch_stats)
         if ts.aux_channels == 0:
             return e
         zeros = e.new_zeros(e.shape[0], ts.latent.shape[0] - e.shape[1], *e.shape[2:])
         return torch.cat([e, zeros] if base else [zeros, e], dim=1)
+
+    def _dtypes(self, e: object) -> frozenset[torch.dtype]:
+        """The dtypes an encoding may have: the parameters' and, under autocast, the autocast dtype."""
+        p = next((p for p in self.parameters() if p.is_floating_point()), None)
+        out = {p.dtype if p is not None else torch.get_default_dtype()}
+        kind = e.device.type if isinstance(e, torch.Tensor) else "cpu"
+        if torch.is_autocast_enabled(kind):
+            out.add(torch.get_autocast_dtype(kind))
+        return frozenset(out)
 
     def base_part(self, z: torch.Tensor) -> torch.Tensor:
         """The base's channels of a latent batch (all of it when aux_channels = 0)."""
@@ -290,7 +224,7 @@ class MultiTaskModel(nn.Module):
             if m.head_grad != 1.0:  # the same features; the head's gradient reaches the backbone scaled
                 fixed = features.detach()
                 features = fixed + m.head_grad * (features - fixed)
-            preds[m.name] = self.heads[m.name](features)
+            preds[m.name] = checked_head(m, self.heads[m.name], features)
         if self.taskset.aux_eps == "heads":
             eps = self._aux_eps_from_heads(z_t, t, eps, preds)
         return DenoiserOutput(eps=eps, preds=preds)
@@ -307,8 +241,8 @@ class MultiTaskModel(nn.Module):
     def predicted_encodings(self, preds: Mapping[str, Prediction]) -> dict[str, torch.Tensor]:
         """E[E_i(x_i) | z_t] for every head prediction (``Modality.predicted_encoding``), scaled by the running RMS
         and placed in Z: the encodings of the reverse mean mu_theta and of every sampler step."""
-        return {name: self._place(name, self.taskset[name].predicted_encoding(self.encoders[name], pred))
-                for name, pred in preds.items()}
+        return {name: self._place(name, self.taskset[name].predicted_encoding(self.encoders[name], pred),
+                                  what="its predicted_encoding returned") for name, pred in preds.items()}
 
     def parts(self) -> dict[str, list[nn.Parameter]]:
         """The trainable parameters by part: "backbone", then each modality's encoder and head under its name (the

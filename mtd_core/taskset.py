@@ -23,13 +23,14 @@ See docs/models.md for an example.
 
 from __future__ import annotations
 
-import inspect
 import json
+import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mtd_core.config_types import check_weights
 from mtd_core.design import ENCODING_SCALES, EncodingScaleKind
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.diffusion.noise import NoiseSchedule
@@ -42,6 +43,7 @@ from mtd_core.taskset_options import (
     DEFAULT_KNOWN_DROPOUT,
     AuxEps,
     encoding_scale_config,
+    noise_from_config,
     resolve_aux,
     resolve_aux_eps,
     resolve_encoding_scales,
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
 
 CONFIG_KEYS = ("modalities", "diffusion", "latent_shape", "aux_channels", "known_input", "known_dropout", "aux_eps",
                "encoding_scale")
+MAX_LATENT = 2**31 - 1
+"""The most values one example's latent may have (int32 indexing; 2**31 float32 values are 8 GiB)."""
 PEAK_RATIO_BOUND = 5.0
 """Above this peak ratio max_t lambda_t / sqrt(abar_t), the task set warns when the encodings share the base's
 channels (aux_channels = 0): an error of the predicted encoding enters the base estimate multiplied by the ratio.
@@ -69,6 +73,9 @@ def _latent_shape(value: ConfigValue, where: str) -> tuple[int, int, int]:
           and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
     if not ok:
         raise ConfigError(f"{where}: expected three positive integers [C, H, W], got {value!r}")
+    if math.prod(value) > MAX_LATENT:
+        raise ConfigError(f"{where}: [C, H, W] = {list(value)} makes {math.prod(value):.3g} latent values per example, "
+                          f"above the {MAX_LATENT:.3g} a model can index; lower the sizes or channels")
     return (int(value[0]), int(value[1]), int(value[2]))
 
 
@@ -136,7 +143,7 @@ class TaskSet:
         self._base_latent = LatentSpec(self._resolve_latent(latent_shape))
         self._aux = resolve_aux(aux_channels, self._base is not None, self.aggregated)
         C, H, W = self._base_latent.shape
-        self._latent = LatentSpec((C + self._aux, H, W))
+        self._latent = LatentSpec(_latent_shape([C + self._aux, H, W], "taskset: the latent with aux_channels"))
         self._known_input, self._known_dropout = resolve_known(known_input, known_dropout, self.aggregated)
         self._aux_eps = resolve_aux_eps(aux_eps, self._aux, pinned)
         self._encoding_scales = resolve_encoding_scales(encoding_scale, self.aggregated)
@@ -330,13 +337,15 @@ class TaskSet:
                 raise ConfigError(f"taskset: modalities[{i}] has no 'kind' (e.g. kind = \"image\"); keys: {sorted(mc)}")
             mc = dict(mc)
             try:
-                if isinstance(mc.get("weights"), Mapping):  # by the registry's weight schedules, plugins' included
+                if mc.get("weights") is not None:  # by the registry's weight schedules, plugins' included
+                    kinds = registry.table("weight_schedule")
+                    check_weights(mc["weights"], str(mc.get("name", mc["kind"])), kinds)
                     mc["weights"] = weight_schedule_from_config(dict(mc["weights"]), str(mc.get("name", mc["kind"])),
-                                                                registry.table("weight_schedule"))
+                                                                kinds)
                 mods.append(registry.build_modality(mc))
             except (ConfigError, ScheduleError, PluginError) as e:
                 raise type(e)(f"taskset: modalities[{i}] (kind {mc['kind']!r}): {e}") from e
-        noise = _noise_from_config(config.get("diffusion"), registry.table("noise_schedule"))
+        noise = noise_from_config(config.get("diffusion"), registry.table("noise_schedule"))
         latent = config.get("latent_shape")
         return cls(mods, noise, None if latent is None else _latent_shape(latent, "taskset: latent_shape"),
                    config.get("aux_channels"), config.get("known_input"), config.get("known_dropout"),
@@ -360,32 +369,6 @@ class TaskSet:
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
         return text
-
-
-def _noise_from_config(config: object, kinds: Mapping[str, Callable[..., NoiseSchedule]]) -> NoiseSchedule:
-    """The noise schedule of a ``diffusion`` table (``kinds``: the registered noise schedules), checking its keys
-    against the schedule kind's parameters."""
-    if config is None:
-        return NoiseSchedule.linear(1000)
-    if isinstance(config, NoiseSchedule):
-        return config
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"taskset: 'diffusion' must be a table/dict, got {type(config).__name__}")
-    kind = config.get("kind", "linear")
-    if kind not in kinds:
-        raise ConfigError(f"taskset: diffusion.kind must be one of {sorted(kinds)}, "
-                          f"got {kind!r}{closest(str(kind), kinds)}")
-    params = list(inspect.signature(kinds[kind]).parameters)
-    for key in config:
-        if key != "kind" and key not in params:
-            raise ConfigError(
-                f"taskset: unknown key diffusion.{key}{closest(str(key), params)} for a {kind!r} schedule; "
-                f"valid keys: {['kind', *params]}"
-            )
-    try:
-        return NoiseSchedule.from_config(dict(config), kinds)
-    except ScheduleError as e:
-        raise ConfigError(f"taskset: diffusion: {e}") from None
 
 
 __all__ = ["AUX_EPS", "DEFAULT_KNOWN_DROPOUT", "ENCODING_SCALES", "AuxEps", "EncodingScaleKind", "TaskSet"]

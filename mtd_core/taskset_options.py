@@ -9,13 +9,16 @@ when it was left out (:func:`saved_taskset_config`), and a retired value loads a
 
 from __future__ import annotations
 
+import inspect
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
+from mtd_core.config_types import check_value, is_float32
 from mtd_core.design import ENCODING_SCALES, EncodingScaleKind
+from mtd_core.diffusion.noise import NoiseSchedule
 from mtd_core.diffusion.weights import ZeroWeight
-from mtd_core.errors import ConfigError
+from mtd_core.errors import ConfigError, ScheduleError, closest
 from mtd_core.modality import Modality
 from mtd_core.types import ConfigDict, ConfigValue
 
@@ -43,6 +46,8 @@ def resolve_aux(given: object, has_base: bool, aggregated: Sequence[Modality]) -
         return max((m.design.own_channels for m in injected(aggregated)), default=0) if placeable else 0
     if isinstance(given, bool) or not isinstance(given, int) or given < 0:
         raise ConfigError(f"taskset: aux_channels must be an integer >= 0, got {given!r}")
+    if given >= 2**31:
+        raise ConfigError(f"taskset: aux_channels must be below 2**31 (channels of a latent), got {given!r}")
     if given and not placeable:
         why = "there is no base modality" if not has_base else "there is no aggregated modality"
         raise ConfigError(f"taskset: aux_channels = {given} needs a base and at least one aggregated modality, "
@@ -81,7 +86,7 @@ def resolve_known(given: object, dropout: object, aggregated: Sequence[Modality]
         return given, DEFAULT_KNOWN_DROPOUT
     if not given:
         raise ConfigError(f"taskset: known_dropout = {dropout!r} applies only with known_input = true")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+    if not is_float32(dropout) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"taskset: known_dropout must be a probability in [0, 1), got {dropout!r}")
     return given, float(dropout)
 
@@ -143,5 +148,44 @@ def saved_taskset_config(config: ConfigValue) -> ConfigValue:
     return out
 
 
-__all__ = ["AUX_EPS", "AuxEps", "DEFAULT_KNOWN_DROPOUT", "RetiredOptionWarning", "encoding_scale_config",
-           "resolve_aux", "resolve_aux_eps", "resolve_encoding_scales", "resolve_known", "saved_taskset_config"]
+MAX_T = 1_000_000
+"""The most diffusion steps a noise schedule may have (its tensors hold T values; DDPM uses 1000)."""
+
+
+def noise_from_config(config: object, kinds: Mapping[str, Callable[..., NoiseSchedule]]) -> NoiseSchedule:
+    """The noise schedule of a ``diffusion`` table (``kinds``: the registered noise schedules), checking its keys
+    against the schedule kind's parameters and their values against the parameters' annotations (int, float)."""
+    if config is None:
+        return NoiseSchedule.linear(1000)
+    if isinstance(config, NoiseSchedule):
+        return config
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"taskset: 'diffusion' must be a table/dict, got {type(config).__name__}")
+    kind = config.get("kind", "linear")
+    if not isinstance(kind, str) or kind not in kinds:
+        raise ConfigError(f"taskset: diffusion.kind must be one of {sorted(kinds)}, "
+                          f"got {kind!r}{closest(str(kind), kinds)}")
+    params = inspect.signature(kinds[kind]).parameters
+    for key, value in config.items():
+        if key == "kind":
+            continue
+        if key not in params:
+            raise ConfigError(f"taskset: unknown key diffusion.{key}{closest(str(key), params)} for a {kind!r} "
+                              f"schedule; valid keys: {['kind', *params]}")
+        ann = params[key].annotation
+        ann = ann if isinstance(ann, str) else getattr(ann, "__name__", "")
+        if ann in ("int", "float"):
+            check_value(f"taskset: diffusion.{key}", ann, False, value)
+    T = config.get("T")
+    if isinstance(T, int) and not 1 <= T <= MAX_T:
+        raise ConfigError(f"taskset: diffusion.T must be an integer in [1, {MAX_T}], got {T!r}")
+    try:
+        return NoiseSchedule.from_config(dict(config), kinds)
+    except (ScheduleError, TypeError, ValueError, OverflowError) as e:  # named with the keys that made it
+        given = ", ".join(f"{k} = {v!r}" for k, v in config.items())
+        raise ConfigError(f"taskset: diffusion ({given}): {' '.join(str(e).split())}") from None  # one line
+
+
+__all__ = ["AUX_EPS", "DEFAULT_KNOWN_DROPOUT", "MAX_T", "AuxEps", "RetiredOptionWarning", "encoding_scale_config",
+           "noise_from_config", "resolve_aux", "resolve_aux_eps", "resolve_encoding_scales", "resolve_known",
+           "saved_taskset_config"]

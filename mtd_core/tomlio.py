@@ -47,6 +47,13 @@ def read_toml(path: str | Path, what: str = "config") -> ConfigDict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; expected a TOML {what} file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                          f"expected a TOML {what} file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} file ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 

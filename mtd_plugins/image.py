@@ -22,8 +22,15 @@ from mtd_core.errors import ModalityDataError
 from mtd_core.modality import BasePrediction, DataSpec, FeatureSpec, HeadInput, LatentSpec, Modality, Role
 from mtd_core.plugins import hookimpl
 from mtd_core.plugins.validate import is_bool, positive_float, positive_int
+from mtd_plugins.bounds import int_in
+
 
 LOG_2PI = math.log(2.0 * math.pi)
+MAX_CHANNELS = 4096
+MAX_SIZE = 16384
+"""The largest image channels and size an image option takes (a larger image is a mistake, not a dataset)."""
+image_channels = int_in(1, MAX_CHANNELS)
+image_size = int_in(1, MAX_SIZE)
 
 
 def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -123,8 +130,8 @@ class ImageConfig:
             injection strength).
     """
 
-    channels: int = attrs.field(default=1, validator=positive_int)
-    size: int = attrs.field(default=8, validator=positive_int)
+    channels: int = attrs.field(default=1, validator=image_channels)
+    size: int = attrs.field(default=8, validator=image_size)
     bits: int = attrs.field(default=8, validator=positive_int)
     sigma: float = attrs.field(default=0.1, validator=positive_float)
     normalize: bool = attrs.field(default=True, validator=is_bool)

@@ -17,7 +17,8 @@ from mtd_core.errors import ModalityDataError
 from mtd_core.modality import DataSpec, Design, FeatureSpec, HeadInput, LatentSpec, Modality, Role
 from mtd_core.plugins import hookimpl
 from mtd_core.types import Prediction
-from mtd_core.plugins.validate import optional_names, positive_int
+from mtd_core.plugins.validate import optional_names
+from mtd_plugins.bounds import MAX_CLASSES, MAX_WIDTH, int_in
 
 
 class LabelEncoder(nn.Module):
@@ -52,8 +53,8 @@ class LabelConfig:
         class_names: optional display names, one per class (captions, sample grids); default "0".."K-1".
     """
 
-    num_classes: int = attrs.field(default=10, validator=positive_int)
-    hidden: int = attrs.field(default=128, validator=positive_int)
+    num_classes: int = attrs.field(default=10, validator=int_in(1, MAX_CLASSES))
+    hidden: int = attrs.field(default=128, validator=int_in(1, MAX_WIDTH))
     class_names: tuple[str, ...] | None = attrs.field(default=None, converter=optional_names)
 
     def __attrs_post_init__(self) -> None:

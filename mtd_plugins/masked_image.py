@@ -27,11 +27,20 @@ from mtd_core.plugins.validate import (
     one_of,
     pixel_value,
     positive_float,
-    positive_int,
     unit_interval,
 )
 from mtd_core.types import BatchValue
-from mtd_plugins.image import ImageHead, check_mean, gaussian_nll, image_encoder, sample_gaussian_image
+from mtd_plugins.bounds import int_in
+from mtd_plugins.image import (
+    MAX_SIZE,
+    ImageHead,
+    check_mean,
+    gaussian_nll,
+    image_channels,
+    image_encoder,
+    image_size,
+    sample_gaussian_image,
+)
 
 
 def _choose(batch: int, units: int, k: int, generator: torch.Generator | None, device: torch.device | None
@@ -113,11 +122,11 @@ class MaskedImageConfig:
             strength).
     """
 
-    channels: int = attrs.field(default=1, validator=positive_int)
-    size: int = attrs.field(default=8, validator=positive_int)
+    channels: int = attrs.field(default=1, validator=image_channels)
+    size: int = attrs.field(default=8, validator=image_size)
     ratio: float = attrs.field(default=0.5, validator=unit_interval)
     mask: str = attrs.field(default="patch", validator=one_of("patch", "pixel"))
-    patch: int = attrs.field(default=2, validator=positive_int)
+    patch: int = attrs.field(default=2, validator=int_in(1, MAX_SIZE))
     fill: float = attrs.field(default=0.0, validator=pixel_value)
     sigma: float = attrs.field(default=0.1, validator=positive_float)
     source: str = attrs.field(default="image", validator=modality_name)

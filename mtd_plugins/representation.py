@@ -24,16 +24,17 @@ from mtd_core.plugins import hookimpl
 from mtd_core.plugins.validate import (
     is_bool,
     modality_name,
-    non_negative_int,
     one_of,
     option,
     positive_float,
-    positive_int,
 )
 from mtd_core.types import BatchValue, ConfigMapping, ConfigValue
+from mtd_plugins.bounds import MAX_WIDTH, int_in
 from mtd_plugins.image import gaussian_nll
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
+MAX_DIM = 65536
+"""The largest representation dimension d (the builtin extractor is built with the config: a bound before it)."""
 
 
 class RandomConvExtractor(nn.Module):
@@ -107,15 +108,15 @@ class RepresentationConfig:
             strength).
     """
 
-    dim: int = attrs.field(default=16, validator=positive_int)
-    hidden: int = attrs.field(default=128, validator=positive_int)
+    dim: int = attrs.field(default=16, validator=int_in(1, MAX_DIM))
+    hidden: int = attrs.field(default=128, validator=int_in(1, MAX_WIDTH))
     head: str = attrs.field(default="map", validator=one_of("pooled", "map"))
     loss: str = attrs.field(default="gaussian", validator=one_of("gaussian", "cosine"))
     sigma: float = attrs.field(default=0.1, validator=positive_float)
     source: str = attrs.field(default="image", validator=modality_name)
     builtin_extractor: str | None = attrs.field(
         default=None, validator=option("None or 'random_conv'", lambda v: v in (None, "random_conv")))
-    seed: int = attrs.field(default=0, validator=non_negative_int)
+    seed: int = attrs.field(default=0, validator=int_in(0, 2**63 - 1))
     normalize: bool = attrs.field(default=True, validator=is_bool)
 
 

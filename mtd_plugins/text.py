@@ -34,8 +34,9 @@ from mtd_core.modality import (
     Role,
 )
 from mtd_core.plugins import hookimpl
-from mtd_core.plugins.validate import one_of, option, optional_names, positive_int
+from mtd_core.plugins.validate import one_of, optional_names
 from mtd_core.types import Batch, BatchValue, ConfigMapping, ConfigValue, Prediction
+from mtd_plugins.bounds import MAX_CLASSES, MAX_WIDTH, int_in
 from mtd_plugins.captions import DIGIT_NAMES, caption_grid
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -114,14 +115,16 @@ class TextConfig:
             is fitted on when the data give no raw captions, and example_batch draws from (default "zero".."nine").
     """
 
-    max_len: int = attrs.field(default=12, validator=option("an integer >= 3", lambda v: isinstance(v, int)
-                                                               and not isinstance(v, bool) and v >= 3))
-    vocab_size: int = attrs.field(default=64, validator=option("an integer >= 8", lambda v: isinstance(v, int)
-                                                                  and not isinstance(v, bool) and v >= 8))
-    embed_dim: int = attrs.field(default=64, validator=positive_int)
-    hidden: int = attrs.field(default=256, validator=positive_int)
+    max_len: int = attrs.field(default=12, validator=int_in(3, MAX_WIDTH))
+    vocab_size: int = attrs.field(default=64, validator=int_in(8, MAX_CLASSES))
+    embed_dim: int = attrs.field(default=64, validator=int_in(1, MAX_WIDTH))
+    hidden: int = attrs.field(default=256, validator=int_in(1, MAX_WIDTH))
     head: str = attrs.field(default="pooled", validator=one_of("pooled", "map"))
     class_names: tuple[str, ...] | None = attrs.field(default=None, converter=optional_names)
+
+    def __attrs_post_init__(self) -> None:
+        if self.class_names is not None and not self.class_names:
+            raise ValueError("option 'class_names' must list at least one noun (or be omitted), got []")
 
 
 class TextModality(Modality):

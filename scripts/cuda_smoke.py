@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from mtd_core.backbones import count_parameters
+    from mtd_core.backbones.unet_config import level_heights
     from mtd_core.model import MultiTaskModel
     from mtd_core.sampling import GuidanceConfig, generate
     from mtd_core.taskset import TaskSet
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     levels = {8: [1, 2], 28: [1, 2, 2], 32: [1, 2, 2]}.get(args.size, [1, 2, 2])
     taskset = TaskSet.from_config({"modalities": [{"kind": "image", "role": "base", "size": args.size},
                                                   {"kind": "label", "num_classes": 10}]})
-    attn = [r for r in (16, 14, 8, 7, 4) if r < args.size][:2]
+    attn = level_heights(args.size, len(levels))[1:2]  # attention at the second level's height
     model = MultiTaskModel(taskset, "unet", {"channels": 64, "channel_mult": levels, "num_res_blocks": 2,
                                              "attention_resolutions": attn, "groups": 32}).to(device)
     print(f"cuda_smoke: {name}, torch {torch.__version__}, "

@@ -120,7 +120,7 @@ def test_sample_guides_a_told_own_channel_run_by_default_and_says_so(tmp_path: P
     assert "8 network evaluations, classifier-free guidance 1.5" in out
     rc, out, err = _run(capsys, "sample", str(run), "--out", str(tmp_path / "s1"), "--given", "label=3", "--n", "2",
                         "--nfe", "8", "--cfg-scale", "1", "--no-progress")
-    assert rc == 0 and "8 network evaluations" in out and "classifier-free" not in out, out
+    assert rc == 0 and "8 network evaluations, no classifier-free guidance" in out, out
 
 
 def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -194,7 +194,8 @@ def test_train_quick_then_sample_then_eval(tiny_toml: Path, tmp_path: Path, caps
     assert result["readout"]["label"]["n_examples"] == 30 and 0 <= result["readout"]["label"]["accuracy"] <= 1
     rc, out, _ = _run(capsys, "eval", str(run), "--n", "10", "--timesteps", "39", "--accuracy-n", "10")
     assert rc == 0 and "on 10 of 359 test examples, all denoising terms" in out
-    assert re.search(r"label read-out from the test images: accuracy \d+\.\d\d% on 10 test examples", out), out
+    assert re.search(r"label read-out from the test images: accuracy (0\.\d{1,4}|0|1) on 10 test examples", out) \
+        and "%" not in out, out  # fractions as fractions, as --json has them
 
 
 def test_train_resume_continues_and_refuses_a_reused_folder(tiny_toml: Path, tmp_path: Path,
@@ -370,50 +371,6 @@ def test_sample_inpaints_an_image_and_keeps_its_unmasked_pixels(tiny_run: Path, 
     ]:
         rc, _, err = _run(capsys, "sample", run, "--out", str(tmp_path / "x"), "--n", "2", *argv)
         assert rc == 1 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["train", "{cfg}", "--out", "{file}"], r"--out '.*a_file' is an existing file; it must name a folder"),
-    (["sample", "{run}", "--out", "{file}", "--n", "1"], r"--out '.*a_file' is an existing file"),
-    (["sample", "{run}", "--out", "{tmp}/s", "--device", "cuda"],
-     r"--device 'cuda': no CUDA device is available on this machine; use cpu"),
-    (["eval", "{run}", "--device", "cuda:0"], r"--device 'cuda:0': no CUDA device is available"),
-    (["sample", "{run}", "--out", "{tmp}/s", "--given", "label=99999999999999999999"],
-     r"--given label: 99999999999999999999: class index out of range; modality 'label' has classes 0..9"),
-    (["sample", "{run}", "--out", "{tmp}/s", "--given", "image={tmp}/missing.npy"],
-     r"--given image: .*missing.npy: file not found"),
-    (["eval", "{run}", "--n", "-5"], r"--n must be at least 0 \(0 = all\), got -5"),
-    (["eval", "{run}", "--timesteps", "0"], r"--timesteps must be at least 1, got 0"),
-    (["train", "{cfg}", "--out", "{tmp}/t", "--set", "taskset.diffusion.T=100000000000"],
-     r"T must be an integer in 1..100000, got 100000000000"),
-    (["train", "{cfg}", "--out", "{tmp}/t", "--set", "backbone.channels=1000000"],
-     r"about .* parameters .* above the 2e\+09 this build refuses to allocate"),
-    (["train", "{cfg}", "--out", "{tmp}/t", "--set", "trainer.seed=\"abc\""],
-     r"trainer.seed must be an integer >= 0, got 'abc'"),
-])
-def test_cli_failures_are_one_line_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                          argv: list[str], message: str) -> None:
-    (tmp_path / "a_file").write_text("not a folder")
-    values = {"cfg": str(tiny_run / "tiny.toml"), "run": str(tiny_run / "run"), "tmp": str(tmp_path),
-              "file": str(tmp_path / "a_file")}
-    rc, out, err = _run(capsys, *[a.format(**values) for a in argv])
-    assert rc == 1 and re.search(message, err), err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-
-
-def test_an_unexpected_failure_is_one_line_unless_mtd_debug(tiny_run: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("a bug somewhere")
-
-    monkeypatch.setattr("mtd_core.training.run.load_run", broken)
-    rc, _, err = _run(capsys, "sample", str(tiny_run / "run"), "--out", str(tmp_path / "s"))
-    assert rc == 1 and err.strip() == "mtd sample: error: RuntimeError: a bug somewhere (set MTD_DEBUG=1 for the " \
-                                      "traceback)"
-    monkeypatch.setenv("MTD_DEBUG", "1")
-    with pytest.raises(RuntimeError, match="a bug somewhere"):
-        main(["sample", str(tiny_run / "run"), "--out", str(tmp_path / "s")])
 
 
 def test_resume_drops_the_metrics_lines_a_killed_run_wrote_after_its_checkpoint(tmp_path: Path,

@@ -182,7 +182,7 @@ def test_npz_bad_data_names_the_file_and_example(tmp_path: Path, arrays: dict, p
 def test_npz_unreadable_and_pickled_files_are_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip file at all")
-    with pytest.raises(ModalityDataError, match=r"junk.npz: cannot read"):
+    with pytest.raises(ModalityDataError, match=r"junk.npz: is a file starting with .*not an npz archive"):
         load_npz(str(junk))
     obj = tmp_path / "obj.npz"
     np.savez(obj, label=np.array([{"a": 1}, None], dtype=object))
@@ -229,7 +229,7 @@ def test_png_folder_errors_name_the_file(tmp_path: Path) -> None:
         load_png_folder(str(tmp_path))
     _png_folder(tmp_path)
     Image.fromarray(np.zeros((9, 8), dtype=np.uint8)).save(tmp_path / "img4.png")
-    with pytest.raises(ModalityDataError, match=r"img4.png: image has shape \(9, 8\)"):
+    with pytest.raises(ModalityDataError, match=r"img4.png \(.*labels.csv, line 6\): image has shape \(9, 8\)"):
         load_png_folder(str(tmp_path))
     _png_folder(tmp_path, extra_rows="\nmissing.png,1,x")
     with pytest.raises(ModalityDataError, match=r"missing.png \(.*labels.csv, line 8\): file not found"):

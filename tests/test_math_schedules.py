@@ -161,8 +161,11 @@ def test_bad_noise_configs_are_rejected_with_the_reason() -> None:
         NoiseSchedule.from_config({"kind": "cosine", "T": 10, "beta_end": 0.2})
     with pytest.raises(ScheduleError, match=r"T must be an integer in 1..100000, got 10.0"):
         NoiseSchedule.from_config({"kind": "linear", "T": 10.0})
-    with pytest.raises(ScheduleError, match=r"(?s)1000/T = 50.*T = 20.*becomes 1\b.*Use T > 20"):
+    with pytest.raises(ScheduleError, match=r"unknown kind \['linear'\]"):
+        NoiseSchedule.from_config({"kind": ["linear"]})
+    with pytest.raises(ScheduleError, match=r"1000/T = 50.*T = 20.*becomes 1\b.*use T > 20") as e:
         NoiseSchedule.linear(20)
+    assert "\n" not in str(e.value)
 
 
 @given(st.integers(1, 200), st.data())
@@ -172,8 +175,9 @@ def test_respaced_timesteps_are_increasing_and_end_at_T(T: int, data: st.DataObj
         ts = respaced_timesteps(T, steps, kind)
         assert ts.numel() == steps and int(ts[-1]) == T and int(ts[0]) >= 1
         assert (ts[1:] > ts[:-1]).all()
-    with pytest.raises(ScheduleError, match=rf"steps must be in 1..{T}"):
-        respaced_timesteps(T, T + 1)
+    for bad in (T + 1, float(steps), str(steps), True):
+        with pytest.raises(ScheduleError, match=rf"steps must be in 1..{T}, got"):
+            respaced_timesteps(T, bad)  # type: ignore[arg-type]
     leading = respaced_timesteps(T, steps, "leading")  # diffusers' DDIMScheduler spacing, shifted to 1..T
     assert leading.tolist() == [1 + k * (T // steps) for k in range(steps)] and int(leading[-1]) <= T
     with pytest.raises(ScheduleError, match=r"spacing must be one of \['uniform', 'quad', 'leading', 'logsnr', "
@@ -207,9 +211,10 @@ def test_respacing_a_jump_beyond_float64_resolution_is_rejected() -> None:
     noise = NoiseSchedule.custom([0.9] * 40)  # abar_t = 0.1^t
     # abar' is rebuilt from beta' = 1 - abar_t / abar_s: exact to ~1e-16 absolute, so ~1e-6 relative at 1e-10
     torch.testing.assert_close(noise.respace([10, 20, 25]).abar, noise.abar[[0, 10, 20, 25]], rtol=1e-5, atol=1e-16)
-    with pytest.raises(ScheduleError, match=r"(?s)abar_t falls from 1e-10 at t = 10 to 1e-30 at t = 30.*"
-                                            r"below float64 resolution"):
+    with pytest.raises(ScheduleError, match=r"abar_t falls from 1e-10 at t = 10 to 1e-30 at t = 30.*"
+                                            r"below float64 resolution") as e:
         noise.respace([10, 30])
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("ts", [[], [0, 3], [3, 2], [2, 2], [1, 11], [1.5, 3]])
@@ -323,10 +328,11 @@ def test_custom_weights_of_the_wrong_length_name_the_modality() -> None:
 
 
 def test_non_finite_weights_name_the_modality() -> None:
-    noise = NoiseSchedule.linear(100)
+    noise = NoiseSchedule.linear(100)  # a plugin's schedule may still compute non-finite values: caught when resolved
+    nan = type("NaN", (CustomLambda,), {"_w_or_lambda": lambda self, noise: torch.full((noise.T + 1,), math.nan)})
     with pytest.raises(ScheduleError, match="modality 'caption': weight schedule 'custom_lambda' has non-finite"):
-        ForwardProcess(noise, {"caption": CustomLambda([float("nan")] * 99 + [0.0])})
-    with pytest.raises(ScheduleError, match="peak must be finite"):
+        ForwardProcess(noise, {"caption": nan([0.0] * 100)})
+    with pytest.raises(ScheduleError, match=r"^windowed weight schedule: peak must be a finite number, got inf$"):
         WindowedLambda(peak=float("inf"))
 
 
@@ -348,7 +354,7 @@ def test_bad_weight_configs_name_the_modality() -> None:
         weight_schedule_from_config({"peak": 1.0}, "label")
     with pytest.raises(ScheduleError, match="modality 'label': weight schedule 'windowed': .*height"):
         weight_schedule_from_config({"kind": "windowed", "height": 1.0}, "label")
-    with pytest.raises(ScheduleError, match="modality 'label': weight schedule 'custom_w'"):
+    with pytest.raises(ScheduleError, match=r"modality 'label': custom_w weight schedule: values must be .*'a', 'b'"):
         weight_schedule_from_config({"kind": "custom_w", "values": ["a", "b"]}, "label")
 
 

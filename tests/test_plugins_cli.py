@@ -232,7 +232,8 @@ def test_new_writes_a_plugin_that_registers_validates_and_passes_its_kit(
     assert code == 0 and out.startswith("star_count: ok"), out
     code, out = run(capsys, "plugins", "list")
     assert re.search(r"star_count\s+modality\s+aggregated\s+mtd-star-count\s+mtd-star-count\s+0\.1\.0\s+ok", out), out
-    env = {**__import__("os").environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    env = {**__import__("os").environ, "PYTHONPATH": f"{root / 'src'}{__import__('os').pathsep}{site}",
+           "OMP_NUM_THREADS": "1"}
     kit = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
                          capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert kit.returncode == 0 and " passed" in kit.stdout, kit.stdout[-3000:] + kit.stderr[-2000:]
@@ -241,3 +242,24 @@ def test_new_writes_a_plugin_that_registers_validates_and_passes_its_kit(
     assert code == 1 and "already exists" in capsys.readouterr().err
     code = main(["plugins", "new", "Stars!", "--out", str(tmp_path)])
     assert code == 1 and "is not a distribution name" in capsys.readouterr().err
+
+
+def test_new_plugin_test_fails_when_its_kind_clashes_with_a_builtin(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    code, _ = run(capsys, "plugins", "new", "mtd-my-label", "--kind", "label", "--out", str(tmp_path))
+    root = tmp_path / "mtd-my-label"
+    info = tmp_path / "site" / "mtd_my_label-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mtd-my-label\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[mtd]\nmtd-my-label = mtd_my_label\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.syspath_prepend(str(root / "src"))
+    spec = importlib.util.spec_from_file_location("scaffold_kit", root / "tests" / "test_conformance.py")
+    assert code == 0 and spec is not None and spec.loader is not None
+    kit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kit)
+    with pytest.raises(AssertionError, match=r"modality 'label' is already provided by the built-in plugin 'mtd-label' "
+                                             r"\(distribution mtd "):
+        kit.test_the_installed_registry_resolves_label_to_this_class()

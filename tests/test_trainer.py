@@ -159,6 +159,36 @@ def test_a_non_finite_modality_loss_names_the_modality_its_plugin_and_distributi
     assert "modality 'image'" not in str(e.value)
 
 
+def test_a_non_finite_base_term_names_the_base_modality(tmp_path: Path) -> None:
+    """Only the base's denoising term ('eps') is NaN: the message names the base modality, its kind and plugin."""
+    cfg = tiny(steps=3, checkpoint_every=0)
+    run = build_run(cfg)
+
+    def poison(module: Any, inputs: Any, output: DenoiserOutput) -> DenoiserOutput:
+        return DenoiserOutput(eps=output.eps * float("nan"), preds=output.preds)
+
+    run.model.register_forward_hook(poison)
+    with pytest.raises(NonFiniteLossError) as e:
+        Trainer(run.model, run.data, cfg.trainer, tmp_path, run_config=run.config.to_dict()).fit()
+    msg = str(e.value)
+    assert ("The denoising loss of the base modality 'image' (term 'eps', kind 'image', from plugin 'mtd-image' "
+            "(distribution mtd") in msg, msg
+    assert "modality 'label'" not in msg
+
+
+def test_every_non_finite_term_is_named_vlb_and_unknown_terms_included() -> None:
+    from mtd_core.diffusion.loss import LossOutput
+    from mtd_core.training.guard import culprits
+
+    taskset = build_run(tiny()).model.taskset
+    nan, one = torch.tensor(float("nan")), torch.tensor(1.0)
+    text = culprits(taskset, LossOutput(loss=nan, parts={"vlb": nan, "label": torch.tensor(float("inf")),
+                                                         "extra": nan, "fine": one}))
+    assert "base modality 'image' (term 'vlb'" in text and "The loss of modality 'label' (kind 'label'" in text
+    assert "The loss term 'extra' (of no modality) is nan" in text and "'fine'" not in text
+    assert len(text.strip().splitlines()) == 3
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
     cfg = copy.deepcopy(TINY)
     cfg["trainer"].update(steps=100000, checkpoint_every=0, log_every=1)

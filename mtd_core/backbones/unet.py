@@ -14,7 +14,6 @@ odd sizes such as 28 -> 14 -> 7 -> 4 -> 7 -> 14 -> 28 work without padding.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import attrs
 import torch
@@ -22,88 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtd_core.backbones import BackboneOutput
+from mtd_core.backbones.unet_config import MAX_PARAMETERS, UNetConfig, level_heights
 from mtd_core.errors import ConfigError, closest
 from mtd_core.modality import FeatureSpec, LatentSpec
-from mtd_core.types import ConfigDict, ConfigValue
-
-
-def _int_tuple(v: object) -> tuple[int, ...]:
-    if isinstance(v, (int, str)) or not isinstance(v, Sequence):
-        raise ConfigError(f"backbone 'unet': expected a list of integers, got {v!r}")
-    return tuple(v)
-
-
-MAX_PARAMETERS = 2e9
-"""The largest U-Net the factory builds (an estimate, checked before allocating): 8 GiB of float32 weights."""
-
-
-@attrs.frozen
-class UNetConfig:
-    """Options of the U-Net (the ``[backbone]`` table of a config, minus ``name``).
-
-    Args:
-        channels: base width; level ``i`` has ``channels * channel_mult[i]`` channels.
-        channel_mult: width multiplier per resolution level; its length is the number of levels
-            (the latent is downsampled ``len(channel_mult) - 1`` times).
-        num_res_blocks: residual blocks per level on the way down (the up path has one more per level).
-        attention_resolutions: feature-map heights at which a self-attention block follows each residual
-            block, e.g. ``[4]`` for 8x8 digits or ``[16, 8]`` for 32x32 images.
-        mid_attention: whether the bottleneck has a self-attention block between its two residual blocks.
-        num_heads: attention heads; must divide the channel count at every attention block.
-        dropout: dropout probability inside residual blocks (before their second convolution).
-        groups: GroupNorm groups; must divide every normalised channel count (checked at construction).
-        time_embed_dim: width of the timestep embedding MLP (default ``4 * channels``).
-        max_period: the longest period of the sinusoidal timestep embedding (timesteps are raw t in 0..T).
-    """
-
-    channels: int = 64
-    channel_mult: tuple[int, ...] = attrs.field(default=(1, 2, 2), converter=_int_tuple)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = attrs.field(default=(), converter=_int_tuple)
-    mid_attention: bool = True
-    num_heads: int = 4
-    dropout: float = 0.0
-    groups: int = 32
-    time_embed_dim: int | None = None
-    max_period: float = 10000.0
-
-    def __attrs_post_init__(self) -> None:
-        def positive(name: str, v: object) -> None:
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"backbone 'unet': {name} must be a positive integer, got {v!r}")
-
-        positive("channels", self.channels)
-        positive("num_res_blocks", self.num_res_blocks)
-        positive("num_heads", self.num_heads)
-        positive("groups", self.groups)
-        if self.time_embed_dim is not None:
-            positive("time_embed_dim", self.time_embed_dim)
-        if not self.channel_mult:
-            raise ConfigError("backbone 'unet': channel_mult must list at least one level, got []")
-        for m in self.channel_mult:
-            positive("every channel_mult entry", m)
-        for r in self.attention_resolutions:
-            positive("every attention_resolutions entry", r)
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ConfigError(f"backbone 'unet': dropout must lie in [0, 1), got {self.dropout!r}")
-        if not float(self.max_period) > 1.0:
-            raise ConfigError(f"backbone 'unet': max_period must be > 1, got {self.max_period!r}")
-        estimate = self.estimated_parameters()
-        if estimate > MAX_PARAMETERS:
-            raise ConfigError(f"backbone 'unet': these options make about {estimate:.3g} parameters "
-                              f"({4 * estimate / 2**30:.3g} GiB of float32 weights), above the {MAX_PARAMETERS:.0e} "
-                              "this build refuses to allocate; lower channels, channel_mult or num_res_blocks")
-
-    def estimated_parameters(self) -> float:
-        """A rough count of the network's weights (the 3x3 convolutions of its residual blocks dominate), cheap
-        enough to check before anything is allocated."""
-        widths = [self.channels * m for m in self.channel_mult]
-        per_level = sum(2 * 9 * w * w for w in widths) * (2 * self.num_res_blocks + 1)
-        return float(per_level + (self.time_embed_dim or 4 * self.channels) ** 2)
-
-    def to_dict(self) -> ConfigDict:
-        """The options as a plain JSON-representable dict (lists for tuples)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(self).items()}
+from mtd_core.types import ConfigValue
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -241,7 +162,9 @@ class UNet(nn.Module):
         super().__init__()
         cfg = config or UNetConfig()
         self.latent, self.config = latent, cfg
-        in_ch, H, _ = latent.shape
+        in_ch, H, W = latent.shape
+        resolutions = level_heights(H, len(cfg.channel_mult))
+        _check_attention_resolutions(cfg, resolutions, f"{H}x{W}")
         ch0 = cfg.channels * cfg.channel_mult[0]
         emb_dim = cfg.time_embed_dim or 4 * cfg.channels
         self._normed: list[int] = []
@@ -250,21 +173,20 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(cfg.channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.input_conv = nn.Conv2d(in_ch, ch0, 3, padding=1)
 
-        ch, res = ch0, H
+        ch = ch0
         skips = [ch]
         self.down = nn.ModuleList()
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
                 layers: list[nn.Module] = [self._res(ch, cfg.channels * mult, emb_dim)]
                 ch = cfg.channels * mult
-                if res in cfg.attention_resolutions:
+                if resolutions[level] in cfg.attention_resolutions:
                     layers.append(self._attn(ch))
                 self.down.append(_Stage(layers))
                 skips.append(ch)
             if level != len(cfg.channel_mult) - 1:
                 self.down.append(_Stage([Downsample(ch)]))
                 skips.append(ch)
-                res = (res + 1) // 2
 
         mid: list[nn.Module] = [self._res(ch, ch, emb_dim)]
         if cfg.mid_attention:
@@ -274,9 +196,6 @@ class UNet(nn.Module):
         self.pool_norm = self._norm(ch)
         pooled_dim = ch
 
-        resolutions = [H]
-        for _ in cfg.channel_mult[1:]:
-            resolutions.append((resolutions[-1] + 1) // 2)
         self.up = nn.ModuleList()
         for level in reversed(range(len(cfg.channel_mult))):
             out = cfg.channels * cfg.channel_mult[level]
@@ -318,10 +237,9 @@ class UNet(nn.Module):
         if bad:
             raise ConfigError(
                 f"backbone 'unet': groups = {cfg.groups} must divide every normalised channel count, "
-                f"but these do not: {bad}\n"
-                f"(channels = {cfg.channels}, channel_mult = {list(cfg.channel_mult)}; skip connections add "
-                "channels). Choose groups dividing channels, e.g. groups = "
-                f"{math.gcd(cfg.channels, cfg.groups) or 1}."
+                f"but these do not: {bad} (channels = {cfg.channels}, channel_mult = {list(cfg.channel_mult)}; "
+                "skip connections add channels); choose groups dividing channels, e.g. groups = "
+                f"{math.gcd(cfg.channels, cfg.groups) or 1}"
             )
         bad = sorted({c for c in self._attended if c % cfg.num_heads})
         if bad:
@@ -355,6 +273,20 @@ class UNet(nn.Module):
         return BackboneOutput(eps=self.out_conv(fmap), pooled=pooled, fmap=fmap)
 
 
+def _check_attention_resolutions(cfg: UNetConfig, heights: list[int], latent: str) -> None:
+    """Every attention_resolutions entry must be the height of a level: one that matches none would add no
+    attention at all."""
+    unmatched = [r for r in cfg.attention_resolutions if r not in heights]
+    if unmatched:
+        raise ConfigError(
+            f"backbone 'unet': attention_resolutions = {list(cfg.attention_resolutions)}: "
+            f"{', '.join(map(str, unmatched))} {'is not the height' if len(unmatched) == 1 else 'are not heights'} "
+            "of any level, so no attention would be added there; entries are feature-map heights in pixels (not "
+            f"downsampling factors), and on this {latent} latent with channel_mult = {list(cfg.channel_mult)} the "
+            f"levels have heights {heights}"
+        )
+
+
 def build_unet(latent: LatentSpec, **options: ConfigValue) -> UNet:
     """The registered "unet" factory: ``options`` are :class:`UNetConfig` fields; an unknown one is a
     ConfigError naming the nearest valid option."""
@@ -371,3 +303,7 @@ def build_unet(latent: LatentSpec, **options: ConfigValue) -> UNet:
             raise
         raise ConfigError(f"backbone 'unet': invalid options {options}: {e}") from None
     return UNet(latent, config)
+
+
+__all__ = ["MAX_PARAMETERS", "AttentionBlock", "Downsample", "ResBlock", "UNet", "UNetConfig", "Upsample",
+           "build_unet", "level_heights", "timestep_embedding"]

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from mtd_core.cli.train import handle_errors
+from mtd_core.cli.common import check_config_file, handle_errors
 
 if TYPE_CHECKING:
     from mtd_core.types import ConfigDict
@@ -35,7 +35,7 @@ def show_main(args: argparse.Namespace) -> int:
     from mtd_core.tomlio import dumps_toml
     from mtd_core.training.config import read_config, resolve_config
 
-    resolved = resolve_config(read_config(args.config, args.overrides)).to_dict()
+    resolved = resolve_config(read_config(check_config_file(args.config), args.overrides)).to_dict()
     print(json.dumps(resolved, indent=2) if args.json else dumps_toml(resolved), end="" if not args.json else "\n")
     report = ratio_report(resolved["taskset"])
     if report:  # TOML comments after the config; on stderr beside JSON, which has no comments

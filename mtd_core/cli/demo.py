@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TypedDict, cast
 
 import torch
 
-from mtd_core.cli.train import handle_errors
+from mtd_core.cli.common import check_at_least, check_out_dir, check_seed, handle_errors
 from mtd_core.training.grids import GridCell
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ PER_CLASS, QUICK_PER_CLASS = 8, 2
 JOINT_N, QUICK_JOINT_N = 64, 8
 
 
+DEMO_SEED_MAX = 2**32 - 1  # the seed is also the independent classifier's random_state (scikit-learn: 32 bits)
+
+
 def demo_config(quick: bool = False, steps: int | None = None, seed: int = 0) -> ConfigDict:
     """The demo's run config (a plain dict in the TOML layout)."""
     cfg = copy.deepcopy(DEMO_CONFIG)
@@ -110,7 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="mtd-demo", help="output folder (default: ./mtd-demo)")
     p.add_argument("--quick", action="store_true", help="a few training steps only (seconds; checks the pipeline)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default 1200, --quick 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data split, weights, noise and sampling (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of data split, weights, noise and sampling, in 0..2**32 - 1 (default 0)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=main)
@@ -129,6 +133,11 @@ def _independent_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x
 @handle_errors("demo")
 def main(args: argparse.Namespace) -> int:
     """Run ``mtd demo``."""
+    check_seed(args.seed, high=DEMO_SEED_MAX, why=" (it also seeds the independent classifier, which takes 32 bits)")
+    check_at_least("--threads", args.threads, 0, " (0 = all cores)")
+    if args.steps is not None:
+        check_at_least("--steps", args.steps, 1)
+    check_out_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = demo_config(args.quick, args.steps, args.seed)
@@ -145,6 +154,8 @@ def run_demo(cfg: ConfigDict, out: Path, *, quick: bool = False, seed: int = 0, 
 
     t_start = time.perf_counter()
     run, trainer, result = _train(cfg, out / "run", quick, verbose)
+    if result.status == "interrupted":  # Ctrl-C or SIGTERM: no report of a partly trained model (status 130)
+        raise KeyboardInterrupt
     model = run.model
     if trainer.ema is not None:
         trainer.ema.copy_to(model)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mtd_core.cli.train import check_device, handle_errors
+from mtd_core.cli.common import check_device, check_seed, handle_errors
 from mtd_core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--readout-n", "--accuracy-n", dest="readout_n", type=int, default=0,
                    help="test examples for the heads' read-out (default 0 = all)")
     p.add_argument("--batch-size", type=int, default=128, help="examples per forward pass (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subsample, timesteps and noise (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsample, timesteps and noise, in 0..2**64 - 1 (default 0)")
     p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -123,6 +123,13 @@ def evaluate_readout(model: MultiTaskModel, data: LoadedData, n: int, batch_size
             for name, scores in sums.items()}
 
 
+def format_score(value: float) -> str:
+    """A read-out score as printed: the number ``--json`` holds, to 4 significant digits, a fraction as a fraction
+    (accuracy 0.9861, never 98.61%): a score's name does not say whether it is a fraction, so none is turned into
+    a percentage."""
+    return f"{value:.4g}"
+
+
 @handle_errors("eval")
 def main(args: argparse.Namespace) -> int:
     """Run ``mtd eval``."""
@@ -132,6 +139,7 @@ def main(args: argparse.Namespace) -> int:
                                ("--n", args.n, 0), ("--readout-n", args.readout_n, 0)):
         if value < low:
             raise ConfigError(f"{option} must be at least {low}{' (0 = all)' if low == 0 else ''}, got {value}")
+    check_seed(args.seed)
     check_device(args.device)
     loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
     data = load_run_data(loaded)
@@ -157,7 +165,6 @@ def main(args: argparse.Namespace) -> int:
               + ", ".join(f"{k} {v:.2f}" for k, v in decoders.items()))
     base = model.taskset.base.name if model.taskset.base is not None else "base"
     for name, scores in readout.items():
-        shown = ", ".join(f"{k} {v:.2%}" if "accuracy" in k else f"{k} {v:.4g}" for k, v in scores.items()
-                          if k != "n_examples")
+        shown = ", ".join(f"{k} {format_score(v)}" for k, v in scores.items() if k != "n_examples")
         print(f"  {name} read-out from the test {base}s: {shown} on {scores['n_examples']} test examples")
     return 0

@@ -16,8 +16,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from mtd_core.cli.train import handle_errors
-from mtd_core.errors import MTDError
+from mtd_core.cli.common import handle_errors
+from mtd_core.errors import ConfigError, MTDError
 from mtd_core.plugins.registry import BLOCK_ENV, PluginRecord, Registry, get_registry
 
 if TYPE_CHECKING:
@@ -111,12 +111,17 @@ def cmd_list(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def _parse_options(pairs: list[str]) -> ConfigDict:
-    """``KEY=VALUE`` strings to a dict (VALUE as JSON when it parses, else the raw string)."""
+    """``KEY=VALUE`` strings to a dict (VALUE as JSON when it parses, else the raw string; the modality's own
+    validation checks the types). A key given twice is an error naming it."""
     options: ConfigDict = {}
+    given: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise MTDError(f"--option expects KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
+        if key in given:
+            raise ConfigError(f"--option: {key!r} is given twice ({given[key]} and {pair}); give it once")
+        given[key] = pair
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -139,7 +144,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         options = _parse_options(args.option)
     except MTDError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"mtd plugins validate: error: {e}", file=sys.stderr)
         return 2
     failures = registry.failures
     kinds = list(args.kinds) or registry.modality_kinds()

@@ -24,15 +24,21 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from mtd_core.cli.train import check_device, check_out_dir, handle_errors
+from mtd_core.cli.common import check_device, check_out_dir, check_seed, handle_errors
+from mtd_core.cli.sample_args import (  # noqa: F401  # parse_given and parse_value are imported from here too
+    parse_given,
+    parse_inpaint,
+    parse_options,
+    parse_temperatures,
+    parse_value,
+)
 from mtd_core.diffusion.noise import RESPACINGS
-from mtd_core.errors import ConfigError, ModalityDataError, closest
+from mtd_core.errors import ConfigError
 from mtd_core.modality import Role
 from mtd_core.sampling.estimate import CLIPS, EPS_RULES
 from mtd_core.sampling.denoiser import CONDITIONING
@@ -49,8 +55,10 @@ from mtd_core.sampling.options import (
 
 if TYPE_CHECKING:
     from mtd_core.model import MultiTaskModel
+    from mtd_core.sampling.generate import GenerationOutput
+    from mtd_core.sampling.guidance import GuidanceConfig
     from mtd_core.taskset import TaskSet
-    from mtd_core.types import Batch, BatchValue
+    from mtd_core.types import Batch
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,11 +69,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="the run folder (or one checkpoint folder)")
     p.add_argument("--out", required=True, help="folder for samples.png and samples.npz")
     p.add_argument("--given", action="append", default=[], metavar="NAME=VALUE",
-                   help="condition on a modality (repeatable), e.g. --given label=3 or --given label=0,1,2")
+                   help="condition on a modality (repeatable, once per modality), e.g. --given label=3 or "
+                        "--given label=0,1,2")
     p.add_argument("--n", type=int, default=16, help="samples (per given value when a list is given); default 16")
     _add_sampler_options(p)
     _add_conditioning_options(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw, in 0..2**64 - 1 (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
@@ -102,8 +111,8 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
 def _add_conditioning_options(p: argparse.ArgumentParser) -> None:
     """Guidance, conditioning, joint generation, restoration and inpainting, encoding temperatures."""
     p.add_argument("--guidance", type=float, default=None, metavar="SCALE",
-                   help="also steer towards the given label with the model's own label head, or with --classifier's "
-                        "(classifier guidance at this scale; default 0, or 1 with --classifier)")
+                   help="also steer towards the given modality's value with that modality's own head, or with "
+                        "--classifier's (classifier guidance at this scale; default 0, or 1 with --classifier)")
     p.add_argument("--classifier", default=None, metavar="RUN",
                    help="a run trained as a noise-aware classifier of the base (its label at weights zero; "
                         "examples/configs/label_classifier.toml) whose head guides instead of the model's own")
@@ -132,53 +141,6 @@ def _add_conditioning_options(p: argparse.ArgumentParser) -> None:
                         "(1, the posterior mean, but for text; see docs/sampling.md)")
 
 
-def parse_given(model: MultiTaskModel, items: list[str], n: int, dataset_names: list[str] | None = None
-                ) -> tuple[Batch, int, list[str] | None]:
-    """The ``given`` dict for generate(), the total sample count, and row labels (one per given value).
-
-    Each value is read by its modality's ``parse`` (docs/plugins.md); every given modality is repeated to the same
-    batch, and a value that parses to several rows (``--given label=0,1,2``) makes one grid row of ``n`` per row.
-    """
-    from mtd_core.training.grids import class_names_for
-
-    modalities = model.taskset.modalities
-    raw: dict[str, list[BatchValue]] = {}
-    names: dict[str, list[str] | None] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--given {item!r}: expected NAME=VALUE, e.g. label=3")
-        name, value = item.split("=", 1)
-        if name not in modalities:
-            raise ConfigError(f"--given {item!r}: the run has no modality {name!r}{closest(name, list(modalities))}; "
-                              f"it has {list(modalities)}")
-        m = modalities[name]
-        names[name] = class_names_for(m, dataset_names)
-        try:
-            rows = m.parse(value, names[name])
-        except ModalityDataError as e:
-            raise ModalityDataError(f"--given {name}: {e}") from None
-        raw[name] = [rows[i:i + 1] for i in range(len(rows))]
-    rows_n = max((len(v) for v in raw.values()), default=1)
-    given: Batch = {}
-    for name, given_rows in raw.items():
-        if len(given_rows) not in (1, rows_n):
-            raise ConfigError(f"--given: lists must have the same length; {name!r} has {len(given_rows)}, another "
-                              f"{rows_n}")
-        parts = [given_rows[r if len(given_rows) > 1 else 0] for r in range(rows_n)]
-        if isinstance(parts[0], list):
-            given[name] = [v for part in parts for v in part * n]
-        else:
-            given[name] = torch.cat([part.repeat(n, *([1] * (part.ndim - 1))) for part in parts])
-    total = len(next(iter(given.values()))) if given else n
-    labels = None
-    if rows_n > 1:
-        name = next(k for k, v in raw.items() if len(v) == rows_n)
-        m = modalities[name]
-        labels = [(m.describe(row[0], names[name]) if isinstance(row, torch.Tensor) else None) or str(r)
-                  for r, row in enumerate(raw[name])]
-    return given, total, labels
-
-
 def to_npz_arrays(taskset: TaskSet, samples: Batch) -> dict[str, np.ndarray]:
     """Raw samples as numpy arrays; integer-valued modalities whose examples ``describe`` as text (captions, class
     names) also as strings under ``<name>_text``."""
@@ -195,83 +157,39 @@ def to_npz_arrays(taskset: TaskSet, samples: Batch) -> dict[str, np.ndarray]:
     return out
 
 
-def parse_value(text: str) -> bool | int | float | str:
-    """A command-line value: true/false as booleans, integers and floats as numbers, anything else as it is."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+def _guidance(model: MultiTaskModel, given: Batch, args: argparse.Namespace) -> GuidanceConfig | None:
+    """``--guidance``/``--classifier`` as generate()'s classifier guidance (None when neither is given)."""
+    from mtd_core.sampling.guidance import GuidanceConfig, head_classifier
+    from mtd_core.training.run import load_run
 
-
-def parse_options(items: list[str]) -> dict[str, bool | int | float | str]:
-    """``--option KEY=VALUE`` as a mapping of :func:`parse_value` values (the sampler checks the names)."""
-    out: dict[str, bool | int | float | str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ConfigError(f"--option {item!r}: expected KEY=VALUE, e.g. lower_order_final=false")
-        out[key] = parse_value(value)
-    return out
-
-
-def parse_temperatures(items: list[str]) -> dict[str, float]:
-    """``--encoding-temperature NAME=TAU`` options as a mapping (generate checks the names and values)."""
-    out: dict[str, float] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            if not sep or not name:
-                raise ValueError
-            out[name] = float(value)
-        except ValueError:
-            raise ConfigError(f"--encoding-temperature {item!r}: expected NAME=TAU with a number TAU, e.g. "
-                              "label=0.125") from None
-    return out
-
-
-def parse_inpaint(model: MultiTaskModel, image: str | None, mask: str | None, n: int
-                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``--inpaint IMAGE --mask MASK`` as generate()'s ``inpaint``: the image read by the base's ``parse``, repeated
-    ``n`` times, and the mask (True where generated) shaped like the image or like one of its channels."""
-    from mtd_core.imageio import read_image, read_npy
-
-    if image is None and mask is None:
+    scale = args.guidance if args.guidance is not None else (1.0 if args.classifier else 0.0)
+    if not (scale or args.classifier):
         return None
-    if image is None or mask is None:
-        raise ConfigError("--inpaint IMAGE and --mask MASK go together: the image to inpaint and what to generate of it")
-    base = model.taskset.base
-    if base is None:
-        raise ConfigError(f"--inpaint: the run's task set has no base modality to inpaint; it has "
-                          f"{list(model.taskset.modalities)}")
-    try:
-        images = base.parse(image)
-    except ModalityDataError as e:
-        raise ModalityDataError(f"--inpaint: {e}") from None
-    if not isinstance(images, torch.Tensor) or len(images) != 1:
-        raise ModalityDataError(f"--inpaint {image}: expected one image of the base {base.name!r}")
-    c, h, w = images.shape[1:]
-    if mask.endswith(".npy"):
-        m = read_npy(mask, where="--mask")
-        if m.dtype != torch.bool:
-            if m.is_floating_point() or not bool(((m == 0) | (m == 1)).all()):
-                raise ModalityDataError(f"--mask {mask}: expected bools or 0/1 values (1 where generated), got "
-                                        f"{m.dtype} values {m.unique()[:6].tolist()}")
-            m = m == 1
+    option = "--classifier" if args.classifier else "--guidance"
+    heads = [k for k, m in model.taskset.modalities.items() if k in given and m.role is Role.AGGREGATED]
+    if len(heads) != 1:
+        raise ConfigError(f"{option} needs exactly one given aggregated modality (e.g. --given label=3): its "
+                          f"head steers towards the given value; given {sorted(given)}")
+    classifier = None
+    if args.classifier:
+        clf = load_run(args.classifier, ema=not args.no_ema, device=args.device).model
+        classifier = head_classifier(clf, heads[0], model)
+    return GuidanceConfig(modality=heads[0], target=given[heads[0]], scale=scale, classifier=classifier)
+
+
+def summary(total: int, out: GenerationOutput, guidance: GuidanceConfig | None, args: argparse.Namespace,
+            weights: str, step: int) -> str:
+    """The summary line: the count, the mode, the sampler and its NFE, and the guidance applied (classifier-free
+    always, off included; classifier guidance where given)."""
+    if out.mode == "readout":
+        how = "read-out"
     else:
-        m = torch.from_numpy(read_image(Path(mask), 1, where="--mask")[0] >= 128)
-    if m.ndim == 2:
-        m = m[None]
-    if tuple(m.shape) not in ((c, h, w), (1, h, w)):
-        raise ModalityDataError(f"--mask {mask}: expected a {w}x{h} mask (shape ({h}, {w}), (1, {h}, {w}) or "
-                                f"({c}, {h}, {w})) for the base {base.name!r}, got shape {tuple(m.shape)}")
-    if not bool(m.any()):
-        raise ModalityDataError(f"--mask {mask}: marks nothing to generate (every value is 0 or below 128)")
-    return images.repeat(n, 1, 1, 1), m[None].expand(n, c, h, w)
+        cfg = f"classifier-free guidance {out.cfg_scale:g}" if out.cfg_scale != 1 else "no classifier-free guidance"
+        how = f"{args.sampler}, {out.nfe} network evaluations, {cfg}"
+        if guidance is not None:
+            whose = f"the head of {args.classifier}" if args.classifier else "the model's own head"
+            how += f", classifier guidance {guidance.scale:g} towards the given {guidance.modality!r} by {whose}"
+    return f"mtd sample: {total} samples ({out.mode}, {how}, {weights} weights of step {step})"
 
 
 @handle_errors("sample")
@@ -284,33 +202,22 @@ def main(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n must be positive, got {args.n}")
+    check_seed(args.seed)
     check_device(args.device)
     out_dir = check_out_dir(args.out)
+    options = parse_options(args.option, args.sampler)
+    temperatures = parse_temperatures(args.encoding_temperature)
     loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
     model = loaded.model
     given, total, row_labels = parse_given(model, args.given, args.n, loaded.dataset_info.get("class_names"))
     inpaint = parse_inpaint(model, args.inpaint, args.mask, total)
-    guidance = None
-    scale = args.guidance if args.guidance is not None else (1.0 if args.classifier else 0.0)
-    if scale or args.classifier:
-        from mtd_core.sampling.guidance import GuidanceConfig, head_classifier
-
-        option = "--classifier" if args.classifier else "--guidance"
-        heads = [k for k, m in model.taskset.modalities.items() if k in given and m.role is Role.AGGREGATED]
-        if len(heads) != 1:
-            raise ConfigError(f"{option} needs exactly one given aggregated modality (e.g. --given label=3): its "
-                              f"head steers towards the given value; given {sorted(given)}")
-        classifier = None
-        if args.classifier:
-            clf = load_run(args.classifier, ema=not args.no_ema, device=args.device).model
-            classifier = head_classifier(clf, heads[0], model)
-        guidance = GuidanceConfig(modality=heads[0], target=given[heads[0]], scale=scale, classifier=classifier)
+    guidance = _guidance(model, given, args)
     g = torch.Generator(args.device).manual_seed(args.seed)
     out = generate(model, n=total, given=given or None, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
                    eta=args.eta, guidance=guidance, generator=g, progress=not args.no_progress,
-                   conditioning=args.conditioning, encoding_temperature=parse_temperatures(args.encoding_temperature),
+                   conditioning=args.conditioning, encoding_temperature=temperatures,
                    spacing=args.spacing, clip=args.clip, clip_eps=args.clip_eps, clip_percentile=args.clip_percentile,
-                   sampler_options=parse_options(args.option), joint=args.joint,
+                   sampler_options=options, joint=args.joint,
                    cfg_scale=args.cfg_scale, keep_observed=not args.no_keep_observed, inpaint=inpaint)
     samples = dict(out.samples)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -322,8 +229,6 @@ def main(args: argparse.Namespace) -> int:
     buf = io.BytesIO()
     np.savez(buf, **to_npz_arrays(model.taskset, samples))  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
     write_atomic(out_dir / "samples.npz", buf.getvalue())
-    how = "read-out" if out.mode == "readout" else f"{args.sampler}, {out.nfe} network evaluations" + (
-        f", classifier-free guidance {out.cfg_scale:g}" if out.cfg_scale != 1 else "")
-    print(f"mtd sample: {total} samples ({out.mode}, {how}, {loaded.weights} weights of step {loaded.step})\n"
+    print(f"{summary(total, out, guidance, args, loaded.weights, loaded.step)}\n"
           f"  grid: {grid}\n  raw:  {out_dir / 'samples.npz'}")
     return 0

@@ -134,12 +134,22 @@ class {cls}(Modality):
 TEST = '''"""{cls} passes mtd's conformance kit (every test is inherited from ModalityConformance)."""
 
 from mtd_core.plugins.conformance import ModalityConformance
+from mtd_core.plugins.registry import Registry
 from {package} import {cls}
 
 
 class Test{cls}Conformance(ModalityConformance):
     modality_class = {cls}
     options = {{"hidden": 16}}
+
+
+def test_the_installed_registry_resolves_{kind}_to_this_class():
+    """Installed (pip install -e .), kind "{kind}" is this class: a kind that another plugin or a built-in also
+    registers fails here, with an error naming both distributions."""
+    registry = Registry()
+    problems = [r.message() for r in registry.failures if r.distribution == "{dist}"]
+    assert not problems, "\\n".join(problems)
+    assert registry.modality_class("{kind}") is {cls}
 '''
 
 README = '''# {dist}

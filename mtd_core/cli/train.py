@@ -7,60 +7,20 @@ Several processes train data-parallel when launched by torchrun:
 from __future__ import annotations
 
 import argparse
-import functools
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mtd_core.errors import ConfigError, MTDError
+# handle_errors, check_device and check_out_dir are imported from here too (their home is mtd_core.cli.common)
+from mtd_core.cli.common import (  # noqa: F401
+    DEBUG_ENV,
+    check_config_file,
+    check_device,
+    check_out_dir,
+    handle_errors,
+)
 
-
-DEBUG_ENV = "MTD_DEBUG"
-
-
-def handle_errors(command: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    """Turn any failure into ``mtd COMMAND: error: ...`` on stderr and exit code 1, without a traceback: an
-    MTDError's own message, anything else with its type (a bug or an environment problem). With MTD_DEBUG=1 the
-    exception propagates, traceback and all."""
-    def wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        @functools.wraps(fn)
-        def run(args: argparse.Namespace) -> int:
-            try:
-                return fn(args)
-            except MTDError as e:
-                if os.environ.get(DEBUG_ENV):
-                    raise
-                print(f"mtd {command}: error: {e}", file=sys.stderr)
-                return 1
-            except Exception as e:  # noqa: BLE001 - the command line's last line of defence
-                if os.environ.get(DEBUG_ENV):
-                    raise
-                print(f"mtd {command}: error: {type(e).__name__}: {e} (set {DEBUG_ENV}=1 for the traceback)",
-                      file=sys.stderr)
-                return 1
-        return run
-    return wrap
-
-
-def check_device(device: str, option: str = "--device") -> None:
-    """A ConfigError unless ``device`` can be used here (a CUDA device needs CUDA)."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"{option} {device!r}: not a device ({e}); use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{option} {device!r}: no CUDA device is available on this machine; use cpu")
-
-
-def check_out_dir(path: str | Path, option: str = "--out") -> Path:
-    """``path`` as a folder to write into: a ConfigError when it names an existing file."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{option} {str(out)!r} is an existing file; it must name a folder (new or existing)")
-    return out
+if TYPE_CHECKING:
+    from mtd_core.training import Trainer
 
 
 # --quick: a few steps, a tiny grid, one checkpoint at the end
@@ -93,15 +53,18 @@ def main(args: argparse.Namespace) -> int:
     overrides = (list(QUICK) if args.quick else []) + list(args.overrides)
     overrides += ["trainer.progress=false"] if args.no_progress else []
     check_out_dir(args.out)
-    config = read_config(args.config, overrides)
+    config = read_config(check_config_file(args.config), overrides)
     if config.trainer.device != "auto":
         check_device(config.trainer.device, "trainer.device")
     ctx: DistContext = init_distributed(config.trainer.device)
     try:
         assets = None
         if args.resume:  # modalities reuse the checkpoint's assets (e.g. its tokenizer) instead of refitting
-            from mtd_core.training.checkpoint import list_checkpoints, load_checkpoint
+            from mtd_core.training.checkpoint import list_checkpoints, load_checkpoint, recover_run
 
+            if ctx.is_main:  # a kill's leftovers put back or removed (and said) before the checkpoints are listed
+                recover_run(args.out)
+            ctx.barrier()
             found = list_checkpoints(Path(args.out) / "checkpoints")
             assets = load_checkpoint(found[-1], parts=("assets",)).assets if found else None
         run = build_run(config, assets=assets)
@@ -113,7 +76,16 @@ def main(args: argparse.Namespace) -> int:
             where = f" on {ctx.world_size} processes" if ctx.enabled else ""
             print(f"mtd train: {run.model.taskset!r}, {n_params / 1e6:.2f}M parameters, {trainer.device}{where}; "
                   f"{len(run.data.splits.train)} training examples; step {trainer.step} -> {run.config.trainer.steps}")
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except KeyboardInterrupt:
+            saved = _final_checkpoint(trainer)
+            if saved is None:  # the run's end is not saved: the Ctrl-C ends the command (status 130)
+                raise
+            if ctx.is_main:  # Ctrl-C while drawing the final sample grid, the checkpoint already written
+                print(f"mtd train: interrupted after the last step; checkpoint of step {trainer.step} saved to "
+                      f"{saved}; the final sample grid was skipped.", flush=True)
+            return 0
         if ctx.is_main and result.status != "interrupted":
             loss = result.metrics.get("loss")
             print(f"mtd train: {result.status} at step {result.step} in {result.elapsed_s:.1f} s"
@@ -124,3 +96,13 @@ def main(args: argparse.Namespace) -> int:
     finally:
         shutdown_distributed(ctx)
     return 0
+
+
+def _final_checkpoint(trainer: Trainer) -> Path | None:
+    """The complete checkpoint of the run's last step (``trainer.steps`` reached and saved), or None."""
+    from mtd_core.training.checkpoint import checkpoint_step, list_checkpoints
+
+    found = list_checkpoints(trainer.checkpoint_dir)
+    if trainer.step != trainer.config.steps or not found or checkpoint_step(found[-1]) != trainer.step:
+        return None
+    return found[-1]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import attrs
 import torch
 
+from mtd_core.data.options import check_option_values
 from mtd_core.data.splits import ArrayDataset, DatasetSplits, Examples, hold_out
 from mtd_core.data.transforms import apply_transforms, build_transform
 from mtd_core.errors import ConfigError, ModalityDataError, closest
@@ -71,17 +72,20 @@ class DatasetConfig:
     def from_dict(cls, d: ConfigMapping) -> DatasetConfig:
         """From the flat table (``name``, ``keys``, ``transforms`` and the factory's options side by side)."""
         d = dict(d)
-        keys = d.pop("keys", {}) or {}
-        transforms = d.pop("transforms", []) or []
-        if not isinstance(keys, Mapping) or not all(isinstance(v, str) for v in keys.values()):
+        keys = d.pop("keys", {})
+        transforms = d.pop("transforms", [])
+        if not isinstance(keys, Mapping) or not all(isinstance(v, str) and v for v in keys.values()):
             raise ConfigError(f"dataset.keys must be a table of field = \"name\" strings, got {keys!r}")
-        if not isinstance(transforms, Sequence) or not all(isinstance(t, Mapping) for t in transforms):
+        if not isinstance(transforms, (list, tuple)) or not all(isinstance(t, Mapping) for t in transforms):
             raise ConfigError(f"dataset.transforms must be a list of tables with a 'kind', got {transforms!r}")
         holdout = d.pop("holdout", 0)
         if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
             raise ConfigError(f"dataset.holdout: expected an integer >= 0 (the last training examples kept out of "
                               f"training as the validation split), got {holdout!r}")
-        return cls(name=str(d.pop("name", "digits")), keys=dict(keys), transforms=[dict(t) for t in transforms],
+        name = d.pop("name", "digits")
+        if not isinstance(name, str):
+            raise ConfigError(f"dataset.name: expected the name of a registered dataset (a string), got {name!r}")
+        return cls(name=name, keys=dict(keys), transforms=[dict(t) for t in transforms],
                    options=d, holdout=holdout)
 
     def to_dict(self) -> ConfigDict:
@@ -140,6 +144,7 @@ def resolve_dataset_config(config: ConfigMapping, registry: Registry) -> Dataset
     dc = DatasetConfig.from_dict(config)
     factory = _factory(dc.name, registry)
     check_options(f"dataset {dc.name!r}", factory, dc.options)
+    check_option_values("dataset", factory, dc.options)
     transforms = [build_transform(t, registry.table("transform")).to_config() for t in dc.transforms]
     options = {**factory_defaults(factory), **dc.options}
     return DatasetConfig(name=dc.name, keys=dc.keys, transforms=transforms, options=options, holdout=dc.holdout)
@@ -157,6 +162,7 @@ def load_dataset(config: ConfigMapping | DatasetConfig, registry: Registry) -> L
     dc = config if isinstance(config, DatasetConfig) else DatasetConfig.from_dict(config)
     factory = _factory(dc.name, registry)
     check_options(f"dataset {dc.name!r}", factory, dc.options)
+    check_option_values("dataset", factory, dc.options)
     splits = factory(**dc.options)
     if not isinstance(splits, DatasetSplits):
         raise ModalityDataError(f"dataset {dc.name!r}: its factory returned {type(splits).__name__}, "

@@ -12,6 +12,8 @@ import torch
 
 from mtd_core.errors import ModalityDataError
 
+from mtd_core.modality import Modality
+
 if TYPE_CHECKING:
     from mtd_core.taskset import TaskSet
 
@@ -76,6 +78,8 @@ def check_against_taskset(taskset: TaskSet, fields: Mapping[str, object], source
     for name, m in taskset.modalities.items():
         x = fields.get(name)
         if not isinstance(x, torch.Tensor):
+            if x is not None and type(m).derive is Modality.derive:
+                _not_derivable(m, x, source)
             continue
         spec = m.data_spec()
         who = f"{source}: modality {name!r} (kind {m.kind!r})"
@@ -97,5 +101,34 @@ def check_against_taskset(taskset: TaskSet, fields: Mapping[str, object], source
         if out.any():
             i = _first(out)
             value = x[i].flatten()[out[i].flatten()][0]
+            shown = f"{float(value):.6g}" if x.is_floating_point() else str(int(value))
             raise ModalityDataError(f"{_at(source, where, i)}: modality {name!r} (kind {m.kind!r}) has value "
-                                    f"{float(value):.6g}, outside the allowed range [{spec.low}, {spec.high}]")
+                                    f"{shown}, outside the allowed range [{spec.low}, {spec.high}]")
+
+
+def raw_dtype(values: object) -> str:
+    """How a field that is not a tensor reads in a message: numpy's dtype of its values (``<U3`` for strings of
+    up to 3 characters, as an npz string array has) and an example, else its Python type."""
+    import numpy as np
+
+    if isinstance(values, (list, tuple)) and values:
+        try:
+            dtype = np.asarray(values).dtype.str
+        except (ValueError, TypeError):
+            dtype = f"a {type(values).__name__} of {type(values[0]).__name__}"
+        return f"dtype {dtype}, e.g. {values[0]!r}"
+    return f"type {type(values).__name__}"
+
+
+def _not_derivable(m: Modality, values: object, source: str) -> None:
+    """Raise for a field that holds raw values (e.g. strings) a modality that derives nothing cannot take."""
+    spec = m.data_spec()
+    shape = f"of shape {tuple(spec.shape)} per example" if spec.shape else "one per example"
+    bounds = "" if spec.low is None and spec.high is None else f", in [{spec.low}, {spec.high}]"
+    text = isinstance(values, (list, tuple)) and all(isinstance(v, str) for v in values)
+    raise ModalityDataError(
+        f"{source}: field {m.name!r} holds {'text' if text else 'values that are not a tensor'} "
+        f"({raw_dtype(values)}), but modality {m.name!r} (kind {m.kind!r}) "
+        f"expects {spec.dtype} numbers, {shape}{bounds}.\nStore them as numbers (an npz string array "
+        "is read as captions, for a text modality)."
+    )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mtd_core.data.check import raw_dtype
 from mtd_core.errors import ModalityDataError
 from mtd_core.types import Batch, BatchValue
 
@@ -26,6 +27,14 @@ def derive_batch(taskset: TaskSet, batch: Mapping[str, BatchValue], generator: t
         if isinstance(out.get(name), torch.Tensor):
             continue
         value = m.derive(out, generator)
+        if value is None and name in out:
+            shape = tuple(m.data_spec().shape)
+            raise ModalityDataError(
+                f"field {name!r} holds values that are not a tensor ({raw_dtype(out[name])}), but modality {name!r} "
+                f"(kind {m.kind!r}) expects {m.data_spec().dtype} numbers, "
+                f"{f'of shape {shape} per example' if shape else 'one per example'}, and cannot derive them from "
+                "these; store them as numbers"
+            )
         if value is None:
             raise ModalityDataError(
                 f"modality {name!r} (kind {m.kind!r}) is not in the data (fields: {sorted(out)}) and cannot be "

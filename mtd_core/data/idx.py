@@ -7,16 +7,18 @@ sizes, then the data in row-major order. Files may be gzip-compressed (``.gz``).
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mtd_core.data.splits import ArrayDataset, DatasetSplits, images_to_unit_range
-from mtd_core.errors import ModalityDataError
+from mtd_core.errors import ConfigError, ModalityDataError
 
 # IDX type code -> big-endian numpy dtype
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -41,8 +43,10 @@ def read_idx(path: str | Path) -> np.ndarray:
             raw = fh.read()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise ModalityDataError(f"{path}: cannot read the IDX file: {e}") from None
+    except IsADirectoryError:
+        raise ModalityDataError(f"{path}: is a folder, expected an IDX file") from None
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ModalityDataError(f"{path}: cannot read the IDX file: {type(e).__name__}: {e}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ModalityDataError(f"{path}: not an IDX file (it must start with two zero bytes, a type code and a rank)")
     code, ndim = raw[2], raw[3]
@@ -54,7 +58,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise ModalityDataError(f"{path}: truncated IDX header ({len(raw)} bytes, the header needs {header})")
     shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_TYPES[code])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: no overflow for absurd sizes
     if len(raw) - header != expected:
         raise ModalityDataError(
             f"{path}: IDX header says shape {shape} ({expected} data bytes), but the file holds {len(raw) - header} "
@@ -133,6 +137,9 @@ def load_fashion_mnist(folder: str | None = None, limit_train: int | None = None
         limit_train: use only the first ``limit_train`` training examples (quick experiments); None: all 60000.
         limit_test: use only the first ``limit_test`` test examples; None: all 10000.
     """
+    for key, limit in (("limit_train", limit_train), ("limit_test", limit_test)):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"fashion_mnist: {key} must be a positive integer or none, got {limit!r}")
     root = find_fashion_mnist(folder)
 
     def split(which: str, limit: int | None) -> ArrayDataset:
@@ -140,14 +147,17 @@ def load_fashion_mnist(folder: str | None = None, limit_train: int | None = None
         lab_path = _idx_file(root, FASHION_MNIST_FILES[f"{which}_labels"])
         assert img_path is not None and lab_path is not None
         images, labels = read_idx(img_path), read_idx(lab_path)
-        if images.ndim != 3 or images.dtype != np.uint8:
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
             raise ModalityDataError(f"{img_path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} "
                                     f"{images.shape}")
+        if labels.dtype.kind not in "iu":
+            raise ModalityDataError(f"{lab_path}: expected integer labels (IDX type 0x08), got dtype {labels.dtype}")
         if labels.shape != (images.shape[0],):
             raise ModalityDataError(f"{lab_path}: expected {images.shape[0]} labels (one per image in {img_path.name}),"
                                     f" got shape {labels.shape}")
-        if labels.max(initial=0) > 9:
-            i = int(np.argmax(labels > 9))
+        bad = (labels < 0) | (labels > 9)
+        if bad.any():
+            i = int(np.argmax(bad))
             raise ModalityDataError(f"{lab_path}: example {i} has label {int(labels[i])}; Fashion-MNIST labels are 0..9")
         if limit is not None:
             images, labels = images[:limit], labels[:limit]

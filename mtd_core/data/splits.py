@@ -14,6 +14,7 @@ import attrs
 import torch
 from torch.utils.data import Dataset
 
+from mtd_core.data.options import check_seed
 from mtd_core.errors import ConfigError, ModalityDataError
 from mtd_core.types import BatchValue, ConfigDict
 
@@ -114,12 +115,14 @@ class DatasetSplits:
 
 def split_indices(n: int, test_fraction: float, seed: int, source: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A deterministic (train, test) partition of range(n): a seeded permutation, the first part is the test set."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ModalityDataError(f"{source}: test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
+            or not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"{source}: test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
+    check_seed(f"{source}: seed", seed)
     n_test = max(1, round(n * test_fraction))
     if n_test >= n:
         raise ModalityDataError(f"{source}: {n} examples are too few to hold out {test_fraction:.0%} for testing")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_test:].sort().values, perm[:n_test].sort().values
 
 

@@ -32,6 +32,7 @@ import torch
 
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.errors import ScheduleError
+from mtd_core.outputs import checked_loss
 from mtd_core.types import BasePrediction, Denoiser, DenoiserOutput, LatentSpec, Role
 
 if TYPE_CHECKING:
@@ -222,11 +223,11 @@ class MultiModalELBO:
         recon = z0.new_zeros(B)
         if self.base is not None:
             pred = base_prediction(fp, z_1, out.eps, enc_hat, self.latent.shape[0])
-            recon = self.modalities[self.base].loss(pred, batch[self.base])
-        decode = {n: self.modalities[n].loss(out.preds[n], batch[n]) for n in fp.names if n not in told}
+            recon = checked_loss(self.modalities[self.base], pred, batch[self.base])
+        decode = {n: checked_loss(self.modalities[n], out.preds[n], batch[n]) for n in fp.names if n not in told}
         if told:  # -log p(x_j | z_T): the head that joint generation draws the told modalities from
             T = torch.full((B,), fp.T, dtype=torch.long, device=z0.device)
             preds = denoiser(fp.q_sample(z0, enc, T, _noise_like(z0, generator)), net_t[T]).preds
-            decode.update({n: self.modalities[n].loss(preds[n], batch[n]) for n in told})
+            decode.update({n: checked_loss(self.modalities[n], preds[n], batch[n]) for n in told})
         return ELBOTerms(prior=prior_kl(fp, z0, enc), denoise=denoise, recon=recon, decode=decode,
                          dims=self.latent.numel, known=self.known)

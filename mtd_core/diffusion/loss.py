@@ -25,6 +25,7 @@ import torch
 from mtd_core.diffusion.elbo import base_prediction, step_kl
 from mtd_core.diffusion.forward import ForwardProcess
 from mtd_core.errors import ConfigError
+from mtd_core.outputs import checked_loss
 from mtd_core.types import Denoiser, DenoiserOutput, Role
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def training_loss(
         total = modalities[base].loss_weight * total
     for name in fp.names:
         m = modalities[name]
-        nll = m.loss(out.preds[name], batch[name]) / max(1, math.prod(m.data_spec().shape))
+        nll = checked_loss(m, out.preds[name], batch[name]) / max(1, math.prod(m.data_spec().shape))
         terms[name] = nll
         total = total + m.loss_weight * nll
     loss = total.mean()
@@ -125,7 +126,7 @@ def _vlb_term(fp: ForwardProcess, denoiser: Denoiser, out: DenoiserOutput, t: to
     kl = step_kl(fp, t.clamp(min=2), z_t, z0, enc, out.eps.to(z0.dtype), enc_hat) / D
     if base is not None:
         pred0 = base_prediction(fp, z_t, out.eps.to(z0.dtype), enc_hat, batch[base.name].shape[1])
-        nll0 = base.loss(pred0, batch[base.name]) / D
+        nll0 = checked_loss(base, pred0, batch[base.name]) / D
     else:
         nll0 = torch.zeros_like(kl)
     return fp.T * torch.where(t == 1, nll0, kl)

@@ -7,6 +7,7 @@ alpha_0 = abar_0 = 1) and index T is the last step, so ``abar[t]`` reads as abar
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 import attrs
@@ -51,7 +52,7 @@ class NoiseSchedule:
     def __attrs_post_init__(self) -> None:
         b = self.betas
         if not isinstance(b, torch.Tensor) or b.ndim != 1 or b.numel() < 1:
-            raise ScheduleError(f"noise schedule: betas must be a non-empty 1-D tensor, got {b!r:.80}")
+            raise ScheduleError(f"noise schedule: betas must be a non-empty 1-D tensor, got {describe_value(b)}")
         if not torch.isfinite(b).all() or (b <= 0).any() or (b >= 1).any():
             bad = int(torch.nonzero(~(torch.isfinite(b) & (b > 0) & (b < 1)))[0]) + 1
             raise ScheduleError(
@@ -69,14 +70,16 @@ class NoiseSchedule:
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
         """DDPM's linear schedule (Ho et al. 2020), beta from ``beta_start`` to ``beta_end`` at T = 1000."""
         _check_T(T)
+        _check_number("linear", "beta_start", beta_start, "in (0, 1)", lambda v: 0.0 < v < 1.0)
+        _check_number("linear", "beta_end", beta_end, "in (0, 1)", lambda v: 0.0 < v < 1.0)
         top = 1000.0 / T * max(beta_start, beta_end)
         if top >= 1.0:
             raise ScheduleError(
                 f"noise schedule 'linear': betas are rescaled by 1000/T = {1000.0 / T:g} so that every T keeps "
-                f"DDPM's total noise;\nwith T = {T}, beta_start = {beta_start:g} and beta_end = {beta_end:g} the "
-                f"largest beta_t becomes {top:g}, but every beta_t must lie in (0, 1).\n"
-                f"Use T > {math.floor(1000.0 * max(beta_start, beta_end))}, a beta_end below {T / 1000.0:g}, "
-                "or NoiseSchedule.cosine / NoiseSchedule.custom."
+                f"DDPM's total noise; with T = {T}, beta_start = {beta_start:g} and beta_end = {beta_end:g} the "
+                f"largest beta_t becomes {top:g}, but every beta_t must lie in (0, 1): use "
+                f"T > {math.floor(1000.0 * max(beta_start, beta_end))}, a beta_end below {T / 1000.0:g}, "
+                "or NoiseSchedule.cosine / NoiseSchedule.custom"
             )
         return cls(_linear_betas(T, beta_start, beta_end), "linear",
                    {"T": T, "beta_start": beta_start, "beta_end": beta_end})
@@ -85,12 +88,13 @@ class NoiseSchedule:
     def cosine(cls, T: int = 1000, s: float = 0.008) -> NoiseSchedule:
         """The cosine schedule of Nichol & Dhariwal (2021), eq. 17."""
         _check_T(T)
+        _check_number("cosine", "s", s, ">= 0", lambda v: v >= 0.0)
         return cls(_cosine_betas(T, s), "cosine", {"T": T, "s": s})
 
     @classmethod
     def custom(cls, betas: Sequence[float] | torch.Tensor) -> NoiseSchedule:
-        """Any beta_1..beta_T supplied by the user."""
-        b = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        """Any beta_1..beta_T supplied by the user (a list or 1-D tensor of real numbers)."""
+        b = _betas_tensor(betas)
         return cls(b, "custom", {"betas": b.tolist()})
 
     @classmethod
@@ -101,12 +105,13 @@ class NoiseSchedule:
         config = dict(config)
         table = kinds if kinds is not None else {k: getattr(cls, k) for k in KINDS}
         kind = config.pop("kind", "linear")
-        if kind not in table:
+        if not isinstance(kind, str) or kind not in table:
             raise ScheduleError(f"noise schedule: unknown kind {kind!r}; expected one of {sorted(table)}")
         try:
             return table[kind](**config)
-        except TypeError as e:
-            raise ScheduleError(f"noise schedule {kind!r}: bad arguments {config!r}: {e}") from None
+        except (TypeError, OverflowError) as e:  # unknown or missing arguments, or a plugin's own failure
+            raise ScheduleError(f"noise schedule {kind!r}: bad arguments {config!r}: {type(e).__name__}: {e}"
+                                ) from None
 
     def to_config(self) -> ConfigDict:
         """A plain dict that :meth:`from_config` turns back into an equal schedule."""
@@ -156,8 +161,8 @@ class NoiseSchedule:
             k = int(torch.nonzero(tiny)[0])
             raise ScheduleError(
                 f"respacing: abar_t falls from {float(abar[k]):.3g} at t = {int(keep[k])} to {float(abar[k + 1]):.3g} "
-                f"at t = {int(keep[k + 1])};\nthe jump's alpha' = {float(ratio[k]):.3g} is below float64 resolution, "
-                "so its beta' would round to 1. Keep more timesteps in that range or use a less noisy schedule."
+                f"at t = {int(keep[k + 1])}; the jump's alpha' = {float(ratio[k]):.3g} is below float64 resolution, "
+                "so its beta' would round to 1: keep more timesteps in that range or use a less noisy schedule"
             )
         return NoiseSchedule.custom(1 - ratio)
 
@@ -171,6 +176,34 @@ class NoiseSchedule:
 MAX_T = 100_000
 """The most diffusion steps a schedule may have (its tables are float64 vectors of T + 1 values, gathered per step;
 DDPM uses 1000)."""
+
+
+def _check_number(kind: str, name: str, v: object, expected: str, ok: Callable[[float], bool]) -> None:
+    """A ScheduleError naming ``name`` of schedule ``kind`` unless ``v`` is a finite real number (not a bool)
+    for which ``ok`` holds."""
+    if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and ok(float(v))):
+        raise ScheduleError(f"noise schedule {kind!r}: {name} must be a finite number {expected}, got {describe_value(v)}")
+
+
+def _betas_tensor(betas: object) -> torch.Tensor:
+    """The betas of a custom schedule as a 1-D float64 tensor; anything but real numbers is a ScheduleError
+    (their range is checked by NoiseSchedule itself)."""
+    if isinstance(betas, torch.Tensor):
+        ok = betas.ndim == 1 and not betas.is_complex() and betas.dtype != torch.bool
+    else:
+        ok = isinstance(betas, (list, tuple)) and all(
+            isinstance(x, numbers.Real) and not isinstance(x, bool) for x in betas)
+    if not ok:
+        raise ScheduleError(f"noise schedule 'custom': betas must be a list or 1-D tensor of numbers in (0, 1), "
+                            f"got {describe_value(betas)}")
+    return torch.as_tensor(betas, dtype=torch.float64).detach()
+
+
+def describe_value(v: object) -> str:
+    """A one-line description of a value for a message (a tensor's repr spans lines)."""
+    if isinstance(v, torch.Tensor):
+        return f"a tensor of shape {tuple(v.shape)} and dtype {v.dtype}"
+    return f"{v!r:.80}"
 
 
 def _check_T(T: int) -> None:
@@ -205,7 +238,7 @@ def respaced_timesteps(T: int, steps: int, kind: str = "uniform", abar: torch.Te
     the nearest integer t between 1 and T; where two targets round to the same t, neighbouring steps move by one
     so that every step stays distinct.
     """
-    if not 1 <= steps <= T:
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
         raise ScheduleError(f"respacing: steps must be in 1..{T}, got {steps}")
     if kind == "leading":
         return torch.arange(steps, dtype=torch.long) * (T // steps) + 1

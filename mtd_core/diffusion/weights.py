@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import attrs
 import torch
 
-from mtd_core.diffusion.noise import NoiseSchedule
+from mtd_core.diffusion.noise import NoiseSchedule, describe_value
 from mtd_core.errors import ScheduleError
 from mtd_core.types import ConfigDict
 
@@ -64,6 +65,15 @@ class WeightSchedule(abc.ABC):
     defines: ClassVar[str]  # "w" or "lambda"
     lambda_T_tol: float = attrs.field(default=DEFAULT_LAMBDA_T_TOL, kw_only=True)
 
+    def __attrs_post_init__(self) -> None:
+        """Every field annotated ``float`` (a subclass's, a plugin's included) must be a finite real number; a
+        subclass with its own checks calls this first."""
+        for field in attrs.fields(type(self)):
+            if field.type in ("float", float):
+                _check_number(self.kind, field.name, getattr(self, field.name))
+        if self.lambda_T_tol < 0:
+            raise ScheduleError(f"{self.kind} weight schedule: lambda_T_tol must be >= 0, got {self.lambda_T_tol!r}")
+
     @abc.abstractmethod
     def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
         """w_t or lambda_t (per :attr:`defines`) for t = 0..T, float64; index 0 is ignored."""
@@ -88,9 +98,9 @@ class WeightSchedule(abc.ABC):
         if abs(lam_T) > self.lambda_T_tol:
             raise ScheduleError(
                 f"modality {modality!r}: weight schedule {self.to_config()} gives lambda_T = {lam_T:.4g} "
-                f"(tolerance {self.lambda_T_tol:g}).\n"
-                "z_T would not be close to N(0, I), so sampling from N(0, I) would be wrong. Use a schedule "
-                "whose lambda_t returns to 0 at T, e.g. WindowedLambda(peak=..., end=0.9)."
+                f"(tolerance {self.lambda_T_tol:g}): z_T would not be close to N(0, I), so sampling from N(0, I) "
+                "would be wrong; use a schedule whose lambda_t returns to 0 at T, e.g. WindowedLambda(peak=..., "
+                "end=0.9)"
             )
         return ResolvedWeights(w=w, lam=lam)
 
@@ -144,9 +154,8 @@ class WindowedLambda(WeightSchedule):
     end: float = 0.9
 
     def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
         _check_window("windowed", self.start, self.center, self.end)
-        if not math.isfinite(self.peak):
-            raise ScheduleError(f"windowed weight schedule: peak must be finite, got {self.peak}")
 
     def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
         return self.peak * raised_cosine(noise.T, self.start, self.center, self.end)
@@ -191,6 +200,7 @@ class RatioWindow(WeightSchedule):
     def __attrs_post_init__(self) -> None:
         if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not 0.0 < self.rho < math.inf:
             raise ScheduleError(f"ratio weight schedule: rho must lie in (0, inf), got {self.rho!r}")
+        super().__attrs_post_init__()
         _check_window("ratio", self.start, self.center, self.end)
 
     def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
@@ -203,9 +213,34 @@ def peak_ratio(lam: torch.Tensor, abar: torch.Tensor) -> float:
     return float((lam[1:].abs() / abar[1:].sqrt()).max()) if lam.numel() > 1 else 0.0
 
 
-def _floats(v: Sequence[float] | torch.Tensor) -> tuple[float, ...]:
-    """A list or tensor of schedule values as a flat tuple of floats."""
-    return tuple(float(x) for x in torch.as_tensor(v).flatten())
+def _check_number(kind: str, name: str, v: object) -> None:
+    """A ScheduleError naming ``name`` and the schedule ``kind`` unless ``v`` is a finite real number (not a bool)."""
+    if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)):
+        raise ScheduleError(f"{kind} weight schedule: {name} must be a finite number, got {describe_value(v)}")
+
+
+def _floats(kind: str, v: object) -> tuple[float, ...]:
+    """A list or 1-D tensor of finite schedule values as a tuple of floats; anything else is a ScheduleError."""
+    items: list[object] | None = None
+    if isinstance(v, torch.Tensor):
+        items = v.tolist() if v.ndim == 1 and v.dtype != torch.bool and not v.is_complex() else None
+    elif isinstance(v, (list, tuple)):
+        items = list(v)
+    out: list[float] = []
+    for x in items if items is not None else [None]:
+        if not isinstance(x, numbers.Real) or isinstance(x, bool) or not math.isfinite(x):
+            raise ScheduleError(f"{kind} weight schedule: values must be a list or 1-D tensor of finite numbers, "
+                                f"got {describe_value(v)}")
+        out.append(float(x))
+    return tuple(out)
+
+
+def _w_values(v: Sequence[float] | torch.Tensor) -> tuple[float, ...]:
+    return _floats("custom_w", v)
+
+
+def _lambda_values(v: Sequence[float] | torch.Tensor) -> tuple[float, ...]:
+    return _floats("custom_lambda", v)
 
 
 @attrs.frozen
@@ -214,7 +249,7 @@ class CustomWeight(WeightSchedule):
 
     kind: ClassVar[str] = "custom_w"
     defines: ClassVar[str] = "w"
-    values: tuple[float, ...] = attrs.field(converter=_floats)
+    values: tuple[float, ...] = attrs.field(converter=_w_values)
 
     def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
         return torch.tensor((0.0, *self.values), dtype=torch.float64)
@@ -226,7 +261,7 @@ class CustomLambda(WeightSchedule):
 
     kind: ClassVar[str] = "custom_lambda"
     defines: ClassVar[str] = "lambda"
-    values: tuple[float, ...] = attrs.field(converter=_floats)
+    values: tuple[float, ...] = attrs.field(converter=_lambda_values)
 
     def _w_or_lambda(self, noise: NoiseSchedule) -> torch.Tensor:
         return torch.tensor((0.0, *self.values), dtype=torch.float64)
@@ -248,7 +283,7 @@ def weight_schedule_from_config(config: ConfigDict | WeightSchedule, modality: s
     params = dict(config)
     kind = params.pop("kind")
     table = SCHEDULES if kinds is None else kinds
-    if kind not in table:
+    if not isinstance(kind, str) or kind not in table:
         raise ScheduleError(f"modality {modality!r}: unknown weight schedule {kind!r}; expected one of {sorted(table)}")
     try:
         return table[kind](**params)

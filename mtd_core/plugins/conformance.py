@@ -27,8 +27,11 @@ from torch import nn
 
 from mtd_core.errors import ModalityDataError
 from mtd_core.modality import BasePrediction, FeatureSpec, HeadInput, LatentSpec, Modality, Role
+from mtd_core.outputs import check_encoding, checked_loss
 from mtd_core.plugins.validate import validate_modality
 from mtd_core.types import Batch, ConfigMapping, Prediction
+
+FLOAT32 = frozenset({torch.float32})
 
 
 class _Built:
@@ -136,12 +139,12 @@ class ModalityConformance:
             def check(n: int, seed: int) -> None:
                 x = self.valid_data(b.m, n, seed)
                 b.m.validate(x)
-                z = b.m.encode(b.encoder, x)
-                assert z.shape == (n, *b.latent.shape) and torch.isfinite(z).all()
+                z = check_encoding(b.m, b.m.encode(b.encoder, x), n, b.latent.shape, FLOAT32)
+                assert torch.isfinite(z).all(), f"role {role.value}: non-finite encoding of valid data"
                 assert torch.equal(b.twin.encode(b.twin_encoder, x), z)
                 pred = b.predict(b.head, n, torch.Generator().manual_seed(seed))
-                loss = b.m.loss(pred, x)
-                assert loss.shape == (n,) and torch.isfinite(loss).all(), f"role {role.value}: loss {loss}"
+                loss = checked_loss(b.m, pred, x)  # a (n,) floating tensor, or an error saying what came back
+                assert torch.isfinite(loss).all(), f"role {role.value}: non-finite loss {loss.tolist()}"
                 pred2 = b.predict(b.twin_head, n, torch.Generator().manual_seed(seed))
                 assert torch.equal(b.twin.loss(pred2, x), loss)
                 b.m.validate(b.m.sample(pred, greedy=False, generator=torch.Generator().manual_seed(seed)))
@@ -191,6 +194,10 @@ class ModalityConformance:
 
         for role in self.roles():
             m = self.make(role)
+            if type(m).derive is not Modality.derive and type(self).derive_batch is ModalityConformance.derive_batch:
+                pytest.fail(f"{self.modality_class.__name__} overrides derive() but {type(self).__name__} does not "
+                            "override derive_batch(): return the data derive() reads (e.g. the base image), so "
+                            "that what it derives is tested")
             inputs = self.derive_batch(m, 3, torch.Generator().manual_seed(0)) or {}
             try:
                 out = m.derive(dict(inputs), torch.Generator().manual_seed(1))

@@ -36,6 +36,7 @@ import torch
 
 from mtd_core.errors import ConfigError, closest
 from mtd_core.modality import Modality, Role
+from mtd_core.outputs import checked_loss
 from mtd_core.types import Prediction
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def classifier_grad(classifier: Classifier, m: Modality, target: torch.Tensor, s
     """scale * grad_{x_t} log p(y | x_t) of an external classifier, log p = -Modality.loss(classifier(x_t, t), y)."""
     with torch.enable_grad():
         x = x_t.detach().requires_grad_(True)
-        log_p = -(m.loss(classifier(x, t), target) * scale).sum()
+        log_p = -(checked_loss(m, classifier(x, t), target) * scale).sum()
         grad = torch.autograd.grad(log_p, x, allow_unused=True)[0] if log_p.requires_grad else None
     return torch.zeros_like(x_t) if grad is None else grad.to(x_t.dtype)
 
@@ -175,7 +176,7 @@ def guided_eps(model: MultiTaskModel, z_t: torch.Tensor, t: torch.Tensor, abar_t
         z = z_t.detach().requires_grad_(True)
         read = known if hidden is None else hidden
         out = model(z, t) if read is None else model(z, t, read)
-        log_p = sum((-m.loss(out.preds[m.name], target) * scale).sum() for m, target, scale in terms)
+        log_p = sum((-checked_loss(m, out.preds[m.name], target) * scale).sum() for m, target, scale in terms)
         assert isinstance(log_p, torch.Tensor)
         # a head that does not depend on z_t (a constant prediction) has no gradient: it guides by zero
         grad = (torch.autograd.grad(log_p, z, allow_unused=True)[0] if log_p.requires_grad else None)

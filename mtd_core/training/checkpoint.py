@@ -18,8 +18,11 @@ place with ``os.replace``; a crash at any point leaves either the complete new c
 checkpoints are untouched). Replacing a checkpoint of the same step moves the old one aside first; a crash
 between the two renames leaves both complete folders beside the missing name, and :func:`recover_checkpoints`
 (run before every save and by ``--resume``) puts the newest back instead of deleting it, if its manifest reads.
-Loading checks the manifest, so a truncated or altered file is a CheckpointError naming the file, and a manifest
-entry that points outside the checkpoint folder is refused before anything is read.
+Loading checks the manifest (mtd_core/training/manifest.py), so a truncated or altered file, a symbolic link, a
+step that disagrees with the folder's name, a non-finite weight or a malformed state.json is a CheckpointError
+naming the file, and a manifest entry that points outside the checkpoint folder is refused before anything is read.
+A save holds an exclusive lock on the checkpoints folder (``flock`` on the folder itself), so that the tidying of
+another process (``mtd sample`` on a run in training) never removes the temporary folder of a save in progress.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterable, Mapping
@@ -35,20 +37,38 @@ from pathlib import Path
 
 import attrs
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from mtd_core.errors import CheckpointError
+from mtd_core.training.checkpoint_schema import check_config, check_state
+from mtd_core.training.manifest import (
+    FORMAT,
+    MANIFEST,
+    SAFE_NAME,
+    VERSION,
+    parse_json,
+    parse_tensors,
+    read_manifest,
+    read_verified,
+    refuse_links,
+)
+from mtd_core.training.recovery import (
+    Recovery,
+    fsync_dir,
+    folder_lock,
+    tidy_locked,
+    checkpoint_step,
+    checkpoints_root,
+    recover_checkpoints,
+    recover_run,
+    tidy_checkpoints,
+)
 from mtd_core.training.state import StateDict, optimizer_from_parts, optimizer_to_parts
-from mtd_core.types import ConfigDict, ConfigMapping, ConfigValue
+from mtd_core.types import ConfigDict
 
-FORMAT = "mtd-checkpoint"
-VERSION = 1
-MANIFEST = "manifest.json"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_LEFTOVER = re.compile(r"^\.tmp-(old-|del-)?(step_\d+)-[0-9a-f]{8}$")
+__all__ = ["FORMAT", "MANIFEST", "VERSION", "Checkpoint", "Recovery", "checkpoint_step", "checkpoints_root",
+           "find_checkpoint", "list_checkpoints", "load_checkpoint", "recover_checkpoints", "recover_run",
+           "save_checkpoint", "tidy_checkpoints", "write_atomic"]
 
 
 @attrs.define
@@ -79,19 +99,6 @@ class Checkpoint:
 
 
 # -- file helpers ----------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes) -> None:
     """Write and fsync one file (inside a temporary checkpoint folder)."""
     with open(path, "wb") as fh:
@@ -111,7 +118,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _json_bytes(obj: object) -> bytes:
@@ -124,12 +131,6 @@ def _tensors_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
 
 
 # -- listing -----------------------------------------------------------------------------------------
-def checkpoint_step(path: Path) -> int | None:
-    """The step of a checkpoint folder name ``step_<n>``, else None."""
-    m = _STEP_DIR.match(path.name)
-    return int(m.group(1)) if m else None
-
-
 def list_checkpoints(root: str | Path) -> list[Path]:
     """Complete checkpoints (folders ``step_<n>`` with a manifest) under ``root``, oldest first."""
     root = Path(root)
@@ -157,66 +158,28 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 # -- saving ----------------------------------------------------------------------------------------
-def _complete(path: Path) -> bool:
-    """Whether a leftover folder holds a manifest that reads as one (its files are checked when it is loaded)."""
-    try:
-        _read_manifest(path / MANIFEST)
-    except (CheckpointError, OSError):
-        return False
-    return True
-
-
-def recover_checkpoints(root: str | Path) -> list[Path]:
-    """Tidy what a crash during a save left in ``root``; returns the checkpoints it put back.
-
-    A leftover folder ``.tmp-step_<n>-*`` (a new checkpoint being written) or ``.tmp-old-step_<n>-*`` (an old one
-    moved aside while a checkpoint of the same step replaced it) that is complete (it has its manifest) and whose
-    ``step_<n>`` is missing is renamed back into place, the new one before the old; every other leftover, and
-    ``.tmp-del-*`` (a deletion of keep_last in progress), is removed.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    restored = []
-    leftovers = sorted((p for p in root.iterdir() if p.is_dir() and _LEFTOVER.match(p.name)),
-                       key=lambda p: (_LEFTOVER.match(p.name).group(1) or "", p.name))  # type: ignore[union-attr]
-    for path in leftovers:
-        kind, name = _LEFTOVER.match(path.name).groups()  # type: ignore[union-attr]
-        final = root / name
-        if kind != "del-" and _complete(path) and not final.exists():
-            os.replace(path, final)
-            restored.append(final)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-    for stale in root.glob(".tmp-*"):  # anything else temporary (never a complete checkpoint)
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-    if restored:
-        _fsync_dir(root)
-    return restored
-
-
 def save_checkpoint(root: str | Path, ckpt: Checkpoint, keep_last: int = 0) -> Path:
     """Write ``ckpt`` atomically as ``root/step_<step>`` and keep only the newest ``keep_last`` (0: keep all).
 
     A checkpoint of the same step that already exists is replaced (never lost: see :func:`recover_checkpoints`).
-    Returns the checkpoint's folder.
+    The folder is locked for the save. Returns the checkpoint's folder.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    recover_checkpoints(root)
-    final = root / f"step_{ckpt.step:08d}"
-    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    try:
-        _write_checkpoint(root, final, tmp, ckpt)
-    except OSError as e:  # a full disk, a read-only folder: a named error, not a traceback
-        raise CheckpointError(f"{root}: cannot write the checkpoint of step {ckpt.step} ({e}); earlier checkpoints "
-                              "are untouched") from None
-    if keep_last > 0:
-        for old in list_checkpoints(root)[:-keep_last]:
-            doomed = root / f".tmp-del-{old.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(old, doomed)  # out of the listing first, so a crash mid-delete leaves no half checkpoint
-            shutil.rmtree(doomed, ignore_errors=True)
+    with folder_lock(root, wait=True):
+        tidy_locked(root)
+        final = root / f"step_{ckpt.step:08d}"
+        tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            _write_checkpoint(root, final, tmp, ckpt)
+        except OSError as e:  # a full disk, a read-only folder: a named error, not a traceback
+            raise CheckpointError(f"{root}: cannot write the checkpoint of step {ckpt.step} ({e}); earlier "
+                                  "checkpoints are untouched") from None
+        if keep_last > 0:
+            for old in list_checkpoints(root)[:-keep_last]:
+                doomed = root / f".tmp-del-{old.name}-{uuid.uuid4().hex[:8]}"
+                os.replace(old, doomed)  # out of the listing first, so a crash mid-delete leaves no half checkpoint
+                shutil.rmtree(doomed, ignore_errors=True)
     ckpt.path = final
     return final
 
@@ -239,7 +202,7 @@ def _write_checkpoint(root: Path, final: Path, tmp: Path, ckpt: Checkpoint) -> N
         files["config.json"] = _json_bytes(ckpt.config)
         for modality, items in ckpt.assets.items():
             for name, data in items.items():
-                if not (_SAFE_NAME.match(modality) and _SAFE_NAME.match(name)):
+                if not (SAFE_NAME.match(modality) and SAFE_NAME.match(name)):
                     raise CheckpointError(f"asset {modality}/{name}: names may hold only letters, digits, '_', '.', '-'")
                 files[f"assets/{modality}/{name}"] = bytes(data)
         entries: dict[str, dict[str, int | str]] = {}
@@ -250,7 +213,7 @@ def _write_checkpoint(root: Path, final: Path, tmp: Path, ckpt: Checkpoint) -> N
             _write_file(target, data)
             entries[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         for sub in {(tmp / rel).parent for rel in files}:
-            _fsync_dir(sub)
+            fsync_dir(sub)
         write_atomic(tmp / MANIFEST, _json_bytes(manifest))  # a kill mid-write never leaves a half manifest
         if final.exists():  # same step saved twice (e.g. a signal right after a periodic save): replace it
             old = root / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
@@ -259,7 +222,7 @@ def _write_checkpoint(root: Path, final: Path, tmp: Path, ckpt: Checkpoint) -> N
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     finally:
         # A complete tmp without a final checkpoint may be the only copy (a crash between the renames of a
         # replacement): recover_checkpoints puts it back. An incomplete one, or one beside the final, is garbage.
@@ -268,67 +231,20 @@ def _write_checkpoint(root: Path, final: Path, tmp: Path, ckpt: Checkpoint) -> N
 
 
 # -- loading ---------------------------------------------------------------------------------------
-def _read_verified(ckpt_dir: Path, rel: str, entry: ConfigMapping) -> bytes:
-    path = ckpt_dir / rel
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing (listed in {ckpt_dir / MANIFEST})") from None
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e}") from None
-    if len(data) != entry.get("bytes"):
-        raise CheckpointError(f"{path}: truncated or altered: {len(data)} bytes, the manifest says {entry.get('bytes')}")
-    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-        raise CheckpointError(f"{path}: corrupt: its SHA-256 does not match the manifest")
-    return data
-
-
-def _check_entry(mpath: Path, rel: object, entry: object) -> None:
-    """A manifest entry must name a file inside the checkpoint folder and give its size and SHA-256."""
-    parts = rel.split("/") if isinstance(rel, str) else []
-    if not parts or any(not _SAFE_NAME.match(p) or p in (".", "..") for p in parts):
-        raise CheckpointError(f"{mpath}: the entry {rel!r} is not a plain relative path inside the checkpoint "
-                              "folder (letters, digits, '_', '.', '-' and '/' only, no '..'); nothing was read")
-    if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)):
-        raise CheckpointError(f"{mpath}: the entry {rel!r} must be a table with an integer 'bytes' and a string "
-                              f"'sha256', got {entry!r:.80}")
-
-
-def _json(ckpt_dir: Path, rel: str, data: bytes) -> ConfigValue:
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{ckpt_dir / rel}: not valid JSON: {e}") from None
-
-
-def _tensors(ckpt_dir: Path, rel: str, data: bytes) -> dict[str, torch.Tensor]:
-    try:
-        return st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{ckpt_dir / rel}: not a valid safetensors file: {e}") from None
-
-
-def _read_manifest(mpath: Path) -> dict[str, ConfigDict]:
-    """The manifest's file table, after checking the manifest's format, version and every entry."""
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{mpath}: unreadable manifest: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
-        raise CheckpointError(f"{mpath}: not an mtd checkpoint manifest")
-    version = manifest.get("version", 0)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise CheckpointError(f"{mpath}: 'version' must be an integer, got {version!r}")
-    if version > VERSION:
-        raise CheckpointError(f"{mpath}: checkpoint format version {version} is newer than this mtd "
-                              f"supports ({VERSION}); upgrade mtd")
-    files: dict[str, ConfigDict] = manifest["files"]
-    for rel, entry in files.items():
-        _check_entry(mpath, rel, entry)
-    for required in ("model.safetensors", "state.json", "config.json"):
-        if required not in files:
-            raise CheckpointError(f"{mpath}: lists no {required}")
-    return files
+def _check_steps(ckpt_dir: Path, state_step: object, manifest_step: int | None) -> int:
+    """The step of state.json, which must agree with the manifest's and with the folder's name ``step_<n>``."""
+    state_file = ckpt_dir / "state.json"
+    if isinstance(state_step, bool) or not isinstance(state_step, int) or state_step < 0:
+        raise CheckpointError(f"{state_file}: 'step' must be a non-negative integer, got {state_step!r}")
+    named = checkpoint_step(ckpt_dir)
+    if named is not None and named != state_step:
+        raise CheckpointError(f"{ckpt_dir}: the folder is named for step {named} but its state.json says step "
+                              f"{state_step}; a checkpoint must hold the step it is named for (a moved or edited "
+                              "checkpoint), so it is not resumed or loaded")
+    if manifest_step is not None and manifest_step != state_step:
+        raise CheckpointError(f"{ckpt_dir}: its {MANIFEST} says step {manifest_step} but its state.json says step "
+                              f"{state_step}")
+    return state_step
 
 
 def load_checkpoint(path: str | Path, parts: Iterable[str] = ("model", "ema", "optimizer", "rng", "assets")) -> Checkpoint:
@@ -339,42 +255,43 @@ def load_checkpoint(path: str | Path, parts: Iterable[str] = ("model", "ema", "o
         parts: which of "model", "ema", "optimizer", "rng", "assets" to read (config and state are always read).
 
     Raises:
-        CheckpointError: nothing found, an incomplete write, a missing, truncated or corrupt file, or a file that
-            is not what it should be. The message names the file.
+        CheckpointError: nothing found, an incomplete write, a missing, truncated or corrupt file, a symbolic link,
+            a step that disagrees with the folder's name, a non-finite weight, a missing or wrongly typed key of
+            state.json or config.json, or a file that is not what it should be. The message names the file.
     """
     ckpt_dir = find_checkpoint(path)
     parts = set(parts)
-    mpath = ckpt_dir / MANIFEST
-    files = _read_manifest(mpath)
+    refuse_links(ckpt_dir)
+    files, manifest_step = read_manifest(ckpt_dir / MANIFEST)
 
-    def read(rel: str) -> bytes | None:
-        return _read_verified(ckpt_dir, rel, files[rel]) if rel in files else None
+    def read(rel: str) -> bytes:
+        return read_verified(ckpt_dir, rel, files[rel])
 
-    state = _json(ckpt_dir, "state.json", read("state.json"))  # type: ignore[arg-type]
-    config = _json(ckpt_dir, "config.json", read("config.json"))  # type: ignore[arg-type]
+    state, config = (parse_json(ckpt_dir, rel, read(rel)) for rel in ("state.json", "config.json"))
     for name, value in (("state.json", state), ("config.json", config)):
         if not isinstance(value, dict):
             raise CheckpointError(f"{ckpt_dir / name}: expected a JSON object, got {type(value).__name__}")
-    step = state.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise CheckpointError(f"{ckpt_dir / 'state.json'}: 'step' must be a non-negative integer, got {step!r}")
-    trainer = state.get("trainer", {})
-    if not isinstance(trainer, dict):
-        raise CheckpointError(f"{ckpt_dir / 'state.json'}: 'trainer' must be a JSON object, got {trainer!r:.60}")
-    ckpt = Checkpoint(step=step, model={}, config=config, trainer=trainer, path=ckpt_dir)
+    assert isinstance(state, dict) and isinstance(config, dict)
+    step = _check_steps(ckpt_dir, state.get("step"), manifest_step)
+    check_state(ckpt_dir / "state.json", state, optimizer="optimizer.safetensors" in files,
+                rng="rng.safetensors" in files)
+    check_config(ckpt_dir / "config.json", config)
+    ckpt = Checkpoint(step=step, model={}, config=config, trainer=state.get("trainer") or {}, path=ckpt_dir)
     if "model" in parts:
-        ckpt.model = _tensors(ckpt_dir, "model.safetensors", read("model.safetensors"))  # type: ignore[arg-type]
+        ckpt.model = parse_tensors(ckpt_dir, "model.safetensors", read("model.safetensors"), finite=True)
     if "ema" in parts and "ema.safetensors" in files:
-        ckpt.ema = _tensors(ckpt_dir, "ema.safetensors", read("ema.safetensors"))  # type: ignore[arg-type]
+        ckpt.ema = parse_tensors(ckpt_dir, "ema.safetensors", read("ema.safetensors"), finite=True)
     if "optimizer" in parts and "optimizer.safetensors" in files:
-        tensors = _tensors(ckpt_dir, "optimizer.safetensors", read("optimizer.safetensors"))  # type: ignore[arg-type]
-        ckpt.optimizer = optimizer_from_parts(tensors, state["optimizer"])
+        tensors = parse_tensors(ckpt_dir, "optimizer.safetensors", read("optimizer.safetensors"), finite=True)
+        ckpt.optimizer = optimizer_from_parts(tensors, state["optimizer"], ckpt_dir / "optimizer.safetensors")
     if "rng" in parts and "rng.safetensors" in files:
-        tensors = _tensors(ckpt_dir, "rng.safetensors", read("rng.safetensors"))  # type: ignore[arg-type]
-        ckpt.rng = {"tensors": tensors, **state.get("rng", {})}
+        tensors = parse_tensors(ckpt_dir, "rng.safetensors", read("rng.safetensors"))
+        ckpt.rng = {"tensors": tensors, **state["rng"]}
     if "assets" in parts:
         for rel in files:
             if rel.startswith("assets/"):
-                _, modality, name = rel.split("/", 2)
-                ckpt.assets.setdefault(modality, {})[name] = read(rel)  # type: ignore[assignment]
+                _, modality, name = (rel.split("/", 2) + ["", ""])[:3]
+                if not name or "/" in name:
+                    raise CheckpointError(f"{ckpt_dir / MANIFEST}: the entry {rel!r} is not assets/<modality>/<name>")
+                ckpt.assets.setdefault(modality, {})[name] = read(rel)
     return ckpt

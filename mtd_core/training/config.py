@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from mtd_core.config_types import check_fields, is_float32, is_int
+from mtd_core.data.build import DatasetConfig
 from mtd_core.diffusion.loss import LOSS_KINDS
 from mtd_core.errors import ConfigError, MTDError, closest
 from mtd_core.sampling.options import DEFAULT_SAMPLER, DEFAULT_STEPS
@@ -25,6 +27,7 @@ from mtd_core.tomlio import TOMLDecodeError, loads_toml, plain, read_toml
 from mtd_core.types import ConfigDict, ConfigMapping, ConfigValue
 
 if TYPE_CHECKING:
+    from mtd_core.modality import LatentSpec
     from mtd_core.plugins.registry import Registry
 
 SECTIONS = ("dataset", "taskset", "backbone", "trainer")
@@ -38,8 +41,9 @@ _Validator = Callable[[object, attrs.Attribute, object], None]
 def _int(name: str, low: int) -> _Validator:
     """A validator: an integer (not a bool, not a float such as 2.5) of at least ``low``."""
     def check(_: object, __: attrs.Attribute, value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_int(value) or value < low:  # not a bool, not 2.0, within int64 (torch's seeds and counters)
             what = "a positive integer" if low == 1 else f"an integer >= {low}"
+            what += " below 2**63" if isinstance(value, int) and not isinstance(value, bool) and value >= low else ""
             raise ConfigError(f"trainer.{name} must be {what}, got {value!r}")
     return check
 
@@ -47,7 +51,7 @@ def _int(name: str, low: int) -> _Validator:
 def _in_range(name: str, value: object, low: float, high: float = math.inf, *, low_open: bool = False) -> float:
     """``value`` as a float when it is a finite number in [low, high) (or (low, high) with ``low_open``), else a
     ConfigError naming the key and the accepted range."""
-    v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    v = float(value) if is_float32(value) else math.nan  # float32: what the optimizer computes in
     if not (math.isfinite(v) and (v > low if low_open else v >= low) and v < high):
         accepted = f"{'(' if low_open else '['}{low:g}, {high:g})"
         raise ConfigError(f"trainer.{name} must be a finite number in {accepted}, got {value!r}")
@@ -56,7 +60,7 @@ def _in_range(name: str, value: object, low: float, high: float = math.inf, *, l
 
 def _to_float(value: object) -> object:
     """A converter: an int (not a bool) as a float; anything else is left for the validator to name."""
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    return float(value) if is_int(value) and is_float32(value) else value
 
 
 def _float(name: str, low: float, high: float = math.inf, *, low_open: bool = False) -> _Validator:
@@ -78,6 +82,18 @@ def _non_empty_str(name: str) -> _Validator:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"trainer.{name} must be a non-empty string, got {value!r}")
     return check
+
+
+def _device(_: object, __: attrs.Attribute, value: object) -> None:
+    """"auto", or a device torch names ("cpu", "cuda", "cuda:1", ...)."""
+    import torch
+
+    try:
+        ok = isinstance(value, str) and (value == "auto" or bool(torch.device(value).type))
+    except (RuntimeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"trainer.device must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got {value!r}")
 
 
 def _one_of(name: str, options: Sequence[str]) -> _Validator:
@@ -142,7 +158,7 @@ class TrainConfig:
     ema_warmup: bool = attrs.field(default=True, validator=_bool("ema_warmup"))
     loss: str = attrs.field(default="simple", validator=_one_of("loss", LOSS_KINDS))
     bf16: bool = attrs.field(default=False, validator=_bool("bf16"))
-    device: str = attrs.field(default="auto", validator=_non_empty_str("device"))
+    device: str = attrs.field(default="auto", validator=_device)
     seed: int = attrs.field(default=0, validator=_int("seed", 0))
     threads: int = attrs.field(default=0, validator=_int("threads", 0))
     log_every: int = attrs.field(default=50, validator=_int("log_every", 1))
@@ -215,6 +231,11 @@ class RunConfig:
         backbone.setdefault("name", "unet")
         dataset = dict(d.get("dataset", {"name": "digits"}))
         dataset.setdefault("name", "digits")
+        for section, table in (("dataset", dataset), ("backbone", backbone)):
+            if not isinstance(table["name"], str) or not table["name"]:
+                raise ConfigError(f"{section}.name must be a registered name (a non-empty string), got "
+                                  f"{table['name']!r}")
+        DatasetConfig.from_dict(dataset)  # its generic keys (the factory's options are checked on loading)
         return cls(dataset=dataset, taskset=dict(d["taskset"]), backbone=backbone,
                    trainer=TrainConfig.from_dict(d.get("trainer", {})))
 
@@ -286,17 +307,7 @@ def resolve_config(config: RunConfig, registry: Registry | None = None) -> RunCo
         registry = get_registry()
     dataset = resolve_dataset_config(config.dataset, registry).to_dict()
     ts = TaskSet.from_config(config.taskset, registry)
-    backbone = dict(config.backbone)
-    name = backbone.pop("name", "unet")
-    try:
-        factory = registry.backbone(name)
-    except Exception as e:
-        raise ConfigError(f"backbone.name: {e}") from None
-    check_options(f"backbone {name!r}", factory, backbone)
-    # Build it once (cheap; no data): validates every option, and an attrs `config` attribute gives the defaults.
-    built = factory(ts.latent, **backbone)
-    resolved = attrs.asdict(built.config) if attrs.has(type(getattr(built, "config", None))) else {}
-    backbone = {"name": name, **plain({**resolved, **backbone})}
+    backbone = _resolve_backbone(config.backbone, ts.latent, registry, check_options)
     taskset = ts.to_config()
     try:
         sampler = registry.sampler(config.trainer.sample_sampler)
@@ -306,6 +317,33 @@ def resolve_config(config: RunConfig, registry: Registry | None = None) -> RunCo
         raise ConfigError(f"trainer.sample_steps must lie in {sampler.min_steps}..{ts.noise.T} (sampler "
                           f"{config.trainer.sample_sampler!r}, T = {ts.noise.T}), got {config.trainer.sample_steps}")
     return RunConfig(dataset=plain(dataset), taskset=taskset, backbone=backbone, trainer=config.trainer)
+
+
+def _resolve_backbone(table: ConfigMapping, latent: LatentSpec, registry: Registry,
+                      check_options: Callable[[str, Callable[..., object], ConfigMapping], None]) -> ConfigDict:
+    """The ``[backbone]`` table with its defaults, validated by building the backbone once on the meta device (no
+    weights are allocated, however large the options), then each given option checked against the annotation of
+    its field in the built backbone's attrs ``config`` (``mid_attention = "abc"`` is an error, not true)."""
+    import torch
+
+    options = dict(table)
+    name = options.pop("name", "unet")
+    try:
+        factory = registry.backbone(str(name))
+    except MTDError as e:
+        raise ConfigError(f"backbone.name: {e}") from None
+    check_options(f"backbone {name!r}", factory, options)
+    try:
+        with torch.device("meta"):
+            built = factory(latent, **options)
+    except MTDError as e:  # named with the options given: "lower channels" may come from time_embed_dim
+        raise type(e)(f"{e} (backbone options given: {options})") from None
+    except (TypeError, ValueError, OverflowError, RuntimeError) as e:  # a plugin backbone's own failure
+        raise ConfigError(f"backbone {name!r}: the options {options} are invalid: {type(e).__name__}: {e}") from None
+    config_cls = type(getattr(built, "config", None))
+    check_fields(config_cls, options, lambda key: f"backbone.{key}")
+    resolved = attrs.asdict(getattr(built, "config")) if attrs.has(config_cls) else {}
+    return {"name": name, **plain({**resolved, **options})}
 
 
 def config_diff(a: object, b: object, prefix: str = "") -> list[str]:

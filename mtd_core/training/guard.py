@@ -1,6 +1,6 @@
 """The non-finite guard: a step whose loss, gradient or resulting weights are not finite stops the run before
 anything of it is saved, with a message naming the step, the loss terms, each modality at fault (its kind, plugin
-and distribution) and the last good checkpoint."""
+and distribution; the base's denoising term 'eps' or 'vlb' by the base modality) and the last good checkpoint."""
 
 from __future__ import annotations
 
@@ -50,15 +50,26 @@ def diverged(taskset: TaskSet, out: LossOutput, grad_norm: float, step: int, los
 
 
 def culprits(taskset: TaskSet, out: LossOutput) -> str:
-    """A line per modality whose loss term is not finite, naming its kind, plugin and distribution."""
+    """A line per loss term that is not finite: a modality's term names the modality, the base's denoising term
+    ('eps', or 'vlb' for the variational bound) names the base modality; each with its kind, plugin and
+    distribution. A term of neither (no base) is named as it is."""
     from mtd_core.plugins.registry import get_registry
 
+    base = taskset.base
     lines = []
-    for name, value in out.terms.items():
-        m = taskset.modalities.get(name)
-        if m is None or math.isfinite(float(value)):
+    for term, value in out.terms.items():
+        if math.isfinite(float(value)):
+            continue
+        m = taskset.modalities.get(term)
+        if m is None and term in ("eps", "vlb") and base is not None:
+            m, what = base, f"The denoising loss of the base modality {base.name!r} (term {term!r}"
+        elif m is not None:
+            what = f"The loss of modality {term!r} ("
+        else:
+            lines.append(f"The loss term {term!r} (of no modality) is {float(value):.4g}.\n")
             continue
         info = get_registry().provider("modality", m.kind)
         source = info.describe() if info is not None else "a modality class not registered as a plugin"
-        lines.append(f"The loss of modality {name!r} (kind {m.kind!r}, from {source}) is {float(value):.4g}.\n")
+        sep = ", " if what.endswith("'") else ""
+        lines.append(f"{what}{sep}kind {m.kind!r}, from {source}) is {float(value):.4g}.\n")
     return "".join(lines)

@@ -22,8 +22,10 @@ from mtd_core.data.check import check_against_taskset
 from mtd_core.data.derive import derive_batch
 from mtd_core.data.splits import ArrayDataset
 from mtd_core.errors import CheckpointError, MTDError
-from mtd_core.training.checkpoint import Checkpoint, find_checkpoint, load_checkpoint
+from mtd_core.training.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, recover_run
 from mtd_core.training.config import RunConfig, resolve_config
+from mtd_core.training.datapaths import saved_dataset
+from mtd_core.training.memory import check_batch_memory
 from mtd_core.types import Batch, ConfigDict
 
 if TYPE_CHECKING:
@@ -63,6 +65,17 @@ def fit_batches(data: LoadedData, limit: int = FIT_EXAMPLES, batch: int = FIT_BA
         yield data.batch(data.splits.train, torch.arange(start, min(n, start + batch)))
 
 
+def _device(name: str) -> torch.device:
+    """The device ``trainer.device`` names ("auto": CUDA when available)."""
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+
+
+def _world_size() -> int:
+    """The number of data-parallel processes sharing the global batch (1 outside torchrun)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def build_run(config: RunConfig, registry: Registry | None = None, *, check_data: bool = True,
               assets: dict[str, dict[str, bytes]] | None = None) -> Run:
     """Resolve ``config``, load its data, fit data-dependent modalities, and build the model.
@@ -71,7 +84,8 @@ def build_run(config: RunConfig, registry: Registry | None = None, *, check_data
         config: the run config (from :func:`mtd_core.training.config.read_config`).
         registry: the plugin registry (default: ``get_registry()``).
         check_data: check every stored field against its modality's DataSpec, and derive a first batch, so bad
-            data fails before training with a message naming the file and example.
+            data fails before training with a message naming the file and example. (Whatever it is, a batch whose
+            estimated memory exceeds the device's is refused before the model is built: training/memory.py.)
         assets: modality name -> saved assets (from a checkpoint, when resuming): those modalities load them
             instead of being fitted again, so a resumed model has exactly the checkpoint's tokenizer.
     """
@@ -100,6 +114,7 @@ def build_run(config: RunConfig, registry: Registry | None = None, *, check_data
     if check_data:
         first = data.batch(data.splits.train, torch.arange(min(2, len(data.splits.train))))
         derive_batch(taskset, first, torch.Generator().manual_seed(0))
+    check_batch_memory(resolved, _device(resolved.trainer.device), taskset=taskset, world_size=_world_size())
     torch.manual_seed(resolved.trainer.seed)
     backbone = dict(resolved.backbone)
     model = MultiTaskModel(taskset, backbone.pop("name"), backbone, registry)
@@ -136,6 +151,10 @@ class LoadedRun:
 def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu", registry: Registry | None = None) -> LoadedRun:
     """Rebuild the model of a run folder (or of one checkpoint folder) with its trained weights.
 
+    The leftovers of a killed save are recovered first, as every command does when it opens a run folder
+    (:func:`~mtd_core.training.checkpoint.recover_run`, one line on stderr when it did anything); relative dataset
+    paths of the stored run config are resolved against the run folder (mtd_core/training/datapaths.py).
+
     Args:
         path: a run folder (its latest checkpoint is used), its checkpoints folder, or one checkpoint folder.
         ema: use the EMA weights when the checkpoint has them (what samples should be drawn with).
@@ -144,6 +163,7 @@ def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device =
     """
     from mtd_core.model import MultiTaskModel
 
+    recover_run(path)
     ckpt_dir = find_checkpoint(path)
     ckpt = load_checkpoint(ckpt_dir, parts=("model", "ema", "assets"))
     model_config = ckpt.config.get("model")
@@ -163,12 +183,20 @@ def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device =
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{ckpt_dir}: the weights do not fit the model rebuilt from its config: {e}") from None
     model.to(device).eval()
-    run = ckpt.config.get("run")
-    run_config = None
-    if isinstance(run, dict) and {"dataset", "taskset", "backbone", "trainer"} <= set(run):
-        run_config = RunConfig.from_dict(run)
-    return LoadedRun(model=model, checkpoint=ckpt, run_config=run_config,
+    return LoadedRun(model=model, checkpoint=ckpt, run_config=_saved_run_config(ckpt),
                      weights="ema" if ema and ckpt.ema is not None else "model")
+
+
+def _saved_run_config(ckpt: Checkpoint) -> RunConfig | None:
+    """The run config a checkpoint stores, its dataset paths absolute; None when it stores none."""
+    run = ckpt.config.get("run")
+    if not (isinstance(run, dict) and {"dataset", "taskset", "backbone", "trainer"} <= set(run)):
+        return None
+    assert ckpt.path is not None
+    try:
+        return RunConfig.from_dict({**run, "dataset": saved_dataset(ckpt.config, ckpt.path)})
+    except MTDError as e:
+        raise CheckpointError(f"{ckpt.path}/config.json: the key 'run' is not a valid run config: {e}") from None
 
 
 def load_run_data(loaded: LoadedRun, registry: Registry | None = None) -> LoadedData:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
 import torch
 
+from mtd_core.errors import CheckpointError
 from mtd_core.types import ConfigDict, ConfigMapping
 
 StateDict: TypeAlias = dict[str, Any]  # Any: torch's own type of a state_dict(): tensors and JSON values, nested
@@ -29,12 +31,16 @@ def optimizer_to_parts(state: StateDict) -> tuple[dict[str, torch.Tensor], Confi
     return tensors, {"scalars": scalars, "param_groups": groups}
 
 
-def optimizer_from_parts(tensors: Mapping[str, torch.Tensor], meta: ConfigMapping) -> StateDict:
-    """Inverse of :func:`optimizer_to_parts`."""
+def optimizer_from_parts(tensors: Mapping[str, torch.Tensor], meta: ConfigMapping, where: Path | None = None) -> StateDict:
+    """Inverse of :func:`optimizer_to_parts`; a tensor name that is not ``state.<param index>.<name>`` is a
+    CheckpointError naming ``where`` (the optimizer.safetensors it came from)."""
     state: dict[int, dict[str, object]] = {}
     for key, v in tensors.items():
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = v
+        parts = key.split(".", 2)
+        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or not parts[2]:
+            raise CheckpointError(f"{where or 'optimizer state'}: tensor {key!r} is not named state.<parameter "
+                                  "index>.<name>")
+        state.setdefault(int(parts[1]), {})[parts[2]] = v
     for pid, st in meta.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(st)
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
@@ -54,19 +60,28 @@ def capture_rng_state() -> StateDict:
     return {"tensors": tensors, "python": [version, list(internal), gauss], "numpy": np_json}
 
 
-def restore_rng_state(rng: StateDict) -> None:
-    """Restore what :func:`capture_rng_state` returned (CUDA states only for devices that exist)."""
+def restore_rng_state(rng: StateDict, where: Path | None = None) -> None:
+    """Restore what :func:`capture_rng_state` returned (CUDA states only for devices that exist); a state the
+    generators refuse is a CheckpointError naming ``where`` (the checkpoint) and the generator."""
     tensors = rng.get("tensors", {})
-    if "torch_cpu" in tensors:
-        torch.set_rng_state(tensors["torch_cpu"])
     cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("torch_cuda_")),
                                        key=lambda k: int(k.rsplit("_", 1)[1]))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
-    if rng.get("python") is not None:
-        version, internal, gauss = rng["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if rng.get("numpy") is not None:
-        s = dict(rng["numpy"])
-        s["state"] = {k: (np.asarray(v, dtype=np.uint32) if k == "key" else v) for k, v in s["state"].items()}
-        np.random.set_state(s)
+    name = "rng.safetensors 'torch_cpu'"
+    try:
+        if "torch_cpu" in tensors:
+            torch.set_rng_state(tensors["torch_cpu"])
+        name = "rng.safetensors 'torch_cuda_<i>'"
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+        name = "state.json 'rng.python'"
+        if rng.get("python") is not None:
+            version, internal, gauss = rng["python"]
+            random.setstate((version, tuple(internal), gauss))
+        name = "state.json 'rng.numpy'"
+        if rng.get("numpy") is not None:
+            s = dict(rng["numpy"])
+            s["state"] = {k: (np.asarray(v, dtype=np.uint32) if k == "key" else v) for k, v in s["state"].items()}
+            np.random.set_state(s)
+    except (TypeError, ValueError, KeyError, RuntimeError, OverflowError) as e:
+        raise CheckpointError(f"{where or 'RNG state'}: {name} is not a generator state this version accepts "
+                              f"({type(e).__name__}: {e})") from None

@@ -32,23 +32,17 @@ from mtd_core.data.derive import derive_batch, model_inputs
 from mtd_core.data.sampler import ResumableSampler
 from mtd_core.data.splits import DatasetSplits
 from mtd_core.diffusion.loss import LossOutput
-from mtd_core.errors import CheckpointError, ConfigError
+from mtd_core.errors import ConfigError
 from mtd_core.model import MultiTaskModel
-from mtd_core.training.checkpoint import (
-    Checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    recover_checkpoints,
-    save_checkpoint,
-    write_atomic,
-)
+from mtd_core.training.checkpoint import Checkpoint, list_checkpoints, recover_run, save_checkpoint, write_atomic
 from mtd_core.training.config import TrainConfig
+from mtd_core.training.datapaths import MARK, MARK_KEY, stored_run_config
 from mtd_core.training.distributed import DistContext, device_for
 from mtd_core.training.ema import EMA
 from mtd_core.training.grids import render_grid, sample_cells, save_png
 from mtd_core.training.guard import check_parameters, diverged
-from mtd_core.training.resume import check_resumable, trim_metrics
-from mtd_core.training.state import capture_rng_state, restore_rng_state
+from mtd_core.training.resume import resume_trainer, trim_metrics
+from mtd_core.training.state import capture_rng_state
 from mtd_core.training.step import backward_and_clip, lr_at, mix_seed
 from mtd_core.types import ConfigDict, ConfigMapping
 
@@ -112,8 +106,11 @@ class Trainer:
         config: the training options.
         out_dir: the run folder (created). Must not hold checkpoints unless ``resume`` is set.
         run_config: the resolved run config stored in config.json and every checkpoint (default: the model and
-            trainer configs only); ``mtd sample``/``mtd eval`` rebuild the run from it.
+            trainer configs only), its relative dataset paths rewritten relative to ``out_dir``
+            (mtd_core/training/datapaths.py); ``mtd sample``/``mtd eval`` rebuild the run from it.
         resume: continue from the latest checkpoint in ``out_dir`` (weights, EMA, optimizer, data order, RNG).
+            Either way the leftovers of a killed save are recovered first (``recover_run``), and the lines of
+            metrics.jsonl past the step training starts from are dropped.
         dist: this process's data-parallel context (default: a single process).
         class_names: display names of label values in sample grids (default: the dataset info's).
     """
@@ -131,7 +128,8 @@ class Trainer:
             torch.set_num_threads(config.threads)
         self.device = device_for(self.dist, config.device)
         self.model = model.to(self.device)
-        self.run_config = dict(run_config) if run_config is not None else {"trainer": config.to_dict()}
+        self.run_config = (stored_run_config(run_config, self.out_dir) if run_config is not None  # datapaths.py
+                           else {"trainer": config.to_dict()})
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
                                            weight_decay=config.weight_decay)
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup).to(self.device) if config.ema_decay > 0 else None
@@ -147,56 +145,23 @@ class Trainer:
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self._saved_step: int | None = None  # the step of the checkpoint this trainer last wrote or resumed from
         if self.dist.is_main:
-            recover_checkpoints(self.checkpoint_dir)  # a crash inside an earlier save: put its checkpoint back
+            recover_run(self.checkpoint_dir)  # a kill inside an earlier save: its leftovers, put back or removed
         self.dist.barrier()
         if resume:
-            self._resume()
+            resume_trainer(self)
         elif list_checkpoints(self.checkpoint_dir):
             raise ConfigError(f"{self.out_dir} already holds checkpoints of a run; pass --resume (resume=True) to "
                               "continue it, or choose another output folder")
+        if self.dist.is_main:  # lines a stopped run logged past the step this one starts from (0: all of them)
+            trim_metrics(self.out_dir / "metrics.jsonl", self.step)
         self.loss_module: nn.Module = _LossModule(self.model, config.loss)
         if self.dist.enabled:
             self.loss_module = self._wrap_ddp()
 
     # -- setup -----------------------------------------------------------------------------------------
     def _checkpoint_config(self) -> ConfigDict:
-        return {"model": self.model.config(), "run": self.run_config,
-                "dataset_info": self.data.info, "world_size": self.dist.world_size}
-
-    def _resume(self) -> None:
-        if not list_checkpoints(self.checkpoint_dir):
-            raise CheckpointError(f"nothing to resume: {self.out_dir} holds no complete checkpoint (looked in "
-                                  f"{self.checkpoint_dir}); start the run without --resume")
-        ckpt = load_checkpoint(self.checkpoint_dir)
-        check_resumable(ckpt, self.model.config(), self.config, self.run_config)
-        try:
-            self.model.load_state_dict(ckpt.model)
-        except RuntimeError as e:
-            raise CheckpointError(f"{ckpt.path}/model.safetensors does not fit the model: {e}") from None
-        if self.ema is not None:
-            if ckpt.ema is None:
-                raise CheckpointError(f"{ckpt.path}: has no EMA weights but trainer.ema_decay > 0")
-            self.ema.load_state_dict({k: v.to(self.device) for k, v in ckpt.ema.items()},
-                                     ckpt.trainer.get("ema_updates", 0))
-        if ckpt.optimizer is None:
-            raise CheckpointError(f"{ckpt.path}: has no optimizer state; it cannot be resumed (only sampled from)")
-        try:
-            self.optimizer.load_state_dict(ckpt.optimizer)
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{ckpt.path}: the optimizer state does not fit the model: {e}") from None
-        self.sampler.load_state_dict(ckpt.trainer["sampler"])
-        if ckpt.rng is not None:
-            restore_rng_state(ckpt.rng)
-        self.step = self._saved_step = ckpt.step
-        if self.dist.is_main:
-            trim_metrics(self.out_dir / "metrics.jsonl", ckpt.step)
-        self.elapsed_s = float(ckpt.trainer.get("elapsed_s", 0.0))
-        self.examples_seen = int(ckpt.trainer.get("examples_seen", 0))
-        self.metrics = dict(ckpt.trainer.get("metrics", {}))
-        self.last_checkpoint = ckpt.path
-        if self.step >= self.config.steps and self.dist.is_main:
-            print(f"mtd: the checkpoint is at step {self.step}, which already reaches trainer.steps = "
-                  f"{self.config.steps}; raise it (e.g. --set trainer.steps={2 * self.config.steps}) to train longer")
+        return {"model": self.model.config(), "run": self.run_config, "dataset_info": self.data.info,
+                "world_size": self.dist.world_size, MARK_KEY: MARK}
 
     def _wrap_ddp(self) -> nn.Module:
         """DistributedDataParallel around the loss; parameters no step uses (e.g. features no head reads) are
