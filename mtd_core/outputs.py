@@ -10,12 +10,14 @@ broadcasts and trains to the end, or a torch error about "double and float" that
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from mtd_core.errors import MTDError, ModalityDataError
+from mtd_core.errors import ModalityDataError
 from mtd_core.types import Prediction
 
 if TYPE_CHECKING:  # modality.py imports the diffusion package, which checks losses with this module
@@ -23,19 +25,20 @@ if TYPE_CHECKING:  # modality.py imports the diffusion package, which checks los
 
 
 def provenance(m: Modality) -> str:
-    """``modality 'label' (kind 'label', plugin 'mtd-label' (distribution mtd 0.1, ...))``: who wrote ``m``'s code."""
-    cls = type(m)
-    who = f"class {cls.__module__}.{cls.__qualname__}, not from the registry"
-    try:
-        from mtd_core.plugins.registry import get_registry
+    """``modality 'label' (kind 'label', plugin 'mtd-label' from distribution mtd 0.1.0)``: whose code ``m`` runs."""
+    return f"modality {m.name!r} (kind {m.kind!r}, {_source(type(m))})"
 
-        registry = get_registry()
-        info = registry.provider("modality", m.kind)
-        if info is not None and registry.table("modality").get(m.kind) is cls:
-            who = info.describe()
-    except MTDError:  # a broken registry must not hide the error being reported
-        pass
-    return f"modality {m.name!r} (kind {m.kind!r}, {who})"
+
+@functools.cache
+def _source(cls: type) -> str:
+    """The installed plugin (an ``mtd`` entry point) whose module defines ``cls``, read from the package metadata
+    (not the registry, a higher layer), or the class itself when no installed plugin defines it."""
+    module = cls.__module__
+    for ep in importlib.metadata.entry_points(group="mtd"):
+        if module == ep.value or module.startswith(ep.value + "."):
+            dist = f" from distribution {ep.dist.name} {ep.dist.version}" if ep.dist is not None else ""
+            return f"plugin {ep.name!r}{dist}"
+    return f"class {module}.{cls.__qualname__}, not from an installed plugin"
 
 
 def _shape(t: torch.Tensor) -> str:

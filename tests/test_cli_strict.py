@@ -68,7 +68,7 @@ def test_sampler_options_keep_their_types_and_refuse_a_key_given_twice() -> None
 def test_plugins_validate_refuses_an_option_given_twice(capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = _run(capsys, "plugins", "validate", "label", "--option", "num_classes=3", "--option",
                       "num_classes=4")
-    assert rc == 2 and err.strip() == ("mtd plugins validate: error: --option: 'num_classes' is given twice "
+    assert rc == 2 and err.strip() == ("mtd plugins validate: error: --option: option 'num_classes' is given twice "
                                        "(num_classes=3 and num_classes=4); give it once")
 
 

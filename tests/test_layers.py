@@ -16,11 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # layer -> the mtd_core packages/modules it may import at module level (besides itself and mtd_core.errors)
 ALLOWED = {
     "mtd_core.types": set(),
+    "mtd_core.config_types": set(),
+    "mtd_core.outputs": {"mtd_core.types"},
     "mtd_core.design": set(),
-    "mtd_core.diffusion": {"mtd_core.types"},
+    "mtd_core.diffusion": {"mtd_core.types", "mtd_core.config_types", "mtd_core.outputs"},
     "mtd_core.imageio": set(),
     "mtd_core.values": {"mtd_core.types", "mtd_core.imageio"},
-    "mtd_core.modality": {"mtd_core.types", "mtd_core.design", "mtd_core.diffusion", "mtd_core.values"},
+    "mtd_core.modality": {"mtd_core.types", "mtd_core.config_types", "mtd_core.design", "mtd_core.diffusion",
+                          "mtd_core.values"},
 }
 
 

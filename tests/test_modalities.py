@@ -61,13 +61,11 @@ class TestRepresentation(ModalityConformance):
         return {"image": _images(n, generator)}
 
 
-class TestRepresentationMapHead(ModalityConformance):
-    modality_class = RepresentationModality
+class TestRepresentationMapHead(TestRepresentation):  # derive_batch inherited (it derives nothing without an extractor)
     options = {"head": "map", "dim": 6}
 
 
-class TestRepresentationCosine(ModalityConformance):
-    modality_class = RepresentationModality
+class TestRepresentationCosine(TestRepresentation):
     options = {"loss": "cosine"}
 
 

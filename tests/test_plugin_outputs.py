@@ -109,4 +109,4 @@ def test_a_modality_class_outside_the_registry_is_named_by_its_class() -> None:
     m = Mine(name="mine", num_classes=3)
     assert provenance(m) == (f"modality 'mine' (kind 'label', class {__name__}."
                              "test_a_modality_class_outside_the_registry_is_named_by_its_class.<locals>.Mine, "
-                             "not from the registry)")
+                             "not from an installed plugin)")

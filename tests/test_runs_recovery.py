@@ -19,15 +19,7 @@ from mtd_core.errors import CheckpointError, ConfigError
 from mtd_core.training import RunConfig, Trainer, build_run, list_checkpoints, load_checkpoint, load_run, load_run_data
 from mtd_core.training.checkpoint import recover_run
 
-TINY: dict[str, Any] = {
-    "dataset": {"name": "digits"},
-    "taskset": {"modalities": [{"kind": "image", "role": "base", "channels": 1, "size": 8},
-                               {"kind": "label", "num_classes": 10, "hidden": 16}],
-                "diffusion": {"kind": "linear", "T": 40}},
-    "backbone": {"name": "unet", "channels": 8, "channel_mult": [1], "num_res_blocks": 1, "groups": 4},
-    "trainer": {"steps": 2, "batch_size": 4, "checkpoint_every": 0, "log_every": 1, "sample_n": 0,
-                "progress": False, "device": "cpu", "ema_decay": 0.9},
-}
+from test_checkpoint_integrity import TINY  # the same tiny run
 
 
 def _cfg(dataset: dict[str, Any] | None = None, **trainer: Any) -> RunConfig:

@@ -79,10 +79,10 @@ def oracle(n: int = 4, seed: int = 0, wrong_head: bool = False, config: dict = C
     return model
 
 
-def tiny_model(seed: int = 0, config: dict = CONFIG) -> MultiTaskModel:
+def tiny_model(seed: int = 0, config: dict = CONFIG, **unet: object) -> MultiTaskModel:
     """A real, untrained model whose zero-initialised layers are randomised so that eps is not identically 0."""
     torch.manual_seed(seed)
-    model = MultiTaskModel(TaskSet.from_config(config, saved=True), "unet", UNET)
+    model = MultiTaskModel(TaskSet.from_config(config, saved=True), "unet", {**UNET, **unet})
     with torch.no_grad():
         for p in model.parameters():
             if not p.any():
@@ -403,7 +403,7 @@ def test_a_classifier_model_guides_through_head_classifier_and_must_match_the_mo
         head_classifier(clf, "labl")
     big = {**clf_config, "modalities": [{**clf_config["modalities"][0], "size": 16}, zero]}
     with pytest.raises(ConfigError, match=r"reads states of shape \[1, 16, 16\], the model's base has \[1, 8, 8\]"):
-        head_classifier(tiny_model(1, big), "label", model)
+        head_classifier(tiny_model(1, big, attention_resolutions=[8]), "label", model)
 
 
 def test_guidance_with_scale_0_changes_nothing_and_a_positive_scale_changes_the_samples():

@@ -103,3 +103,19 @@ def check_at_least(option: str, value: int, low: int, note: str = "") -> int:
     if value < low:
         raise ConfigError(f"{option} must be at least {low}{note}, got {value}")
     return value
+
+
+def key_value_pairs(option: str, items: list[str], form: str, example: str, what: str = "name", hint: str = ""
+           ) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` items as (name, value) pairs: a ConfigError for an item without ``=`` or a name given twice
+    (``what`` says what a name is, ``hint`` how to give several values)."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"{option} {item!r}: expected {form}, e.g. {example}")
+        if name in pairs:
+            raise ConfigError(f"{option}: {what} {name!r} is given twice ({name}={pairs[name]} and {item}); give it "
+                              f"once{hint}")
+        pairs[name] = value
+    return list(pairs.items())

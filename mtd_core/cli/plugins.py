@@ -16,8 +16,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from mtd_core.cli.common import handle_errors
-from mtd_core.errors import ConfigError, MTDError
+from mtd_core.cli.common import handle_errors, key_value_pairs
+from mtd_core.errors import MTDError
 from mtd_core.plugins.registry import BLOCK_ENV, PluginRecord, Registry, get_registry
 
 if TYPE_CHECKING:
@@ -114,14 +114,7 @@ def _parse_options(pairs: list[str]) -> ConfigDict:
     """``KEY=VALUE`` strings to a dict (VALUE as JSON when it parses, else the raw string; the modality's own
     validation checks the types). A key given twice is an error naming it."""
     options: ConfigDict = {}
-    given: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
-        if key in given:
-            raise ConfigError(f"--option: {key!r} is given twice ({given[key]} and {pair}); give it once")
-        given[key] = pair
+    for key, value in key_value_pairs("--option", pairs, "KEY=VALUE", "hidden=16", "option"):
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:

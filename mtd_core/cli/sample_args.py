@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mtd_core.cli.common import key_value_pairs
 from mtd_core.errors import ConfigError, ModalityDataError, MTDError, closest
 
 if TYPE_CHECKING:
@@ -20,22 +21,6 @@ OptionValue = bool | int | float | str
 TRUE_WORDS = ("true", "yes", "1")
 FALSE_WORDS = ("false", "no", "0")
 BOOL_WORDS = "true/false, yes/no or 1/0"
-
-
-def _pairs(option: str, items: list[str], form: str, example: str, what: str = "name", hint: str = ""
-           ) -> list[tuple[str, str]]:
-    """``NAME=VALUE`` items as (name, value) pairs: a ConfigError for an item without ``=`` or a name given twice
-    (``what`` says what a name is, ``hint`` how to give several values)."""
-    pairs: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"{option} {item!r}: expected {form}, e.g. {example}")
-        if name in pairs:
-            raise ConfigError(f"{option}: {what} {name!r} is given twice ({name}={pairs[name]} and {item}); give it "
-                              f"once{hint}")
-        pairs[name] = value
-    return list(pairs.items())
 
 
 def parse_given(model: MultiTaskModel, items: list[str], n: int, dataset_names: list[str] | None = None
@@ -51,7 +36,7 @@ def parse_given(model: MultiTaskModel, items: list[str], n: int, dataset_names: 
     modalities = model.taskset.modalities
     raw: dict[str, list[BatchValue]] = {}
     names: dict[str, list[str] | None] = {}
-    for name, value in _pairs("--given", items, "NAME=VALUE", "label=3", "modality",
+    for name, value in key_value_pairs("--given", items, "NAME=VALUE", "label=3", "modality",
                               " (one --given takes a list, one grid row per value: label=0,1,2)"):
         if name not in modalities:
             raise ConfigError(f"--given {name}={value}: the run has no modality {name!r}"
@@ -151,7 +136,7 @@ def parse_options(items: list[str], sampler: str | None = None) -> dict[str, Opt
     (:func:`typed_value`; the sampler checks the names). A key given twice is a ConfigError."""
     types = option_types(sampler) if sampler is not None and items else {}
     out: dict[str, OptionValue] = {}
-    for key, value in _pairs("--option", items, "KEY=VALUE", "lower_order_final=false", "option"):
+    for key, value in key_value_pairs("--option", items, "KEY=VALUE", "lower_order_final=false", "option"):
         if not key.isidentifier():
             raise ConfigError(f"--option {key}={value}: {key!r} is not an option name; expected KEY=VALUE, e.g. "
                               "lower_order_final=false")
@@ -163,7 +148,7 @@ def parse_temperatures(items: list[str]) -> dict[str, float]:
     """``--encoding-temperature NAME=TAU`` options as a mapping (generate checks the names and values); a name
     given twice is a ConfigError."""
     out: dict[str, float] = {}
-    for name, value in _pairs("--encoding-temperature", items, "NAME=TAU with a number TAU", "label=0.125",
+    for name, value in key_value_pairs("--encoding-temperature", items, "NAME=TAU with a number TAU", "label=0.125",
                                "modality"):
         try:
             out[name] = float(value)

@@ -108,12 +108,10 @@ def training_loss(
     total = sum(terms.values(), torch.zeros(B, device=z0.device))
     if base is not None and modalities[base].loss_weight != 1.0:  # c_0: 0 trains the heads alone
         total = modalities[base].loss_weight * total
-    for name in fp.names:
+    for name in fp.names:  # -log p(x_i | z_t) / D_i, checked to be one loss per example (outputs.py)
         m = modalities[name]
-        nll = checked_loss(m, out.preds[name], batch[name]) / max(1, math.prod(m.data_spec().shape))
-        terms[name] = nll
-        total = total + m.loss_weight * nll
-    loss = total.mean()
+        terms[name] = checked_loss(m, out.preds[name], batch[name]) / max(1, math.prod(m.data_spec().shape))
+    loss = (total + sum(modalities[n].loss_weight * terms[n] for n in fp.names)).mean()
     return LossOutput(loss=loss, parts={k: v.detach().mean() for k, v in terms.items()})
 
 
