@@ -109,6 +109,16 @@ def _betas(value: object) -> tuple[float, float]:
     return _in_range("betas", value[0], 0.0, 1.0), _in_range("betas", value[1], 0.0, 1.0)
 
 
+def check_accumulate(batch_size: int, accumulate: int, world_size: int = 1) -> None:
+    """A ConfigError naming ``trainer.accumulate`` unless the global batch splits into ``accumulate`` equal
+    micro-batches on each of ``world_size`` processes."""
+    if batch_size % (accumulate * world_size):
+        on = f" x {world_size} processes" if world_size > 1 else ""
+        raise ConfigError(f"trainer.accumulate = {accumulate}{on}: trainer.batch_size = {batch_size} must divide by "
+                          f"{accumulate * world_size} (accumulate{' x processes' if on else ''}), so that every "
+                          "micro-step has the same number of examples")
+
+
 @attrs.frozen
 class TrainConfig:
     """The ``[trainer]`` table: optimisation, logging, sampling and checkpointing of one run.
@@ -116,6 +126,9 @@ class TrainConfig:
     Args:
         steps: total optimisation steps of the run.
         batch_size: the global batch size (split evenly over data-parallel processes).
+        accumulate: micro-steps per optimisation step (gradient accumulation): the global batch is split into this
+            many slices whose scaled gradients add up before one update, so a batch too large for the device's
+            memory trains as one (``batch_size`` must divide by ``accumulate`` times the number of processes).
         lr: the AdamW learning rate after warm-up.
         weight_decay: AdamW's decoupled weight decay.
         betas: AdamW's (beta1, beta2).
@@ -146,6 +159,7 @@ class TrainConfig:
 
     steps: int = attrs.field(default=2000, validator=_int("steps", 1))
     batch_size: int = attrs.field(default=64, validator=_int("batch_size", 1))
+    accumulate: int = attrs.field(default=1, validator=_int("accumulate", 1))
     lr: float = attrs.field(default=2e-4, converter=_to_float, validator=_float("lr", 0.0, low_open=True))
     weight_decay: float = attrs.field(default=0.0, converter=_to_float, validator=_float("weight_decay", 0.0))
     betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=_betas)
@@ -169,6 +183,9 @@ class TrainConfig:
     checkpoint_every: int = attrs.field(default=500, validator=_int("checkpoint_every", 0))
     keep_last: int = attrs.field(default=3, validator=_int("keep_last", 0))
     progress: bool = attrs.field(default=True, validator=_bool("progress"))
+
+    def __attrs_post_init__(self) -> None:
+        check_accumulate(self.batch_size, self.accumulate)
 
     def to_dict(self) -> ConfigDict:
         """A plain dict (lists for tuples); :meth:`from_dict` inverts it."""

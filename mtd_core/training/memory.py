@@ -13,17 +13,22 @@ adds up, for one process:
                  device as the difference between a batch of 2 and a batch of 1 (so weights saved for backward are
                  not counted per example); halved under bf16.
 
+With gradient accumulation (``trainer.accumulate = k``) the batch counted is one micro-step's, 1/k of the process's
+share: only its activations are alive at a time (the data the step draws for its whole batch is small beside them).
+
 The heads' own activations, temporaries freed within an operation and the allocator's slack are not counted; a
 tensor saved by several operations is counted once, one returned and saved may be counted twice. It is an estimate
 within a small factor, enough to refuse a batch that is far too large before anything is allocated.
 :func:`check_batch_memory` compares it with the memory the device has free and raises a ConfigError naming
-``trainer.batch_size``, the estimate and the memory available.
+``trainer.batch_size``, the estimate and the memory available. :func:`time_forward_backward` times a few
+forward+backward passes of a small synthetic batch, for ``mtd train --dry-run``'s step-time estimate.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +39,7 @@ from torch import nn
 from mtd_core.errors import ConfigError, MTDError
 
 if TYPE_CHECKING:
+    from mtd_core.model import MultiTaskModel
     from mtd_core.plugins.registry import Registry
     from mtd_core.taskset import TaskSet
     from mtd_core.training.config import RunConfig
@@ -51,12 +57,13 @@ class MemoryEstimate:
     """The estimated peak bytes of one training step of one process.
 
     Attributes:
-        batch_size: the examples per process the estimate is for.
+        batch_size: the examples per process the estimate is for (per micro-step with gradient accumulation).
         parameters: the model's parameters (encoders, heads and backbone; frozen ones included).
         fixed_bytes: what does not grow with the batch (weights, gradients, optimizer state, EMA).
         data_bytes: per example: the modalities' data.
         latent_bytes: per example: the step's latent tensors and their gradients.
         activation_bytes: per example: what autograd saves for backward in one backbone pass.
+        accumulate: the micro-steps per optimisation step (``trainer.accumulate``); each holds ``batch_size``.
     """
 
     batch_size: int
@@ -65,6 +72,7 @@ class MemoryEstimate:
     data_bytes: float
     latent_bytes: float
     activation_bytes: float
+    accumulate: int = 1
 
     @property
     def per_example_bytes(self) -> float:
@@ -147,9 +155,17 @@ def estimate_batch_memory(config: RunConfig, registry: Registry | None = None, *
     if config.trainer.bf16:
         activations /= 2
     batch = config.trainer.batch_size if batch_size is None else batch_size
-    return MemoryEstimate(batch_size=max(1, math.ceil(batch / max(1, world_size))), parameters=params,
-                          fixed_bytes=float(params * FLOAT_BYTES * copies), data_bytes=_data_bytes(ts),
-                          latent_bytes=_latent_bytes(ts), activation_bytes=activations)
+    accumulate = accumulate_of(config)
+    return MemoryEstimate(batch_size=max(1, math.ceil(batch / (max(1, world_size) * accumulate))),
+                          parameters=params, fixed_bytes=float(params * FLOAT_BYTES * copies),
+                          data_bytes=_data_bytes(ts), latent_bytes=_latent_bytes(ts), activation_bytes=activations,
+                          accumulate=accumulate)
+
+
+def accumulate_of(config: RunConfig) -> int:
+    """``trainer.accumulate``: the micro-steps of one optimisation step, each over an equal slice of the batch (1
+    where the trainer config has no such key); only one micro-batch's activations are alive at a time."""
+    return max(1, int(getattr(config.trainer, "accumulate", 1)))
 
 
 def available_memory(device: torch.device | str | None = None) -> tuple[int, str]:
@@ -183,16 +199,96 @@ def check_batch_memory(config: RunConfig, device: torch.device | str | None = No
     where = "the given limit"
     if available is None:
         available, where = available_memory(device)
-    if est.total_bytes > available:
-        fitting = math.floor((available - est.fixed_bytes) / est.per_example_bytes) if est.per_example_bytes else 0
-        hint = (f"a batch of at most about {fitting} per process fits" if fitting >= 1 else
-                f"even the {est.fixed_bytes / GiB:.3g} GiB of weights and optimizer state do not fit")
-        raise ConfigError(
-            f"trainer.batch_size = {config.trainer.batch_size} needs about {est.total_bytes / GiB:.3g} GiB per step "
-            f"({est.batch_size} examples x {est.per_example_bytes / 2**20:.3g} MiB + {est.fixed_bytes / GiB:.3g} GiB "
-            f"for {est.parameters:,} parameters), above the {available / GiB:.3g} GiB {where}; {hint} "
-            "(lower trainer.batch_size or the model's size)")
+    check_estimate(est, config.trainer.batch_size, available, where)
     return est
+
+
+def largest_fitting_batch(estimate: MemoryEstimate, available: float) -> int:
+    """The largest batch per process whose estimate fits in ``available`` bytes (0: not even the fixed part)."""
+    room = available - estimate.fixed_bytes
+    if room <= 0:
+        return 0
+    return math.floor(room / estimate.per_example_bytes) if estimate.per_example_bytes else 2**63 - 1
+
+
+def check_estimate(estimate: MemoryEstimate, batch_size: int, available: float, where: str) -> None:
+    """A ConfigError naming ``trainer.batch_size`` (the global ``batch_size``), the estimate and the ``available``
+    bytes (``where``: what they are, e.g. "given by --device-memory") when the estimate exceeds them."""
+    est = estimate
+    if est.total_bytes <= available:
+        return
+    fitting = largest_fitting_batch(est, available)
+    micro = f" per micro-step of trainer.accumulate = {est.accumulate}" if est.accumulate > 1 else ""
+    hint = (f"a batch of at most about {fitting} per process{' and micro-step' if micro else ''} fits" if fitting >= 1
+            else f"even the {est.fixed_bytes / GiB:.3g} GiB of weights and optimizer state do not fit")
+    raise ConfigError(
+        f"trainer.batch_size = {batch_size} needs about {est.total_bytes / GiB:.3g} GiB per step "
+        f"({est.batch_size} examples{micro} x {est.per_example_bytes / 2**20:.3g} MiB + "
+        f"{est.fixed_bytes / GiB:.3g} GiB for {est.parameters:,} parameters), above the {available / GiB:.3g} GiB "
+        f"{where}; {hint} (lower trainer.batch_size, raise trainer.accumulate, or lower the model's size)")
+
+
+@attrs.frozen
+class StepTiming:
+    """Forward+backward passes of a small synthetic batch, timed (:func:`time_forward_backward`).
+
+    Attributes:
+        batch_size: the examples of the timed batch.
+        passes: the passes timed (after one untimed warm-up pass).
+        seconds: the fastest timed pass (the least disturbed by other work on the machine).
+        device: where they ran ("cpu", "cuda:0", ...).
+        threads: torch's CPU threads.
+    """
+
+    batch_size: int
+    passes: int
+    seconds: float
+    device: str
+    threads: int
+
+
+def extrapolate_seconds(timings: Sequence[StepTiming], batch_size: int) -> float:
+    """Seconds of one pass over ``batch_size`` examples: the line through the timings of the smallest and the largest
+    timed batch (a fixed cost per pass plus a cost per example), or, with one batch size or a slope that timing
+    noise made negative, the largest batch's time scaled in proportion."""
+    lo, hi = min(timings, key=lambda t: t.batch_size), max(timings, key=lambda t: t.batch_size)
+    slope = (hi.seconds - lo.seconds) / (hi.batch_size - lo.batch_size) if hi.batch_size > lo.batch_size else 0.0
+    if slope <= 0:
+        return hi.seconds * batch_size / hi.batch_size
+    return hi.seconds + (batch_size - hi.batch_size) * slope
+
+
+def time_forward_backward(model: MultiTaskModel, batch_size: int, device: torch.device | str = "cpu", *,
+                          kind: str = "simple", bf16: bool = False, passes: int = 2, seed: int = 0) -> StepTiming:
+    """Time ``passes`` forward+backward passes of ``model.loss`` on a batch of ``batch_size`` synthetic examples
+    (every modality's ``example_batch``) on ``device``, after one untimed warm-up pass. The optimizer step, the EMA
+    update, data loading and derivations are not timed. Leaves the model's gradients set and the global RNG as
+    it was."""
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    batch: dict[str, torch.Tensor] = {}
+    for m in model.taskset.modalities.values():
+        batch.update({k: v for k, v in m.example_batch(batch_size, gen).items() if isinstance(v, torch.Tensor)})
+    model.to(dev).train()
+    times: list[float] = []
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        for i in range(passes + 1):
+            _synchronize(dev)
+            start = time.perf_counter()
+            model.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model.loss(batch, kind, generator=gen).loss
+            loss.backward()
+            _synchronize(dev)
+            if i > 0:  # the first pass warms up (allocations, kernels chosen)
+                times.append(time.perf_counter() - start)
+    return StepTiming(batch_size=batch_size, passes=passes, seconds=min(times), device=str(dev),
+                      threads=torch.get_num_threads())
+
+
+def _synchronize(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def memory_report(estimate: MemoryEstimate) -> Mapping[str, float]:
@@ -201,4 +297,6 @@ def memory_report(estimate: MemoryEstimate) -> Mapping[str, float]:
             "per_example_mib": estimate.per_example_bytes / 2**20}
 
 
-__all__ = ["MemoryEstimate", "available_memory", "check_batch_memory", "estimate_batch_memory", "memory_report"]
+__all__ = ["MemoryEstimate", "StepTiming", "accumulate_of", "available_memory", "check_batch_memory",
+           "check_estimate", "estimate_batch_memory", "extrapolate_seconds", "largest_fitting_batch",
+           "memory_report", "time_forward_backward"]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mtd_core.data.build import LoadedData
 from mtd_core.data.derive import derive_batch, model_inputs
@@ -35,7 +36,7 @@ from mtd_core.diffusion.loss import LossOutput
 from mtd_core.errors import ConfigError
 from mtd_core.model import MultiTaskModel
 from mtd_core.training.checkpoint import Checkpoint, list_checkpoints, recover_run, save_checkpoint, write_atomic
-from mtd_core.training.config import TrainConfig
+from mtd_core.training.config import TrainConfig, check_accumulate
 from mtd_core.training.datapaths import MARK, MARK_KEY, stored_run_config
 from mtd_core.training.distributed import DistContext, device_for
 from mtd_core.training.ema import EMA
@@ -43,7 +44,7 @@ from mtd_core.training.grids import render_grid, sample_cells, save_png
 from mtd_core.training.guard import check_parameters, diverged
 from mtd_core.training.resume import resume_trainer, trim_metrics
 from mtd_core.training.state import capture_rng_state
-from mtd_core.training.step import backward_and_clip, lr_at, mix_seed
+from mtd_core.training.step import clip_gradients, lr_at, micro_positions, mix_seed, per_step_statistics, set_lr
 from mtd_core.types import ConfigDict, ConfigMapping
 
 if TYPE_CHECKING:
@@ -133,6 +134,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
                                            weight_decay=config.weight_decay)
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup).to(self.device) if config.ema_decay > 0 else None
+        if config.accumulate > 1:  # every rank's every micro-step gets the same number of examples
+            check_accumulate(config.batch_size, config.accumulate, self.dist.world_size)
         self.sampler = ResumableSampler(len(self.data.splits.train), config.batch_size, seed=config.seed,
                                         rank=self.dist.rank, world_size=self.dist.world_size)
         self.step = 0
@@ -166,8 +169,6 @@ class Trainer:
     def _wrap_ddp(self) -> nn.Module:
         """DistributedDataParallel around the loss; parameters no step uses (e.g. features no head reads) are
         detected with a probe step so DDP is told to expect them."""
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         probe = self._local_batch(torch.arange(min(2, len(self.data.splits.train))), torch.Generator().manual_seed(0))
         t = torch.ones(len(next(iter(probe.values()))), dtype=torch.long, device=self.device)
         eps = torch.zeros(len(t), *self.taskset.latent.shape, device=self.device)
@@ -179,7 +180,7 @@ class Trainer:
             for k, v in self.model.named_buffers():
                 v.copy_(buffers[k])
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DDP(self.loss_module, device_ids=ids, find_unused_parameters=unused)
+        return DistributedDataParallel(self.loss_module, device_ids=ids, find_unused_parameters=unused)
 
     # -- one step ----------------------------------------------------------------------------------------
     def _local_batch(self, indices: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -193,18 +194,19 @@ class Trainer:
         noise_gen = torch.Generator().manual_seed(mix_seed(seed, n, 0))
         derive_gen = torch.Generator().manual_seed(mix_seed(seed, n, 1 + rank))
         global_idx = self.sampler.next_global()
-        b = cfg.batch_size // world
-        local = slice(rank * b, (rank + 1) * b)
+        # this rank's examples: its part of each micro-step's slice of the global batch (accumulate = 1: the r-th
+        # slice); derived modalities are drawn for all of them at once, as without accumulation
+        local = torch.cat(micro_positions(cfg.batch_size, world, rank, cfg.accumulate))
         batch = self._local_batch(global_idx[local], derive_gen)
-        # t, eps and the known parts hidden, drawn for the whole global batch and sliced (whatever the processes)
+        # t, eps and the known parts hidden, drawn for the whole global batch and sliced (whatever the processes
+        # and micro-steps)
         ts, B = self.taskset, cfg.batch_size
         t = torch.randint(1, ts.forward_process().T + 1, (B,), generator=noise_gen)[local].to(self.device)
         eps = torch.randn(B, *ts.latent.shape, generator=noise_gen)[local].to(self.device)
         hide = torch.rand(B, len(ts.aggregated), generator=noise_gen)[local] if ts.known_input else None
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            out = self.loss_module(batch, t, eps, hide)
-        norm = backward_and_clip(self.model, self.optimizer, out.loss, lr_at(cfg, n), cfg.grad_clip,
-                                 cfg.grad_clip_scope)
+        set_lr(self.optimizer, lr_at(cfg, n))
+        out = self._accumulate_gradients(batch, t, eps, hide)
+        norm = clip_gradients(self.model, cfg.grad_clip, cfg.grad_clip_scope)
         # One host-device synchronisation per step, after backward so that every rank reaches the gradient
         # all-reduce: whether the loss is finite on every rank, and the gradient norm (the same on every rank).
         loss_bad, norm_bad, grad_norm = self.dist.all_max(torch.stack([
@@ -218,6 +220,29 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         return out, grad_norm
+
+    def _accumulate_gradients(self, batch: Mapping[str, torch.Tensor], t: torch.Tensor, eps: torch.Tensor,
+                              hide: torch.Tensor | None) -> LossOutput:
+        """Backward over ``accumulate`` equal micro-batches of this rank's batch, each loss scaled by its share so
+        that the gradients add up to those of the batch's mean loss; under DDP the gradients are all-reduced on the
+        last micro-step only. Returns the step's loss and terms: the means over the micro-steps."""
+        k = self.config.accumulate
+        size = len(t) // k
+        ddp = self.loss_module if isinstance(self.loss_module, DistributedDataParallel) else None
+        outs: list[LossOutput] = []
+        with per_step_statistics(self.model, k):
+            for j in range(k):
+                part = slice(j * size, (j + 1) * size)
+                micro = {name: v[part] for name, v in batch.items()}
+                with contextlib.nullcontext() if ddp is None or j == k - 1 else ddp.no_sync():
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+                        out = self.loss_module(micro, t[part], eps[part], None if hide is None else hide[part])
+                    (out.loss if k == 1 else out.loss / k).backward()
+                outs.append(out)
+        if k == 1:
+            return outs[0]
+        return LossOutput(loss=torch.stack([o.loss.detach() for o in outs]).mean(),
+                          parts={name: torch.stack([o.parts[name] for o in outs]).mean() for name in outs[0].parts})
 
     # -- the loop ------------------------------------------------------------------------------------------
     def fit(self, until: int | None = None) -> TrainResult:
