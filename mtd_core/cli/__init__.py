@@ -12,6 +12,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 # Sub-command modules, in the order `mtd --help` lists them.
@@ -73,11 +74,24 @@ def broken_pipe() -> int:
     return BROKEN_PIPE
 
 
+def _build_parser_or_exit() -> argparse.ArgumentParser:
+    """:func:`build_parser`, during which a Ctrl-C ends the process at once with ``mtd: interrupted`` and 130: the
+    sub-commands import torch then, nothing is yet to be saved, and an import may swallow a KeyboardInterrupt
+    (the command would then go on as if nothing had happened)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return build_parser()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: os._exit(interrupted()))
+    try:
+        return build_parser()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mtd`` console script: the exit status of the command (130 after a Ctrl-C, 141 when
     stdout was closed)."""
     try:
-        parser = build_parser()
+        parser = _build_parser_or_exit()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()
