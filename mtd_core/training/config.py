@@ -11,18 +11,19 @@ in) is what ``mtd config show`` prints and what every checkpoint stores.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
 
-from mtd_core.config_types import check_fields, is_float32, is_int
+from mtd_core.config_types import check_fields
 from mtd_core.data.build import DatasetConfig
 from mtd_core.diffusion.loss import LOSS_KINDS
 from mtd_core.errors import ConfigError, MTDError, closest
 from mtd_core.sampling.options import DEFAULT_SAMPLER, DEFAULT_STEPS
+from mtd_core.training.config_checks import (betas_pair, boolean, device_name, float_in, int_at_least, non_empty_str,
+                                              one_of, to_float)
 from mtd_core.tomlio import TOMLDecodeError, loads_toml, plain, read_toml
 from mtd_core.types import ConfigDict, ConfigMapping, ConfigValue
 
@@ -33,81 +34,6 @@ if TYPE_CHECKING:
 SECTIONS = ("dataset", "taskset", "backbone", "trainer")
 LR_SCHEDULES = ("constant", "cosine")
 GRAD_CLIP_SCOPES = ("model", "part")
-
-_Validator = Callable[[object, attrs.Attribute, object], None]
-"""An attrs validator: (instance, attribute, value) -> None, raising a ConfigError for a bad value."""
-
-
-def _int(name: str, low: int) -> _Validator:
-    """A validator: an integer (not a bool, not a float such as 2.5) of at least ``low``."""
-    def check(_: object, __: attrs.Attribute, value: object) -> None:
-        if not is_int(value) or value < low:  # not a bool, not 2.0, within int64 (torch's seeds and counters)
-            what = "a positive integer" if low == 1 else f"an integer >= {low}"
-            what += " below 2**63" if isinstance(value, int) and not isinstance(value, bool) and value >= low else ""
-            raise ConfigError(f"trainer.{name} must be {what}, got {value!r}")
-    return check
-
-
-def _in_range(name: str, value: object, low: float, high: float = math.inf, *, low_open: bool = False) -> float:
-    """``value`` as a float when it is a finite number in [low, high) (or (low, high) with ``low_open``), else a
-    ConfigError naming the key and the accepted range."""
-    v = float(value) if is_float32(value) else math.nan  # float32: what the optimizer computes in
-    if not (math.isfinite(v) and (v > low if low_open else v >= low) and v < high):
-        accepted = f"{'(' if low_open else '['}{low:g}, {high:g})"
-        raise ConfigError(f"trainer.{name} must be a finite number in {accepted}, got {value!r}")
-    return v
-
-
-def _to_float(value: object) -> object:
-    """A converter: an int (not a bool) as a float; anything else is left for the validator to name."""
-    return float(value) if is_int(value) and is_float32(value) else value
-
-
-def _float(name: str, low: float, high: float = math.inf, *, low_open: bool = False) -> _Validator:
-    """A validator: a finite float in [low, high) (or (low, high) with ``low_open``)."""
-    def check(_: object, __: attrs.Attribute, value: object) -> None:
-        _in_range(name, value, low, high, low_open=low_open)
-    return check
-
-
-def _bool(name: str) -> _Validator:
-    def check(_: object, __: attrs.Attribute, value: object) -> None:
-        if not isinstance(value, bool):
-            raise ConfigError(f"trainer.{name} must be true or false, got {value!r}")
-    return check
-
-
-def _non_empty_str(name: str) -> _Validator:
-    def check(_: object, __: attrs.Attribute, value: object) -> None:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"trainer.{name} must be a non-empty string, got {value!r}")
-    return check
-
-
-def _device(_: object, __: attrs.Attribute, value: object) -> None:
-    """"auto", or a device torch names ("cpu", "cuda", "cuda:1", ...)."""
-    import torch
-
-    try:
-        ok = isinstance(value, str) and (value == "auto" or bool(torch.device(value).type))
-    except (RuntimeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"trainer.device must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got {value!r}")
-
-
-def _one_of(name: str, options: Sequence[str]) -> _Validator:
-    def check(_: object, __: attrs.Attribute, value: object) -> None:
-        if value not in options:
-            raise ConfigError(f"trainer.{name} must be one of {list(options)}, got {value!r}{closest(str(value), options)}")
-    return check
-
-
-def _betas(value: object) -> tuple[float, float]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
-        raise ConfigError(f"trainer.betas must be two numbers in [0, 1), got {value!r}")
-    return _in_range("betas", value[0], 0.0, 1.0), _in_range("betas", value[1], 0.0, 1.0)
-
 
 def check_accumulate(batch_size: int, accumulate: int, world_size: int = 1) -> None:
     """A ConfigError naming ``trainer.accumulate`` unless the global batch splits into ``accumulate`` equal
@@ -157,32 +83,32 @@ class TrainConfig:
         progress: show a tqdm progress bar (rank 0 only).
     """
 
-    steps: int = attrs.field(default=2000, validator=_int("steps", 1))
-    batch_size: int = attrs.field(default=64, validator=_int("batch_size", 1))
-    accumulate: int = attrs.field(default=1, validator=_int("accumulate", 1))
-    lr: float = attrs.field(default=2e-4, converter=_to_float, validator=_float("lr", 0.0, low_open=True))
-    weight_decay: float = attrs.field(default=0.0, converter=_to_float, validator=_float("weight_decay", 0.0))
-    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=_betas)
-    warmup_steps: int = attrs.field(default=100, validator=_int("warmup_steps", 0))
-    lr_schedule: str = attrs.field(default="constant", validator=_one_of("lr_schedule", LR_SCHEDULES))
-    final_lr_fraction: float = attrs.field(default=0.1, converter=_to_float, validator=_float("final_lr_fraction", 0.0))
-    grad_clip: float = attrs.field(default=1.0, converter=_to_float, validator=_float("grad_clip", 0.0))
-    grad_clip_scope: str = attrs.field(default="model", validator=_one_of("grad_clip_scope", GRAD_CLIP_SCOPES))
-    ema_decay: float = attrs.field(default=0.999, converter=_to_float, validator=_float("ema_decay", 0.0, 1.0))
-    ema_warmup: bool = attrs.field(default=True, validator=_bool("ema_warmup"))
-    loss: str = attrs.field(default="simple", validator=_one_of("loss", LOSS_KINDS))
-    bf16: bool = attrs.field(default=False, validator=_bool("bf16"))
-    device: str = attrs.field(default="auto", validator=_device)
-    seed: int = attrs.field(default=0, validator=_int("seed", 0))
-    threads: int = attrs.field(default=0, validator=_int("threads", 0))
-    log_every: int = attrs.field(default=50, validator=_int("log_every", 1))
-    sample_every: int = attrs.field(default=0, validator=_int("sample_every", 0))
-    sample_n: int = attrs.field(default=16, validator=_int("sample_n", 0))
-    sample_sampler: str = attrs.field(default=DEFAULT_SAMPLER, validator=_non_empty_str("sample_sampler"))
-    sample_steps: int = attrs.field(default=DEFAULT_STEPS, validator=_int("sample_steps", 1))
-    checkpoint_every: int = attrs.field(default=500, validator=_int("checkpoint_every", 0))
-    keep_last: int = attrs.field(default=3, validator=_int("keep_last", 0))
-    progress: bool = attrs.field(default=True, validator=_bool("progress"))
+    steps: int = attrs.field(default=2000, validator=int_at_least("steps", 1))
+    batch_size: int = attrs.field(default=64, validator=int_at_least("batch_size", 1))
+    accumulate: int = attrs.field(default=1, validator=int_at_least("accumulate", 1))
+    lr: float = attrs.field(default=2e-4, converter=to_float, validator=float_in("lr", 0.0, low_open=True))
+    weight_decay: float = attrs.field(default=0.0, converter=to_float, validator=float_in("weight_decay", 0.0))
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), converter=betas_pair)
+    warmup_steps: int = attrs.field(default=100, validator=int_at_least("warmup_steps", 0))
+    lr_schedule: str = attrs.field(default="constant", validator=one_of("lr_schedule", LR_SCHEDULES))
+    final_lr_fraction: float = attrs.field(default=0.1, converter=to_float, validator=float_in("final_lr_fraction", 0.0))
+    grad_clip: float = attrs.field(default=1.0, converter=to_float, validator=float_in("grad_clip", 0.0))
+    grad_clip_scope: str = attrs.field(default="model", validator=one_of("grad_clip_scope", GRAD_CLIP_SCOPES))
+    ema_decay: float = attrs.field(default=0.999, converter=to_float, validator=float_in("ema_decay", 0.0, 1.0))
+    ema_warmup: bool = attrs.field(default=True, validator=boolean("ema_warmup"))
+    loss: str = attrs.field(default="simple", validator=one_of("loss", LOSS_KINDS))
+    bf16: bool = attrs.field(default=False, validator=boolean("bf16"))
+    device: str = attrs.field(default="auto", validator=device_name)
+    seed: int = attrs.field(default=0, validator=int_at_least("seed", 0))
+    threads: int = attrs.field(default=0, validator=int_at_least("threads", 0))
+    log_every: int = attrs.field(default=50, validator=int_at_least("log_every", 1))
+    sample_every: int = attrs.field(default=0, validator=int_at_least("sample_every", 0))
+    sample_n: int = attrs.field(default=16, validator=int_at_least("sample_n", 0))
+    sample_sampler: str = attrs.field(default=DEFAULT_SAMPLER, validator=non_empty_str("sample_sampler"))
+    sample_steps: int = attrs.field(default=DEFAULT_STEPS, validator=int_at_least("sample_steps", 1))
+    checkpoint_every: int = attrs.field(default=500, validator=int_at_least("checkpoint_every", 0))
+    keep_last: int = attrs.field(default=3, validator=int_at_least("keep_last", 0))
+    progress: bool = attrs.field(default=True, validator=boolean("progress"))
 
     def __attrs_post_init__(self) -> None:
         check_accumulate(self.batch_size, self.accumulate)

@@ -16,12 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import torch
@@ -37,6 +34,7 @@ from mtd_core.errors import ConfigError
 from mtd_core.model import MultiTaskModel
 from mtd_core.training.checkpoint import Checkpoint, list_checkpoints, recover_run, save_checkpoint, write_atomic
 from mtd_core.training.config import TrainConfig, check_accumulate
+from mtd_core.training.console import ProgressBar, install_stop_handlers, progress_bar
 from mtd_core.training.datapaths import MARK, MARK_KEY, stored_run_config
 from mtd_core.training.distributed import DistContext, device_for
 from mtd_core.training.ema import EMA
@@ -47,20 +45,7 @@ from mtd_core.training.state import capture_rng_state
 from mtd_core.training.step import clip_gradients, lr_at, micro_positions, mix_seed, per_step_statistics, set_lr
 from mtd_core.types import ConfigDict, ConfigMapping
 
-if TYPE_CHECKING:
-    from types import FrameType
-
 BAR_EVERY = 10  # steps between progress-bar text updates
-
-
-class _ProgressBar(Protocol):
-    """What the trainer uses of a tqdm bar (tqdm has no type hints)."""
-
-    def update(self, n: float = 1) -> object: ...
-
-    def set_postfix(self, *, refresh: bool = True, **kwargs: str) -> None: ...
-
-    def close(self) -> None: ...
 
 
 @attrs.frozen
@@ -310,34 +295,12 @@ class Trainer:
         self._stop = reason
 
     def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        return install_stop_handlers(lambda: self._stop is not None, self.request_stop, self.dist.is_main)
 
-        def handler(signum: int, frame: FrameType | None) -> None:
-            name = signal.Signals(signum).name
-            if self._stop is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # second Ctrl-C: abort without waiting
-            self._stop = name
-            if self.dist.is_main:
-                print(f"\nmtd: {name} received; saving a checkpoint after this step (Ctrl-C again to abort)", flush=True)
+    def _progress_bar(self, target: int) -> ProgressBar | None:
+        return progress_bar(self.config.progress and self.dist.is_main, target, self.step)
 
-        for s in previous:
-            signal.signal(s, handler)
-
-        def restore() -> None:
-            for s, h in previous.items():
-                signal.signal(s, h)
-        return restore
-
-    def _progress_bar(self, target: int) -> _ProgressBar | None:
-        if not (self.config.progress and self.dist.is_main) or self.step >= target:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-
-    def _log(self, out: LossOutput, grad_norm: float, rate: float, elapsed: float, bar: _ProgressBar | None) -> None:
+    def _log(self, out: LossOutput, grad_norm: float, rate: float, elapsed: float, bar: ProgressBar | None) -> None:
         values = {"loss": float(out.loss.detach()), **{f"loss_{k}": v for k, v in out.terms.items()},
                   "grad_norm": grad_norm}
         values = self.dist.mean(values)
