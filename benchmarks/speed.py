@@ -43,6 +43,7 @@ from _speed_timing import Candidate, Result, results_of, run_interleaved  # noqa
 from mtd_core.model import MultiTaskModel  # noqa: E402
 from mtd_core.sampling.generate import generate  # noqa: E402
 from mtd_core.taskset import TaskSet  # noqa: E402
+from mtd_core.training.speed import prepare_backbone  # noqa: E402
 from mtd_plugins.image import ImageModality  # noqa: E402
 from mtd_plugins.label import LabelModality  # noqa: E402
 from mtd_plugins.masked_image import MaskedImageModality  # noqa: E402
@@ -76,6 +77,9 @@ class Setup:
         bf16: bfloat16 autocast around every candidate's forward passes.
         seed: seeds the data, the weights and every generator.
         quick: the smoke-run profile was used.
+        compile: "off" or a torch.compile mode for every candidate's network (ours: trainer.compile's path).
+        channels_last: every candidate's network and images in channels-last memory format.
+        sample: whether the sampling candidates run too (``--no-sample``: training only).
     """
 
     device: str
@@ -95,6 +99,9 @@ class Setup:
     bf16: bool
     seed: int
     quick: bool
+    compile: str = "off"
+    channels_last: bool = False
+    sample: bool = True
 
     def backbone_options(self) -> dict[str, Any]:
         """Our U-Net's options."""
@@ -114,7 +121,9 @@ def build_ours(s: Setup, extra: str | None) -> MultiTaskModel:
         mods.append(LabelModality(num_classes=10))
     elif extra == "masked_image":
         mods.append(MaskedImageModality(channels=1, size=s.size, patch=4 if s.size >= 28 else 2))
-    return MultiTaskModel(TaskSet(mods), "unet", s.backbone_options()).to(s.device).train()
+    model = MultiTaskModel(TaskSet(mods), "unet", s.backbone_options()).to(s.device).train()
+    prepare_backbone(model, s.compile, s.channels_last)  # the trainer's speed paths (mtd_core/training/speed.py)
+    return model
 
 
 def ours_train(name: str, model: MultiTaskModel, batch: dict[str, torch.Tensor], s: Setup) -> Candidate:
@@ -207,10 +216,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def ratios(res: dict[str, Result]) -> list[Ratio]:
+def ratios(res: dict[str, Result]) -> list[Ratio | None]:
     """The target comparisons: throughput ratios ours / diffusers, and the multi-task overhead (the step time of a
     multi-task model over our single-task one, minus 1)."""
-    def speedup(name: str, ours: str, theirs: str, target: float) -> Ratio:
+    def speedup(name: str, ours: str, theirs: str, target: float) -> Ratio | None:
+        if ours not in res or theirs not in res:  # --no-sample
+            return None
         a, b = res[ours], res[theirs]
         value = b.median_s / a.median_s  # images per second: the same batch, so the inverse time ratio
         return Ratio(name, value, b.min_s / a.min_s, b.cpu_median_s / a.cpu_median_s, target, "min", value >= target)
@@ -280,6 +291,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Setup, Path | None]:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for every candidate's forward passes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 step: a smoke run of the whole benchmark")
+    p.add_argument("--compile", default="off", help="torch.compile mode of every network (default off)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for every network")
+    p.add_argument("--no-sample", action="store_true", help="time the training candidates only")
     p.add_argument("--json", type=Path, help="also write the results here")
     a = p.parse_args(argv)
     prof = QUICK if a.quick else FULL
@@ -295,7 +309,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Setup, Path | None]:
               repeats=pick("repeats"), sample_steps=pick("sample_steps"), channels=pick("channels"),
               channel_mult=tuple(a.channel_mult or mult), num_res_blocks=pick("num_res_blocks"),
               attention_resolutions=tuple(attn if a.attention is None else a.attention),
-              groups=a.groups, num_heads=a.num_heads, threads=threads, bf16=a.bf16, seed=a.seed, quick=a.quick)
+              groups=a.groups, num_heads=a.num_heads, threads=threads, bf16=a.bf16, seed=a.seed, quick=a.quick,
+              compile=a.compile, channels_last=a.channels_last, sample=not a.no_sample)
     for key in ("batch", "steps", "repeats", "sample_steps", "channels", "threads"):
         if getattr(s, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(s, key)}")
@@ -327,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ValueError as e:  # a size UNet2DModel cannot handle, or no baseline of a matching size
         raise SystemExit(f"speed.py: {e}") from None
     unet = base.build_unet2d(match.spec, dev)
+    prepare_backbone(unet, s.compile, s.channels_last)  # type: ignore[arg-type]  # the same speed paths as ours
     d_train, d_sample = diffusers_candidates(unet, x0, s)
 
     train = [ours_train("ours image (train)", single, {"image": x0}, s),
@@ -337,11 +353,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print(f"training: {len(train)} candidates x {s.repeats} repeats x {s.steps} steps", file=sys.stderr, flush=True)
     times = run_interleaved(train, s.steps, s.repeats, s.warmup, dev)
+    sample = sample if s.sample else []
     print(f"sampling: {len(sample)} candidates x {s.repeats} repeats x {s.sample_steps} DDIM steps", file=sys.stderr,
           flush=True)
-    times.update(run_interleaved(sample, 1, s.repeats, min(1, s.warmup), dev))
+    times.update(run_interleaved(sample, 1, s.repeats, min(1, s.warmup), dev) if sample else {})
     results = results_of(train + sample, times, dev)
-    rs = ratios({r.name: r for r in results})
+    rs = [r for r in ratios({r.name: r for r in results}) if r is not None]
     print_report(results, rs, match, s)
     load_end = os.getloadavg()
     print(f"load average (1, 5, 15 min): start {load_start}, end {load_end}; {time.time() - started:.0f} s")

@@ -26,7 +26,7 @@ class _SumOverRanks(torch.autograd.Function):
         return g
 
 
-def _global_sums(x: torch.Tensor) -> torch.Tensor:
+def global_sums(x: torch.Tensor) -> torch.Tensor:
     """``x`` summed over the ranks of data-parallel training (with gradients), else ``x``."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
@@ -57,12 +57,18 @@ class EncodingScale(nn.Module):
 
     rms: torch.Tensor
     mean: torch.Tensor | None
+    pinned: tuple[torch.Tensor, torch.Tensor] | None
+    """Gradient accumulation (mtd_core/training/accumulate.py): the whole batch's (m, r) as leaves that collect
+    their gradients, used by ``batch_stats`` passes instead of the micro-batch's own statistics."""
 
     def __init__(self, kind: EncodingScaleKind = "rms", shape: tuple[int, ...] = (), momentum: float = 0.02) -> None:
         super().__init__()
         self.momentum = momentum
         self.register_buffer("rms", torch.ones(()))
         self.register_buffer("mean", torch.zeros(shape) if kind == "spread" else None)
+        self.pinned = None
+        self.captured: list[tuple[torch.Tensor, torch.Tensor]] = []  # (e, its detached float copy), pinned passes
+        self.last_stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (m, r, n) of the last batch
 
     def forward(self, e: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
         """``e`` scaled by the batch's statistics (``batch_stats``; updates the running ones) or the running ones.
@@ -72,11 +78,17 @@ class EncodingScale(nn.Module):
         if not batch_stats:
             centred = e if self.mean is None else e - self.mean.to(e.dtype)
             return centred / self.rms.to(e.dtype)
+        if self.pinned is not None:  # the encoder's gradient is completed after the micro-steps (accumulate.py)
+            m, r = self.pinned
+            x = e.detach().float().requires_grad_()
+            self.captured.append((e, x))
+            return ((x - m) / r).to(e.dtype)
         x = e.float()
-        n = _global_sums(x.new_tensor(float(x.shape[0])))  # examples in the (global) batch
-        m = _global_sums(x.sum(0)) / n if self.mean is not None else x.new_zeros(x.shape[1:])
+        n = global_sums(x.new_tensor(float(x.shape[0])))  # examples in the (global) batch
+        m = global_sums(x.sum(0)) / n if self.mean is not None else x.new_zeros(x.shape[1:])
         # centred before squaring: E[e^2] - m^2 would cancel away the tiny spread of a collapsed encoder
-        r = (_global_sums((x - m).pow(2).sum()) / (n * m.numel())).sqrt().clamp_min(1e-6)  # the RMS of e - m
+        r = (global_sums((x - m).pow(2).sum()) / (n * m.numel())).sqrt().clamp_min(1e-6)  # the RMS of e - m
+        self.last_stats = (m.detach(), r.detach(), n.detach())
         with torch.no_grad():
             self.rms.lerp_(r.detach(), self.momentum)
             if self.mean is not None:
@@ -84,4 +96,4 @@ class EncodingScale(nn.Module):
         return ((x - m) / r).to(e.dtype)
 
 
-__all__ = ["EncodingScale"]
+__all__ = ["EncodingScale", "global_sums"]

@@ -80,6 +80,9 @@ class Modality(abc.ABC):
             prior of the modality; ``generate`` may then draw it first and generate the rest given it (joint =
             "commit"). False for heads that model each element apart (a caption's tokens) or only a mean.
         default_loss_weight: the weight c_i of this kind's term in the training loss when a config gives none.
+        required_options: ``Config`` fields without a usable default (a latent base's autoencoder folder):
+            ``mtd plugins validate`` with no kinds named reports such a kind as skipped, not failed, unless
+            ``--option`` gives them.
         design: the training and sampling design this kind was measured best with (mtd_core/design.py): its own
             channels of Z, head gradient share, known input, encoding scale, fixed or learned code, guidance
             scale. Whatever a config leaves out comes from here, so a minimal config builds the measured design.
@@ -112,6 +115,7 @@ class Modality(abc.ABC):
     Config: ClassVar[type] = NoOptions
     exact_sample: ClassVar[bool] = False
     default_loss_weight: ClassVar[float] = 1.0
+    required_options: ClassVar[tuple[str, ...]] = ()
     default_encoding_temperature: ClassVar[float] = 1.0
     design: ClassVar[Design] = Design()
 

@@ -54,7 +54,16 @@ def test_examples_exist() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_config_show_prints_the_resolved_config_as_toml_that_reads_back(path: Path,
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+                                                                       capsys: pytest.CaptureFixture[str],
+                                                                       tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    if path.stem == "latent_image_label":  # its vae folder: a tiny random AutoencoderKL where the config looks
+        pytest.importorskip("diffusers")
+        from tests.test_latent_image import make_vae
+
+        make_vae(tmp_path / "runs" / "fashion_vae")
+        monkeypatch.chdir(tmp_path)
+        path = path.absolute()
     rc, out, err = _run(capsys, "config", "show", str(path))
     assert rc == 0, err
     shown = tomllib.loads(out)
@@ -245,11 +254,37 @@ def test_demo_quick_writes_its_files(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert im.height > 10 * 8 * 5  # one row per class
 
 
+def _example_overrides(path: Path, tmp_path: Path) -> list[str]:
+    """--set options that bring an example needing more than the digits down to them: the latent example's
+    autoencoder (a tiny random one) and its Fashion-MNIST sizes; the gpu preset's ImageNet-64 data (a small
+    synthetic .npz) and its size (a tiny U-Net on 8x8 grey images, on the CPU)."""
+    if path.stem == "imagenet64_gpu":
+        g = np.random.default_rng(0)
+        np.savez(tmp_path / "in64.npz", image=g.integers(0, 256, (64, 1, 8, 8), dtype=np.uint8),
+                 label=g.integers(0, 1000, 64))
+        sets = [f"dataset.path=\"{tmp_path / 'in64.npz'}\"", "dataset.holdout=0", "dataset.test_fraction=0.1",
+                "taskset.modalities.0.size=8", "taskset.modalities.0.channels=1", "backbone.channels=16",
+                "backbone.channel_mult=[1, 2]", "backbone.num_res_blocks=1", "backbone.attention_resolutions=[4]",
+                "backbone.groups=8", "backbone.num_heads=2", "trainer.device=\"cpu\"", "trainer.accumulate=1"]
+        return [a for kv in sets for a in ("--set", kv)]
+    if path.stem != "latent_image_label":
+        return []
+    from tests.test_latent_image import make_vae
+
+    vae = make_vae(tmp_path / "vae")
+    sets = ["dataset.name=\"digits\"", "dataset.holdout=0", f"taskset.modalities.0.vae=\"{vae}\"",
+            "taskset.modalities.0.size=8", "taskset.modalities.0.latent_shape=[4, 4, 4]",
+            "backbone.attention_resolutions=[]"]
+    return [a for kv in sets for a in ("--set", kv)]
+
+
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem != "image_label"], ids=lambda p: p.stem)
 def test_every_example_config_trains_and_samples(path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Each example runs as is on the digits (--quick: 4 steps, then a grid, a checkpoint and a sample)."""
     run = tmp_path / "run"
-    rc, out, err = _run(capsys, "train", str(path), "--out", str(run), "--quick", "--set", "trainer.batch_size=16")
+    extra = _example_overrides(path, tmp_path)
+    rc, out, err = _run(capsys, "train", str(path), "--out", str(run), "--quick", "--set", "trainer.batch_size=16",
+                        *extra)
     assert rc == 0, err
     ckpt = load_checkpoint(run)
     assert ckpt.step == 4 and (run / "samples" / "step_00000004.png").is_file()

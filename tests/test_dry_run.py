@@ -60,7 +60,8 @@ def test_device_cuda_with_its_memory_works_without_cuda(capsys: pytest.CaptureFi
     assert rc == 0, err
     assert "device       cuda: 80 GiB (given by --device-memory)" in out
     if not torch.cuda.is_available():
-        assert "step time    not measured: no cuda on this machine" in out
+        assert "step time    not measured (no such device here); about " in out  # estimated from counted FLOPs
+        assert "TFLOP/s sustained (40% of an H100 SXM's" in out
         rc, out, err = _run(capsys, "--device", "cuda")  # without its memory there is nothing to check against
         assert rc == 1 and out == "" and len(err.strip().splitlines()) == 1
         assert err.startswith("mtd train: error: --device 'cuda': no such device") and "--device-memory" in err

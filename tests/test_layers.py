@@ -24,6 +24,8 @@ ALLOWED = {
     "mtd_core.values": {"mtd_core.types", "mtd_core.imageio"},
     "mtd_core.modality": {"mtd_core.types", "mtd_core.config_types", "mtd_core.design", "mtd_core.diffusion",
                           "mtd_core.values"},
+    # the data layer (readers, packed datasets, the loader) never imports training, sampling or the CLI
+    "mtd_core.data": {"mtd_core.types", "mtd_core.imageio", "mtd_core.modality"},
 }
 
 

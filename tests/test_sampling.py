@@ -32,7 +32,7 @@ from mtd_core.sampling import (
     head_classifier,
     sample_ddim,
 )
-from mtd_core.sampling.denoiser import ModelDenoiser, base_range
+from mtd_core.sampling.denoiser import base_range
 from mtd_core.sampling.options import DEFAULT_CFG_SCALE, DEFAULT_STEPS
 from mtd_core.taskset import TaskSet
 

@@ -7,12 +7,15 @@ registered under the name "unet" by ``mtd_plugins.backbones``.
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
+
 import torch
 from torch import nn
 
 
-@attrs.frozen
+# A dataclass, not attrs: torch.compile's graph capture traces a dataclass's constructor (not a frozen attrs one), so
+# a compiled backbone stays one graph (trainer.compile; mtd_core/training/speed.py).
+@dataclasses.dataclass(frozen=True, slots=True)
 class BackboneOutput:
     """One backbone pass at (z_t, t).
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 
 # Sub-command modules, in the order `mtd --help` lists them.
-COMMANDS = ("demo", "train", "sample", "eval", "config", "plugins")
+COMMANDS = ("demo", "train", "sample", "eval", "config", "data", "plugins")
 
 # Exit statuses of a Ctrl-C and of a closed stdout: 128 + the signal's number, as a shell reports a process the
 # signal ended (SIGINT 2, SIGPIPE 13).

@@ -1,4 +1,5 @@
-"""``mtd eval RUN_DIR [--n N] [--timesteps K] [--json]``: held-out ELBO (bits/dim) and every head's read-out.
+"""``mtd eval RUN_DIR [--n N] [--timesteps K] [--ema NAME] [--json]``: held-out ELBO (bits/dim) and every head's
+read-out (of the default EMA's weights; ``--ema NAME`` another EMA of the run, ``--ema model`` the raw weights).
 
 The ELBO is the bound of the base (prior + denoising + reconstruction, mtd_core/diffusion/elbo.py) in bits per
 dimension of the base's data, with each aggregated modality's decoder term beside it in nats, on a seeded subsample
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mtd_core.cli.common import check_device, check_seed, handle_errors
+from mtd_core.cli.sample_args import add_ema_options, ema_choice, weights_text
 from mtd_core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="test examples for the heads' read-out (default 0 = all)")
     p.add_argument("--batch-size", type=int, default=128, help="examples per forward pass (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subsample, timesteps and noise, in 0..2**64 - 1 (default 0)")
-    p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
+    add_ema_options(p, "evaluate")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=main)
@@ -141,7 +143,7 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"{option} must be at least {low}{' (0 = all)' if low == 0 else ''}, got {value}")
     check_seed(args.seed)
     check_device(args.device)
-    loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
+    loaded = load_run(args.run, ema=ema_choice(args), device=args.device)
     data = load_run_data(loaded)
     model = loaded.model
     with torch.no_grad():
@@ -154,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     how = ("all denoising terms" if e["exact"]
            else f"{e['timesteps_per_example']} of {e['T'] - 1} denoising terms per example")
-    print(f"mtd eval: {result['checkpoint']} ({result['weights']} weights, step {result['step']})")
+    print(f"mtd eval: {result['checkpoint']} ({weights_text(loaded.weights)} weights, step {result['step']})")
     print(f"  ELBO of the base (prior + denoise + recon): {e['bits_per_dim']:.4f} bits/dim (+- {e['std_error']:.4f} "
           f"s.e.) on {e['n_examples']} of {result['test_size']} test examples, {how}")
     print("  terms (nats/example): " + ", ".join(f"{k} {v:.2f}" for k, v in e["terms_nats"].items()

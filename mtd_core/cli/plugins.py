@@ -148,6 +148,10 @@ def cmd_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
         except MTDError as e:
             results.append({"kind": kind, "ok": False, "problems": [str(e)], "checks": []})
             continue
+        missing = [o for o in getattr(cls, "required_options", ()) if o not in options]
+        if missing and not args.kinds:  # validated when named with its options (--option)
+            results.append({"kind": kind, "ok": True, "skipped": f"needs --option {missing[0]}=...", "checks": []})
+            continue
         try:
             report = validate_modality(cls, dict(options) or None)
             results.append(_report_dict(kind, report))
@@ -160,7 +164,9 @@ def cmd_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write("\n")
         return 0 if ok else 1
     for r in results:
-        if r["ok"]:
+        if r.get("skipped"):
+            out.write(f"{r['kind']}: skipped ({r['skipped']}; name it to validate it)\n")
+        elif r["ok"]:
             out.write(f"{r['kind']}: ok ({len(r['checks'])} checks passed)\n")
         else:
             out.write(f"{r['kind']}: FAILED\n")
@@ -174,7 +180,9 @@ def cmd_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:
         for rec in failures:
             out.write(rec.message() + "\n")
     n_bad = sum(not r["ok"] for r in results)
-    out.write(f"\n{len(results) - n_bad} of {len(results)} modalities passed"
+    n_skip = sum(bool(r.get("skipped")) for r in results)
+    out.write(f"\n{len(results) - n_bad - n_skip} of {len(results) - n_skip} modalities passed"
+              + (f", {n_skip} skipped" if n_skip else "")
               + (f"; {len(failures)} plugin load failures" if failures else "") + "\n")
     return 0 if ok else 1
 

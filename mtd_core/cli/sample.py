@@ -1,6 +1,7 @@
 """``mtd sample RUN_DIR --out DIR [--given name=value ...] [--n N] [--sampler NAME --nfe N] [--seed S]``.
 
-Draws samples from a trained run (EMA weights of its latest checkpoint) and writes ``samples.png`` (a captioned
+Draws samples from a trained run (EMA weights of its latest checkpoint; ``--ema NAME`` another EMA of the run,
+``--ema model`` the raw weights) and writes ``samples.png`` (a captioned
 grid) and ``samples.npz`` (every modality's raw samples; values that read as text, such as captions and class
 names, also as strings) into --out.
 
@@ -31,11 +32,14 @@ import torch
 
 from mtd_core.cli.common import check_device, check_out_dir, check_seed, handle_errors
 from mtd_core.cli.sample_args import (  # noqa: F401  # parse_given and parse_value are imported from here too
+    add_ema_options,
+    ema_choice,
     parse_given,
     parse_inpaint,
     parse_options,
     parse_temperatures,
     parse_value,
+    weights_text,
 )
 from mtd_core.diffusion.noise import RESPACINGS
 from mtd_core.errors import ConfigError
@@ -76,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_conditioning_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw, in 0..2**64 - 1 (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    add_ema_options(p, "sample with")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.set_defaults(func=main)
 
@@ -172,7 +176,7 @@ def _guidance(model: MultiTaskModel, given: Batch, args: argparse.Namespace) -> 
                           f"head steers towards the given value; given {sorted(given)}")
     classifier = None
     if args.classifier:
-        clf = load_run(args.classifier, ema=not args.no_ema, device=args.device).model
+        clf = load_run(args.classifier, ema=ema_choice(args) not in (False, "model"), device=args.device).model
         classifier = head_classifier(clf, heads[0], model)
     return GuidanceConfig(modality=heads[0], target=given[heads[0]], scale=scale, classifier=classifier)
 
@@ -189,7 +193,7 @@ def summary(total: int, out: GenerationOutput, guidance: GuidanceConfig | None, 
         if guidance is not None:
             whose = f"the head of {args.classifier}" if args.classifier else "the model's own head"
             how += f", classifier guidance {guidance.scale:g} towards the given {guidance.modality!r} by {whose}"
-    return f"mtd sample: {total} samples ({out.mode}, {how}, {weights} weights of step {step})"
+    return f"mtd sample: {total} samples ({out.mode}, {how}, {weights_text(weights)} weights of step {step})"
 
 
 @handle_errors("sample")
@@ -207,7 +211,7 @@ def main(args: argparse.Namespace) -> int:
     out_dir = check_out_dir(args.out)
     options = parse_options(args.option, args.sampler)
     temperatures = parse_temperatures(args.encoding_temperature)
-    loaded = load_run(args.run, ema=not args.no_ema, device=args.device)
+    loaded = load_run(args.run, ema=ema_choice(args), device=args.device)
     model = loaded.model
     given, total, row_labels = parse_given(model, args.given, args.n, loaded.dataset_info.get("class_names"))
     inpaint = parse_inpaint(model, args.inpaint, args.mask, total)

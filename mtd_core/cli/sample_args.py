@@ -1,9 +1,10 @@
 """``mtd sample``'s values given on the command line: ``--given``, ``--option``, ``--encoding-temperature``,
-``--inpaint``/``--mask``. Each is read strictly: a value that does not read as what its option expects, or a name
+``--inpaint``/``--mask``, and the weights chosen by ``--ema``/``--no-ema`` (shared with ``mtd eval``). Each is read strictly: a value that does not read as what its option expects, or a name
 given twice, is a ConfigError (or ModalityDataError) naming the option and what was expected; nothing is coerced."""
 
 from __future__ import annotations
 
+import argparse
 import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -196,3 +197,22 @@ def parse_inpaint(model: MultiTaskModel, image: str | None, mask: str | None, n:
     return images.repeat(n, 1, 1, 1), m[None].expand(n, c, h, w)
 
 
+
+
+def add_ema_options(p: argparse.ArgumentParser, verb: str) -> None:
+    """``--ema NAME`` (which EMA's weights) and ``--no-ema`` (the raw weights, as ``--ema model``)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--ema", default=None, metavar="NAME",
+                       help=f"{verb} the weights of the EMA of this name: 'ema' (the default EMA, used without this "
+                            "option), a name of the run's trainer.emas, or 'model' for the raw weights")
+    group.add_argument("--no-ema", action="store_true", help=f"{verb} the raw weights instead of the EMA (--ema model)")
+
+
+def ema_choice(args: argparse.Namespace) -> bool | str:
+    """``load_run``'s ``ema`` for ``--ema``/``--no-ema``: True (the default EMA), False (raw weights) or a name."""
+    return False if args.no_ema else True if args.ema is None else str(args.ema)
+
+
+def weights_text(weights: str) -> str:
+    """A LoadedRun's ``weights`` as printed: "ema" and "model" as they are, another EMA by its name."""
+    return weights if weights in ("ema", "model") else f"EMA {weights!r}"

@@ -67,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device-memory", metavar="GiB",
                    help="with --dry-run: the device's memory in GiB instead of what it has free (e.g. --device cuda "
                         "--device-memory 80, with or without CUDA here)")
+    p.add_argument("--device-tflops", metavar="TFLOPS", type=float,
+                   help="with --dry-run on a device this machine does not have: its sustained TFLOP/s, for the "
+                        "step-time estimate from counted FLOPs (default: 40%% of an H100's peak)")
     p.set_defaults(func=main, train_parser=p)
 
 
@@ -80,7 +83,8 @@ def main(args: argparse.Namespace) -> int:
         return dry_run(args)
     if args.out is None:
         args.train_parser.error("the following arguments are required: --out (unless --dry-run)")
-    for option, value in (("--device", args.device), ("--device-memory", args.device_memory)):
+    for option, value in (("--device", args.device), ("--device-memory", args.device_memory),
+                          ("--device-tflops", args.device_tflops)):
         if value is not None:
             raise ConfigError(f"{option} goes with --dry-run only; training uses trainer.device "
                               "(--set trainer.device=NAME)")
@@ -152,7 +156,7 @@ def dry_run(args: argparse.Namespace) -> int:
     configured batch fits the device (exit 0) or not (a ConfigError naming ``trainer.batch_size``, exit 1)."""
     from mtd_core.plugins.registry import get_registry
     from mtd_core.training.config import read_config, resolve_config
-    from mtd_core.training.memory import available_memory, check_estimate, estimate_batch_memory
+    from mtd_core.training.memory import available_memory, check_estimate, ema_copies, estimate_batch_memory
 
     if args.resume:
         raise ConfigError("--resume does not go with --dry-run (a dry run reads no checkpoint and trains nothing)")
@@ -165,18 +169,29 @@ def dry_run(args: argparse.Namespace) -> int:
     taskset, data_note = _sized_taskset(config, registry)
     est = estimate_batch_memory(config, registry, taskset=taskset)
     available, where = (given, "given by --device-memory") if given is not None else available_memory(dev)
-    _print_memory(args.config, taskset, est, data_note, dev, available, where, config.trainer.ema_decay > 0)
+    _print_memory(args.config, taskset, est, data_note, dev, available, where, ema_copies(config.trainer))
     if present:
         line = _step_time(config, taskset, est, dev, registry)
     else:
-        line = (f"not measured: no {dev} on this machine (only its memory, {available / 2**30:.3g} GiB given by "
-                "--device-memory, is checked)")
+        line = _counted_step_time(config, taskset, registry, args.device_tflops)  # no such device here
     print(f"  step time    {line}")
     fits = est.total_bytes <= available
     print(f"  result       the batch of {config.trainer.batch_size} {'fits' if fits else 'does NOT fit'} {dev} "
           f"({_size(est.total_bytes)} estimated of {_size(available)})", flush=True)
     check_estimate(est, config.trainer.batch_size, available, where)
     return 0
+
+
+def _counted_step_time(config: RunConfig, taskset: TaskSet, registry: Registry, tflops: float | None) -> str:
+    """The step time of a device that is not here: the backbone's FLOPs counted on the meta device, at the device's
+    sustained rate (--device-tflops) or a stated reference rate (mtd_core/training/flops.py)."""
+    from mtd_core.training.flops import estimate_step_time, step_flops_per_example
+
+    if tflops is not None and not (math.isfinite(tflops) and tflops > 0):
+        raise ConfigError(f"--device-tflops {tflops!r}: expected the device's sustained TFLOP/s, a number above 0")
+    per_example = step_flops_per_example(config, registry, taskset)
+    estimate = estimate_step_time(per_example, config.trainer.batch_size, config.trainer.bf16, tflops)
+    return f"not measured (no such device here); {estimate.sentence()}"
 
 
 def _device_memory(text: str | None) -> int | None:
@@ -253,11 +268,11 @@ def _size(n: float) -> str:
 
 
 def _print_memory(config_path: str, taskset: TaskSet, est: MemoryEstimate, data_note: str, dev: torch.device,
-                  available: float, where: str, ema: bool) -> None:
+                  available: float, where: str, emas: int) -> None:
     """The dry run's header, parameter count and memory estimate."""
     from mtd_core.training.memory import OPTIMIZER_COPIES, largest_fitting_batch
 
-    copies = OPTIMIZER_COPIES + (1 if ema else 0)
+    copies = OPTIMIZER_COPIES + emas
     fitting = largest_fitting_batch(est, available)
     print("\n".join([
         f"mtd train --dry-run: {config_path} (nothing trained, nothing written)",
@@ -265,7 +280,7 @@ def _print_memory(config_path: str, taskset: TaskSet, est: MemoryEstimate, data_
         f"  parameters   {est.parameters:,} ({est.parameters / 1e6:.2f}M; {data_note})",
         ("  memory       estimated peak of one step of one process (an estimate within a small factor: parameters "
          "counted, the activations autograd saves for backward measured on torch's meta device)"),
-        (f"    weights, gradients, AdamW{', EMA' if ema else ''}: {_size(est.fixed_bytes)} ({copies} float32 copies "
+        (f"    weights, gradients, AdamW{', EMA' if emas else ''}: {_size(est.fixed_bytes)} ({copies} float32 copies "
          "of the parameters)"),
         (f"    per example: {_size(est.per_example_bytes)} (activations {_size(est.activation_bytes)}, latents and "
          f"their gradients {_size(est.latent_bytes)}, data {_size(est.data_bytes)})"),

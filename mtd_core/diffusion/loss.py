@@ -15,11 +15,11 @@ which trains every head across noise levels; the ELBO itself reads them at t = 1
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-import attrs
 import torch
 
 from mtd_core.diffusion.elbo import base_prediction, step_kl
@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 LOSS_KINDS = ("simple", "vlb")
 
 
-@attrs.frozen
+# A dataclass, not attrs: DistributedDataParallel finds the tensors a forward returned (to learn which parameters
+# the backward will reach) only inside tensors, lists, tuples, dicts and dataclasses. An opaque output makes it
+# count every parameter unused, and with find_unused_parameters the first gradient is then "marked ready twice".
+@dataclasses.dataclass(frozen=True, slots=True)
 class LossOutput:
     """The scalar loss to minimise and its parts.
 
@@ -123,7 +126,8 @@ def _vlb_term(fp: ForwardProcess, denoiser: Denoiser, out: DenoiserOutput, t: to
     enc_hat = denoiser.predicted_encodings(out.preds)
     kl = step_kl(fp, t.clamp(min=2), z_t, z0, enc, out.eps.to(z0.dtype), enc_hat) / D
     if base is not None:
-        pred0 = base_prediction(fp, z_t, out.eps.to(z0.dtype), enc_hat, batch[base.name].shape[1])
+        channels = (base.latent_shape() or batch[base.name].shape[1:])[0]  # z_0's channels (a latent base's differ)
+        pred0 = base_prediction(fp, z_t, out.eps.to(z0.dtype), enc_hat, channels)
         nll0 = checked_loss(base, pred0, batch[base.name]) / D
     else:
         nll0 = torch.zeros_like(kl)

@@ -14,6 +14,7 @@ from mtd_core.modality import Modality
 from mtd_core.sampling.base import StepPrediction
 from mtd_core.sampling.estimate import BaseEstimate, BaseRange, ObservedBase
 from mtd_core.sampling.guidance import Classifier, classifier_grad, guided_eps
+from mtd_core.sampling.samples import base_decoder
 from mtd_core.types import Prediction
 
 if TYPE_CHECKING:
@@ -30,11 +31,14 @@ def check_conditioning(conditioning: str) -> None:
 
 
 def base_range(model: MultiTaskModel) -> BaseRange | None:
-    """Where the model's base lives in z_0 and its data range (None without a base)."""
+    """Where the model's base lives in z_0 and its data range (None without a base). A base whose encoder decodes
+    (a latent base's autoencoder, samples.py) has no range in Z: its z_0 is a latent, not its data."""
     base = model.taskset.base
     if base is None:
         return None
     spec = base.data_spec()
+    if base_decoder(model.encoders[base.name]) is not None:
+        return BaseRange(channels=model.taskset.base_latent.shape[0], low=None, high=None, name=base.name)
     return BaseRange(channels=model.taskset.base_latent.shape[0], low=spec.low, high=spec.high, name=base.name)
 
 

@@ -12,6 +12,7 @@ import torch
 from mtd_core.errors import ConfigError, ModalityDataError
 from mtd_core.modality import Modality
 from mtd_core.sampling.estimate import ObservedBase
+from mtd_core.sampling.samples import base_decoder
 from mtd_core.types import Batch
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ def observed_base(model: MultiTaskModel, data: Mapping[str, torch.Tensor], dev: 
         shown = model.taskset[name].observed_base(x, base)
         if shown is None:
             continue
+        _check_pixel_base(model, base, f"modality {name!r} shows values of it to keep (keep_observed=False skips them)")
         v, k = shown
         if tuple(v.shape) != shape or k.dtype != torch.bool or not _broadcasts(k.shape, v.shape):
             raise ModalityDataError(
@@ -83,6 +85,7 @@ def inpainted(model: MultiTaskModel, inpaint: object, B: int, mode: str, dev: to
     if mode == "readout" or base is None:
         raise ConfigError("generate: inpaint generates the base around known values; "
                           + ("the base is given here (read-out)" if base is not None else "this task set has no base"))
+    _check_pixel_base(model, base, "inpaint keeps known values of it")
     shape = (B, *base.data_spec().shape)
     if not (isinstance(inpaint, tuple) and len(inpaint) == 2 and all(isinstance(t, torch.Tensor) for t in inpaint)):
         raise ConfigError(f"generate: inpaint must be a tuple (images, mask) of tensors, got {type(inpaint).__name__}")
@@ -93,6 +96,14 @@ def inpainted(model: MultiTaskModel, inpaint: object, B: int, mode: str, dev: to
                                 f"{tuple(images.shape)} and a {mask.dtype} mask {tuple(mask.shape)}")
     base.validate(images, where="inpaint images")
     return _join(kept, images.to(dev), ~mask.to(dev))
+
+
+def _check_pixel_base(model: MultiTaskModel, base: Modality, what: str) -> None:
+    """A ConfigError when the base's z_0 is a latent (its encoder decodes, samples.py): the values kept in the base
+    estimate are data, which only a base whose z_0 is its data can hold."""
+    if base_decoder(model.encoders[base.name]) is not None:
+        raise ConfigError(f"generate: {what}, but the base {base.name!r} (kind {base.kind!r}) is diffused in a latent "
+                          "space (its encoder decodes z_0), where values of its data cannot be kept")
 
 
 def _join(kept: ObservedBase | None, values: torch.Tensor, known: torch.Tensor) -> ObservedBase:

@@ -3,7 +3,8 @@
 A checkpoint is a folder ``step_00001234/`` under a run's ``checkpoints/`` folder:
 
     model.safetensors       the model's state dict
-    ema.safetensors         the EMA weights (optional)
+    ema.safetensors         the (default) EMA's weights (optional)
+    ema_<name>.safetensors  the weights of each further EMA, ``trainer.emas`` (optional; ema_bank.py)
     optimizer.safetensors   the optimizer's tensors ("state.<param index>.<name>"); the rest is in state.json
     rng.safetensors         torch CPU and CUDA generator states
     state.json              step, trainer state (data sampler position, EMA update count, ...), the optimizer's
@@ -41,6 +42,7 @@ from safetensors.torch import save as st_save
 
 from mtd_core.errors import CheckpointError
 from mtd_core.training.checkpoint_schema import check_config, check_state
+from mtd_core.training.ema_bank import ema_file, ema_name
 from mtd_core.training.manifest import (
     FORMAT,
     MANIFEST,
@@ -84,6 +86,7 @@ class Checkpoint:
         rng: the RNG states from :func:`capture_rng_state`, or None.
         trainer: JSON-representable trainer state (data sampler position, EMA update count, elapsed time, ...).
         assets: modality name -> asset name -> bytes (e.g. a tokenizer).
+        emas: the further EMAs' weights by name (``trainer.emas``; the default EMA is ``ema``).
         path: where it was saved or loaded from (set by :func:`save_checkpoint` / :func:`load_checkpoint`).
     """
 
@@ -95,6 +98,7 @@ class Checkpoint:
     rng: StateDict | None = None
     trainer: ConfigDict = attrs.field(factory=dict)
     assets: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
+    emas: dict[str, dict[str, torch.Tensor]] = attrs.field(factory=dict)
     path: Path | None = None
 
 
@@ -191,6 +195,10 @@ def _write_checkpoint(root: Path, final: Path, tmp: Path, ckpt: Checkpoint) -> N
         files: dict[str, bytes] = {"model.safetensors": _tensors_bytes(ckpt.model)}
         if ckpt.ema is not None:
             files["ema.safetensors"] = _tensors_bytes(ckpt.ema)
+        for name, tensors in ckpt.emas.items():
+            if ema_name(ema_file(name)) != name or not SAFE_NAME.match(name):
+                raise CheckpointError(f"EMA {name!r}: a name of letters, digits, '_' and '-' only is expected")
+            files[ema_file(name)] = _tensors_bytes(tensors)
         state: ConfigDict = {"format": FORMAT, "version": VERSION, "step": ckpt.step, "trainer": ckpt.trainer}
         if ckpt.optimizer is not None:
             opt_tensors, state["optimizer"] = optimizer_to_parts(ckpt.optimizer)
@@ -281,6 +289,9 @@ def load_checkpoint(path: str | Path, parts: Iterable[str] = ("model", "ema", "o
         ckpt.model = parse_tensors(ckpt_dir, "model.safetensors", read("model.safetensors"), finite=True)
     if "ema" in parts and "ema.safetensors" in files:
         ckpt.ema = parse_tensors(ckpt_dir, "ema.safetensors", read("ema.safetensors"), finite=True)
+    if "ema" in parts:
+        ckpt.emas = {other: parse_tensors(ckpt_dir, rel, read(rel), finite=True)
+                     for rel in files if (other := ema_name(rel)) is not None}
     if "optimizer" in parts and "optimizer.safetensors" in files:
         tensors = parse_tensors(ckpt_dir, "optimizer.safetensors", read("optimizer.safetensors"), finite=True)
         ckpt.optimizer = optimizer_from_parts(tensors, state["optimizer"], ckpt_dir / "optimizer.safetensors")

@@ -22,7 +22,8 @@ from mtd_core.data.build import DatasetConfig
 from mtd_core.diffusion.loss import LOSS_KINDS
 from mtd_core.errors import ConfigError, MTDError, closest
 from mtd_core.sampling.options import DEFAULT_SAMPLER, DEFAULT_STEPS
-from mtd_core.training.config_checks import (betas_pair, boolean, device_name, float_in, int_at_least, non_empty_str,
+from mtd_core.training.config_checks import (COMPILE_OFF, EMASpec, betas_pair, boolean, check_emas, compile_mode,
+                                              device_name, ema_lengths, float_in, int_at_least, non_empty_str,
                                               one_of, to_float)
 from mtd_core.tomlio import TOMLDecodeError, loads_toml, plain, read_toml
 from mtd_core.types import ConfigDict, ConfigMapping, ConfigValue
@@ -67,8 +68,18 @@ class TrainConfig:
             step; docs/training.md, "Gradient clipping").
         ema_decay: decay of the exponential moving average of the weights; 0 disables the EMA.
         ema_warmup: ramp the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) over the first updates.
+        ema_halflife: the default EMA's half-life in training examples instead of ``ema_decay`` (EDM's definition:
+            decay 0.5 ** (batch_size / halflife) per step); 0 uses ``ema_decay`` (which still turns the EMAs off at 0).
+        ema_rampup: EDM's ramp-up of every half-life EMA: its half-life is at most this fraction of the examples
+            seen so far (0: no ramp-up); ``ema_warmup`` plays that part for ``ema_decay``.
+        emas: further EMAs kept beside the default one (named "ema"), each ``{name, halflife}`` (half-life in
+            training examples), updated every step, saved in every checkpoint, chosen at sampling time by name.
         loss: the training loss, "simple" (eps MSE + heads' NLL) or "vlb".
         bf16: run forward passes under bfloat16 autocast (CPU and CUDA); weights and optimizer stay float32.
+        compile: "off", or a torch.compile mode ("default", "reduce-overhead", "max-autotune", ...: those the
+            installed torch knows) to compile the backbone in place (its state_dict keys do not change, so
+            checkpoints of compiled and eager runs are interchangeable; mtd_core/training/speed.py).
+        channels_last: keep the backbone's weights and 4-D inputs in the channels-last memory format.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
         seed: seeds weights, data order, timesteps, noise and derived modalities.
         threads: torch CPU threads (0: torch's default).
@@ -81,6 +92,8 @@ class TrainConfig:
         checkpoint_every: save a checkpoint every this many steps (0: only at the end and when stopped).
         keep_last: keep the newest this many checkpoints (0: keep all).
         progress: show a tqdm progress bar (rank 0 only).
+        tensorboard: also write the scalars of metrics.jsonl as TensorBoard events into ``<run>/tensorboard/``
+            (rank 0; needs the optional extra: ``pip install 'mtd[tensorboard]'``).
     """
 
     steps: int = attrs.field(default=2000, validator=int_at_least("steps", 1))
@@ -96,8 +109,13 @@ class TrainConfig:
     grad_clip_scope: str = attrs.field(default="model", validator=one_of("grad_clip_scope", GRAD_CLIP_SCOPES))
     ema_decay: float = attrs.field(default=0.999, converter=to_float, validator=float_in("ema_decay", 0.0, 1.0))
     ema_warmup: bool = attrs.field(default=True, validator=boolean("ema_warmup"))
+    ema_halflife: float = attrs.field(default=0.0, converter=to_float, validator=float_in("ema_halflife", 0.0))
+    ema_rampup: float = attrs.field(default=0.05, converter=to_float, validator=float_in("ema_rampup", 0.0))
+    emas: tuple[EMASpec, ...] = attrs.field(default=(), converter=ema_lengths)
     loss: str = attrs.field(default="simple", validator=one_of("loss", LOSS_KINDS))
     bf16: bool = attrs.field(default=False, validator=boolean("bf16"))
+    compile: str = attrs.field(default=COMPILE_OFF, validator=compile_mode)
+    channels_last: bool = attrs.field(default=False, validator=boolean("channels_last"))
     device: str = attrs.field(default="auto", validator=device_name)
     seed: int = attrs.field(default=0, validator=int_at_least("seed", 0))
     threads: int = attrs.field(default=0, validator=int_at_least("threads", 0))
@@ -109,14 +127,17 @@ class TrainConfig:
     checkpoint_every: int = attrs.field(default=500, validator=int_at_least("checkpoint_every", 0))
     keep_last: int = attrs.field(default=3, validator=int_at_least("keep_last", 0))
     progress: bool = attrs.field(default=True, validator=boolean("progress"))
+    tensorboard: bool = attrs.field(default=False, validator=boolean("tensorboard"))
 
     def __attrs_post_init__(self) -> None:
         check_accumulate(self.batch_size, self.accumulate)
+        check_emas(self.ema_decay, self.ema_halflife, self.emas)
 
     def to_dict(self) -> ConfigDict:
         """A plain dict (lists for tuples); :meth:`from_dict` inverts it."""
         d = attrs.asdict(self)
         d["betas"] = list(self.betas)
+        d["emas"] = [attrs.asdict(e) for e in self.emas]
         return d
 
     @classmethod
@@ -135,7 +156,8 @@ class TrainConfig:
 
     # which keys may differ between a checkpoint and a resumed run
     RESUMABLE_CHANGES = ("steps", "log_every", "sample_every", "sample_n", "sample_sampler", "sample_steps",
-                         "checkpoint_every", "keep_last", "progress", "threads", "device")
+                         "checkpoint_every", "keep_last", "progress", "threads", "device", "tensorboard",
+                         "compile", "channels_last")
 
 
 @attrs.frozen

@@ -4,7 +4,7 @@
 tens of GB. :func:`estimate_batch_memory` builds the model on torch's meta device (shapes only, no storage) and
 adds up, for one process:
 
-    fixed        parameters x 4 bytes x (weights, gradients, AdamW's two moments, the EMA copy when ema_decay > 0)
+    fixed        parameters x 4 bytes x (weights, gradients, AdamW's two moments, one copy per EMA when ema_decay > 0)
     per example  data: every modality's example (``data_spec`` shape x dtype size), twice (the batch and the
                  derived/transformed copy);
                  latent: the step's latent tensors (z_0, eps, z_t, the noise estimate, every aggregated encoding,
@@ -42,11 +42,11 @@ if TYPE_CHECKING:
     from mtd_core.model import MultiTaskModel
     from mtd_core.plugins.registry import Registry
     from mtd_core.taskset import TaskSet
-    from mtd_core.training.config import RunConfig
+    from mtd_core.training.config import RunConfig, TrainConfig
 
 FLOAT_BYTES = 4
 OPTIMIZER_COPIES = 4
-"""Per parameter: the weight, its gradient and AdamW's two moments (the EMA adds one more when on)."""
+"""Per parameter: the weight, its gradient and AdamW's two moments (each EMA adds one more: ema_copies)."""
 LATENT_TENSORS = 4
 """z_0, eps, z_t and the noise estimate; each aggregated encoding and the known part add one."""
 GiB = 2**30
@@ -83,6 +83,11 @@ class MemoryEstimate:
     def total_bytes(self) -> float:
         """The estimated peak: fixed + batch_size x per example."""
         return self.fixed_bytes + self.batch_size * self.per_example_bytes
+
+
+def ema_copies(trainer: TrainConfig) -> int:
+    """The float32 copies of the weights the EMAs keep: the default one and each of ``trainer.emas``."""
+    return 1 + len(trainer.emas) if trainer.ema_decay > 0 else 0
 
 
 def _data_bytes(ts: TaskSet) -> float:
@@ -150,7 +155,7 @@ def estimate_batch_memory(config: RunConfig, registry: Registry | None = None, *
             raise ConfigError(f"the model of this config cannot be sized ({type(e).__name__}: {e}); an option of a "
                               f"modality or of the backbone is far too large") from None
     params = sum(p.numel() for p in backbone.parameters())
-    copies = OPTIMIZER_COPIES + (1 if config.trainer.ema_decay > 0 else 0)
+    copies = OPTIMIZER_COPIES + ema_copies(config.trainer)
     activations = _activation_bytes(getattr(backbone, "backbone", backbone), shape)
     if config.trainer.bf16:
         activations /= 2

@@ -142,11 +142,7 @@ def resume_trainer(trainer: Trainer) -> None:
         trainer.model.load_state_dict(ckpt.model)
     except RuntimeError as e:
         raise CheckpointError(f"{ckpt.path}/model.safetensors does not fit the model: {e}") from None
-    if trainer.ema is not None:
-        if ckpt.ema is None:
-            raise CheckpointError(f"{ckpt.path}: has no EMA weights but trainer.ema_decay > 0")
-        trainer.ema.load_state_dict({k: v.to(trainer.device) for k, v in ckpt.ema.items()},
-                                    ckpt.trainer.get("ema_updates", 0))
+    trainer.emas.restore(ckpt.ema, ckpt.emas, ckpt.trainer.get("ema_updates", 0), ckpt.path, trainer.device)
     if ckpt.optimizer is None:
         raise CheckpointError(f"{ckpt.path}: has no optimizer state; it cannot be resumed (only sampled from)")
     _check_optimizer(ckpt, trainer.optimizer)

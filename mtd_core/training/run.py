@@ -5,6 +5,7 @@ Used by ``mtd train``, ``mtd sample``, ``mtd eval`` and ``mtd demo``; equally us
     run = build_run(read_config("examples/configs/image_label.toml"))
     Trainer(run.model, run.data, run.config.trainer, "runs/x", run_config=run.config.to_dict()).fit()
     loaded = load_run("runs/x")            # the EMA weights of the latest checkpoint
+    loaded = load_run("runs/x", ema="long")  # those of the EMA trainer.emas calls "long"; ema="model": raw weights
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mtd_core.errors import CheckpointError, MTDError
 from mtd_core.training.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, recover_run
 from mtd_core.training.config import RunConfig, resolve_config
 from mtd_core.training.datapaths import saved_dataset
+from mtd_core.training.ema_bank import choose_ema
 from mtd_core.training.memory import check_batch_memory
 from mtd_core.types import Batch, ConfigDict
 
@@ -129,7 +131,8 @@ class LoadedRun:
         model: the MultiTaskModel with the checkpoint's weights (EMA weights unless asked otherwise), in eval mode.
         checkpoint: the checkpoint it came from (its ``config`` holds the model, run and dataset info).
         run_config: the resolved run config, or None for a run trained without one (Python API).
-        weights: "ema" or "model".
+        weights: "model" (the raw weights), or the name of the EMA it holds: "ema" (the default) or one of
+            ``trainer.emas``.
     """
 
     model: MultiTaskModel
@@ -148,7 +151,8 @@ class LoadedRun:
         return dict(self.checkpoint.config.get("dataset_info") or {})
 
 
-def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu", registry: Registry | None = None) -> LoadedRun:
+def load_run(path: str | Path, *, ema: bool | str = True, device: str | torch.device = "cpu",
+             registry: Registry | None = None) -> LoadedRun:
     """Rebuild the model of a run folder (or of one checkpoint folder) with its trained weights.
 
     The leftovers of a killed save are recovered first, as every command does when it opens a run folder
@@ -157,7 +161,9 @@ def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device =
 
     Args:
         path: a run folder (its latest checkpoint is used), its checkpoints folder, or one checkpoint folder.
-        ema: use the EMA weights when the checkpoint has them (what samples should be drawn with).
+        ema: True: the default EMA's weights when the checkpoint has them (what samples should be drawn with);
+            False or "model": the raw weights; a name: that EMA ("ema", the default, or one of ``trainer.emas``),
+            a ConfigError listing the checkpoint's EMAs when it has none of that name.
         device: where to put the model.
         registry: the plugin registry (default: ``get_registry()``).
     """
@@ -166,6 +172,7 @@ def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device =
     recover_run(path)
     ckpt_dir = find_checkpoint(path)
     ckpt = load_checkpoint(ckpt_dir, parts=("model", "ema", "assets"))
+    weights, averaged = choose_ema(ckpt.ema, ckpt.emas, ema, ckpt_dir)
     model_config = ckpt.config.get("model")
     if not isinstance(model_config, dict):
         raise CheckpointError(f"{ckpt_dir}/config.json: has no 'model' config; it was not written by mtd's trainer")
@@ -175,16 +182,15 @@ def load_run(path: str | Path, *, ema: bool = True, device: str | torch.device =
         raise type(e)(f"{ckpt_dir}: cannot rebuild the model: {e}") from e
     try:
         model.load_state_dict(ckpt.model)
-        if ema and ckpt.ema is not None:
+        if averaged is not None:
             state = model.state_dict()
             with torch.no_grad():
-                for k, v in ckpt.ema.items():
+                for k, v in averaged.items():
                     state[k].copy_(v)
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{ckpt_dir}: the weights do not fit the model rebuilt from its config: {e}") from None
     model.to(device).eval()
-    return LoadedRun(model=model, checkpoint=ckpt, run_config=_saved_run_config(ckpt),
-                     weights="ema" if ema and ckpt.ema is not None else "model")
+    return LoadedRun(model=model, checkpoint=ckpt, run_config=_saved_run_config(ckpt), weights=weights)
 
 
 def _saved_run_config(ckpt: Checkpoint) -> RunConfig | None:

@@ -4,14 +4,11 @@ streams, and the micro-batches of gradient accumulation."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from mtd_core.encoding_scale import EncodingScale
 from mtd_core.model import MultiTaskModel
 from mtd_core.training.config import TrainConfig
 
@@ -81,19 +78,3 @@ def micro_positions(batch_size: int, world_size: int, rank: int, accumulate: int
     micro = batch_size // accumulate
     b = micro // world_size
     return [torch.arange(j * micro + rank * b, j * micro + (rank + 1) * b) for j in range(accumulate)]
-
-
-@contextlib.contextmanager
-def per_step_statistics(model: nn.Module, accumulate: int) -> Iterator[None]:
-    """Within it, each EncodingScale's running statistics move per micro-step by the momentum m' with
-    (1 - m')^accumulate = 1 - m, so that after the ``accumulate`` micro-steps of an optimisation step they have
-    moved as far towards the micro-batches' statistics as one full batch would have moved them."""
-    scales = [m for m in model.modules() if isinstance(m, EncodingScale)] if accumulate > 1 else []
-    saved = [s.momentum for s in scales]
-    for s, m in zip(scales, saved):
-        s.momentum = 1.0 - (1.0 - m) ** (1.0 / accumulate)
-    try:
-        yield
-    finally:
-        for s, m in zip(scales, saved):
-            s.momentum = m

@@ -7,8 +7,8 @@ global torch RNG used by dropout) comes from generators seeded by (seed, n, rank
 sampler's (seed, epoch): a resumed run continues exactly as if it had never stopped (on CPU: bit-identical
 weights), and t, eps and the hidden parts of every example are the same whatever the number of processes.
 
-Run folder layout (``out_dir``): config.json (the resolved config), metrics.jsonl, samples/step_<n>.png,
-checkpoints/step_<n>/ (mtd_core/training/checkpoint.py).
+Run folder layout (``out_dir``): config.json (the resolved config), metrics.jsonl, tensorboard/ (optional: logs.py),
+samples/step_<n>.png, checkpoints/step_<n>/ (mtd_core/training/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -27,22 +27,26 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mtd_core.data.build import LoadedData
 from mtd_core.data.derive import derive_batch, model_inputs
+from mtd_core.data.loader import stream_loader
 from mtd_core.data.sampler import ResumableSampler
 from mtd_core.data.splits import DatasetSplits
 from mtd_core.diffusion.loss import LossOutput
 from mtd_core.errors import ConfigError
 from mtd_core.model import MultiTaskModel
+from mtd_core.training.accumulate import accumulate_gradients
 from mtd_core.training.checkpoint import Checkpoint, list_checkpoints, recover_run, save_checkpoint, write_atomic
 from mtd_core.training.config import TrainConfig, check_accumulate
 from mtd_core.training.console import ProgressBar, install_stop_handlers, progress_bar
 from mtd_core.training.datapaths import MARK, MARK_KEY, stored_run_config
 from mtd_core.training.distributed import DistContext, device_for
-from mtd_core.training.ema import EMA
+from mtd_core.training.ema_bank import EMABank
 from mtd_core.training.grids import render_grid, sample_cells, save_png
 from mtd_core.training.guard import check_parameters, diverged
+from mtd_core.training.logs import TensorBoardLog
 from mtd_core.training.resume import resume_trainer, trim_metrics
+from mtd_core.training.speed import prepare_backbone
 from mtd_core.training.state import capture_rng_state
-from mtd_core.training.step import clip_gradients, lr_at, micro_positions, mix_seed, per_step_statistics, set_lr
+from mtd_core.training.step import clip_gradients, lr_at, micro_positions, mix_seed, set_lr
 from mtd_core.types import ConfigDict, ConfigMapping
 
 BAR_EVERY = 10  # steps between progress-bar text updates
@@ -114,11 +118,14 @@ class Trainer:
             torch.set_num_threads(config.threads)
         self.device = device_for(self.dist, config.device)
         self.model = model.to(self.device)
+        prepare_backbone(self.model, config.compile, config.channels_last)  # opt-in speed paths (speed.py)
         self.run_config = (stored_run_config(run_config, self.out_dir) if run_config is not None  # datapaths.py
                            else {"trainer": config.to_dict()})
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
                                            weight_decay=config.weight_decay)
-        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup).to(self.device) if config.ema_decay > 0 else None
+        self.emas = EMABank.from_config(self.model, config).to(self.device)  # every EMA by name (ema_bank.py)
+        self.ema = self.emas.default  # the default EMA: sample grids, load_run(path)
+        self.tensorboard = TensorBoardLog(self.out_dir / "tensorboard", config.tensorboard, self.dist.is_main)
         if config.accumulate > 1:  # every rank's every micro-step gets the same number of examples
             check_accumulate(config.batch_size, config.accumulate, self.dist.world_size)
         self.sampler = ResumableSampler(len(self.data.splits.train), config.batch_size, seed=config.seed,
@@ -142,6 +149,9 @@ class Trainer:
                               "continue it, or choose another output folder")
         if self.dist.is_main:  # lines a stopped run logged past the step this one starts from (0: all of them)
             trim_metrics(self.out_dir / "metrics.jsonl", self.step)
+        # data not in memory (a packed dataset): read ahead by worker processes, replaying the sampler (loader.py)
+        self.loader = stream_loader(self.data, self.sampler, micro_positions(
+            config.batch_size, self.dist.world_size, self.dist.rank, config.accumulate), self.device, self.taskset)
         self.loss_module: nn.Module = _LossModule(self.model, config.loss)
         if self.dist.enabled:
             self.loss_module = self._wrap_ddp()
@@ -169,7 +179,8 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------------------
     def _local_batch(self, indices: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        batch = self.data.batch(self.data.splits.train, indices)
+        batch = (self.loader.batch(indices) if self.loader is not None
+                 else self.data.batch(self.data.splits.train, indices))
         return model_inputs(self.taskset, derive_batch(self.taskset, batch, generator))
 
     def _train_step(self) -> tuple[LossOutput, float]:
@@ -202,32 +213,15 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         check_parameters(self.model, self.step, lr_at(self.config, self.step), self.last_checkpoint)
-        if self.ema is not None:
-            self.ema.update(self.model)
+        self.emas.update(self.model)
         return out, grad_norm
 
     def _accumulate_gradients(self, batch: Mapping[str, torch.Tensor], t: torch.Tensor, eps: torch.Tensor,
                               hide: torch.Tensor | None) -> LossOutput:
-        """Backward over ``accumulate`` equal micro-batches of this rank's batch, each loss scaled by its share so
-        that the gradients add up to those of the batch's mean loss; under DDP the gradients are all-reduced on the
-        last micro-step only. Returns the step's loss and terms: the means over the micro-steps."""
-        k = self.config.accumulate
-        size = len(t) // k
-        ddp = self.loss_module if isinstance(self.loss_module, DistributedDataParallel) else None
-        outs: list[LossOutput] = []
-        with per_step_statistics(self.model, k):
-            for j in range(k):
-                part = slice(j * size, (j + 1) * size)
-                micro = {name: v[part] for name, v in batch.items()}
-                with contextlib.nullcontext() if ddp is None or j == k - 1 else ddp.no_sync():
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-                        out = self.loss_module(micro, t[part], eps[part], None if hide is None else hide[part])
-                    (out.loss if k == 1 else out.loss / k).backward()
-                outs.append(out)
-        if k == 1:
-            return outs[0]
-        return LossOutput(loss=torch.stack([o.loss.detach() for o in outs]).mean(),
-                          parts={name: torch.stack([o.parts[name] for o in outs]).mean() for name in outs[0].parts})
+        """Backward over ``accumulate`` micro-batches (mtd_core/training/accumulate.py); the step's loss and terms."""
+        def autocast() -> contextlib.AbstractContextManager[object]:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+        return accumulate_gradients(self.model, self.loss_module, batch, t, eps, hide, self.config.accumulate, autocast)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def fit(self, until: int | None = None) -> TrainResult:
@@ -238,9 +232,7 @@ class Trainer:
         """
         cfg = self.config
         target = min(cfg.steps, until) if until is not None else cfg.steps
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.out_dir / "config.json", json.dumps(self.run_config, indent=1, sort_keys=True))
+        self._start_logs()
         self.model.train()
         restore = self._install_signal_handlers()
         bar = self._progress_bar(target)
@@ -280,6 +272,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            self.tensorboard.close()
             restore()
         if status == "interrupted" and self.dist.is_main:
             print(f"mtd: stopped by {self._stop} at step {self.step}; checkpoint saved to {ckpt}.\n"
@@ -289,6 +282,13 @@ class Trainer:
         rate = (self.step - start_step) * cfg.batch_size / max(took, 1e-9)
         return TrainResult(step=self.step, status=status, checkpoint=ckpt, metrics=dict(self.metrics),
                            elapsed_s=self.elapsed_s, examples_per_s=rate, grid=self.last_grid)
+
+    def _start_logs(self) -> None:
+        """config.json (rank 0) and the TensorBoard writer (logs.py), at the start of :meth:`fit`."""
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.out_dir / "config.json", json.dumps(self.run_config, indent=1, sort_keys=True))
+        self.tensorboard.open(self.step)
 
     def request_stop(self, reason: str = "request") -> None:
         """Stop after the current step with a checkpoint (what SIGINT/SIGTERM do)."""
@@ -311,6 +311,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(self.metrics) + "\n")
+        self.tensorboard.write(self.metrics)
         if bar is not None:
             bar.set_postfix(loss=f"{values['loss']:.4f}", ex_s=f"{rate:.0f}")
 
@@ -324,7 +325,7 @@ class Trainer:
             ckpt = Checkpoint(step=self.step, model=self.model.state_dict(), config=self._checkpoint_config(),
                               ema=self.ema.state_dict() if self.ema else None, optimizer=self.optimizer.state_dict(),
                               rng=capture_rng_state(), trainer=trainer_state,
-                              assets=self.model.assets())
+                              assets=self.model.assets(), emas=self.emas.further())
             self.last_checkpoint = save_checkpoint(self.checkpoint_dir, ckpt, keep_last=self.config.keep_last)
         self._saved_step = self.step
         self.dist.barrier()
