@@ -16,7 +16,7 @@ from mtd_core.cli import main
 from mtd_core.data import load_dataset, packed_write
 from mtd_core.data.build import resolve_dataset_config
 from mtd_core.data.packed_write import pack_dataset
-from mtd_core.errors import ConfigError, ModalityDataError
+from mtd_core.errors import CheckpointError, ConfigError, ModalityDataError
 from mtd_core.plugins.registry import get_registry
 from mtd_core.tomlio import dumps_toml
 from mtd_core.training import RunConfig, Trainer, build_run
@@ -205,7 +205,13 @@ def test_resume_on_the_packed_loader_is_bit_identical_to_an_uninterrupted_run(tm
     straight = _train(cfg, tmp_path / "a")
     _train(cfg, tmp_path / "b", until=4)
     torch.manual_seed(12345)  # nothing between the runs may matter
-    second = _train(cfg, tmp_path / "b", resume=True)
+    # how the data is read may change on --resume (the info's reading_options), what it is may not
+    more_workers = _config({"name": "packed", "path": str(packed_digits), "workers": 1, "verify": "checksums"})
+    other_data = _config({"name": "packed", "path": str(packed_digits), "workers": 0, "verify": "sizes",
+                          "holdout": 10})
+    with pytest.raises(CheckpointError, match="dataset config differs"):
+        _train(other_data, tmp_path / "b", resume=True)
+    second = _train(more_workers, tmp_path / "b", resume=True)
     assert second.step == 6
     a, b = _weights(straight), _weights(second)
     for k in a:
@@ -307,10 +313,13 @@ def test_a_packed_dataset_that_disagrees_with_the_task_set_fails_before_training
                                           (1, "num_classes", 5, r"values in \[0, 9\], outside the allowed range")):
         cfg = copy.deepcopy(TINY)
         cfg["taskset"]["modalities"][index][option] = value
-        run = build_run(RunConfig.from_dict({**cfg, "dataset": {"name": "packed", "path": str(packed_digits)}}))
+        config = RunConfig.from_dict({**cfg, "dataset": {"name": "packed", "path": str(packed_digits)}})
         field = "image" if index == 0 else "label"
-        with pytest.raises(ModalityDataError, match=rf"{field}-00000\.npy \(split 'train', field '{field}'\): "
-                                                    rf"modality '{field}'.*{message}"):
+        match = rf"{field}-00000\.npy \(split 'train', field '{field}'\): modality '{field}'.*{message}"
+        with pytest.raises(ModalityDataError, match=match):  # before the model is built (build_run)
+            build_run(config)
+        run = build_run(config, check_data=False)  # and again where the Trainer opens the loader
+        with pytest.raises(ModalityDataError, match=match):
             Trainer(run.model, run.data, run.config.trainer, tmp_path / str(index))
         assert not (tmp_path / str(index) / "checkpoints").exists()
 

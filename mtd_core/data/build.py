@@ -133,9 +133,12 @@ def collate(items: Sequence[Mapping[str, BatchValue]]) -> Batch:
 
 
 def fetch(dataset: Examples, indices: torch.Tensor) -> Batch:
-    """A collated batch of ``dataset`` at ``indices`` (in-memory datasets stack directly)."""
-    if isinstance(dataset, ArrayDataset):
-        return dataset.get_batch(indices)
+    """A collated batch of ``dataset`` at ``indices`` (a dataset with ``get_batch``, in memory or packed, reads the
+    batch at once)."""
+    get_batch = getattr(dataset, "get_batch", None)
+    if callable(get_batch):
+        batch: Batch = get_batch(indices)
+        return batch
     return collate([dataset[int(i)] for i in indices])
 
 

@@ -32,6 +32,10 @@ VERIFY = ("checksums", "sizes")
 MAX_WORKERS = 64
 
 
+READING_OPTIONS = ("verify", "workers", "prefetch")
+"""The options that change how the data is read, not what it is."""
+
+
 def _check_options(verify: object, workers: object, prefetch: object) -> None:
     if verify not in VERIFY:
         raise ConfigError(f"dataset.verify: expected one of {list(VERIFY)} ('checksums' hashes every shard before "
@@ -63,7 +67,8 @@ def load_packed(path: str, verify: str = "checksums", workers: int = 2, prefetch
                                     f"{sorted(manifest.splits)}); pack the dataset again")
     verify_files(root, manifest, checksums=verify == "checksums")
     splits = {s: PackedExamples(root, manifest, s, workers=workers, prefetch=prefetch) for s in manifest.splits}
-    return DatasetSplits(train=splits["train"], test=splits["test"], info=dict(manifest.info), val=splits.get("val"))
+    info = {**manifest.info, "reading_options": list(READING_OPTIONS)}  # may change on --resume (resume.py)
+    return DatasetSplits(train=splits["train"], test=splits["test"], info=info, val=splits.get("val"))
 
 
 def _expected(spec: FieldSpec, i: int, n: int) -> tuple[tuple[int, ...] | None, np.dtype]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,10 @@ if TYPE_CHECKING:
 
 
 def check_resumable(ckpt: Checkpoint, model_config: ConfigMapping, config: TrainConfig,
-                    run_config: ConfigMapping) -> None:
-    """Raise CheckpointError naming the first differences when ``ckpt`` is not a checkpoint of this run."""
+                    run_config: ConfigMapping, reading_options: Sequence[str] = ()) -> None:
+    """Raise CheckpointError naming the first differences when ``ckpt`` is not a checkpoint of this run.
+    ``reading_options``: dataset options that change how the data is read, not what it is (the dataset's info
+    lists them as "reading_options", e.g. a packed dataset's workers): they may change."""
     saved_model = ckpt.config.get("model")
     if isinstance(saved_model, dict):  # the options a config saved before they were written out, made explicit
         saved_model = {**saved_model, "taskset": saved_taskset_config(saved_model.get("taskset"))}
@@ -50,6 +53,7 @@ def check_resumable(ckpt: Checkpoint, model_config: ConfigMapping, config: Train
     now_data = run_config.get("dataset")
     if saved_data is not None and isinstance(now_data, dict) and ckpt.path is not None:
         now_data = from_run_folder(now_data, ckpt.path.parent.parent)
+        saved_data, now_data = ({k: v for k, v in d.items() if k not in reading_options} for d in (saved_data, now_data))
         if saved_data != now_data:
             raise CheckpointError(f"{ckpt.path}: the dataset config differs from the checkpoint's at "
                                   f"{config_diff(saved_data, now_data)[:8]}")
@@ -136,7 +140,9 @@ def resume_trainer(trainer: Trainer) -> None:
         raise CheckpointError(f"nothing to resume: {trainer.out_dir} holds no complete checkpoint (looked in "
                               f"{trainer.checkpoint_dir}); start the run without --resume")
     ckpt = load_checkpoint(trainer.checkpoint_dir)
-    check_resumable(ckpt, trainer.model.config(), trainer.config, trainer.run_config)
+    reading = trainer.data.info.get("reading_options")
+    check_resumable(ckpt, trainer.model.config(), trainer.config, trainer.run_config,
+                    [str(k) for k in reading] if isinstance(reading, list) else ())
     check_trainer_state(Path(f"{ckpt.path}/state.json"), ckpt.trainer, resuming=True)
     try:
         trainer.model.load_state_dict(ckpt.model)

@@ -105,6 +105,8 @@ def build_run(config: RunConfig, registry: Registry | None = None, *, check_data
         for split in (data.splits.train, data.splits.test):
             if isinstance(split, ArrayDataset):
                 check_against_taskset(taskset, split.fields, split.source, split.where)
+            elif callable(check := getattr(split, "check_taskset", None)):  # data not in memory (packed): no read
+                check(taskset)
     batches: list[Batch] | None = None
     for name, m in taskset.modalities.items():
         if assets and name in assets:
