@@ -81,7 +81,7 @@ def fingerprint(folder: Path) -> str:
     return _FINGERPRINTS[key]
 
 
-def _positive_int(config: dict[str, Any], key: str, where: str) -> int:
+def _positive_int(config: dict[str, Any], key: str, where: str) -> int:  # Any: config.json's values, checked here
     v = config.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ConfigError(f"{where}: '{key}' must be a positive integer, got {v!r}")
@@ -138,12 +138,12 @@ class FrozenAutoencoder:
 
     def __init__(self, info: AutoencoderInfo, posterior: Posterior, who: str) -> None:
         self.info, self.posterior, self.who = info, posterior, who
-        self._vae: Any = None
+        self._vae: Any = None  # Any: diffusers' AutoencoderKL, imported lazily (optional extra)
 
     def __deepcopy__(self, memo: dict[int, object]) -> FrozenAutoencoder:
         return self
 
-    def module(self, device: torch.device) -> Any:
+    def module(self, device: torch.device) -> Any:  # Any: diffusers' AutoencoderKL (optional extra)
         """The diffusers AutoencoderKL on ``device`` (loaded and checked the first time)."""
         if self._vae is None:
             self._vae = self._load()
@@ -151,7 +151,7 @@ class FrozenAutoencoder:
             self._vae.to(device)
         return self._vae
 
-    def _load(self) -> Any:
+    def _load(self) -> Any:  # Any: diffusers' AutoencoderKL (optional extra)
         require_diffusers(self.who)
         from diffusers import AutoencoderKL
 

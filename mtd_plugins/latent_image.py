@@ -104,7 +104,7 @@ class LatentImageModality(Modality):
     Config = LatentImageConfig
     required_options = ("vae",)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # Any: Modality.__init__'s arguments, passed on
         super().__init__(*args, **kwargs)
         who = f"modality {self.name!r} (kind 'latent_image')"
         c = self.config

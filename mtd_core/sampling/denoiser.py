@@ -14,7 +14,7 @@ from mtd_core.modality import Modality
 from mtd_core.sampling.base import StepPrediction
 from mtd_core.sampling.estimate import BaseEstimate, BaseRange, ObservedBase
 from mtd_core.sampling.guidance import Classifier, classifier_grad, guided_eps
-from mtd_core.sampling.samples import base_decoder
+from mtd_core.sampling.samples import base_decoder, encoder_of
 from mtd_core.types import Prediction
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def base_range(model: MultiTaskModel) -> BaseRange | None:
     if base is None:
         return None
     spec = base.data_spec()
-    if base_decoder(model.encoders[base.name]) is not None:
+    if base_decoder(encoder_of(model, base.name)) is not None:
         return BaseRange(channels=model.taskset.base_latent.shape[0], low=None, high=None, name=base.name)
     return BaseRange(channels=model.taskset.base_latent.shape[0], low=spec.low, high=spec.high, name=base.name)
 

@@ -12,7 +12,7 @@ import torch
 from mtd_core.errors import ConfigError, ModalityDataError
 from mtd_core.modality import Modality
 from mtd_core.sampling.estimate import ObservedBase
-from mtd_core.sampling.samples import base_decoder
+from mtd_core.sampling.samples import base_decoder, encoder_of
 from mtd_core.types import Batch
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def inpainted(model: MultiTaskModel, inpaint: object, B: int, mode: str, dev: to
 def _check_pixel_base(model: MultiTaskModel, base: Modality, what: str) -> None:
     """A ConfigError when the base's z_0 is a latent (its encoder decodes, samples.py): the values kept in the base
     estimate are data, which only a base whose z_0 is its data can hold."""
-    if base_decoder(model.encoders[base.name]) is not None:
+    if base_decoder(encoder_of(model, base.name)) is not None:
         raise ConfigError(f"generate: {what}, but the base {base.name!r} (kind {base.kind!r}) is diffused in a latent "
                           "space (its encoder decodes z_0), where values of its data cannot be kept")
 

@@ -30,12 +30,18 @@ def samples(model: MultiTaskModel, given: Batch, mode: str, committed: dict[str,
         elif mode != "readout" and name in committed:
             out[name] = committed[name]
         elif m.role is Role.BASE:
-            out[name] = decode_base(m, model.base_part(z0), model.encoders[name])
+            out[name] = decode_base(m, model.base_part(z0), encoder_of(model, name))
         else:
             x = m.sample(predictions[name], greedy=True, generator=generator)
             m.validate(x, where="generated sample")
             out[name] = x
     return out
+
+
+def encoder_of(model: object, name: str) -> nn.Module | None:
+    """``model.encoders[name]`` when the model has encoders (a MultiTaskModel), else None (any other Denoiser)."""
+    encoders = getattr(model, "encoders", None)
+    return encoders[name] if isinstance(encoders, nn.ModuleDict) and name in encoders else None
 
 
 def base_decoder(encoder: nn.Module | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -62,4 +68,4 @@ def decode_base(m: Modality, z0: torch.Tensor, encoder: nn.Module | None = None)
     return x
 
 
-__all__ = ["base_decoder", "decode_base", "samples"]
+__all__ = ["base_decoder", "decode_base", "encoder_of", "samples"]

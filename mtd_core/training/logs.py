@@ -18,7 +18,7 @@ from mtd_core.errors import ConfigError
 INSTALL = "pip install 'mtd[tensorboard]'"
 
 
-def _summary_writer() -> Any:
+def _summary_writer() -> Any:  # Any: torch.utils.tensorboard.SummaryWriter, imported only when asked for
     """torch's SummaryWriter class; a ConfigError naming the option and the install command without tensorboard."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -41,7 +41,7 @@ class TensorBoardLog:
         self.folder = folder
         self._cls = _summary_writer() if enabled else None
         self._main = main
-        self._writer: Any = None
+        self._writer: Any = None  # Any: the SummaryWriter (optional extra), None until opened
 
     def open(self, step: int) -> None:
         """Start writing for a run continuing from ``step`` (events past it, from a stopped run, are purged)."""
