@@ -103,7 +103,7 @@ class _Registry:
 def test_a_plugins_dataset_of_single_items_packs_with_bools_doubles_and_text(tmp_path: Path) -> None:
     pack_dataset({"name": "items"}, _Registry(), tmp_path / "p", shard_examples=4, progress=False)  # type: ignore[arg-type]
     packed = _load(tmp_path / "p")
-    assert packed.info == {"name": "items"}
+    assert packed.info == {"name": "items", "reading_options": ["verify", "workers", "prefetch"]}
     for split, n in (("train", 23), ("test", 5)):
         got = getattr(packed.splits, split)
         for i in range(n):
