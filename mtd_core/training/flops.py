@@ -47,17 +47,9 @@ def step_flops_per_example(config: RunConfig, registry: Registry | None = None,
                            taskset: TaskSet | None = None) -> float:
     """Forward + backward FLOPs of the backbone per training example of a resolved run config (meta device)."""
     from mtd_core.modality import LatentSpec
-    from mtd_core.taskset import TaskSet
+    from mtd_core.training.memory import backbone_inputs
 
-    if registry is None:
-        from mtd_core.plugins.registry import get_registry
-
-        registry = get_registry()
-    ts = taskset if taskset is not None else TaskSet.from_config(config.taskset, registry, saved=True)
-    options = dict(config.backbone)
-    name = str(options.pop("name", "unet"))
-    C, H, W = ts.latent.shape
-    shape = (2 * C if ts.known_input else C, H, W)
+    registry, _, name, options, shape = backbone_inputs(config, registry, taskset)
     with torch.device("meta"):
         backbone: nn.Module = registry.backbone(name)(LatentSpec(shape), **options)
     return BACKWARD_FACTOR * backbone_forward_flops(backbone, shape)

@@ -85,6 +85,23 @@ class MemoryEstimate:
         return self.fixed_bytes + self.batch_size * self.per_example_bytes
 
 
+def backbone_inputs(config: RunConfig, registry: Registry | None, taskset: TaskSet | None
+                    ) -> tuple[Registry, TaskSet, str, dict[str, object], tuple[int, int, int]]:
+    """What building a run's backbone needs: the registry, the task set, the backbone's name and options, and its input
+    shape (the latent, twice the channels with known input)."""
+    from mtd_core.taskset import TaskSet
+
+    if registry is None:
+        from mtd_core.plugins.registry import get_registry
+
+        registry = get_registry()
+    ts = taskset if taskset is not None else TaskSet.from_config(config.taskset, registry, saved=True)
+    options = dict(config.backbone)
+    name = str(options.pop("name", "unet"))
+    C, H, W = ts.latent.shape
+    return registry, ts, name, options, (2 * C if ts.known_input else C, H, W)
+
+
 def ema_copies(trainer: TrainConfig) -> int:
     """The float32 copies of the weights the EMAs keep: the default one and each of ``trainer.emas``."""
     return 1 + len(trainer.emas) if trainer.ema_decay > 0 else 0
@@ -135,17 +152,8 @@ def estimate_batch_memory(config: RunConfig, registry: Registry | None = None, *
     modality then leaves its encoder and head out). Loads no data and allocates no weights (meta device)."""
     from mtd_core.modality import LatentSpec
     from mtd_core.model import MultiTaskModel
-    from mtd_core.taskset import TaskSet
 
-    if registry is None:
-        from mtd_core.plugins.registry import get_registry
-
-        registry = get_registry()
-    ts = taskset if taskset is not None else TaskSet.from_config(config.taskset, registry, saved=True)
-    options = dict(config.backbone)
-    name = str(options.pop("name", "unet"))
-    C, H, W = ts.latent.shape
-    shape = (2 * C if ts.known_input else C, H, W)
+    registry, ts, name, options, shape = backbone_inputs(config, registry, taskset)
     with torch.device("meta"):
         try:
             backbone: nn.Module = MultiTaskModel(ts, name, options, registry=registry)
