@@ -42,8 +42,7 @@ def _digits(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
     return x.to(device), torch.tensor(d.target, dtype=torch.int64, device=device)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the smoke test; returns the exit code."""
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50, help="training steps (default 50)")
     parser.add_argument("--batch", type=int, default=128, help="training batch size (default 128)")
@@ -51,53 +50,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=64, help="samples per generation call (default 64)")
     parser.add_argument("--device", default="cuda",
                         help="cuda (default); 'cpu' runs the same checks with CPU bf16 autocast, to debug the script")
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("cuda_smoke: no CUDA device available; nothing to test (exit 0)")
-        return 0
+    return parser.parse_args(argv)
 
-    from mtd_core.backbones import count_parameters
+
+def _model(size: int, device: torch.device) -> Any:
+    """An image + label model with a small U-Net (attention at the second level's height)."""
     from mtd_core.backbones.unet_config import level_heights
     from mtd_core.model import MultiTaskModel
-    from mtd_core.sampling import GuidanceConfig, generate
     from mtd_core.taskset import TaskSet
 
-    device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    torch.manual_seed(0)
-    levels = {8: [1, 2], 28: [1, 2, 2], 32: [1, 2, 2]}.get(args.size, [1, 2, 2])
-    taskset = TaskSet.from_config({"modalities": [{"kind": "image", "role": "base", "size": args.size},
+    levels = {8: [1, 2], 28: [1, 2, 2], 32: [1, 2, 2]}.get(size, [1, 2, 2])
+    taskset = TaskSet.from_config({"modalities": [{"kind": "image", "role": "base", "size": size},
                                                   {"kind": "label", "num_classes": 10}]})
-    attn = level_heights(args.size, len(levels))[1:2]  # attention at the second level's height
-    model = MultiTaskModel(taskset, "unet", {"channels": 64, "channel_mult": levels, "num_res_blocks": 2,
-                                             "attention_resolutions": attn, "groups": 32}).to(device)
-    print(f"cuda_smoke: {name}, torch {torch.__version__}, "
-          f"{count_parameters(model) / 1e6:.2f}M parameters, images {args.size}x{args.size}")
-    x, y = _digits(args.size, device)
+    attn = level_heights(size, len(levels))[1:2]
+    return MultiTaskModel(taskset, "unet", {"channels": 64, "channel_mult": levels, "num_res_blocks": 2,
+                                            "attention_resolutions": attn, "groups": 32}).to(device)
+
+
+def _train(model: Any, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, g: torch.Generator) -> list[float]:
+    """``steps`` AdamW steps under bf16 autocast on random batches of (x, y); the losses."""
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4)
-    g = torch.Generator(device=device).manual_seed(0)
-    failures: list[str] = []
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (batch,), device=x.device, generator=g)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out = model.loss({"image": x[idx], "label": y[idx]}, generator=g)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    return losses
 
-    def train(steps: int) -> list[float]:
-        losses = []
-        for _ in range(steps):
-            idx = torch.randint(0, len(x), (args.batch,), device=device, generator=g)
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                out = model.loss({"image": x[idx], "label": y[idx]}, generator=g)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            opt.step()
-            losses.append(out.loss.item())
-        return losses
 
-    train(3)  # warm-up (kernels, allocator)
-    losses, seconds = _timed(lambda: train(args.steps))
-    print(f"train: {args.steps} steps x batch {args.batch} in {seconds:.2f}s "
-          f"({args.steps * args.batch / seconds:.0f} examples/s); loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-    if not all(torch.isfinite(torch.tensor(losses))):
-        failures.append("a training loss was not finite")
+def _sample_checks(model: Any, x: torch.Tensor, n: int) -> list[str]:
+    """Sample in every mode under bf16 autocast, print timings; the failures (non-finite or invalid samples)."""
+    from mtd_core.sampling import GuidanceConfig, generate
 
-    n = args.samples
+    device = x.device
     runs = {
         "ddpm joint, 100 steps": dict(n=n, sampler="ddpm", steps=100),
         "ddim joint, 50 steps": dict(n=n, sampler="ddim", steps=50),
@@ -105,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ddim guided (scale 2)": dict(n=n, guidance=GuidanceConfig("label", 3, 2.0), steps=50),
         "classification read-out": dict(given={"image": x[:n]}),
     }
+    failures = []
     for name, kw in runs.items():
         gen = torch.Generator().manual_seed(1)
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -112,13 +102,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = [k for k, v in out.samples.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         for k, v in out.samples.items():
             try:
-                taskset[k].validate(v)
+                model.taskset[k].validate(v)
             except Exception as e:  # noqa: BLE001 - report every problem, then fail
                 bad.append(f"{k}: {e}")
-        status = "ok" if not bad else f"FAILED {bad}"
-        print(f"sample: {name:32s} {seconds:6.2f}s  {status}")
+        print(f"sample: {name:32s} {seconds:6.2f}s  {'ok' if not bad else f'FAILED {bad}'}")
         if bad:
             failures.append(f"{name}: {bad}")
+    return failures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the smoke test; returns the exit code."""
+    args = _parse(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("cuda_smoke: no CUDA device available; nothing to test (exit 0)")
+        return 0
+    from mtd_core.backbones import count_parameters
+
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    torch.manual_seed(0)
+    model = _model(args.size, device)
+    print(f"cuda_smoke: {name}, torch {torch.__version__}, "
+          f"{count_parameters(model) / 1e6:.2f}M parameters, images {args.size}x{args.size}")
+    x, y = _digits(args.size, device)
+    g = torch.Generator(device=device).manual_seed(0)
+    _train(model, x, y, 3, args.batch, g)  # warm-up (kernels, allocator)
+    losses, seconds = _timed(lambda: _train(model, x, y, args.steps, args.batch, g))
+    print(f"train: {args.steps} steps x batch {args.batch} in {seconds:.2f}s "
+          f"({args.steps * args.batch / seconds:.0f} examples/s); loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    failures = [] if all(torch.isfinite(torch.tensor(losses))) else ["a training loss was not finite"]
+    failures += _sample_checks(model, x, args.samples)
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
     if failures:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from mtd_core.cli import main
 from mtd_core.cli.sample_args import parse_options, parse_temperatures
@@ -193,6 +194,9 @@ def test_bad_paths_and_seeds_are_one_line_errors(tiny_run: Path, tmp_path: Path,
      r"about .* parameters .* above the 2e\+09 this build refuses to allocate"),
     (["train", "{cfg}", "--out", "{tmp}/t", "--set", "trainer.seed=\"abc\""],
      r"trainer.seed must be an integer .*got 'abc'"),
+    pytest.param(["train", "{cfg}", "--out", "{tmp}/t", "--set", "trainer.device=\"cuda\""],
+                 r"trainer.device 'cuda': no CUDA device is available on this machine; use cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
 ])
 def test_cli_failures_are_one_line_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           argv: list[str], message: str) -> None:

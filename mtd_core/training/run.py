@@ -26,6 +26,7 @@ from mtd_core.errors import CheckpointError, MTDError
 from mtd_core.training.checkpoint import Checkpoint, find_checkpoint, load_checkpoint, recover_run
 from mtd_core.training.config import RunConfig, resolve_config
 from mtd_core.training.datapaths import saved_dataset
+from mtd_core.training.distributed import DistContext, device_for
 from mtd_core.training.ema_bank import choose_ema
 from mtd_core.training.memory import check_batch_memory
 from mtd_core.types import Batch, ConfigDict
@@ -65,11 +66,6 @@ def fit_batches(data: LoadedData, limit: int = FIT_EXAMPLES, batch: int = FIT_BA
     n = min(limit, len(data.splits.train))
     for start in range(0, n, batch):
         yield data.batch(data.splits.train, torch.arange(start, min(n, start + batch)))
-
-
-def _device(name: str) -> torch.device:
-    """The device ``trainer.device`` names ("auto": CUDA when available)."""
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
 
 def _world_size() -> int:
@@ -118,7 +114,8 @@ def build_run(config: RunConfig, registry: Registry | None = None, *, check_data
     if check_data:
         first = data.batch(data.splits.train, torch.arange(min(2, len(data.splits.train))))
         derive_batch(taskset, first, torch.Generator().manual_seed(0))
-    check_batch_memory(resolved, _device(resolved.trainer.device), taskset=taskset, world_size=_world_size())
+    device = device_for(DistContext(), resolved.trainer.device)
+    check_batch_memory(resolved, device, taskset=taskset, world_size=_world_size())
     torch.manual_seed(resolved.trainer.seed)
     backbone = dict(resolved.backbone)
     model = MultiTaskModel(taskset, backbone.pop("name"), backbone, registry)
