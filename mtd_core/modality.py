@@ -275,6 +275,16 @@ class Modality(abc.ABC):
     def fit(self, batches: Iterable[Batch]) -> None:
         """Learn data-dependent state before the model is built (e.g. a tokenizer); default: nothing."""
 
+    def empirical_prior(self) -> torch.Tensor | None:
+        """Values of this modality kept from its training data, (N, *data shape), or None (the default).
+
+        With joint = "commit", ``generate`` draws a joint sample's value of this modality uniformly from them and
+        generates the rest given it, p(y) p(x | y) with p(y) the training data's distribution, instead of
+        generating it through the reverse process: for a continuous modality whose head models only a mean (a
+        representation), where a value generated in the flow is one the others cannot follow. A kind that keeps
+        them learns them in :meth:`fit` and saves them through :meth:`assets`."""
+        return None
+
     def assets(self) -> dict[str, bytes]:
         """Non-tensor state saved beside the weights (e.g. a tokenizer model); restored by :meth:`load_assets`."""
         return {}

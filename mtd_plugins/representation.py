@@ -9,15 +9,17 @@ default) or from its full-resolution feature map (``head = "map"``: convs, a coa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from mtd_core.diffusion.weights import WeightSchedule
-from mtd_core.errors import ModalityDataError
+from mtd_core.errors import CheckpointError, ModalityDataError
 from mtd_core.heads import MapReader
 from mtd_core.modality import DataSpec, Design, FeatureSpec, HeadInput, LatentSpec, Modality, Role, rms_normalize
 from mtd_core.plugins import hookimpl
@@ -33,6 +35,9 @@ from mtd_plugins.bounds import MAX_WIDTH, int_in
 from mtd_plugins.image import gaussian_nll
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
+PRIOR_SIZE = 4096
+"""The most training vectors ``prior = "training"`` keeps (16 KiB per dimension)."""
+PRIOR_ASSET = "prior.safetensors"
 MAX_DIM = 65536
 """The largest representation dimension d (the builtin extractor is built with the config: a bound before it)."""
 
@@ -106,6 +111,10 @@ class RepresentationConfig:
         seed: seeds the builtin extractor's weights.
         normalize: scale the encoding to unit RMS (the model's EncodingScale; so only w_t sets the injection
             strength).
+        prior: "none" (joint generation generates the vector with the image) or "training": :meth:`fit` keeps the
+            vectors of up to 4096 training examples (saved with the run), and joint generation commits to one of
+            them, drawn uniformly, then generates the image given it (``Modality.empirical_prior``): the head
+            models only a mean, and a vector generated in the flow is one the image cannot follow.
     """
 
     dim: int = attrs.field(default=16, validator=int_in(1, MAX_DIM))
@@ -118,6 +127,7 @@ class RepresentationConfig:
         default=None, validator=option("None or 'random_conv'", lambda v: v in (None, "random_conv")))
     seed: int = attrs.field(default=0, validator=int_in(0, 2**63 - 1))
     normalize: bool = attrs.field(default=True, validator=is_bool)
+    prior: str = attrs.field(default="none", validator=one_of("none", "training"))
 
 
 class RepresentationModality(Modality):
@@ -151,6 +161,7 @@ class RepresentationModality(Modality):
         if isinstance(extractor, nn.Module):
             extractor.eval().requires_grad_(False)
         self.extractor: Extractor | None = extractor
+        self._prior: torch.Tensor | None = None
 
     @property
     def head_input(self) -> HeadInput:  # type: ignore[override]
@@ -179,6 +190,46 @@ class RepresentationModality(Modality):
             r = r.float()
         self.validate(r, where="extractor output")
         return r
+
+    def fit(self, batches: Iterable[Mapping[str, BatchValue]]) -> None:
+        """With ``prior = "training"``: keep the vectors of the training examples in ``batches`` (the dataset's,
+        else the extractor's of their source images)."""
+        if self.config.prior == "none":
+            return
+        kept = []
+        for batch in batches:
+            r = batch.get(self.name) if isinstance(batch.get(self.name), torch.Tensor) else self.derive(batch)
+            if r is None:
+                raise ModalityDataError(f"modality {self.name!r} (representation): prior = 'training' needs the "
+                                        "training vectors, but the batches hold none and there is no extractor")
+            self.validate(r, where="training vectors for the prior")
+            kept.append(r.detach().float().cpu())
+        if not kept:
+            raise ModalityDataError(f"modality {self.name!r} (representation): prior = 'training' was given no "
+                                    "training examples to keep")
+        self._prior = torch.cat(kept)[:PRIOR_SIZE].contiguous()
+
+    def empirical_prior(self) -> torch.Tensor | None:
+        """The kept training vectors (``prior = "training"``, after fit or load_assets), else None."""
+        return self._prior
+
+    def assets(self) -> dict[str, bytes]:
+        """{"prior.safetensors": the kept vectors} with ``prior = "training"`` ({} otherwise)."""
+        return {PRIOR_ASSET: save_safetensors({"vectors": self._prior})} if self._prior is not None else {}
+
+    def load_assets(self, assets: Mapping[str, bytes]) -> None:
+        """Restore the vectors :meth:`assets` saved (read without unpickling; checked against the config)."""
+        if self.config.prior == "none" and not assets:
+            return
+        if PRIOR_ASSET not in assets:
+            raise CheckpointError(f"modality {self.name!r} (representation): the assets lack {PRIOR_ASSET!r} (the "
+                                  f"training vectors prior = 'training' keeps); got keys {sorted(assets)}")
+        try:
+            vectors = load_safetensors(bytes(assets[PRIOR_ASSET]))["vectors"]
+        except Exception as e:  # noqa: BLE001 - any corruption becomes one message naming the asset
+            raise CheckpointError(f"modality {self.name!r} (representation): {PRIOR_ASSET} does not load: {e}") from None
+        self.validate(vectors, where=PRIOR_ASSET)
+        self._prior = vectors
 
     def build_encoder(self, latent: LatentSpec) -> nn.Module:
         """A learned linear map from the d-vector into Z."""

@@ -8,7 +8,9 @@
                  probabilities there). The base comes from z_0, each aggregated modality from its head at the
                  last step. With ``joint = "commit"`` (the default) a modality whose head is its whole
                  distribution (``Modality.exact_sample``: a label) is instead drawn from its head at z_K, the
-                 model's prior of it, and everything else is generated given it: p(y) p(x | y), one model.
+                 model's prior of it, and everything else is generated given it: p(y) p(x | y), one model. A
+                 kind that keeps values of its training data (``Modality.empirical_prior``: a representation) is
+                 committed to one of them, drawn uniformly, at no network evaluation.
     conditional  some aggregated modalities given, the base not. Their part sum_j lambda_t^(j) E_j(x_j) of z_t is
                  known exactly. Three ways to use it (``conditioning``):
                  "replace" (default): z_0 is estimated from the network's own decomposition of z_t (its eps and
@@ -68,7 +70,7 @@ from mtd_core.sampling.options import (
 )
 from mtd_core.sampling.plan import Plan, check_device, make_plan
 from mtd_core.sampling.readout import read_ts, readout
-from mtd_core.sampling.reverse import denoiser_args, reverse
+from mtd_core.sampling.reverse import denoiser_args, needs_head_draw, reverse
 from mtd_core.sampling.samples import samples as assemble
 from mtd_core.types import Batch, BatchValue, ConfigValue, Prediction
 
@@ -144,7 +146,7 @@ def generate(
     plan = make_plan(model, given, n, generator, o, guidance, dev, inpaint)
     budget = None
     if plan.mode != "readout":
-        budget = check_sampler(o, registry, plan.cfg_scale, draws=1 if plan.commit else 0)
+        budget = check_sampler(o, registry, plan.cfg_scale, draws=int(needs_head_draw(model, plan.commit)))
         plan.estimate.check(base_range(model))
     was_training = model.training
     model.eval()

@@ -87,15 +87,17 @@ def _estimate(model: MultiTaskModel, o: SamplingOptions) -> BaseEstimate:
 
 def _commit(modalities: dict[str, Modality], given: Batch, mode: str, joint: str,
             guidance: GuidanceConfig | None) -> list[str]:
-    """The generated aggregated modalities that joint = "commit" draws from their heads at z_K (``exact_sample``,
-    not guided); none in readout mode or with joint = "flow"."""
+    """The generated aggregated modalities that joint = "commit" draws first: from their heads at z_K
+    (``exact_sample``) or from the values they kept of their training data (``empirical_prior``); not guided; none
+    in readout mode or with joint = "flow"."""
     if joint not in JOINT:
         raise ConfigError(f"generate: joint must be one of {list(JOINT)}, got {joint!r}")
     if mode == "readout" or joint == "flow":
         return []
     guided = {guidance.modality} if guidance is not None else set()
     return [name for name, m in modalities.items()
-            if m.role is Role.AGGREGATED and m.exact_sample and name not in given and name not in guided]
+            if m.role is Role.AGGREGATED and (m.exact_sample or m.empirical_prior() is not None)
+            and name not in given and name not in guided]
 
 
 def _temperatures(modalities: dict[str, Modality], given: Batch, mode: str, o: SamplingOptions,

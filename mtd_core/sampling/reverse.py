@@ -1,9 +1,10 @@
 """The reverse process of joint and conditional generation: the sampler from z_K ~ N(0, I) down to z_0 on the
 process respaced to the run's steps, each step's prediction from a ModelDenoiser (denoiser.py).
 
-With joint = "commit", the modalities of ``commit`` are first drawn from their heads at z_K, y ~ p(y | z_K) (the
-model's prior of y, one network evaluation for all of them), and then treated as observed: their part
-sum_j lambda_t^(j) E_j(y_j) of z_t is known in every step, so the rest is generated given them, p(y) p(x | y).
+With joint = "commit", the modalities of ``commit`` are first drawn, y ~ p(y), and then treated as observed: their
+part sum_j lambda_t^(j) E_j(y_j) of z_t is known in every step, so the rest is generated given them, p(y) p(x | y).
+p(y) is the head at z_K, p(y | z_K) (the model's prior of y, one network evaluation for all of them), or for a kind
+that keeps values of its training data (``Modality.empirical_prior``) a uniform draw of one of them (no evaluation).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mtd_core.diffusion.noise import respaced_timesteps
-from mtd_core.errors import ConfigError, ScheduleError
+from mtd_core.errors import ConfigError, ModalityDataError, ScheduleError
 from mtd_core.sampling.base import Callback, Sampler, randn_like
 from mtd_core.sampling.denoiser import ModelDenoiser, base_range
 from mtd_core.sampling.options import SamplingOptions
@@ -23,6 +24,7 @@ from mtd_core.types import ConfigDict, Prediction
 
 if TYPE_CHECKING:
     from mtd_core.diffusion.forward import ForwardProcess
+    from mtd_core.modality import Modality
     from mtd_core.model import MultiTaskModel
 
 
@@ -68,10 +70,35 @@ def reverse(model: MultiTaskModel, B: int, observed: dict[str, torch.Tensor], sp
 
 def draw_committed(model: MultiTaskModel, fp: ForwardProcess, z: torch.Tensor, commit: Sequence[str],
                    generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-    """y_i ~ p(y_i | z_K) for every modality of ``commit``, from its head at the first timestep (one network
-    evaluation for all of them; budget.py counts it)."""
-    preds = model(z, fp.timesteps[fp.T].to(z.device).expand(len(z))).preds
-    return {n: model.taskset[n].sample(preds[n], greedy=False, generator=generator) for n in commit}
+    """y_i ~ p(y_i) for every modality of ``commit``: a uniform draw of its ``empirical_prior`` values where it
+    keeps them, else y_i ~ p(y_i | z_K) from its head at the first timestep (one network evaluation for all of
+    those; budget.py counts it)."""
+    drawn = {n: empirical_draw(model.taskset[n], len(z), generator, z.device) for n in commit}
+    headed = [n for n, y in drawn.items() if y is None]
+    if headed:
+        preds = model(z, fp.timesteps[fp.T].to(z.device).expand(len(z))).preds
+        drawn.update({n: model.taskset[n].sample(preds[n], greedy=False, generator=generator) for n in headed})
+    return {n: y for n, y in drawn.items() if y is not None}
 
 
-__all__ = ["denoiser_args", "draw_committed", "reverse"]
+def empirical_draw(m: Modality, B: int, generator: torch.Generator | None, dev: torch.device) -> torch.Tensor | None:
+    """B values drawn uniformly, with replacement, from ``m.empirical_prior()`` (checked), or None without one."""
+    values = m.empirical_prior()
+    if values is None:
+        return None
+    if not isinstance(values, torch.Tensor) or len(values) == 0:
+        got = f"an empty tensor {tuple(values.shape)}" if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ModalityDataError(f"modality {m.name!r} ({m.kind}): empirical_prior() must return a non-empty "
+                                f"tensor of values, got {got}")
+    m.validate(values, where="empirical_prior()")
+    gen_dev = generator.device if generator is not None else torch.device("cpu")
+    idx = torch.randint(len(values), (B,), generator=generator, device=gen_dev).to(values.device)
+    return values[idx].to(dev)
+
+
+def needs_head_draw(model: MultiTaskModel, commit: Sequence[str]) -> bool:
+    """Whether drawing ``commit`` costs a network evaluation (some of them are drawn from their heads)."""
+    return any(model.taskset[n].empirical_prior() is None for n in commit)
+
+
+__all__ = ["denoiser_args", "draw_committed", "empirical_draw", "needs_head_draw", "reverse"]
