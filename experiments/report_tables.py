@@ -16,7 +16,8 @@ from experiments.claim_stats import Estimate
 from experiments.result_files import Run
 
 DESIGN_KEYS = ("aux_channels", "aux_eps", "known_input", "encoding_scale")
-MODALITY_KEYS = ("head_grad", "loss_weight")
+MODALITY_KEYS = ("head_grad", "loss_weight", "train_encoder")
+SHOWN_IF_SET = ("prior",)  # kind options that change the design, shown where a config gives them
 SPLIT_TITLES = {"val": "Validation (split `val`: the numbers the choices were made on)",
                 "test": "Test (split `test`, read once per claim after the choice)"}
 
@@ -119,11 +120,13 @@ def _plain(v: Any) -> str:
 
 def design_summary(taskset: dict[str, Any]) -> str:
     """One line of the resolved design: the task set's channels, estimate, known input and encoding scale, and
-    every aggregated modality's kind, head gradient share and loss weight."""
+    every aggregated modality's kind, head gradient share, loss weight, fixed or learned encoder (and a
+    representation's prior where given)."""
     parts = [f"{k} {_plain(taskset[k]) if k in taskset else '(default)'}" for k in DESIGN_KEYS]
     for m in taskset.get("modalities", []):
         if m.get("role", "aggregated") != "base":
-            opts = ", ".join(f"{k} {_plain(m[k]) if k in m else '(default)'}" for k in MODALITY_KEYS)
+            opts = ", ".join([f"{k} {_plain(m[k]) if k in m else '(default)'}" for k in MODALITY_KEYS]
+                             + [f"{k} {_plain(m[k])}" for k in SHOWN_IF_SET if k in m])
             parts.append(f"{m.get('name', m.get('kind'))} (kind {m.get('kind')}): {opts}")
     return "; ".join(parts)
 
