@@ -198,7 +198,8 @@ class RepresentationModality(Modality):
             return
         kept = []
         for batch in batches:
-            r = batch.get(self.name) if isinstance(batch.get(self.name), torch.Tensor) else self.derive(batch)
+            given = batch.get(self.name)
+            r = given if isinstance(given, torch.Tensor) else self.derive(batch)
             if r is None:
                 raise ModalityDataError(f"modality {self.name!r} (representation): prior = 'training' needs the "
                                         "training vectors, but the batches hold none and there is no extractor")
