@@ -35,7 +35,8 @@ def metric_keys(preset: Preset) -> list[str]:
 
 def representation_modality() -> dict[str, Any]:
     """The aggregated representation modality's minimal config (the built-in frozen random conv extractor): its
-    design (the head on the feature map, none of its gradient into the backbone, loss weight 0.1) is the kind's."""
+    design (the head on the feature map, none of its gradient into the backbone, loss weight 0.1, a fixed code scaled
+    by its spread, joint samples committed to a kept training vector) is the kind's."""
     return common.aggregated({"kind": "representation", "dim": DIM, "source": "image",
                               "builtin_extractor": "random_conv", "seed": 0})
 

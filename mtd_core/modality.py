@@ -90,6 +90,8 @@ class Modality(abc.ABC):
             reverse step when ``generate(..., encoding_temperature=...)`` does not name it (1: the posterior mean;
             set below 1 only by a kind that overrides ``temper`` and measured it; docs/sampling.md). A sampling
             choice: training and the ELBO do not see it.
+        former_defaults: options whose default this kind changed, at the value they had before; a saved config
+            (a checkpoint's) that leaves one out was written with that value and is read with it.
 
     Args:
         name: the instance name, the key of its data in batches (default: ``kind``).
@@ -118,6 +120,7 @@ class Modality(abc.ABC):
     required_options: ClassVar[tuple[str, ...]] = ()
     default_encoding_temperature: ClassVar[float] = 1.0
     design: ClassVar[Design] = Design()
+    former_defaults: ClassVar[Mapping[str, ConfigValue]] = {}
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
                  weights: WeightSchedule | ConfigMapping | None = None, loss_weight: float | None = None,

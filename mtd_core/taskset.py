@@ -302,7 +302,8 @@ class TaskSet:
                 modalities' kinds' designs.
             registry: the plugin registry that builds modalities by kind (default: ``get_registry()``).
             saved: the config is a saved one (a checkpoint's): an option it leaves out takes the value it had when
-                it was left out (``saved_taskset_config``), and retired values load as they were.
+                it was left out (``saved_taskset_config``; a modality's, its kind's ``former_defaults``), and
+                retired values load as they were.
 
         Raises:
             ConfigError: an unknown or missing key (with the nearest valid key), a malformed modality list,
@@ -337,6 +338,8 @@ class TaskSet:
                 raise ConfigError(f"taskset: modalities[{i}] has no 'kind' (e.g. kind = \"image\"); keys: {sorted(mc)}")
             mc = dict(mc)
             try:
+                if saved:
+                    mc = {**registry.modality_class(mc["kind"]).former_defaults, **mc}
                 if mc.get("weights") is not None:  # by the registry's weight schedules, plugins' included
                     kinds = registry.table("weight_schedule")
                     check_weights(mc["weights"], str(mc.get("name", mc["kind"])), kinds)

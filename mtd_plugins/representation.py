@@ -111,10 +111,11 @@ class RepresentationConfig:
         seed: seeds the builtin extractor's weights.
         normalize: scale the encoding to unit RMS (the model's EncodingScale; so only w_t sets the injection
             strength).
-        prior: "none" (joint generation generates the vector with the image) or "training": :meth:`fit` keeps the
-            vectors of up to 4096 training examples (saved with the run), and joint generation commits to one of
-            them, drawn uniformly, then generates the image given it (``Modality.empirical_prior``): the head
-            models only a mean, and a vector generated in the flow is one the image cannot follow.
+        prior: "training" (the default): :meth:`fit` keeps the vectors of up to 4096 training examples (saved
+            with the run), and joint generation commits to one of them, drawn uniformly, then generates the image
+            given it (``Modality.empirical_prior``): the head models only a mean, and a vector generated in the
+            flow is one the image cannot follow (measured: docs/models.md). "none": joint generation generates
+            the vector with the image (the former default: a saved config without ``prior`` is read so).
     """
 
     dim: int = attrs.field(default=16, validator=int_in(1, MAX_DIM))
@@ -127,7 +128,7 @@ class RepresentationConfig:
         default=None, validator=option("None or 'random_conv'", lambda v: v in (None, "random_conv")))
     seed: int = attrs.field(default=0, validator=int_in(0, 2**63 - 1))
     normalize: bool = attrs.field(default=True, validator=is_bool)
-    prior: str = attrs.field(default="none", validator=one_of("none", "training"))
+    prior: str = attrs.field(default="training", validator=one_of("none", "training"))
 
 
 class RepresentationModality(Modality):
@@ -144,9 +145,10 @@ class RepresentationModality(Modality):
     kind = "representation"
     roles = (Role.AGGREGATED,)
     default_loss_weight = 0.1  # measured as the masked image's (docs/results.md): 1 starves the backbone
-    # the head reads the full-resolution feature map (Config.head) and none of its gradient shapes the backbone
-    # (docs/models.md, "Defaults and why")
-    design = Design(head_grad=0.0)
+    # the head reads the full-resolution feature map (Config.head), none of its gradient shapes the backbone, and
+    # the encoder is a fixed random code scaled about its running mean (docs/models.md, "Defaults and why")
+    design = Design(head_grad=0.0, encoding_scale="spread", train_encoder=False)
+    former_defaults = {"prior": "none"}
     Config = RepresentationConfig
 
     def __init__(self, name: str | None = None, role: Role | str | None = None,
@@ -211,7 +213,17 @@ class RepresentationModality(Modality):
         self._prior = torch.cat(kept)[:PRIOR_SIZE].contiguous()
 
     def empirical_prior(self) -> torch.Tensor | None:
-        """The kept training vectors (``prior = "training"``, after fit or load_assets), else None."""
+        """The kept training vectors (``prior = "training"``, after fit or load_assets); None with ``prior = "none"``.
+
+        Raises:
+            ModalityDataError: ``prior = "training"`` and :meth:`fit` was not called (nor a saved run loaded), so
+                there is nothing to draw from: joint generation would silently fall back to the flow otherwise.
+        """
+        if self._prior is None and self.config.prior == "training":
+            raise ModalityDataError(f"modality {self.name!r} (representation): prior = 'training' draws joint samples' "
+                                    "vectors from the training vectors fit() keeps, and fit() was not called; train "
+                                    "through mtd (build_run / mtd train), call fit(batches) first, or set "
+                                    "prior = 'none'")
         return self._prior
 
     def assets(self) -> dict[str, bytes]:
@@ -233,7 +245,7 @@ class RepresentationModality(Modality):
         self._prior = vectors
 
     def build_encoder(self, latent: LatentSpec) -> nn.Module:
-        """A learned linear map from the d-vector into Z."""
+        """A linear map from the d-vector into Z (kept at its initialisation unless ``train_encoder``)."""
         return RepresentationEncoder(self.config.dim, latent)
 
     def build_head(self, latent: LatentSpec, features: FeatureSpec) -> nn.Module:

@@ -1,5 +1,5 @@
-"""Modality.empirical_prior: a representation with prior = "training" keeps training vectors, saves them with the
-run, and joint generation commits to one of them at no network evaluation."""
+"""Modality.empirical_prior: a representation (prior = "training", its default) keeps training vectors, saves them
+with the run, and joint generation commits to one of them at no network evaluation."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from mtd_core.taskset import TaskSet
 from mtd_plugins.representation import PRIOR_ASSET, PRIOR_SIZE, RepresentationModality
 
 IMAGE = {"kind": "image", "role": "base", "size": 8}
-REPR = {"kind": "representation", "dim": 4, "builtin_extractor": "random_conv", "prior": "training"}
+REPR = {"kind": "representation", "dim": 4, "builtin_extractor": "random_conv"}
 UNET = {"channels": 8, "channel_mult": [1], "num_res_blocks": 1, "groups": 4, "mid_attention": False}
 
 
@@ -43,10 +43,27 @@ def test_fit_keeps_the_extractor_s_training_vectors_and_assets_round_trip() -> N
     assert len(many.empirical_prior()) == PRIOR_SIZE
 
 
-def test_without_the_option_nothing_is_kept_and_joint_generation_flows() -> None:
-    m = RepresentationModality(dim=4, builtin_extractor="random_conv")
+def test_prior_none_keeps_nothing_and_an_unfitted_prior_is_an_error_not_a_silent_flow() -> None:
+    m = RepresentationModality(dim=4, builtin_extractor="random_conv", prior="none")
     m.fit(batches(2))
     assert m.empirical_prior() is None and m.assets() == {}
+    torch.manual_seed(0)
+    unfitted = MultiTaskModel(TaskSet.from_config({"modalities": [IMAGE, REPR], "diffusion": {"T": 50}}), "unet", UNET)
+    with pytest.raises(ModalityDataError, match=r"'representation' \(representation\): prior = 'training' .* fit\(\) "
+                                                "was not called"):
+        generate(unfitted, n=2, nfe=2, progress=False)
+    given = {"representation": torch.zeros(2, 4)}  # a given vector needs no prior
+    assert generate(unfitted, n=2, nfe=2, given=given, progress=False).samples["image"].shape == (2, 1, 8, 8)
+
+
+def test_a_saved_config_without_prior_reads_as_the_former_default() -> None:
+    model = fitted_model()
+    config = model.config()
+    for m in config["taskset"]["modalities"]:
+        m.pop("prior", None)  # written before the option existed
+    old = MultiTaskModel.from_config(config, saved=True)
+    assert old.taskset["representation"].config.prior == "none"
+    assert MultiTaskModel.from_config(config).taskset["representation"].config.prior == "training"
 
 
 def test_joint_generation_commits_to_a_kept_vector_at_no_network_evaluation() -> None:

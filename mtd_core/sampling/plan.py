@@ -96,8 +96,8 @@ def _commit(modalities: dict[str, Modality], given: Batch, mode: str, joint: str
         return []
     guided = {guidance.modality} if guidance is not None else set()
     return [name for name, m in modalities.items()
-            if m.role is Role.AGGREGATED and (m.exact_sample or m.empirical_prior() is not None)
-            and name not in given and name not in guided]
+            if m.role is Role.AGGREGATED and name not in given and name not in guided
+            and (m.exact_sample or m.empirical_prior() is not None)]
 
 
 def _temperatures(modalities: dict[str, Modality], given: Batch, mode: str, o: SamplingOptions,
