@@ -253,6 +253,12 @@ def test_a_closed_stdout_ends_quietly_with_status_141(tiny_run: Path, argv: list
     assert proc.returncode == 141 and err == ""
 
 
+def _sigint_default() -> None:
+    """In the child: Ctrl-C at its default, as in a terminal. A shell starts background jobs with SIGINT ignored and
+    children inherit that, so without this the test would fail whenever pytest itself runs in the background."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(proc: subprocess.Popen[str], delay: float) -> tuple[int, str]:
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
@@ -269,7 +275,7 @@ def test_a_ctrl_c_at_any_moment_of_the_command_is_one_line_and_status_130(tmp_pa
             "cli.build_parser = lambda: (print('ready', file=sys.stderr, flush=True), build())[1]; cli.run()")
     for delay in (0.0, 0.3, 1.5):  # during the imports of the sub-commands, and later
         proc = subprocess.Popen([sys.executable, "-c", code, "config", "show", str(fifo)], text=True, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_sigint_default,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert proc.stderr is not None and proc.stderr.readline() == "ready\n"
         rc, err = _interrupt(proc, delay)
