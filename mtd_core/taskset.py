@@ -316,17 +316,17 @@ class TaskSet:
                 raise ConfigError(
                     f"taskset: unknown key {key!r}{closest(str(key), CONFIG_KEYS)}; valid keys: {list(CONFIG_KEYS)}"
                 )
+        if registry is None:
+            from mtd_core.plugins.registry import get_registry
+
+            registry = get_registry()
         if saved:
-            config = saved_taskset_config(dict(config))
+            config = saved_taskset_config(dict(config), registry)
         if "modalities" not in config:
             raise ConfigError("taskset: missing key 'modalities' (a list of modality configs, each with a 'kind')")
         raw = config["modalities"]
         if isinstance(raw, (str, Mapping)) or not isinstance(raw, Sequence):
             raise ConfigError(f"taskset: 'modalities' must be a list of modality configs, got {type(raw).__name__}")
-        if registry is None:
-            from mtd_core.plugins.registry import get_registry
-
-            registry = get_registry()
         mods = []
         for i, mc in enumerate(raw):
             if isinstance(mc, Modality):
@@ -338,8 +338,6 @@ class TaskSet:
                 raise ConfigError(f"taskset: modalities[{i}] has no 'kind' (e.g. kind = \"image\"); keys: {sorted(mc)}")
             mc = dict(mc)
             try:
-                if saved:
-                    mc = {**registry.modality_class(mc["kind"]).former_defaults, **mc}
                 if mc.get("weights") is not None:  # by the registry's weight schedules, plugins' included
                     kinds = registry.table("weight_schedule")
                     check_weights(mc["weights"], str(mc.get("name", mc["kind"])), kinds)

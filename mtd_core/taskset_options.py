@@ -12,15 +12,18 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from mtd_core.config_types import check_value, is_float32
 from mtd_core.design import ENCODING_SCALES, EncodingScaleKind
 from mtd_core.diffusion.noise import NoiseSchedule
 from mtd_core.diffusion.weights import ZeroWeight
-from mtd_core.errors import ConfigError, ScheduleError, closest
+from mtd_core.errors import ConfigError, MTDError, ScheduleError, closest
 from mtd_core.modality import Modality
 from mtd_core.types import ConfigDict, ConfigValue
+
+if TYPE_CHECKING:
+    from mtd_core.plugins.registry import Registry
 
 AuxEps = Literal["network", "heads"]
 AUX_EPS: tuple[AuxEps, ...] = ("network", "heads")
@@ -123,15 +126,29 @@ def encoding_scale_config(scales: Mapping[str, EncodingScaleKind]) -> ConfigValu
     return next(iter(kinds)) if len(kinds) == 1 else dict(scales)
 
 
-def saved_taskset_config(config: ConfigValue) -> ConfigValue:
+def _former_defaults(registry: Registry | None, kind: object) -> Mapping[str, ConfigValue]:
+    """The kind's ``former_defaults`` ({} without a registry, or for a kind it does not know: that error comes
+    where the modality is built)."""
+    if registry is None or not isinstance(kind, str):
+        return {}
+    try:
+        return registry.modality_class(kind).former_defaults
+    except MTDError:
+        return {}
+
+
+def saved_taskset_config(config: ConfigValue, registry: Registry | None = None) -> ConfigValue:
     """A saved task-set config (a checkpoint's) with every option it leaves out made explicit, at the value it had
     when it was left out: configs written before the kinds declared their designs omitted aux_channels (0),
     known_input (false), aux_eps ("network"), encoding_scale ("rms") and each aggregated modality's head_grad (1)
-    and train_encoder (true). Configs written since hold every option, which this leaves as they are."""
+    and train_encoder (true); with ``registry``, a modality's options its kind changed the default of since take
+    the kind's ``former_defaults``. Configs written since hold every option, which this leaves as they are."""
     if not isinstance(config, Mapping) or not isinstance(config.get("modalities"), list):
         return config
     mods: list[ConfigValue] = []
     for m in config["modalities"]:
+        if isinstance(m, Mapping):
+            m = {**_former_defaults(registry, m.get("kind")), **m}
         if isinstance(m, Mapping) and m.get("role", "aggregated") != "base":
             m = {"head_grad": 1.0, "train_encoder": True, **m}
         mods.append(m)

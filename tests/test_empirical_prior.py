@@ -9,7 +9,9 @@ import torch
 from mtd_core.errors import CheckpointError, ModalityDataError
 from mtd_core.model import MultiTaskModel
 from mtd_core.sampling import generate
+from mtd_core.plugins.registry import get_registry
 from mtd_core.taskset import TaskSet
+from mtd_core.taskset_options import saved_taskset_config
 from mtd_plugins.representation import PRIOR_ASSET, PRIOR_SIZE, RepresentationModality
 
 IMAGE = {"kind": "image", "role": "base", "size": 8}
@@ -64,6 +66,8 @@ def test_a_saved_config_without_prior_reads_as_the_former_default() -> None:
     old = MultiTaskModel.from_config(config, saved=True)
     assert old.taskset["representation"].config.prior == "none"
     assert MultiTaskModel.from_config(config).taskset["representation"].config.prior == "training"
+    explicit = saved_taskset_config(config["taskset"], get_registry())  # what --resume compares
+    assert [m.get("prior") for m in explicit["modalities"]] == [None, "none"]
 
 
 def test_joint_generation_commits_to_a_kept_vector_at_no_network_evaluation() -> None:

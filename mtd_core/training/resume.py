@@ -32,7 +32,9 @@ def check_resumable(ckpt: Checkpoint, model_config: ConfigMapping, config: Train
     lists them as "reading_options", e.g. a packed dataset's workers): they may change."""
     saved_model = ckpt.config.get("model")
     if isinstance(saved_model, dict):  # the options a config saved before they were written out, made explicit
-        saved_model = {**saved_model, "taskset": saved_taskset_config(saved_model.get("taskset"))}
+        from mtd_core.plugins.registry import get_registry
+
+        saved_model = {**saved_model, "taskset": saved_taskset_config(saved_model.get("taskset"), get_registry())}
     now_model = json.loads(json.dumps(model_config))
     if saved_model != now_model:
         raise CheckpointError(f"{ckpt.path}: the checkpoint's model differs from this run's at "
